@@ -1,0 +1,16 @@
+//! The dataplane: zero-copy packet views, stateful Service NAT with per-core
+//! connection tables, Maglev backend selection, and the DPDK poll-mode worker.
+//!
+//! Everything outside [`dpdk`] is safe Rust and testable without DPDK.
+#![deny(unsafe_code)]
+
+pub mod packet;
+pub mod maglev;
+pub mod addr;
+pub mod dpdk;
+pub mod neigh;
+pub mod pipeline;
+pub mod session;
+pub mod stats;
+pub mod table;
+pub mod worker;

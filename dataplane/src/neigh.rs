@@ -1,0 +1,244 @@
+//! A worker's neighbour (ARP / NDP) cache.
+//!
+//! Each worker keeps its own copy, pre-sized so that lookups and updates on
+//! the packet path never allocate. What one worker learns from an ARP or
+//! neighbour-discovery packet it passes to the others through lock-free
+//! queues (see `worker`), so every copy converges.
+use crate::addr::Addr;
+use crate::packet::ethernet::MacAddr;
+use hashbrown::HashMap;
+
+/// Ageing parameters, in milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NeighborTimers {
+    /// After this long without confirmation an entry is stale: still used, but re-probed.
+    pub reachable: u64,
+    /// After this long without confirmation an entry is forgotten.
+    pub expire: u64,
+    /// Minimum time between two solicitations for one address.
+    pub retry: u64,
+}
+
+impl Default for NeighborTimers {
+    fn default() -> Self {
+        NeighborTimers { reachable: 30_000, expire: 120_000, retry: 1_000 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Incomplete,
+    Reachable,
+    Static,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    mac: MacAddr,
+    port: u16,
+    state: State,
+    confirmed: u64,
+    probed: u64,
+}
+
+/// What a lookup found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// Use this MAC.
+    Known(MacAddr),
+    /// Use this MAC, and send a solicitation to refresh it.
+    Stale(MacAddr),
+    /// Unknown: send a solicitation (and drop the packet).
+    Solicit,
+    /// Unknown, a solicitation is already outstanding.
+    Pending,
+}
+
+/// A learned neighbour, as passed between workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NeighborUpdate {
+    /// The address.
+    pub addr: Addr,
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// The port it answered on.
+    pub port: u16,
+}
+
+/// See the module docs.
+pub struct Neighbors {
+    map: HashMap<Addr, Entry>,
+    capacity: usize,
+    timers: NeighborTimers,
+}
+
+impl Neighbors {
+    /// A cache for up to `capacity` neighbours.
+    pub fn new(capacity: usize, timers: NeighborTimers) -> Self {
+        let capacity = capacity.max(16);
+        Neighbors { map: HashMap::with_capacity(capacity * 2), capacity, timers }
+    }
+
+    /// Number of entries (all states).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Resolves `addr` for transmission at time `now`.
+    #[inline]
+    pub fn resolve(&mut self, addr: &Addr, now: u64) -> Resolution {
+        let t = self.timers;
+        match self.map.get_mut(addr) {
+            Some(e) => match e.state {
+                State::Static => Resolution::Known(e.mac),
+                State::Reachable => {
+                    let age = now.saturating_sub(e.confirmed);
+                    if age < t.reachable {
+                        Resolution::Known(e.mac)
+                    } else if age < t.expire {
+                        if now.saturating_sub(e.probed) >= t.retry {
+                            e.probed = now;
+                            Resolution::Stale(e.mac)
+                        } else {
+                            Resolution::Known(e.mac)
+                        }
+                    } else {
+                        e.state = State::Incomplete;
+                        e.probed = now;
+                        Resolution::Solicit
+                    }
+                }
+                State::Incomplete => {
+                    if now.saturating_sub(e.probed) >= t.retry {
+                        e.probed = now;
+                        Resolution::Solicit
+                    } else {
+                        Resolution::Pending
+                    }
+                }
+            },
+            None => {
+                if self.map.len() >= self.capacity {
+                    self.evict(now);
+                }
+                if self.map.len() < self.capacity {
+                    self.map.insert(
+                        *addr,
+                        Entry { mac: MacAddr([0; 6]), port: 0, state: State::Incomplete, confirmed: 0, probed: now },
+                    );
+                }
+                Resolution::Solicit
+            }
+        }
+    }
+
+    /// Records that `addr` is at `mac` on `port` (from an ARP/NDP packet).
+    /// Returns true when this changed what we knew (worth telling other workers).
+    pub fn learn(&mut self, u: NeighborUpdate, now: u64) -> bool {
+        if let Some(e) = self.map.get_mut(&u.addr) {
+            if e.state == State::Static {
+                return false;
+            }
+            let changed = e.state != State::Reachable || e.mac != u.mac || e.port != u.port;
+            *e = Entry { mac: u.mac, port: u.port, state: State::Reachable, confirmed: now, probed: e.probed };
+            return changed;
+        }
+        if self.map.len() >= self.capacity {
+            self.evict(now);
+            if self.map.len() >= self.capacity {
+                return false;
+            }
+        }
+        self.map.insert(u.addr, Entry { mac: u.mac, port: u.port, state: State::Reachable, confirmed: now, probed: 0 });
+        true
+    }
+
+    /// Refreshes the confirmation time of an entry we already have (gleaning
+    /// from ARP traffic that does not concern us must not create entries).
+    pub fn refresh(&mut self, u: NeighborUpdate, now: u64) -> bool {
+        if self.map.contains_key(&u.addr) {
+            self.learn(u, now)
+        } else {
+            false
+        }
+    }
+
+    /// Installs a static entry (never aged).
+    pub fn set_static(&mut self, addr: Addr, mac: MacAddr, port: u16) {
+        self.map.insert(addr, Entry { mac, port, state: State::Static, confirmed: 0, probed: 0 });
+    }
+
+    /// Drops expired and incomplete entries to make room. Control-rate only
+    /// (called when the table is full).
+    fn evict(&mut self, now: u64) {
+        let t = self.timers;
+        self.map.retain(|_, e| match e.state {
+            State::Static => true,
+            State::Reachable => now.saturating_sub(e.confirmed) < t.expire,
+            State::Incomplete => now.saturating_sub(e.probed) < t.retry,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Addr = Addr::v4([198, 18, 1, 11]);
+    const M: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+
+    #[test]
+    fn miss_solicits_once_per_retry_interval() {
+        let mut n = Neighbors::new(16, NeighborTimers::default());
+        assert_eq!(n.resolve(&A, 0), Resolution::Solicit);
+        assert_eq!(n.resolve(&A, 500), Resolution::Pending);
+        assert_eq!(n.resolve(&A, 1000), Resolution::Solicit);
+        assert!(n.learn(NeighborUpdate { addr: A, mac: M, port: 1 }, 1100));
+        assert_eq!(n.resolve(&A, 1200), Resolution::Known(M));
+        assert!(!n.learn(NeighborUpdate { addr: A, mac: M, port: 1 }, 1300));
+    }
+
+    #[test]
+    fn entries_age_to_stale_then_expire() {
+        let t = NeighborTimers::default();
+        let mut n = Neighbors::new(16, t);
+        n.learn(NeighborUpdate { addr: A, mac: M, port: 1 }, 0);
+        assert_eq!(n.resolve(&A, t.reachable - 1), Resolution::Known(M));
+        assert_eq!(n.resolve(&A, t.reachable), Resolution::Stale(M));
+        assert_eq!(n.resolve(&A, t.reachable + 1), Resolution::Known(M));
+        assert_eq!(n.resolve(&A, t.reachable + t.retry), Resolution::Stale(M));
+        n.learn(NeighborUpdate { addr: A, mac: M, port: 1 }, t.reachable + t.retry);
+        assert_eq!(n.resolve(&A, t.reachable + t.retry + 1), Resolution::Known(M));
+        assert_eq!(n.resolve(&A, t.reachable + t.retry + t.expire), Resolution::Solicit);
+    }
+
+    #[test]
+    fn static_entries_never_age_or_change() {
+        let mut n = Neighbors::new(16, NeighborTimers::default());
+        n.set_static(A, M, 0);
+        assert_eq!(n.resolve(&A, u64::MAX / 2), Resolution::Known(M));
+        assert!(!n.learn(NeighborUpdate { addr: A, mac: MacAddr([2, 0, 0, 0, 0, 9]), port: 0 }, 5));
+        assert_eq!(n.resolve(&A, 6), Resolution::Known(M));
+    }
+
+    #[test]
+    fn refresh_does_not_create() {
+        let mut n = Neighbors::new(16, NeighborTimers::default());
+        assert!(!n.refresh(NeighborUpdate { addr: A, mac: M, port: 0 }, 0));
+        assert!(n.is_empty());
+    }
+
+    #[test]
+    fn capacity_is_bounded() {
+        let mut n = Neighbors::new(16, NeighborTimers::default());
+        for i in 0..100u8 {
+            n.learn(NeighborUpdate { addr: Addr::v4([198, 18, 2, i]), mac: M, port: 0 }, 0);
+            let _ = n.resolve(&Addr::v4([198, 18, 3, i]), 0);
+        }
+        assert!(n.len() <= 16);
+    }
+}

@@ -1,0 +1,893 @@
+//! The per-packet pipeline: classify → (hand off) → session lookup / create →
+//! rewrite → route → neighbour → transmit verdict.
+//!
+//! [`Pipeline::process`] is pure Rust over a [`PacketBuf`], so the same code
+//! runs on DPDK mbufs in the worker and on plain buffers in unit tests. It
+//! never allocates: the session and neighbour tables are pre-sized, and
+//! generated packets (RST, ICMP unreachable, ARP/ND answers) are written in
+//! place in the received buffer.
+use crate::addr::{flow_hash, owner_of, Addr, FlowKey, Proto, SockAddr};
+use crate::neigh::{NeighborTimers, NeighborUpdate, Neighbors, Resolution};
+use crate::packet::{
+    arp, checksum, ethernet, icmp, ip_proto, ArpPacket, EthernetFrame, Error as PktError, IcmpPacket, Ipv4Packet,
+    Ipv6Packet, MacAddr, TcpPacket, UdpPacket,
+};
+use crate::session::{tcp, Dir, InsertError, Session, SessionTable, Timeouts};
+use crate::stats::{DropReason, WorkerStats};
+use crate::table::{Frontend, ServiceTable};
+
+/// A packet buffer with head- and tailroom (an mbuf, or a `Vec` in tests).
+pub trait PacketBuf {
+    /// The packet bytes.
+    fn data(&self) -> &[u8];
+    /// The packet bytes, writable.
+    fn data_mut(&mut self) -> &mut [u8];
+    /// Grows the packet by `n` bytes at the front; false if there is no headroom.
+    fn prepend(&mut self, n: usize) -> bool;
+    /// Removes `n` bytes from the front; false if the packet is shorter.
+    fn adj(&mut self, n: usize) -> bool;
+    /// Shortens the packet to `len` bytes (no-op if already shorter).
+    fn truncate(&mut self, len: usize);
+}
+
+/// What to do with a packet after [`Pipeline::process`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit on this port.
+    Tx(u16),
+    /// Give it to the worker that owns its flow.
+    HandOff(u16),
+    /// Free it and count the reason.
+    Drop(DropReason),
+    /// Free it; it was fully handled (e.g. an ARP reply we learned from).
+    Consumed,
+}
+
+/// Static facts about a port the pipeline needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortInfo {
+    /// The port's MAC address.
+    pub mac: MacAddr,
+    /// 802.1Q VLAN id the port sends and expects, if any.
+    pub vlan: Option<u16>,
+}
+
+/// Sizing and timers of a pipeline.
+#[derive(Clone, Copy, Debug)]
+pub struct PipelineConfig {
+    /// Session capacity of this worker.
+    pub sessions: usize,
+    /// Session timeouts.
+    pub timeouts: Timeouts,
+    /// Neighbour cache capacity.
+    pub neighbors: usize,
+    /// Neighbour timers.
+    pub neighbor_timers: NeighborTimers,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            sessions: 1 << 16,
+            timeouts: Timeouts::default(),
+            neighbors: 4096,
+            neighbor_timers: NeighborTimers::default(),
+        }
+    }
+}
+
+const MAX_PENDING: usize = 16;
+const DEFAULT_TTL: u8 = 64;
+const ICMP4_ERR_MAX: usize = 576;
+const ICMP6_ERR_MAX: usize = 1280;
+
+/// One worker's translation state. See the module docs.
+pub struct Pipeline {
+    /// This worker's index.
+    pub id: u16,
+    /// Number of workers (owners are computed modulo this).
+    pub n_workers: u16,
+    /// The connection table.
+    pub sessions: SessionTable,
+    /// The neighbour cache.
+    pub neighbors: Neighbors,
+    ports: Vec<PortInfo>,
+    solicits: [(u16, Addr); MAX_PENDING],
+    n_solicits: usize,
+    learned: [NeighborUpdate; MAX_PENDING],
+    n_learned: usize,
+    statics_version: Option<u64>,
+}
+
+/// Offsets and fields of a parsed IP packet.
+#[derive(Clone, Copy, Debug)]
+struct Ip {
+    v4: bool,
+    l3: usize,
+    l4: usize,
+    end: usize,
+    src: Addr,
+    dst: Addr,
+    proto: u8,
+}
+
+impl Pipeline {
+    /// A pipeline for worker `id` of `n_workers`, over `ports`.
+    pub fn new(id: u16, n_workers: u16, ports: Vec<PortInfo>, cfg: PipelineConfig) -> Self {
+        Pipeline {
+            id,
+            n_workers: n_workers.max(1),
+            sessions: SessionTable::new(cfg.sessions, cfg.timeouts),
+            neighbors: Neighbors::new(cfg.neighbors, cfg.neighbor_timers),
+            ports,
+            solicits: [(0, Addr::default()); MAX_PENDING],
+            n_solicits: 0,
+            learned: [NeighborUpdate { addr: Addr::default(), mac: MacAddr([0; 6]), port: 0 }; MAX_PENDING],
+            n_learned: 0,
+            statics_version: None,
+        }
+    }
+
+    /// Ports this pipeline knows.
+    pub fn ports(&self) -> &[PortInfo] {
+        &self.ports
+    }
+
+    /// Applies per-table state (static neighbours) when the table changed.
+    pub fn on_table(&mut self, t: &ServiceTable) {
+        if self.statics_version != Some(t.version) {
+            for n in t.static_neighbors() {
+                self.neighbors.set_static(n.addr, n.mac, n.port);
+            }
+            self.statics_version = Some(t.version);
+        }
+    }
+
+    /// Takes the solicitations the last packets asked for: `(port, target)`.
+    pub fn take_solicits(&mut self) -> impl Iterator<Item = (u16, Addr)> + '_ {
+        let n = core::mem::take(&mut self.n_solicits);
+        self.solicits[..n].iter().copied()
+    }
+
+    /// Takes neighbours learned from the last packets (to tell other workers).
+    pub fn take_learned(&mut self) -> impl Iterator<Item = NeighborUpdate> + '_ {
+        let n = core::mem::take(&mut self.n_learned);
+        self.learned[..n].iter().copied()
+    }
+
+    /// Applies a neighbour learned by another worker.
+    pub fn learn_from_peer(&mut self, u: NeighborUpdate, now: u64) {
+        self.neighbors.learn(u, now);
+    }
+
+    /// Processes one packet that arrived on `in_port` (or was handed over by
+    /// another worker when `handed_off`). The buffer may be rewritten in place.
+    pub fn process<B: PacketBuf>(
+        &mut self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        in_port: u16,
+        pkt: &mut B,
+        now: u64,
+        handed_off: bool,
+    ) -> Verdict {
+        let Some(pinfo) = self.ports.get(in_port as usize).copied() else {
+            return Verdict::Drop(DropReason::BadPort);
+        };
+        let (l2, ethertype, dst_mac, src_mac) = {
+            let eth = match EthernetFrame::new_checked(pkt.data()) {
+                Ok(e) => e,
+                Err(e) => return Verdict::Drop(pkt_drop(e)),
+            };
+            if eth.vlan_tci().map(|t| t & 0x0fff) != pinfo.vlan {
+                return Verdict::Drop(DropReason::VlanMismatch);
+            }
+            (eth.header_len(), eth.ethertype(), eth.dst_addr(), eth.src_addr())
+        };
+        if dst_mac != pinfo.mac && !dst_mac.is_multicast() {
+            return Verdict::Drop(DropReason::NotForUs);
+        }
+        match ethertype {
+            ethernet::ethertype::IPV4 | ethernet::ethertype::IPV6 => {}
+            ethernet::ethertype::ARP => return self.arp(t, st, in_port, pinfo, pkt, l2, src_mac, now),
+            _ => return Verdict::Drop(DropReason::UnknownEthertype),
+        }
+        let ip = match parse_ip(pkt.data(), l2, ethertype == ethernet::ethertype::IPV4) {
+            Ok(ip) => ip,
+            Err(r) => return Verdict::Drop(r),
+        };
+        if !ip.v4 && ip.proto == ip_proto::ICMPV6 {
+            if let Some(v) = self.ndp(t, st, in_port, pinfo, pkt, &ip, src_mac, now) {
+                return v;
+            }
+        }
+        let ports = match l4_ports(pkt.data(), &ip) {
+            Ok(p) => p,
+            Err(r) => return Verdict::Drop(r),
+        };
+        let Some((proto, sport, dport, flags)) = ports else {
+            // Not TCP/UDP: local (echo) or routed statelessly.
+            return self.stateless(t, st, in_port, pinfo, pkt, &ip, src_mac, now);
+        };
+        let fe = t.frontend(&Frontend { addr: SockAddr::new(ip.dst, dport), proto });
+        if !handed_off && self.n_workers > 1 {
+            let client = match fe {
+                Some(_) => SockAddr::new(ip.src, sport),
+                None => SockAddr::new(ip.dst, dport),
+            };
+            let owner = owner_of(&client, self.n_workers);
+            if owner != self.id {
+                return Verdict::HandOff(owner);
+            }
+        }
+        let key = FlowKey { src: ip.src, dst: ip.dst, sport, dport, proto };
+        if let Some((idx, dir)) = self.sessions.lookup(&key) {
+            let s = *self.sessions.get(idx);
+            if proto == Proto::Tcp
+                && dir == Dir::Original
+                && flags & (tcp::SYN | tcp::ACK | tcp::RST) == tcp::SYN
+                && matches!(s.tcp, crate::session::TcpState::Closed | crate::session::TcpState::Closing)
+            {
+                // A new connection reusing the tuple of a closing one: start afresh.
+                self.sessions.remove(idx);
+                return self.new_flow(t, st, in_port, pinfo, pkt, &ip, key, fe, flags, src_mac, now);
+            }
+            self.sessions.touch(idx, dir, flags, now);
+            return match dir {
+                Dir::Original => {
+                    WorkerStats::add(&st.nat_forward, 1);
+                    rewrite_dst(pkt.data_mut(), &ip, proto, s.backend);
+                    self.forward(t, st, in_port, pkt, &ip, l2, now)
+                }
+                Dir::Reply => {
+                    WorkerStats::add(&st.nat_reverse, 1);
+                    rewrite_src(pkt.data_mut(), &ip, proto, s.frontend);
+                    self.forward(t, st, in_port, pkt, &ip, l2, now)
+                }
+            };
+        }
+        self.new_flow(t, st, in_port, pinfo, pkt, &ip, key, fe, flags, src_mac, now)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_flow<B: PacketBuf>(
+        &mut self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        in_port: u16,
+        pinfo: PortInfo,
+        pkt: &mut B,
+        ip: &Ip,
+        key: FlowKey,
+        fe: Option<u32>,
+        flags: u8,
+        src_mac: MacAddr,
+        now: u64,
+    ) -> Verdict {
+        let Some(svc_idx) = fe else {
+            if t.local_port(&ip.dst).is_some() {
+                return Verdict::Drop(DropReason::LocalUnhandled);
+            }
+            // Not a Service: plain routing.
+            WorkerStats::add(&st.routed, 1);
+            let l2 = l2_len(pkt.data());
+            return self.forward(t, st, in_port, pkt, ip, l2, now);
+        };
+        if key.proto == Proto::Tcp && flags & tcp::RST != 0 {
+            return Verdict::Drop(DropReason::OrphanRst);
+        }
+        let Some(svc) = t.service(svc_idx) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        let Some(backend) = svc.pick(flow_hash(&key)) else {
+            WorkerStats::add(&st.rejected, 1);
+            return self.reject(pkt, ip, key, flags, pinfo, src_mac, in_port);
+        };
+        let (tcp_state, expires) = self.sessions.initial_state(key.proto, flags, now);
+        let session = Session {
+            client: SockAddr::new(key.src, key.sport),
+            frontend: SockAddr::new(key.dst, key.dport),
+            backend,
+            proto: key.proto,
+            tcp: tcp_state,
+            replied: false,
+            out_port: 0,
+            in_port,
+            expires,
+            service: svc_idx,
+        };
+        match self.sessions.insert(session) {
+            Ok(_) => {}
+            Err(InsertError::Full) => return Verdict::Drop(DropReason::SessionTableFull),
+            Err(InsertError::Conflict) => return Verdict::Drop(DropReason::SessionConflict),
+        }
+        WorkerStats::add(&st.sessions_created, 1);
+        WorkerStats::add(&st.nat_forward, 1);
+        rewrite_dst(pkt.data_mut(), ip, key.proto, backend);
+        let l2 = l2_len(pkt.data());
+        self.forward(t, st, in_port, pkt, ip, l2, now)
+    }
+
+    /// Routes a (possibly rewritten) IP packet: TTL, next hop, L2 header.
+    #[allow(clippy::too_many_arguments)]
+    fn forward<B: PacketBuf>(
+        &mut self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        _in_port: u16,
+        pkt: &mut B,
+        ip: &Ip,
+        l2: usize,
+        now: u64,
+    ) -> Verdict {
+        let _ = st;
+        // The destination may have been rewritten: read it back.
+        let dst = read_dst(pkt.data(), ip);
+        let Some(hop) = t.route(&dst) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        if !decrement_ttl(pkt.data_mut(), ip) {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        let mac = match self.neighbors.resolve(&hop.addr, now) {
+            Resolution::Known(m) => m,
+            Resolution::Stale(m) => {
+                self.solicit(hop.port, hop.addr);
+                m
+            }
+            Resolution::Solicit => {
+                self.solicit(hop.port, hop.addr);
+                return Verdict::Drop(DropReason::NeighborMiss);
+            }
+            Resolution::Pending => return Verdict::Drop(DropReason::NeighborMiss),
+        };
+        let Some(out) = self.ports.get(hop.port as usize).copied() else {
+            return Verdict::Drop(DropReason::BadPort);
+        };
+        let ethertype = if ip.v4 { ethernet::ethertype::IPV4 } else { ethernet::ethertype::IPV6 };
+        if !set_l2(pkt, l2, mac, out.mac, out.vlan, ethertype) {
+            return Verdict::Drop(DropReason::Truncated);
+        }
+        Verdict::Tx(hop.port)
+    }
+
+    fn solicit(&mut self, port: u16, addr: Addr) {
+        if self.n_solicits < MAX_PENDING {
+            self.solicits[self.n_solicits] = (port, addr);
+            self.n_solicits += 1;
+        }
+    }
+
+    fn learned(&mut self, u: NeighborUpdate) {
+        if self.n_learned < MAX_PENDING {
+            self.learned[self.n_learned] = u;
+            self.n_learned += 1;
+        }
+    }
+
+    /// ICMP and other non-port protocols: answer echo to node addresses, route the rest.
+    #[allow(clippy::too_many_arguments)]
+    fn stateless<B: PacketBuf>(
+        &mut self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        in_port: u16,
+        pinfo: PortInfo,
+        pkt: &mut B,
+        ip: &Ip,
+        src_mac: MacAddr,
+        now: u64,
+    ) -> Verdict {
+        if t.local_port(&ip.dst).is_some() {
+            let echo_req = if ip.v4 { icmp::v4::ECHO_REQUEST } else { icmp::v6::ECHO_REQUEST };
+            let icmp_proto = if ip.v4 { ip_proto::ICMP } else { ip_proto::ICMPV6 };
+            let d = pkt.data_mut();
+            if ip.proto == icmp_proto && ip.end - ip.l4 >= 8 && d[ip.l4] == echo_req && d[ip.l4 + 1] == 0 {
+                let reply = if ip.v4 { icmp::v4::ECHO_REPLY } else { icmp::v6::ECHO_REPLY };
+                let mut m = IcmpPacket::new_unchecked(&mut d[ip.l4..ip.end]);
+                let c = checksum::adjust16(m.checksum(), u16::from(echo_req) << 8, u16::from(reply) << 8);
+                m.set_msg_type(reply);
+                m.set_checksum(c);
+                swap_addrs(d, ip);
+                set_ttl(d, ip, DEFAULT_TTL);
+                reply_l2(d, pinfo.mac, src_mac);
+                WorkerStats::add(&st.echo_replies, 1);
+                return Verdict::Tx(in_port);
+            }
+            return Verdict::Drop(DropReason::LocalUnhandled);
+        }
+        WorkerStats::add(&st.routed, 1);
+        let l2 = l2_len(pkt.data());
+        self.forward(t, st, in_port, pkt, ip, l2, now)
+    }
+
+    /// Answers a connection to a Service without endpoints the way kube-proxy's
+    /// REJECT does: TCP RST for TCP, ICMP(v6) port unreachable for UDP.
+    #[allow(clippy::too_many_arguments)]
+    fn reject<B: PacketBuf>(
+        &mut self,
+        pkt: &mut B,
+        ip: &Ip,
+        key: FlowKey,
+        flags: u8,
+        pinfo: PortInfo,
+        src_mac: MacAddr,
+        in_port: u16,
+    ) -> Verdict {
+        if key.proto == Proto::Tcp {
+            let d = pkt.data_mut();
+            let (seq, ack, seg_len) = {
+                let tp = TcpPacket::new_unchecked(&d[ip.l4..ip.end]);
+                let plen = (ip.end - ip.l4 - tp.header_len()) as u32;
+                let seg_len = plen + u32::from(flags & tcp::SYN != 0) + u32::from(flags & tcp::FIN != 0);
+                (tp.seq_number(), tp.ack_number(), seg_len)
+            };
+            let l3 = ip.l3;
+            let l4 = if ip.v4 {
+                if Ipv4Packet::emit_header(&mut d[l3..], key.dst.ipv4(), key.src.ipv4(), ip_proto::TCP, 20, DEFAULT_TTL).is_err() {
+                    return Verdict::Drop(DropReason::Truncated);
+                }
+                l3 + 20
+            } else {
+                if Ipv6Packet::emit_header(&mut d[l3..], key.dst.ipv6(), key.src.ipv6(), ip_proto::TCP, 20, DEFAULT_TTL).is_err() {
+                    return Verdict::Drop(DropReason::Truncated);
+                }
+                l3 + 40
+            };
+            {
+                let mut tp = TcpPacket::new_unchecked(&mut d[l4..l4 + 20]);
+                tp.set_src_port(key.dport);
+                tp.set_dst_port(key.sport);
+                tp.set_header_len(20);
+                if flags & tcp::ACK != 0 {
+                    tp.set_seq_number(ack);
+                    tp.set_ack_number(0);
+                    tp.set_flags(tcp::RST);
+                } else {
+                    tp.set_seq_number(0);
+                    tp.set_ack_number(seq.wrapping_add(seg_len));
+                    tp.set_flags(tcp::RST | tcp::ACK);
+                }
+                tp.set_window(0);
+                tp.set_urgent(0);
+                tp.set_checksum(0);
+            }
+            let c = l4_checksum(d, ip.v4, &key.dst, &key.src, ip_proto::TCP, l4, l4 + 20);
+            TcpPacket::new_unchecked(&mut d[l4..l4 + 20]).set_checksum(c);
+            reply_l2(d, pinfo.mac, src_mac);
+            pkt.truncate(l4 + 20);
+            return Verdict::Tx(in_port);
+        }
+        // UDP: ICMP port unreachable quoting the offending packet.
+        let (hdr, max) = if ip.v4 { (28, ICMP4_ERR_MAX) } else { (48, ICMP6_ERR_MAX) };
+        let l2 = ip.l3;
+        let orig_len = ip.end - ip.l3;
+        if !pkt.prepend(hdr) {
+            return Verdict::Drop(DropReason::NoMbuf);
+        }
+        let quote = orig_len.min(max - hdr);
+        let d = pkt.data_mut();
+        // Old L2 header now sits at [hdr, hdr + l2): move it to the front.
+        d.copy_within(hdr..hdr + l2, 0);
+        reply_l2(d, pinfo.mac, src_mac);
+        let icmp_at = l2 + hdr - 8;
+        if ip.v4 {
+            if Ipv4Packet::emit_header(&mut d[l2..], key.dst.ipv4(), key.src.ipv4(), ip_proto::ICMP, 8 + quote, DEFAULT_TTL).is_err() {
+                return Verdict::Drop(DropReason::Truncated);
+            }
+            // set_l2 ethertype stays IPv4.
+            let m = &mut d[icmp_at..icmp_at + 8];
+            m.copy_from_slice(&[icmp::v4::DEST_UNREACHABLE, icmp::v4::PORT_UNREACHABLE, 0, 0, 0, 0, 0, 0]);
+            let c = checksum::finish(checksum::sum(&d[icmp_at..icmp_at + 8 + quote], 0));
+            IcmpPacket::new_unchecked(&mut d[icmp_at..icmp_at + 8]).set_checksum(c);
+        } else {
+            if Ipv6Packet::emit_header(&mut d[l2..], key.dst.ipv6(), key.src.ipv6(), ip_proto::ICMPV6, 8 + quote, DEFAULT_TTL).is_err() {
+                return Verdict::Drop(DropReason::Truncated);
+            }
+            let m = &mut d[icmp_at..icmp_at + 8];
+            m.copy_from_slice(&[icmp::v6::DEST_UNREACHABLE, icmp::v6::PORT_UNREACHABLE, 0, 0, 0, 0, 0, 0]);
+            let c = l4_checksum(d, false, &key.dst, &key.src, ip_proto::ICMPV6, icmp_at, icmp_at + 8 + quote);
+            IcmpPacket::new_unchecked(&mut d[icmp_at..icmp_at + 8]).set_checksum(c);
+        }
+        pkt.truncate(icmp_at + 8 + quote);
+        Verdict::Tx(in_port)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn arp<B: PacketBuf>(
+        &mut self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        in_port: u16,
+        pinfo: PortInfo,
+        pkt: &mut B,
+        l2: usize,
+        src_mac: MacAddr,
+        now: u64,
+    ) -> Verdict {
+        let d = pkt.data_mut();
+        let (op, sha, spa, tpa) = match ArpPacket::new_checked(&d[l2..]) {
+            Ok(a) => (a.operation(), a.sender_hw_addr(), a.sender_proto_addr(), a.target_proto_addr()),
+            Err(e) => return Verdict::Drop(pkt_drop(e)),
+        };
+        let _ = src_mac;
+        let sender = Addr::from(spa);
+        let target = Addr::from(tpa);
+        let for_us = t.owns(&target);
+        let update = NeighborUpdate { addr: sender, mac: sha, port: in_port };
+        let sender_valid = !sha.is_multicast() && spa.octets() != [0, 0, 0, 0];
+        if sender_valid {
+            let changed = if for_us || op == arp::operation::REPLY {
+                self.neighbors.learn(update, now)
+            } else {
+                self.neighbors.refresh(update, now)
+            };
+            if changed {
+                self.learned(update);
+            }
+        }
+        if op == arp::operation::REQUEST && for_us {
+            let mut a = ArpPacket::new_unchecked(&mut d[l2..]);
+            a.set_operation(arp::operation::REPLY);
+            a.set_target_hw_addr(sha);
+            a.set_target_proto_addr(spa);
+            a.set_sender_hw_addr(pinfo.mac);
+            a.set_sender_proto_addr(tpa);
+            reply_l2(d, pinfo.mac, sha);
+            pkt.truncate(l2 + 28);
+            WorkerStats::add(&st.neighbor_replies, 1);
+            return Verdict::Tx(in_port);
+        }
+        Verdict::Consumed
+    }
+
+    /// Neighbour discovery. Returns `None` for ICMPv6 that is not NDP.
+    #[allow(clippy::too_many_arguments)]
+    fn ndp<B: PacketBuf>(
+        &mut self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        in_port: u16,
+        pinfo: PortInfo,
+        pkt: &mut B,
+        ip: &Ip,
+        src_mac: MacAddr,
+        now: u64,
+    ) -> Option<Verdict> {
+        let d = pkt.data_mut();
+        let body = &d[ip.l4..ip.end];
+        if body.len() < 24 {
+            return None;
+        }
+        let ty = body[0];
+        if ty != icmp::v6::NEIGHBOR_SOLICIT && ty != icmp::v6::NEIGHBOR_ADVERT {
+            return None;
+        }
+        // RFC 4861: hop limit must be 255 and the checksum valid.
+        let hop_limit = d[ip.l3 + 7];
+        if hop_limit != 255 || !checksum::verify_l4_v6(&ip.src.0, &ip.dst.0, ip_proto::ICMPV6, body) {
+            return Some(Verdict::Drop(DropReason::Unsupported));
+        }
+        let Some(target) = icmp::ndp_target(body) else {
+            return Some(Verdict::Drop(DropReason::Truncated));
+        };
+        let target = Addr::from(target);
+        if ty == icmp::v6::NEIGHBOR_ADVERT {
+            let mac = icmp::ndp_lladdr_option(body, 2).unwrap_or(src_mac);
+            let u = NeighborUpdate { addr: target, mac, port: in_port };
+            if self.neighbors.learn(u, now) {
+                self.learned(u);
+            }
+            return Some(Verdict::Consumed);
+        }
+        // Solicitation.
+        let unspecified = ip.src.0 == [0; 16];
+        if !unspecified {
+            if let Some(mac) = icmp::ndp_lladdr_option(body, 1) {
+                let u = NeighborUpdate { addr: ip.src, mac, port: in_port };
+                let changed = if t.owns(&target) { self.neighbors.learn(u, now) } else { self.neighbors.refresh(u, now) };
+                if changed {
+                    self.learned(u);
+                }
+            }
+        }
+        if !t.owns(&target) {
+            return Some(Verdict::Consumed);
+        }
+        let dst = if unspecified { Addr::v6([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]) } else { ip.src };
+        let l3 = ip.l3;
+        let l4 = ip.l4;
+        let n = icmp::emit_neighbor_advert(&mut d[l4..], target.0.into(), pinfo.mac, !unspecified, true);
+        if Ipv6Packet::emit_header(&mut d[l3..], target.ipv6(), dst.ipv6(), ip_proto::ICMPV6, n, 255).is_err() {
+            return Some(Verdict::Drop(DropReason::Truncated));
+        }
+        // emit_header sets hop limit 255 as asked.
+        let c = l4_checksum(d, false, &target, &dst, ip_proto::ICMPV6, l4, l4 + n);
+        IcmpPacket::new_unchecked(&mut d[l4..l4 + n]).set_checksum(c);
+        let dst_mac = if unspecified { MacAddr([0x33, 0x33, 0, 0, 0, 1]) } else { src_mac };
+        reply_l2(d, pinfo.mac, dst_mac);
+        pkt.truncate(l4 + n);
+        WorkerStats::add(&st.neighbor_replies, 1);
+        Some(Verdict::Tx(in_port))
+    }
+
+    /// Writes an ARP request or neighbour solicitation for `target` out of
+    /// `port` into `buf`; returns its length, or `None` when the port has no
+    /// address of that family or the buffer is too small.
+    pub fn build_solicit(&self, t: &ServiceTable, port: u16, target: Addr, buf: &mut [u8]) -> Option<usize> {
+        let pinfo = self.ports.get(port as usize)?;
+        let v4 = target.is_v4();
+        let src = t.port_addr(port, v4)?;
+        if v4 {
+            if buf.len() < 60 {
+                return None;
+            }
+            let l2 = write_l2(buf, MacAddr::BROADCAST, pinfo.mac, pinfo.vlan, ethernet::ethertype::ARP);
+            ArpPacket::emit(
+                &mut buf[l2..],
+                arp::operation::REQUEST,
+                pinfo.mac,
+                src.ipv4(),
+                MacAddr([0; 6]),
+                target.ipv4(),
+            )
+            .ok()?;
+            // Pad to the Ethernet minimum.
+            buf[l2 + 28..60].fill(0);
+            Some(60)
+        } else {
+            let t6 = target.0;
+            let snm = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t6[13], t6[14], t6[15]];
+            let mac = MacAddr([0x33, 0x33, 0xff, t6[13], t6[14], t6[15]]);
+            if buf.len() < 18 + 40 + 32 {
+                return None;
+            }
+            let l2 = write_l2(buf, mac, pinfo.mac, pinfo.vlan, ethernet::ethertype::IPV6);
+            let l4 = l2 + 40;
+            let n = icmp::emit_neighbor_solicit(&mut buf[l4..], t6.into(), pinfo.mac);
+            Ipv6Packet::emit_header(&mut buf[l2..], src.ipv6(), snm.into(), ip_proto::ICMPV6, n, 255).ok()?;
+            let c = l4_checksum(buf, false, &src, &Addr::v6(snm), ip_proto::ICMPV6, l4, l4 + n);
+            IcmpPacket::new_unchecked(&mut buf[l4..l4 + n]).set_checksum(c);
+            Some(l4 + n)
+        }
+    }
+}
+
+fn pkt_drop(e: PktError) -> DropReason {
+    match e {
+        PktError::Truncated => DropReason::Truncated,
+        PktError::BadVersion => DropReason::BadVersion,
+        PktError::BadHeaderLen => DropReason::BadHeaderLen,
+        PktError::BadTotalLen => DropReason::BadTotalLen,
+        PktError::BadLength => DropReason::BadL4Len,
+        PktError::TooManyExtHeaders => DropReason::TooManyExtHeaders,
+        PktError::Unsupported | PktError::BadAddress => DropReason::Unsupported,
+    }
+}
+
+#[inline]
+fn l2_len(d: &[u8]) -> usize {
+    if d.len() >= 14 && d[12] == 0x81 && d[13] == 0x00 {
+        18
+    } else {
+        14
+    }
+}
+
+#[inline]
+fn parse_ip(d: &[u8], l2: usize, v4: bool) -> Result<Ip, DropReason> {
+    let b = &d[l2..];
+    if v4 {
+        let p = Ipv4Packet::new_checked(b).map_err(pkt_drop)?;
+        if !p.verify_checksum() {
+            return Err(DropReason::BadChecksum);
+        }
+        let proto = p.protocol();
+        if p.is_fragment() && (proto == ip_proto::TCP || proto == ip_proto::UDP) {
+            // Fragments of TCP/UDP datagrams are not reassembled: dropped and
+            // counted (documented rule; ICMP fragments are routed as they are).
+            return Err(DropReason::Fragment);
+        }
+        Ok(Ip {
+            v4: true,
+            l3: l2,
+            l4: l2 + p.header_len(),
+            end: l2 + p.total_len() as usize,
+            src: Addr::v4(p.src_addr().octets()),
+            dst: Addr::v4(p.dst_addr().octets()),
+            proto,
+        })
+    } else {
+        let p = Ipv6Packet::new_checked(b).map_err(pkt_drop)?;
+        let ul = p.upper_layer().map_err(pkt_drop)?;
+        if ul.fragment.is_some() {
+            return Err(DropReason::Fragment);
+        }
+        Ok(Ip {
+            v4: false,
+            l3: l2,
+            l4: l2 + ul.offset,
+            end: l2 + 40 + p.payload_len() as usize,
+            src: Addr::v6(p.src_addr().octets()),
+            dst: Addr::v6(p.dst_addr().octets()),
+            proto: ul.protocol,
+        })
+    }
+}
+
+/// `(proto, sport, dport, tcp flags)` for TCP and UDP; `None` for other protocols.
+#[inline]
+#[allow(clippy::type_complexity)]
+fn l4_ports(d: &[u8], ip: &Ip) -> Result<Option<(Proto, u16, u16, u8)>, DropReason> {
+    let b = &d[ip.l4.min(ip.end)..ip.end];
+    match ip.proto {
+        ip_proto::TCP => {
+            let t = TcpPacket::new_checked(b).map_err(pkt_drop)?;
+            Ok(Some((Proto::Tcp, t.src_port(), t.dst_port(), t.flags())))
+        }
+        ip_proto::UDP => {
+            let u = UdpPacket::new_checked(b).map_err(pkt_drop)?;
+            Ok(Some((Proto::Udp, u.src_port(), u.dst_port(), 0)))
+        }
+        _ => Ok(None),
+    }
+}
+
+#[inline]
+fn read_dst(d: &[u8], ip: &Ip) -> Addr {
+    if ip.v4 {
+        let o = ip.l3 + 16;
+        Addr::v4([d[o], d[o + 1], d[o + 2], d[o + 3]])
+    } else {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&d[ip.l3 + 24..ip.l3 + 40]);
+        Addr::v6(a)
+    }
+}
+
+/// Offset of the L4 checksum field for TCP/UDP.
+#[inline]
+fn l4_csum_at(ip: &Ip, proto: Proto) -> usize {
+    match proto {
+        Proto::Tcp => ip.l4 + 16,
+        _ => ip.l4 + 6,
+    }
+}
+
+#[inline]
+fn rewrite_addr_port(d: &mut [u8], ip: &Ip, proto: Proto, new: SockAddr, is_dst: bool) {
+    let csum_at = l4_csum_at(ip, proto);
+    let port_at = if is_dst { ip.l4 + 2 } else { ip.l4 };
+    let mut l4c = u16::from_be_bytes([d[csum_at], d[csum_at + 1]]);
+    let old_port = u16::from_be_bytes([d[port_at], d[port_at + 1]]);
+    let udp = proto == Proto::Udp;
+    if ip.v4 {
+        let at = ip.l3 + if is_dst { 16 } else { 12 };
+        let mut old = [0u8; 4];
+        old.copy_from_slice(&d[at..at + 4]);
+        let new4 = new.addr.v4_octets();
+        d[at..at + 4].copy_from_slice(&new4);
+        let ipc = u16::from_be_bytes([d[ip.l3 + 10], d[ip.l3 + 11]]);
+        let ipc = checksum::adjust(ipc, &old, &new4);
+        d[ip.l3 + 10..ip.l3 + 12].copy_from_slice(&ipc.to_be_bytes());
+        l4c = if udp { checksum::adjust_udp(l4c, &old, &new4) } else { checksum::adjust(l4c, &old, &new4) };
+    } else {
+        let at = ip.l3 + if is_dst { 24 } else { 8 };
+        let mut old = [0u8; 16];
+        old.copy_from_slice(&d[at..at + 16]);
+        d[at..at + 16].copy_from_slice(&new.addr.0);
+        l4c = if udp { checksum::adjust_udp(l4c, &old, &new.addr.0) } else { checksum::adjust(l4c, &old, &new.addr.0) };
+    }
+    l4c = if udp { checksum::adjust_udp16(l4c, old_port, new.port) } else { checksum::adjust16(l4c, old_port, new.port) };
+    d[port_at..port_at + 2].copy_from_slice(&new.port.to_be_bytes());
+    d[csum_at..csum_at + 2].copy_from_slice(&l4c.to_be_bytes());
+}
+
+/// DNAT: destination address and port become `new`; checksums updated incrementally.
+#[inline]
+fn rewrite_dst(d: &mut [u8], ip: &Ip, proto: Proto, new: SockAddr) {
+    rewrite_addr_port(d, ip, proto, new, true)
+}
+
+/// Reverse NAT: source address and port become `new`.
+#[inline]
+fn rewrite_src(d: &mut [u8], ip: &Ip, proto: Proto, new: SockAddr) {
+    rewrite_addr_port(d, ip, proto, new, false)
+}
+
+/// Decrements TTL / hop limit; false when it would reach zero.
+#[inline]
+fn decrement_ttl(d: &mut [u8], ip: &Ip) -> bool {
+    if ip.v4 {
+        let ttl = d[ip.l3 + 8];
+        if ttl <= 1 {
+            return false;
+        }
+        let old = u16::from_be_bytes([ttl, d[ip.l3 + 9]]);
+        d[ip.l3 + 8] = ttl - 1;
+        let new = u16::from_be_bytes([ttl - 1, d[ip.l3 + 9]]);
+        let c = checksum::adjust16(u16::from_be_bytes([d[ip.l3 + 10], d[ip.l3 + 11]]), old, new);
+        d[ip.l3 + 10..ip.l3 + 12].copy_from_slice(&c.to_be_bytes());
+        true
+    } else {
+        let h = d[ip.l3 + 7];
+        if h <= 1 {
+            return false;
+        }
+        d[ip.l3 + 7] = h - 1;
+        true
+    }
+}
+
+fn set_ttl(d: &mut [u8], ip: &Ip, ttl: u8) {
+    if ip.v4 {
+        let old = u16::from_be_bytes([d[ip.l3 + 8], d[ip.l3 + 9]]);
+        d[ip.l3 + 8] = ttl;
+        let new = u16::from_be_bytes([ttl, d[ip.l3 + 9]]);
+        let c = checksum::adjust16(u16::from_be_bytes([d[ip.l3 + 10], d[ip.l3 + 11]]), old, new);
+        d[ip.l3 + 10..ip.l3 + 12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        d[ip.l3 + 7] = ttl;
+    }
+}
+
+/// Swaps source and destination addresses (checksums are unaffected).
+fn swap_addrs(d: &mut [u8], ip: &Ip) {
+    let (s, n) = if ip.v4 { (ip.l3 + 12, 4) } else { (ip.l3 + 8, 16) };
+    for i in 0..n {
+        d.swap(s + i, s + n + i);
+    }
+}
+
+/// Addresses a reply back to the sender on the same port (VLAN tag kept).
+#[inline]
+fn reply_l2(d: &mut [u8], our: MacAddr, to: MacAddr) {
+    d[0..6].copy_from_slice(&to.0);
+    d[6..12].copy_from_slice(&our.0);
+}
+
+/// Full L4 checksum over `d[from..to]` (checksum field must be zero).
+fn l4_checksum(d: &[u8], v4: bool, src: &Addr, dst: &Addr, proto: u8, from: usize, to: usize) -> u16 {
+    if v4 {
+        checksum::l4_v4(src.v4_octets(), dst.v4_octets(), proto, &d[from..to])
+    } else {
+        checksum::l4_v6(&src.0, &dst.0, proto, &d[from..to])
+    }
+}
+
+/// Writes an Ethernet header (with an 802.1Q tag when `vlan` is set); returns its length.
+fn write_l2(buf: &mut [u8], dst: MacAddr, src: MacAddr, vlan: Option<u16>, ethertype: u16) -> usize {
+    buf[0..6].copy_from_slice(&dst.0);
+    buf[6..12].copy_from_slice(&src.0);
+    match vlan {
+        Some(v) => {
+            buf[12..14].copy_from_slice(&ethernet::ethertype::VLAN.to_be_bytes());
+            buf[14..16].copy_from_slice(&(v & 0x0fff).to_be_bytes());
+            buf[16..18].copy_from_slice(&ethertype.to_be_bytes());
+            18
+        }
+        None => {
+            buf[12..14].copy_from_slice(&ethertype.to_be_bytes());
+            14
+        }
+    }
+}
+
+/// Rewrites the L2 header of a packet whose current header is `cur` bytes,
+/// growing or shrinking it when the VLAN tagging changes.
+#[inline]
+fn set_l2<B: PacketBuf>(pkt: &mut B, cur: usize, dst: MacAddr, src: MacAddr, vlan: Option<u16>, ethertype: u16) -> bool {
+    let want = if vlan.is_some() { 18 } else { 14 };
+    if want > cur {
+        if !pkt.prepend(want - cur) {
+            return false;
+        }
+    } else if want < cur && !pkt.adj(cur - want) {
+        return false;
+    }
+    write_l2(pkt.data_mut(), dst, src, vlan, ethertype);
+    true
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! Per-worker counters, written by one worker and read by the admin server.
+//!
+//! Each worker owns one cache-line-aligned [`WorkerStats`]; it is the only
+//! writer, so updates are plain relaxed load+store (no locked instructions).
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! reasons {
+    ($($(#[$m:meta])* $v:ident => $s:literal,)*) => {
+        /// Why the dataplane dropped a packet.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason { $($(#[$m])* $v,)* }
+        impl DropReason {
+            /// Every reason, in counter order.
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$v,)*];
+            /// Number of reasons.
+            pub const COUNT: usize = Self::ALL.len();
+            /// The Prometheus label value.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(DropReason::$v => $s,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// A header was cut short.
+    Truncated => "truncated",
+    /// IP version field is wrong.
+    BadVersion => "bad_version",
+    /// IPv4 IHL / TCP data offset / IPv6 extension header length is wrong.
+    BadHeaderLen => "bad_header_len",
+    /// IPv4 total length or IPv6 payload length is wrong.
+    BadTotalLen => "bad_total_len",
+    /// UDP length field is wrong.
+    BadL4Len => "bad_l4_len",
+    /// A header we do not handle (ARP hardware type, ...).
+    Unsupported => "unsupported",
+    /// Too many IPv6 extension headers.
+    TooManyExtHeaders => "too_many_ext_headers",
+    /// EtherType we do not handle.
+    UnknownEthertype => "unknown_ethertype",
+    /// IPv4 header checksum is wrong.
+    BadChecksum => "bad_checksum",
+    /// A VLAN tag that does not match the port.
+    VlanMismatch => "vlan_mismatch",
+    /// Frame addressed to another MAC.
+    NotForUs => "not_for_us",
+    /// TTL or hop limit ran out.
+    TtlExceeded => "ttl_exceeded",
+    /// No route to the destination.
+    NoRoute => "no_route",
+    /// Next hop MAC unknown (a solicitation was sent).
+    NeighborMiss => "neighbor_miss",
+    /// The session table is full.
+    SessionTableFull => "session_table_full",
+    /// The reply tuple is already used by another session.
+    SessionConflict => "session_conflict",
+    /// A non-initial fragment with no way to find its flow.
+    Fragment => "fragment",
+    /// A TCP RST that matches no session.
+    OrphanRst => "orphan_rst",
+    /// Hand-off ring to the owning worker is full.
+    HandoffFull => "handoff_full",
+    /// The transmit queue did not take the packet.
+    TxFull => "tx_full",
+    /// No mbuf for a generated packet.
+    NoMbuf => "no_mbuf",
+    /// A multi-segment mbuf (jumbo/scattered) we do not handle.
+    MultiSegment => "multi_segment",
+    /// Addressed to us but nothing answers it (protocol/port).
+    LocalUnhandled => "local_unhandled",
+    /// A frame that arrived on a port that is not configured.
+    BadPort => "bad_port",
+}
+
+/// One worker's counters.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct WorkerStats {
+    /// Packets received from ports.
+    pub rx_packets: AtomicU64,
+    /// Bytes received from ports.
+    pub rx_bytes: AtomicU64,
+    /// Packets transmitted.
+    pub tx_packets: AtomicU64,
+    /// Bytes transmitted.
+    pub tx_bytes: AtomicU64,
+    /// Packets handed to another worker.
+    pub handoff_out: AtomicU64,
+    /// Packets received from other workers.
+    pub handoff_in: AtomicU64,
+    /// Sessions created.
+    pub sessions_created: AtomicU64,
+    /// Sessions removed by expiry.
+    pub sessions_expired: AtomicU64,
+    /// Sessions live now.
+    pub sessions_active: AtomicU64,
+    /// Packets translated in the original direction (client → backend).
+    pub nat_forward: AtomicU64,
+    /// Packets translated in the reply direction (backend → client).
+    pub nat_reverse: AtomicU64,
+    /// Connections rejected because their Service has no endpoints.
+    pub rejected: AtomicU64,
+    /// Packets routed without translation.
+    pub routed: AtomicU64,
+    /// ARP / neighbour-discovery packets answered.
+    pub neighbor_replies: AtomicU64,
+    /// ARP / neighbour solicitations sent.
+    pub neighbor_solicits: AtomicU64,
+    /// ICMP echo requests answered.
+    pub echo_replies: AtomicU64,
+    /// Version of the table this worker uses now.
+    pub table_version: AtomicU64,
+    /// Poll-loop iterations (liveness).
+    pub loops: AtomicU64,
+    /// Drops by reason, indexed by `DropReason as usize`.
+    pub drops: [AtomicU64; DropReason::COUNT],
+}
+
+impl WorkerStats {
+    /// Adds `n` to a counter this worker owns.
+    #[inline(always)]
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    /// Counts one drop.
+    #[inline]
+    pub fn drop(&self, r: DropReason) {
+        Self::add(&self.drops[r as usize], 1);
+    }
+    /// Reads a drop counter.
+    pub fn drops_for(&self, r: DropReason) -> u64 {
+        self.drops[r as usize].load(Relaxed)
+    }
+    /// Sum of all drops.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().map(|d| d.load(Relaxed)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_distinct_labels() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+
+    #[test]
+    fn counters_add() {
+        let s = WorkerStats::default();
+        s.drop(DropReason::NoRoute);
+        s.drop(DropReason::NoRoute);
+        WorkerStats::add(&s.rx_packets, 5);
+        assert_eq!(s.drops_for(DropReason::NoRoute), 2);
+        assert_eq!(s.total_drops(), 2);
+        assert_eq!(s.rx_packets.load(Relaxed), 5);
+        assert_eq!(core::mem::align_of::<WorkerStats>(), 64);
+    }
+}

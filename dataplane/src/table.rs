@@ -1,0 +1,254 @@
+//! The immutable service table the control thread publishes to the workers.
+//!
+//! A table is built once from a plain [`TableSpec`], never mutated, and swapped
+//! in atomically (see [`crate::dpdk::rcu`]); workers read it once per burst.
+use crate::addr::{Addr, Proto, SockAddr};
+use crate::maglev::{stable_key, Maglev};
+use crate::packet::ethernet::MacAddr;
+use hashbrown::HashMap;
+
+/// A Service frontend: the address, port and protocol clients connect to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Frontend {
+    /// VIP and port.
+    pub addr: SockAddr,
+    /// Protocol.
+    pub proto: Proto,
+}
+
+/// What the control plane says about one Service port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Name for metrics and logs (`namespace/name:port`).
+    pub name: String,
+    /// The frontend.
+    pub frontend: Frontend,
+    /// Ready backends. Empty means the Service rejects connections.
+    pub backends: Vec<SockAddr>,
+}
+
+/// A node address on a port, with its prefix length (a connected route).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Interface {
+    /// DPDK port index.
+    pub port: u16,
+    /// The address.
+    pub addr: Addr,
+    /// Prefix length of the connected subnet.
+    pub prefix_len: u8,
+}
+
+/// A static route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Destination prefix.
+    pub prefix: Addr,
+    /// Prefix length.
+    pub len: u8,
+    /// Egress port.
+    pub port: u16,
+    /// Next hop; `None` for an on-link destination.
+    pub via: Option<Addr>,
+}
+
+/// A static neighbour entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StaticNeighbor {
+    /// The neighbour's address.
+    pub addr: Addr,
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// The port it is on.
+    pub port: u16,
+}
+
+/// Everything a table is built from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableSpec {
+    /// Service ports.
+    pub services: Vec<ServiceSpec>,
+    /// Node addresses.
+    pub interfaces: Vec<Interface>,
+    /// Static routes (connected routes come from `interfaces`).
+    pub routes: Vec<Route>,
+    /// Static neighbours.
+    pub neighbors: Vec<StaticNeighbor>,
+}
+
+/// One Service port as the workers see it.
+#[derive(Debug)]
+pub struct Service {
+    /// Name for metrics and logs.
+    pub name: String,
+    /// The frontend.
+    pub frontend: Frontend,
+    /// Ready backends.
+    pub backends: Vec<SockAddr>,
+    maglev: Maglev,
+}
+
+impl Service {
+    /// Builds the Service's Maglev table.
+    pub fn new(spec: ServiceSpec) -> Self {
+        let keys: Vec<u64> = spec.backends.iter().map(|b| stable_key(b.to_string().as_bytes())).collect();
+        Service { name: spec.name, frontend: spec.frontend, maglev: Maglev::new(&keys), backends: spec.backends }
+    }
+    /// The backend for a new flow whose hash is `hash`, if there is one.
+    #[inline]
+    pub fn pick(&self, hash: u64) -> Option<SockAddr> {
+        self.maglev.lookup(hash).and_then(|i| self.backends.get(i as usize).copied())
+    }
+}
+
+/// The result of a route lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    /// Egress port.
+    pub port: u16,
+    /// The address whose MAC the frame goes to.
+    pub addr: Addr,
+}
+
+/// The immutable table. See the module docs.
+#[derive(Debug, Default)]
+pub struct ServiceTable {
+    /// Monotonic version, set by the publisher.
+    pub version: u64,
+    frontends: HashMap<Frontend, u32>,
+    services: Vec<Service>,
+    local: HashMap<Addr, u16>,
+    vips: HashMap<Addr, ()>,
+    routes: Vec<Route>,
+    neighbors: Vec<StaticNeighbor>,
+}
+
+impl ServiceTable {
+    /// Builds a table. Duplicate frontends: the first one wins.
+    pub fn new(spec: TableSpec, version: u64) -> Self {
+        let mut t = ServiceTable { version, ..Default::default() };
+        for s in spec.services {
+            if t.frontends.contains_key(&s.frontend) {
+                continue;
+            }
+            t.vips.insert(s.frontend.addr.addr, ());
+            t.frontends.insert(s.frontend, t.services.len() as u32);
+            t.services.push(Service::new(s));
+        }
+        for i in &spec.interfaces {
+            t.local.insert(i.addr, i.port);
+            t.routes.push(Route { prefix: i.addr, len: i.prefix_len, port: i.port, via: None });
+        }
+        t.routes.extend(spec.routes);
+        // Longest prefix first; IPv4 lengths count from bit 96 of the mapped form.
+        t.routes.sort_by_key(|r| std::cmp::Reverse(r.len as u32 + if r.prefix.is_v4() { 96 } else { 0 }));
+        t.neighbors = spec.neighbors;
+        t
+    }
+
+    /// The Service index for a frontend.
+    #[inline]
+    pub fn frontend(&self, f: &Frontend) -> Option<u32> {
+        if self.frontends.is_empty() {
+            return None;
+        }
+        self.frontends.get(f).copied()
+    }
+
+    /// The Service at `idx`.
+    #[inline]
+    pub fn service(&self, idx: u32) -> Option<&Service> {
+        self.services.get(idx as usize)
+    }
+
+    /// All Services.
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// The port of a node address, if `a` is one.
+    #[inline]
+    pub fn local_port(&self, a: &Addr) -> Option<u16> {
+        self.local.get(a).copied()
+    }
+
+    /// True when `a` is a node address or a Service VIP (we answer ARP/ND for it).
+    #[inline]
+    pub fn owns(&self, a: &Addr) -> bool {
+        self.local.contains_key(a) || self.vips.contains_key(a)
+    }
+
+    /// A node address of the same family on `port` (source of ARP/ND/ICMP we originate).
+    pub fn port_addr(&self, port: u16, v4: bool) -> Option<Addr> {
+        self.local.iter().filter(|(a, p)| **p == port && a.is_v4() == v4).map(|(a, _)| *a).min()
+    }
+
+    /// Longest-prefix-match route lookup.
+    #[inline]
+    pub fn route(&self, dst: &Addr) -> Option<NextHop> {
+        self.routes
+            .iter()
+            .find(|r| dst.in_prefix(&r.prefix, r.len))
+            .map(|r| NextHop { port: r.port, addr: r.via.unwrap_or(*dst) })
+    }
+
+    /// Static neighbours.
+    pub fn static_neighbors(&self) -> &[StaticNeighbor] {
+        &self.neighbors
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::net::Ipv4Addr;
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> Addr {
+        Addr::from(Ipv4Addr::new(a, b, c, d))
+    }
+
+    fn spec() -> TableSpec {
+        TableSpec {
+            services: vec![ServiceSpec {
+                name: "default/web:http".into(),
+                frontend: Frontend { addr: SockAddr::new(v4(198, 18, 100, 1), 80), proto: Proto::Tcp },
+                backends: (1..=3).map(|i| SockAddr::new(v4(198, 18, 1, 10 + i), 8080)).collect(),
+            }],
+            interfaces: vec![
+                Interface { port: 0, addr: v4(198, 18, 0, 1), prefix_len: 24 },
+                Interface { port: 1, addr: v4(198, 18, 1, 1), prefix_len: 24 },
+            ],
+            routes: vec![
+                Route { prefix: v4(198, 19, 0, 0), len: 16, port: 1, via: Some(v4(198, 18, 1, 254)) },
+                Route { prefix: v4(198, 19, 5, 0), len: 24, port: 0, via: Some(v4(198, 18, 0, 254)) },
+            ],
+            neighbors: vec![],
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let t = ServiceTable::new(spec(), 1);
+        assert_eq!(t.route(&v4(198, 18, 1, 12)), Some(NextHop { port: 1, addr: v4(198, 18, 1, 12) }));
+        assert_eq!(t.route(&v4(198, 19, 7, 1)), Some(NextHop { port: 1, addr: v4(198, 18, 1, 254) }));
+        assert_eq!(t.route(&v4(198, 19, 5, 1)), Some(NextHop { port: 0, addr: v4(198, 18, 0, 254) }));
+        assert_eq!(t.route(&v4(203, 0, 113, 1)), None);
+    }
+
+    #[test]
+    fn frontends_and_picks() {
+        let t = ServiceTable::new(spec(), 1);
+        let f = Frontend { addr: SockAddr::new(v4(198, 18, 100, 1), 80), proto: Proto::Tcp };
+        let i = t.frontend(&f).unwrap();
+        let svc = t.service(i).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for h in 0..1000u64 {
+            seen.insert(svc.pick(crate::addr::fmix64(h)).unwrap());
+        }
+        assert_eq!(seen.len(), 3);
+        assert!(t.frontend(&Frontend { proto: Proto::Udp, ..f }).is_none());
+        assert!(t.owns(&v4(198, 18, 100, 1)));
+        assert!(t.owns(&v4(198, 18, 0, 1)));
+        assert!(!t.owns(&v4(198, 18, 0, 2)));
+        assert_eq!(t.port_addr(1, true), Some(v4(198, 18, 1, 1)));
+    }
+}

@@ -1,0 +1,412 @@
+//! The poll-mode worker loop and the code that wires ports, rings and
+//! workers together.
+//!
+//! One worker per lcore. Worker `i` owns rx queue `i` and tx queue `i` of
+//! every port, a single-producer/single-consumer hand-off ring to every other
+//! worker, its connection table and its counters. Per loop it: applies
+//! neighbours learned by peers, reads the current service table once, polls
+//! its rx queues and inbound hand-off rings, sends solicitations, announces an
+//! RCU quiescent state, flushes tx and hand-off buffers, and expires a
+//! bounded number of sessions. Nothing here allocates, locks, logs or makes a
+//! syscall, except the optional idle sleep.
+use crate::dpdk::rcu::{Rcu, Reader};
+use crate::dpdk::{self, Eal, Mbuf, Mempool, Port, PortConfig, Ring, RxBurst, TxBuffer};
+use crate::neigh::NeighborUpdate;
+use crate::pipeline::{PacketBuf, Pipeline, PipelineConfig, PortInfo, Verdict};
+use crate::stats::{DropReason, WorkerStats};
+use crate::table::ServiceTable;
+use core::sync::atomic::{AtomicBool, Ordering};
+use crossbeam_queue::ArrayQueue;
+use std::sync::Arc;
+
+/// Sessions examined for expiry per loop iteration.
+const EXPIRE_BUDGET: usize = 64;
+/// Empty polls before the optional idle sleep kicks in.
+const IDLE_POLLS: u32 = 256;
+
+/// A port the dataplane drives.
+#[derive(Clone, Debug)]
+pub struct PortSpec {
+    /// The DPDK device name (`net_af_packet0`, `0000:01:00.0`, ...).
+    pub device: String,
+    /// 802.1Q VLAN id, if the port is a tagged interface.
+    pub vlan: Option<u16>,
+}
+
+/// How to build the dataplane.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// Ports, in the order routes and interfaces refer to them (index = port number).
+    pub ports: Vec<PortSpec>,
+    /// Worker lcores (one worker each).
+    pub lcores: Vec<u32>,
+    /// Mbufs per NUMA socket (0: computed from queue sizes).
+    pub mbufs: u32,
+    /// Rx descriptors per queue.
+    pub rx_desc: u16,
+    /// Tx descriptors per queue.
+    pub tx_desc: u16,
+    /// Per-worker pipeline sizing.
+    pub pipeline: PipelineConfig,
+    /// Sleep this long after a run of empty polls (0: spin, the default for production).
+    pub idle_sleep_us: u32,
+    /// Hand-off ring size per worker pair (power of two).
+    pub handoff_ring: u32,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            ports: vec![],
+            lcores: vec![],
+            mbufs: 0,
+            rx_desc: 1024,
+            tx_desc: 1024,
+            pipeline: PipelineConfig::default(),
+            idle_sleep_us: 0,
+            handoff_ring: 1024,
+        }
+    }
+}
+
+/// A started dataplane.
+pub struct Running {
+    stop: Arc<AtomicBool>,
+    lcores: Vec<u32>,
+    /// Per-worker counters.
+    pub stats: Vec<Arc<WorkerStats>>,
+    /// Port facts, by port number.
+    pub port_info: Vec<PortInfo>,
+    /// Driver names, by port number.
+    pub drivers: Vec<String>,
+    ports: Vec<Port>,
+    _rings: Vec<Arc<Ring>>,
+    _pools: Vec<Arc<Mempool>>,
+}
+
+impl Running {
+    /// DPDK port ids, by port number.
+    pub fn port_ids(&self) -> Vec<u16> {
+        self.ports.iter().map(|p| p.id()).collect()
+    }
+    /// Port statistics by port number (see [`Port::stats`]).
+    pub fn port_stats(&self) -> Vec<Option<(u64, u64, u64, u64, u64, u64)>> {
+        self.ports.iter().map(|p| p.stats().ok()).collect()
+    }
+    /// True while any worker runs.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+    /// Stops the workers, waits for them, and stops and closes the ports.
+    /// Returns the workers' exit codes.
+    pub fn shutdown(mut self, eal: &Eal) -> Vec<i32> {
+        self.stop.store(true, Ordering::SeqCst);
+        let codes = self.lcores.iter().map(|&l| eal.wait(l)).collect();
+        for p in &mut self.ports {
+            p.close();
+        }
+        codes
+    }
+}
+
+/// Brings up pools, ports and rings and launches one worker per lcore.
+pub fn start(eal: &Eal, cfg: &DataplaneConfig, table: &Arc<Rcu<ServiceTable>>) -> dpdk::Result<Running> {
+    let n = cfg.lcores.len();
+    if n == 0 {
+        return Err(dpdk::Error::Other("no worker lcores: give EAL at least one lcore besides the main one".into()));
+    }
+    if n > u16::MAX as usize {
+        return Err(dpdk::Error::Other("too many workers".into()));
+    }
+    let mut ports = Vec::new();
+    for p in &cfg.ports {
+        ports.push(Port::by_name(&p.device)?);
+    }
+    // One pool per NUMA socket in use.
+    let mut sockets: Vec<i32> = ports.iter().map(|p| p.socket()).collect();
+    sockets.extend(cfg.lcores.iter().map(|&l| eal.socket_of(l) as i32));
+    sockets.sort_unstable();
+    sockets.dedup();
+    let per_queue = cfg.rx_desc as u32 + cfg.tx_desc as u32 + 2 * dpdk::BURST as u32;
+    let needed = (ports.len() as u32 * n as u32 * per_queue)
+        + (n as u32 * n as u32 * cfg.handoff_ring)
+        + n as u32 * 512
+        + 1024;
+    let mbufs = if cfg.mbufs > 0 { cfg.mbufs } else { needed.next_power_of_two() - 1 };
+    let mut pools = Vec::new();
+    for s in &sockets {
+        pools.push((*s, Arc::new(Mempool::new(&format!("dkp_pool_{s}"), mbufs, 256, 2048 + 128, *s)?)));
+    }
+    let pool_for = |s: i32| pools.iter().find(|(ps, _)| *ps == s).map(|(_, p)| p.clone()).unwrap_or_else(|| pools[0].1.clone());
+
+    let pcfg = PortConfig { queues: n as u16, rx_desc: cfg.rx_desc, tx_desc: cfg.tx_desc, promiscuous: true };
+    let mut port_info = Vec::new();
+    let mut drivers = Vec::new();
+    for (i, p) in ports.iter_mut().enumerate() {
+        let caps = p.configure_and_start(&pcfg, &pool_for(p.socket()))?;
+        drivers.push(caps.driver);
+        port_info.push(PortInfo { mac: p.mac()?, vlan: cfg.ports[i].vlan });
+    }
+    let port_ids: Vec<u16> = ports.iter().map(|p| p.id()).collect();
+
+    // rings[src][dst]: single producer src, single consumer dst.
+    let mut rings: Vec<Vec<Option<Arc<Ring>>>> = vec![vec![None; n]; n];
+    let mut all_rings = Vec::new();
+    for (src, row) in rings.iter_mut().enumerate() {
+        for (dst, slot) in row.iter_mut().enumerate() {
+            if src != dst {
+                let r = Arc::new(Ring::new(&format!("dkp_ho_{src}_{dst}"), cfg.handoff_ring, sockets[0])?);
+                all_rings.push(r.clone());
+                *slot = Some(r);
+            }
+        }
+    }
+    let neigh_queues: Vec<Arc<ArrayQueue<NeighborUpdate>>> = (0..n).map(|_| Arc::new(ArrayQueue::new(1024))).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats: Vec<Arc<WorkerStats>> = (0..n).map(|_| Arc::new(WorkerStats::default())).collect();
+
+    let mut launched = Vec::new();
+    for (id, &lcore) in cfg.lcores.iter().enumerate() {
+        let reader = table
+            .reader(id)
+            .ok_or_else(|| dpdk::Error::Other(format!("RCU reader slot {id} unavailable")))?;
+        let w = Worker {
+            id: id as u16,
+            ports: port_ids.clone(),
+            pipeline: Pipeline::new(id as u16, n as u16, port_info.clone(), cfg.pipeline),
+            stats: stats[id].clone(),
+            table: reader,
+            handoff_rx: (0..n).filter_map(|src| rings[src][id].clone()).collect(),
+            handoff_tx: rings[id].clone(),
+            neigh_rx: neigh_queues[id].clone(),
+            neigh_tx: (0..n).filter(|&j| j != id).map(|j| neigh_queues[j].clone()).collect(),
+            pool: pool_for(eal.socket_of(lcore) as i32),
+            stop: stop.clone(),
+            ticks_per_ms: (eal.tsc_hz() / 1000).max(1),
+            idle_sleep_us: cfg.idle_sleep_us,
+        };
+        if let Err(e) = eal.launch(lcore, move || w.run()) {
+            stop.store(true, Ordering::SeqCst);
+            for l in launched {
+                eal.wait(l);
+            }
+            return Err(e);
+        }
+        launched.push(lcore);
+    }
+    Ok(Running {
+        stop,
+        lcores: launched,
+        stats,
+        port_info,
+        drivers,
+        ports,
+        _rings: all_rings,
+        _pools: pools.into_iter().map(|(_, p)| p).collect(),
+    })
+}
+
+/// One worker's context; lives on its lcore.
+struct Worker {
+    id: u16,
+    ports: Vec<u16>,
+    pipeline: Pipeline,
+    stats: Arc<WorkerStats>,
+    table: Reader<ServiceTable>,
+    handoff_rx: Vec<Arc<Ring>>,
+    handoff_tx: Vec<Option<Arc<Ring>>>,
+    neigh_rx: Arc<ArrayQueue<NeighborUpdate>>,
+    neigh_tx: Vec<Arc<ArrayQueue<NeighborUpdate>>>,
+    pool: Arc<Mempool>,
+    stop: Arc<AtomicBool>,
+    ticks_per_ms: u64,
+    idle_sleep_us: u32,
+}
+
+/// Per-loop buffers, kept off the heap-allocated context for locality.
+struct Buffers {
+    rx: RxBurst,
+    tx: Vec<TxBuffer>,
+    handoff: Vec<TxBuffer>,
+}
+
+impl Worker {
+    fn run(mut self) -> i32 {
+        let n_ports = self.ports.len();
+        let n_workers = self.handoff_tx.len();
+        // Allocated once, before the loop.
+        let mut b = Buffers {
+            rx: RxBurst::default(),
+            tx: (0..n_ports).map(|_| TxBuffer::default()).collect(),
+            handoff: (0..n_workers).map(|_| TxBuffer::default()).collect(),
+        };
+        let start = dpdk::rdtsc();
+        let mut idle = 0u32;
+        let mut last_version = u64::MAX;
+        let queue = self.id;
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = (dpdk::rdtsc() - start) / self.ticks_per_ms;
+            let st = &*self.stats;
+            while let Some(u) = self.neigh_rx.pop() {
+                self.pipeline.learn_from_peer(u, now);
+            }
+            let mut work = 0usize;
+            {
+                let table = self.table.read();
+                if table.version != last_version {
+                    last_version = table.version;
+                    self.pipeline.on_table(table);
+                    st.table_version.store(table.version, Ordering::Relaxed);
+                }
+                for (pi, &port) in self.ports.iter().enumerate() {
+                    let got = dpdk::rx_burst(port, queue, &mut b.rx);
+                    if got == 0 {
+                        continue;
+                    }
+                    work += got;
+                    WorkerStats::add(&st.rx_packets, got as u64);
+                    for mut m in b.rx.by_ref() {
+                        WorkerStats::add(&st.rx_bytes, m.len() as u64);
+                        m.set_port(pi as u16);
+                        handle(&mut self.pipeline, table, st, &mut b.tx, &mut b.handoff, &self.handoff_tx, &self.ports, queue, m, now, false);
+                    }
+                }
+                for r in &self.handoff_rx {
+                    let got = r.dequeue(&mut b.rx);
+                    if got == 0 {
+                        continue;
+                    }
+                    work += got;
+                    WorkerStats::add(&st.handoff_in, got as u64);
+                    for m in b.rx.by_ref() {
+                        handle(&mut self.pipeline, table, st, &mut b.tx, &mut b.handoff, &self.handoff_tx, &self.ports, queue, m, now, true);
+                    }
+                }
+                // Neighbour solicitations the packets above asked for.
+                let mut pending = [(0u16, crate::addr::Addr::default()); 16];
+                let mut np = 0;
+                for s in self.pipeline.take_solicits() {
+                    pending[np] = s;
+                    np += 1;
+                }
+                for &(port, target) in &pending[..np] {
+                    let Some(mut m) = self.pool.alloc() else {
+                        st.drop(DropReason::NoMbuf);
+                        continue;
+                    };
+                    m.set_len(128);
+                    match self.pipeline.build_solicit(table, port, target, m.data_mut()) {
+                        Some(len) => {
+                            m.set_len(len);
+                            WorkerStats::add(&st.neighbor_solicits, 1);
+                            push_tx(&mut b.tx, &self.ports, queue, st, port, m);
+                        }
+                        None => drop(m),
+                    }
+                }
+            }
+            self.table.quiescent();
+            for u in self.pipeline.take_learned() {
+                for q in &self.neigh_tx {
+                    let _ = q.push(u);
+                }
+            }
+            for (pi, t) in b.tx.iter_mut().enumerate() {
+                let (sent, bytes, dropped) = t.flush(self.ports[pi], queue);
+                if sent + dropped > 0 {
+                    WorkerStats::add(&st.tx_packets, sent as u64);
+                    WorkerStats::add(&st.tx_bytes, bytes);
+                    if dropped > 0 {
+                        WorkerStats::add(&st.drops[DropReason::TxFull as usize], dropped as u64);
+                    }
+                }
+            }
+            for (dst, h) in b.handoff.iter_mut().enumerate() {
+                if let Some(r) = &self.handoff_tx[dst] {
+                    let (done, dropped) = h.flush_ring(r);
+                    if done + dropped > 0 {
+                        WorkerStats::add(&st.handoff_out, done as u64);
+                        if dropped > 0 {
+                            WorkerStats::add(&st.drops[DropReason::HandoffFull as usize], dropped as u64);
+                        }
+                    }
+                }
+            }
+            let expired = self.pipeline.sessions.expire(now, EXPIRE_BUDGET);
+            if expired > 0 {
+                WorkerStats::add(&st.sessions_expired, expired as u64);
+            }
+            st.sessions_active.store(self.pipeline.sessions.len() as u64, Ordering::Relaxed);
+            WorkerStats::add(&st.loops, 1);
+            if work == 0 {
+                idle = idle.saturating_add(1);
+                if self.idle_sleep_us > 0 && idle >= IDLE_POLLS {
+                    self.table.offline();
+                    std::thread::sleep(std::time::Duration::from_micros(self.idle_sleep_us as u64));
+                    self.table.online();
+                } else {
+                    dpdk::pause();
+                }
+            } else {
+                idle = 0;
+            }
+        }
+        self.table.offline();
+        0
+    }
+}
+
+#[inline]
+fn push_tx(tx: &mut [TxBuffer], ports: &[u16], queue: u16, st: &WorkerStats, port: u16, m: Mbuf) {
+    let Some(buf) = tx.get_mut(port as usize) else {
+        st.drop(DropReason::BadPort);
+        return;
+    };
+    if buf.is_full() {
+        let (sent, bytes, dropped) = buf.flush(ports[port as usize], queue);
+        WorkerStats::add(&st.tx_packets, sent as u64);
+        WorkerStats::add(&st.tx_bytes, bytes);
+        WorkerStats::add(&st.drops[DropReason::TxFull as usize], dropped as u64);
+    }
+    buf.push(m);
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn handle(
+    p: &mut Pipeline,
+    table: &ServiceTable,
+    st: &WorkerStats,
+    tx: &mut [TxBuffer],
+    handoff: &mut [TxBuffer],
+    rings: &[Option<Arc<Ring>>],
+    ports: &[u16],
+    queue: u16,
+    mut m: Mbuf,
+    now: u64,
+    handed_off: bool,
+) {
+    if m.nb_segs() != 1 {
+        st.drop(DropReason::MultiSegment);
+        return;
+    }
+    let in_port = m.port();
+    match p.process(table, st, in_port, &mut m, now, handed_off) {
+        Verdict::Tx(port) => push_tx(tx, ports, queue, st, port, m),
+        Verdict::HandOff(w) => match handoff.get_mut(w as usize) {
+            Some(h) => {
+                if h.is_full() {
+                    if let Some(Some(r)) = rings.get(w as usize) {
+                        let (done, dropped) = h.flush_ring(r);
+                        WorkerStats::add(&st.handoff_out, done as u64);
+                        WorkerStats::add(&st.drops[DropReason::HandoffFull as usize], dropped as u64);
+                    }
+                }
+                h.push(m);
+            }
+            None => st.drop(DropReason::BadPort),
+        },
+        Verdict::Drop(r) => st.drop(r),
+        Verdict::Consumed => {}
+    }
+}
