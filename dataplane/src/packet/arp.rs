@@ -213,7 +213,8 @@ mod tests {
         assert_eq!(arp.target_proto_addr(), Ipv4Addr::new(192, 0, 2, 77));
 
         let mut buf = [0u8; 42];
-        let n = EthernetFrame::emit(&mut buf, eth.dst_addr(), eth.src_addr(), ethertype::ARP).unwrap();
+        let n =
+            EthernetFrame::emit(&mut buf, eth.dst_addr(), eth.src_addr(), ethertype::ARP).unwrap();
         let m = ArpPacket::emit(
             &mut buf[n..],
             arp.operation(),
@@ -250,15 +251,28 @@ mod tests {
     #[test]
     fn malformed() {
         let body = &ARP_REQUEST[HEADER_LEN..];
-        assert_eq!(ArpPacket::new_checked(&body[..27]).err(), Some(Error::Truncated));
+        assert_eq!(
+            ArpPacket::new_checked(&body[..27]).err(),
+            Some(Error::Truncated)
+        );
         for (i, v) in [(1usize, 6u8), (3, 0xdd), (4, 8), (5, 16)] {
             let mut b = [0u8; 28];
             b.copy_from_slice(body);
             b[i] = v;
-            assert_eq!(ArpPacket::new_checked(&b[..]).err(), Some(Error::Unsupported));
+            assert_eq!(
+                ArpPacket::new_checked(&b[..]).err(),
+                Some(Error::Unsupported)
+            );
         }
         assert_eq!(
-            ArpPacket::emit(&mut [0u8; 27], 1, MacAddr::ZERO, Ipv4Addr::UNSPECIFIED, MacAddr::ZERO, Ipv4Addr::UNSPECIFIED),
+            ArpPacket::emit(
+                &mut [0u8; 27],
+                1,
+                MacAddr::ZERO,
+                Ipv4Addr::UNSPECIFIED,
+                MacAddr::ZERO,
+                Ipv4Addr::UNSPECIFIED
+            ),
             Err(Error::Truncated)
         );
     }

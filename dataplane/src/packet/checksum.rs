@@ -79,7 +79,10 @@ pub fn pseudo_header_v6(src: &[u8; 16], dst: &[u8; 16], proto: u8, len: u32) -> 
 /// must be transmitted as 0xFFFF (see [`udp_final`]).
 #[inline]
 pub fn l4_v4(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> u16 {
-    finish(sum(segment, pseudo_header_v4(src, dst, proto, segment.len() as u32)))
+    finish(sum(
+        segment,
+        pseudo_header_v4(src, dst, proto, segment.len() as u32),
+    ))
 }
 
 /// Full TCP/UDP/ICMPv6 checksum over an IPv6 pseudo-header plus `segment`.
@@ -88,19 +91,28 @@ pub fn l4_v4(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> u16 {
 /// must be transmitted as 0xFFFF (see [`udp_final`]).
 #[inline]
 pub fn l4_v6(src: &[u8; 16], dst: &[u8; 16], proto: u8, segment: &[u8]) -> u16 {
-    finish(sum(segment, pseudo_header_v6(src, dst, proto, segment.len() as u32)))
+    finish(sum(
+        segment,
+        pseudo_header_v6(src, dst, proto, segment.len() as u32),
+    ))
 }
 
 /// True if `segment` (checksum field in place) checks out against the IPv4 pseudo-header.
 #[inline]
 pub fn verify_l4_v4(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> bool {
-    fold(sum(segment, pseudo_header_v4(src, dst, proto, segment.len() as u32))) == 0xFFFF
+    fold(sum(
+        segment,
+        pseudo_header_v4(src, dst, proto, segment.len() as u32),
+    )) == 0xFFFF
 }
 
 /// True if `segment` (checksum field in place) checks out against the IPv6 pseudo-header.
 #[inline]
 pub fn verify_l4_v6(src: &[u8; 16], dst: &[u8; 16], proto: u8, segment: &[u8]) -> bool {
-    fold(sum(segment, pseudo_header_v6(src, dst, proto, segment.len() as u32))) == 0xFFFF
+    fold(sum(
+        segment,
+        pseudo_header_v6(src, dst, proto, segment.len() as u32),
+    )) == 0xFFFF
 }
 
 /// Maps a computed UDP checksum of 0 to 0xFFFF (RFC 768: 0 means "no checksum").
@@ -203,7 +215,9 @@ mod tests {
         ];
         assert_eq!(ipv4_header(&h), 0xd4f3);
         assert_eq!(fold(sum(&h, 0)), 0xFFFF);
-        let eh = etherparse::Ipv4HeaderSlice::from_slice(&h).unwrap().to_header();
+        let eh = etherparse::Ipv4HeaderSlice::from_slice(&h)
+            .unwrap()
+            .to_header();
         assert_eq!(eh.calc_header_checksum(), 0xd4f3);
         // Too-short input must not panic.
         let _ = ipv4_header(&h[..5]);

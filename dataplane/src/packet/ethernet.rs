@@ -297,7 +297,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
 impl EthernetFrame<&mut [u8]> {
     /// Writes an untagged 14-byte header into `buf`; returns the bytes written.
     #[inline]
-    pub fn emit(buf: &mut [u8], dst: MacAddr, src: MacAddr, ethertype: u16) -> Result<usize, Error> {
+    pub fn emit(
+        buf: &mut [u8],
+        dst: MacAddr,
+        src: MacAddr,
+        ethertype: u16,
+    ) -> Result<usize, Error> {
         let h = buf.get_mut(..HEADER_LEN).ok_or(Error::Truncated)?;
         h[field::DST].copy_from_slice(&dst.0);
         h[field::SRC].copy_from_slice(&src.0);
@@ -366,7 +371,12 @@ pub(crate) mod tests {
     fn untagged_and_setters() {
         let mut buf = [0u8; 20];
         assert_eq!(
-            EthernetFrame::emit(&mut buf, MacAddr::BROADCAST, MacAddr([2, 0, 0, 0, 0, 1]), ethertype::ARP),
+            EthernetFrame::emit(
+                &mut buf,
+                MacAddr::BROADCAST,
+                MacAddr([2, 0, 0, 0, 0, 1]),
+                ethertype::ARP
+            ),
             Ok(14)
         );
         let mut f = EthernetFrame::new_checked(&mut buf[..]).unwrap();
@@ -385,8 +395,14 @@ pub(crate) mod tests {
 
     #[test]
     fn truncated() {
-        assert_eq!(EthernetFrame::new_checked(&[0u8; 13][..]).err(), Some(Error::Truncated));
-        assert_eq!(EthernetFrame::new_checked(&VLAN_FRAME[..17]).err(), Some(Error::Truncated));
+        assert_eq!(
+            EthernetFrame::new_checked(&[0u8; 13][..]).err(),
+            Some(Error::Truncated)
+        );
+        assert_eq!(
+            EthernetFrame::new_checked(&VLAN_FRAME[..17]).err(),
+            Some(Error::Truncated)
+        );
         assert!(EthernetFrame::new_checked(&VLAN_FRAME[..18]).is_ok());
     }
 
@@ -398,11 +414,20 @@ pub(crate) mod tests {
         assert_eq!(format!("{m:?}"), "02:fc:00:00:00:0a");
         assert!(m.is_unicast() && !m.is_multicast() && m.is_local());
         assert!(MacAddr::BROADCAST.is_multicast() && MacAddr::BROADCAST.is_broadcast());
-        for bad in ["", "02:fc:00:00:00", "02:fc:00:00:00:0a:0b", "0g:00:00:00:00:00", "02::00:00:00:00"] {
+        for bad in [
+            "",
+            "02:fc:00:00:00",
+            "02:fc:00:00:00:0a:0b",
+            "0g:00:00:00:00:00",
+            "02::00:00:00:00",
+        ] {
             assert_eq!(bad.parse::<MacAddr>(), Err(Error::BadAddress), "{bad}");
         }
         let ip: Ipv6Addr = "ff02::1:ff00:77".parse().unwrap();
-        assert_eq!(MacAddr::from_ipv6_multicast(&ip), MacAddr([0x33, 0x33, 0xff, 0, 0, 0x77]));
+        assert_eq!(
+            MacAddr::from_ipv6_multicast(&ip),
+            MacAddr([0x33, 0x33, 0xff, 0, 0, 0x77])
+        );
     }
 
     proptest! {

@@ -340,7 +340,14 @@ pub fn emit_neighbor_advert(
     if override_flag {
         flags |= NA_FLAG_OVERRIDE;
     }
-    emit_ns_na(buf, v6::NEIGHBOR_ADVERT, flags, target, NDP_OPT_TARGET_LLA, mac)
+    emit_ns_na(
+        buf,
+        v6::NEIGHBOR_ADVERT,
+        flags,
+        target,
+        NDP_OPT_TARGET_LLA,
+        mac,
+    )
 }
 
 /// Writes a 32-byte Neighbor Solicitation (target + source-LLA option) into
@@ -349,7 +356,14 @@ pub fn emit_neighbor_advert(
 /// The checksum field is left 0: the caller must fill it (e.g.
 /// [`IcmpPacket::fill_checksum_v6`]). Send to [`solicited_node_multicast`].
 pub fn emit_neighbor_solicit(buf: &mut [u8], target: Ipv6Addr, src_mac: MacAddr) -> usize {
-    emit_ns_na(buf, v6::NEIGHBOR_SOLICIT, 0, target, NDP_OPT_SOURCE_LLA, src_mac)
+    emit_ns_na(
+        buf,
+        v6::NEIGHBOR_SOLICIT,
+        0,
+        target,
+        NDP_OPT_SOURCE_LLA,
+        src_mac,
+    )
 }
 
 #[inline]
@@ -416,7 +430,11 @@ mod tests {
         // Turn it into the captured reply: type change + incremental checksum.
         let mut req = ICMP4_ECHO_REQ;
         let mut p = IcmpPacket::new_checked(&mut req[34..]).unwrap();
-        let c = checksum::adjust16(p.checksum(), u16::from(v4::ECHO_REQUEST) << 8, u16::from(v4::ECHO_REPLY) << 8);
+        let c = checksum::adjust16(
+            p.checksum(),
+            u16::from(v4::ECHO_REQUEST) << 8,
+            u16::from(v4::ECHO_REPLY) << 8,
+        );
         p.set_msg_type(v4::ECHO_REPLY);
         p.set_checksum(c);
         assert_eq!(&req[34..], &ICMP4_ECHO_REPLY[34..]);
@@ -426,7 +444,10 @@ mod tests {
     fn port_unreachable_golden() {
         let ip = Ipv4Packet::new_checked(&ICMP4_PORT_UNREACH[14..]).unwrap();
         let icmp = IcmpPacket::new_checked(ip.payload()).unwrap();
-        assert_eq!((icmp.msg_type(), icmp.code()), (v4::DEST_UNREACHABLE, v4::PORT_UNREACHABLE));
+        assert_eq!(
+            (icmp.msg_type(), icmp.code()),
+            (v4::DEST_UNREACHABLE, v4::PORT_UNREACHABLE)
+        );
         assert!(v4::is_error(icmp.msg_type()) && !v4::is_error(v4::ECHO_REQUEST));
         assert_eq!(icmp.rest_of_header(), 0);
         assert!(icmp.verify_checksum_v4());
@@ -451,7 +472,10 @@ mod tests {
 
         let target: Ipv6Addr = "fd00::77".parse().unwrap();
         assert_eq!(ndp_target(body), Some(target));
-        assert_eq!(ndp_lladdr_option(body, NDP_OPT_SOURCE_LLA), Some(MacAddr([2, 0xfc, 0, 0, 0, 1])));
+        assert_eq!(
+            ndp_lladdr_option(body, NDP_OPT_SOURCE_LLA),
+            Some(MacAddr([2, 0xfc, 0, 0, 0, 1]))
+        );
         assert_eq!(ndp_lladdr_option(body, NDP_OPT_TARGET_LLA), None);
         assert_eq!(ndp_na_flags(body), None);
         assert_eq!(solicited_node_multicast(&target), ip.dst_addr());
@@ -460,8 +484,12 @@ mod tests {
         // Rebuild the whole frame byte-exact.
         let mut buf = [0u8; 86];
         let mut n = EthernetFrame::emit(&mut buf, eth.dst_addr(), eth.src_addr(), 0x86dd).unwrap();
-        n += Ipv6Packet::emit_header(&mut buf[n..], ip.src_addr(), ip.dst_addr(), 58, 32, 255).unwrap();
-        assert_eq!(emit_neighbor_solicit(&mut buf[n..], target, eth.src_addr()), 32);
+        n += Ipv6Packet::emit_header(&mut buf[n..], ip.src_addr(), ip.dst_addr(), 58, 32, 255)
+            .unwrap();
+        assert_eq!(
+            emit_neighbor_solicit(&mut buf[n..], target, eth.src_addr()),
+            32
+        );
         IcmpPacket::new_unchecked(&mut buf[n..]).fill_checksum_v6(&ip.src_bytes(), &ip.dst_bytes());
         assert_eq!(buf, ICMP6_NS);
     }
@@ -470,21 +498,27 @@ mod tests {
     fn neighbor_advert() {
         let target: Ipv6Addr = "fd00::2".parse().unwrap();
         let mac = MacAddr([2, 0xfc, 0, 0, 0, 1]);
-        let (src, dst) = (target.octets(), "fd00::77".parse::<Ipv6Addr>().unwrap().octets());
+        let (src, dst) = (
+            target.octets(),
+            "fd00::77".parse::<Ipv6Addr>().unwrap().octets(),
+        );
         let mut buf = [0u8; 40];
         assert_eq!(emit_neighbor_advert(&mut buf, target, mac, true, true), 32);
         let body = &mut buf[..32];
         IcmpPacket::new_unchecked(&mut *body).fill_checksum_v6(&src, &dst);
         let expected: [u8; 32] = [
-            136, 0, 0, 0, 0x60, 0, 0, 0, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 1, 2,
-            0xfc, 0, 0, 0, 1,
+            136, 0, 0, 0, 0x60, 0, 0, 0, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 1,
+            2, 0xfc, 0, 0, 0, 1,
         ];
         assert_eq!(&body[4..], &expected[4..]);
         assert_eq!(&body[..2], &expected[..2]);
         let es = etherparse::Icmpv6Slice::from_slice(body).unwrap();
         assert!(es.is_checksum_valid(src, dst));
         assert_eq!(ndp_target(body), Some(target));
-        assert_eq!(ndp_na_flags(body), Some(NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE));
+        assert_eq!(
+            ndp_na_flags(body),
+            Some(NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE)
+        );
         assert_eq!(ndp_lladdr_option(body, NDP_OPT_TARGET_LLA), Some(mac));
         assert_eq!(ndp_lladdr_option(body, NDP_OPT_SOURCE_LLA), None);
 
@@ -492,7 +526,10 @@ mod tests {
         assert_eq!(ndp_na_flags(&buf[..32]), Some(0));
         emit_neighbor_advert(&mut buf, target, mac, true, false);
         assert_eq!(buf[4], NA_FLAG_SOLICITED);
-        assert_eq!(emit_neighbor_advert(&mut buf[..31], target, mac, true, false), 0);
+        assert_eq!(
+            emit_neighbor_advert(&mut buf[..31], target, mac, true, false),
+            0
+        );
         assert_eq!(emit_neighbor_solicit(&mut buf[..31], target, mac), 0);
     }
 
@@ -525,7 +562,10 @@ mod tests {
         b[1] = 0;
         assert_eq!(ndp_target(&b), None);
         assert_eq!(ndp_lladdr_option(&b, 1), None);
-        assert_eq!(IcmpPacket::new_checked(&body[..7]).err(), Some(Error::Truncated));
+        assert_eq!(
+            IcmpPacket::new_checked(&body[..7]).err(),
+            Some(Error::Truncated)
+        );
     }
 
     proptest! {

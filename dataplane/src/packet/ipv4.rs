@@ -361,12 +361,22 @@ mod tests {
         assert!(ip.options().is_empty());
         assert_eq!(ip.payload().len(), 40);
 
-        let eh = etherparse::Ipv4HeaderSlice::from_slice(&TCP4_SYN[ETH..]).unwrap().to_header();
+        let eh = etherparse::Ipv4HeaderSlice::from_slice(&TCP4_SYN[ETH..])
+            .unwrap()
+            .to_header();
         assert_eq!(eh.calc_header_checksum(), ip.checksum());
 
         // Rebuild via emit_header + set_ident.
         let mut buf = [0u8; 20];
-        let n = Ipv4Packet::emit_header(&mut buf, ip.src_addr(), ip.dst_addr(), ip_proto::TCP, 40, 64).unwrap();
+        let n = Ipv4Packet::emit_header(
+            &mut buf,
+            ip.src_addr(),
+            ip.dst_addr(),
+            ip_proto::TCP,
+            40,
+            64,
+        )
+        .unwrap();
         assert_eq!(n, 20);
         let mut p = Ipv4Packet::new_unchecked(&mut buf[..]);
         assert!(p.verify_checksum());
@@ -378,13 +388,19 @@ mod tests {
     #[test]
     fn udp_and_icmp_headers_golden() {
         let ip = Ipv4Packet::new_checked(&UDP4_DNS[ETH..]).unwrap();
-        assert_eq!((ip.total_len(), ip.ident(), ip.protocol()), (57, 0x6c6c, ip_proto::UDP));
+        assert_eq!(
+            (ip.total_len(), ip.ident(), ip.protocol()),
+            (57, 0x6c6c, ip_proto::UDP)
+        );
         assert_eq!(ip.checksum(), 0x4a44);
         assert!(ip.verify_checksum());
 
         let ip = Ipv4Packet::new_checked(&ICMP4_ECHO_REPLY[ETH..]).unwrap();
         assert!(!ip.dont_frag());
-        assert_eq!((ip.ident(), ip.protocol(), ip.checksum()), (0xfd09, ip_proto::ICMP, 0xf9b3));
+        assert_eq!(
+            (ip.ident(), ip.protocol(), ip.checksum()),
+            (0xfd09, ip_proto::ICMP, 0xf9b3)
+        );
         assert!(ip.verify_checksum());
         // Rebuild with setters into a zeroed buffer.
         let mut buf = [0u8; 20];
@@ -409,7 +425,8 @@ mod tests {
     fn padding_excluded_from_payload() {
         // ARP-sized minimum frame: a 40-byte IPv4/TCP packet padded to 46 bytes.
         let mut b = [0u8; 46];
-        Ipv4Packet::emit_header(&mut b, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 6, 20, 64).unwrap();
+        Ipv4Packet::emit_header(&mut b, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 6, 20, 64)
+            .unwrap();
         let mut ip = Ipv4Packet::new_checked(&mut b[..]).unwrap();
         assert_eq!(ip.payload().len(), 20);
         assert_eq!(ip.payload_mut().len(), 20);
@@ -418,7 +435,8 @@ mod tests {
     #[test]
     fn fragments_and_options() {
         let mut b = [0u8; 64];
-        Ipv4Packet::emit_header(&mut b, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 17, 40, 1).unwrap();
+        Ipv4Packet::emit_header(&mut b, Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 17, 40, 1)
+            .unwrap();
         let mut ip = Ipv4Packet::new_unchecked(&mut b[..]);
         ip.set_frag(false, true, 0);
         assert!(ip.is_fragment() && ip.more_frags() && ip.frag_offset() == 0);
@@ -439,38 +457,74 @@ mod tests {
     #[test]
     fn malformed() {
         let good = &UDP4_DNS[ETH..];
-        assert_eq!(Ipv4Packet::new_checked(&good[..19]).err(), Some(Error::Truncated));
+        assert_eq!(
+            Ipv4Packet::new_checked(&good[..19]).err(),
+            Some(Error::Truncated)
+        );
         let mut b = good.to_vec();
         b[0] = 0x65;
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).err(), Some(Error::BadVersion));
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).err(),
+            Some(Error::BadVersion)
+        );
         b[0] = 0x44; // IHL < 5
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).err(), Some(Error::BadHeaderLen));
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).err(),
+            Some(Error::BadHeaderLen)
+        );
         b[0] = 0x4f; // 60 bytes > 57-byte buffer
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).err(), Some(Error::BadHeaderLen));
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).err(),
+            Some(Error::BadHeaderLen)
+        );
         b[0] = 0x45;
         b[2..4].copy_from_slice(&58u16.to_be_bytes()); // total_len > buffer
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).err(), Some(Error::BadTotalLen));
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).err(),
+            Some(Error::BadTotalLen)
+        );
         b[2..4].copy_from_slice(&19u16.to_be_bytes()); // total_len < header
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).err(), Some(Error::BadTotalLen));
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).err(),
+            Some(Error::BadTotalLen)
+        );
         b[0] = 0x46;
         b[2..4].copy_from_slice(&22u16.to_be_bytes()); // total_len < 24-byte header
-        assert_eq!(Ipv4Packet::new_checked(&b[..]).err(), Some(Error::BadTotalLen));
+        assert_eq!(
+            Ipv4Packet::new_checked(&b[..]).err(),
+            Some(Error::BadTotalLen)
+        );
         let mut bad = b.clone();
         bad[10] ^= 1;
         assert!(!Ipv4Packet::new_unchecked(&bad[..]).verify_checksum());
         assert_eq!(
-            Ipv4Packet::emit_header(&mut [0u8; 19], Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 6, 0, 1),
+            Ipv4Packet::emit_header(
+                &mut [0u8; 19],
+                Ipv4Addr::LOCALHOST,
+                Ipv4Addr::LOCALHOST,
+                6,
+                0,
+                1
+            ),
             Err(Error::Truncated)
         );
         assert_eq!(
-            Ipv4Packet::emit_header(&mut [0u8; 20], Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST, 6, 65516, 1),
+            Ipv4Packet::emit_header(
+                &mut [0u8; 20],
+                Ipv4Addr::LOCALHOST,
+                Ipv4Addr::LOCALHOST,
+                6,
+                65516,
+                1
+            ),
             Err(Error::BadTotalLen)
         );
     }
 
     #[test]
     fn etherparse_built_packet() {
-        let builder = etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [10, 96, 0, 10], 33).udp(40000, 53);
+        let builder =
+            etherparse::PacketBuilder::ipv4([10, 0, 0, 1], [10, 96, 0, 10], 33).udp(40000, 53);
         let payload = [1u8, 2, 3, 4, 5];
         let mut v = Vec::new();
         builder.write(&mut v, &payload).unwrap();
@@ -479,7 +533,12 @@ mod tests {
         assert_eq!(ip.ttl(), 33);
         assert_eq!(ip.dst_addr(), Ipv4Addr::new(10, 96, 0, 10));
         assert_eq!(ip.payload().len(), 13);
-        assert!(checksum::verify_l4_v4(ip.src_bytes(), ip.dst_bytes(), 17, ip.payload()));
+        assert!(checksum::verify_l4_v4(
+            ip.src_bytes(),
+            ip.dst_bytes(),
+            17,
+            ip.payload()
+        ));
     }
 
     proptest! {

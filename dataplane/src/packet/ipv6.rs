@@ -334,7 +334,11 @@ mod tests {
         assert_eq!(ip.payload().len(), 40);
         assert_eq!(
             ip.upper_layer(),
-            Ok(UpperLayer { protocol: ip_proto::TCP, offset: 40, fragment: None })
+            Ok(UpperLayer {
+                protocol: ip_proto::TCP,
+                offset: 40,
+                fragment: None
+            })
         );
         let mut buf = [0u8; 40];
         Ipv6Packet::emit_header(&mut buf, ip.src_addr(), ip.dst_addr(), 6, 40, 64).unwrap();
@@ -349,7 +353,10 @@ mod tests {
         assert_eq!(ip.next_header(), ip_proto::ICMPV6);
         assert_eq!(ip.hop_limit(), 255);
         assert_eq!(ip.src_addr(), "fd00::2".parse::<Ipv6Addr>().unwrap());
-        assert_eq!(ip.dst_addr(), "ff02::1:ff00:77".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(
+            ip.dst_addr(),
+            "ff02::1:ff00:77".parse::<Ipv6Addr>().unwrap()
+        );
         assert_eq!(ip.src_bytes(), ip.src_addr().octets());
         assert_eq!(ip.dst_bytes(), ip.dst_addr().octets());
         let mut buf = [0u8; 40];
@@ -376,7 +383,15 @@ mod tests {
         body.extend_from_slice(tail);
         let mut v = vec![0u8; 40];
         let first = exts.first().map(|x| x.0).unwrap_or(last);
-        Ipv6Packet::emit_header(&mut v, Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST, first, body.len(), 64).unwrap();
+        Ipv6Packet::emit_header(
+            &mut v,
+            Ipv6Addr::LOCALHOST,
+            Ipv6Addr::LOCALHOST,
+            first,
+            body.len(),
+            64,
+        )
+        .unwrap();
         v.extend_from_slice(&body);
         v
     }
@@ -400,18 +415,33 @@ mod tests {
         let ul = ip.upper_layer().unwrap();
         assert_eq!(ul.protocol, 17);
         assert_eq!(ul.offset, 40 + 8 + 24 + 8 + 16 + 8);
-        assert_eq!(ul.fragment, Some(Fragment { offset_bytes: 1480, more: true, ident: 0xdeadbeef }));
+        assert_eq!(
+            ul.fragment,
+            Some(Fragment {
+                offset_bytes: 1480,
+                more: true,
+                ident: 0xdeadbeef
+            })
+        );
 
         // Cross-check with etherparse.
         let ep = etherparse::SlicedPacket::from_ip(&pkt).unwrap();
         let net = ep.net.unwrap();
-        let etherparse::NetSlice::Ipv6(v6) = net else { panic!() };
+        let etherparse::NetSlice::Ipv6(v6) = net else {
+            panic!()
+        };
         assert_eq!(v6.payload().ip_number.0, 17);
-        assert_eq!(v6.payload().payload.as_ptr() as usize - pkt.as_ptr() as usize, ul.offset);
+        assert_eq!(
+            v6.payload().payload.as_ptr() as usize - pkt.as_ptr() as usize,
+            ul.offset
+        );
 
         // No next header.
         let pkt = build(&[(60, vec![0u8; 8])], 59, &[]);
-        let ul = Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer().unwrap();
+        let ul = Ipv6Packet::new_checked(&pkt[..])
+            .unwrap()
+            .upper_layer()
+            .unwrap();
         assert_eq!((ul.protocol, ul.offset), (59, 48));
     }
 
@@ -420,49 +450,100 @@ mod tests {
         // 8 dest-option headers are fine, 9 are too many ("loop").
         let eight: Vec<_> = (0..8).map(|_| (60u8, vec![0u8; 8])).collect();
         let pkt = build(&eight, 6, &[0u8; 20]);
-        assert_eq!(Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer().unwrap().offset, 40 + 64);
+        assert_eq!(
+            Ipv6Packet::new_checked(&pkt[..])
+                .unwrap()
+                .upper_layer()
+                .unwrap()
+                .offset,
+            40 + 64
+        );
         let nine: Vec<_> = (0..9).map(|_| (60u8, vec![0u8; 8])).collect();
         let pkt = build(&nine, 6, &[0u8; 20]);
-        assert_eq!(Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(), Err(Error::TooManyExtHeaders));
+        assert_eq!(
+            Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(),
+            Err(Error::TooManyExtHeaders)
+        );
         // A self-referencing header chain filling the packet.
         let mut pkt = build(&[], 0, &[0u8; 200]);
         for i in (40..pkt.len()).step_by(8) {
             pkt[i] = 0;
         }
-        assert_eq!(Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(), Err(Error::TooManyExtHeaders));
+        assert_eq!(
+            Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(),
+            Err(Error::TooManyExtHeaders)
+        );
 
         // Header length beyond the payload.
         let mut rt = vec![0u8; 8];
         rt[1] = 5;
         let pkt = build(&[(43, rt)], 6, &[0u8; 8]);
-        assert_eq!(Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(), Err(Error::Truncated));
+        assert_eq!(
+            Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(),
+            Err(Error::Truncated)
+        );
         // Ext header claimed but no bytes at all.
         let pkt = build(&[], 0, &[]);
-        assert_eq!(Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(), Err(Error::Truncated));
+        assert_eq!(
+            Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(),
+            Err(Error::Truncated)
+        );
         let pkt = build(&[], 44, &[0u8; 7]);
-        assert_eq!(Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(), Err(Error::Truncated));
+        assert_eq!(
+            Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(),
+            Err(Error::Truncated)
+        );
         let pkt = build(&[], 51, &[0u8; 1]);
-        assert_eq!(Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(), Err(Error::Truncated));
+        assert_eq!(
+            Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(),
+            Err(Error::Truncated)
+        );
         // Bytes beyond payload_len (padding) are not used for the walk.
         let mut pkt = build(&[], 60, &[]);
         pkt.extend_from_slice(&[6, 0, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(), Err(Error::Truncated));
+        assert_eq!(
+            Ipv6Packet::new_checked(&pkt[..]).unwrap().upper_layer(),
+            Err(Error::Truncated)
+        );
     }
 
     #[test]
     fn malformed() {
         let good = &TCP6_SYN[ETH..];
-        assert_eq!(Ipv6Packet::new_checked(&good[..39]).err(), Some(Error::Truncated));
-        assert_eq!(Ipv6Packet::new_checked(&good[..79]).err(), Some(Error::BadLength));
+        assert_eq!(
+            Ipv6Packet::new_checked(&good[..39]).err(),
+            Some(Error::Truncated)
+        );
+        assert_eq!(
+            Ipv6Packet::new_checked(&good[..79]).err(),
+            Some(Error::BadLength)
+        );
         let mut b = good.to_vec();
         b[0] = 0x46;
-        assert_eq!(Ipv6Packet::new_checked(&b[..]).err(), Some(Error::BadVersion));
         assert_eq!(
-            Ipv6Packet::emit_header(&mut [0u8; 39], Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST, 6, 0, 1),
+            Ipv6Packet::new_checked(&b[..]).err(),
+            Some(Error::BadVersion)
+        );
+        assert_eq!(
+            Ipv6Packet::emit_header(
+                &mut [0u8; 39],
+                Ipv6Addr::LOCALHOST,
+                Ipv6Addr::LOCALHOST,
+                6,
+                0,
+                1
+            ),
             Err(Error::Truncated)
         );
         assert_eq!(
-            Ipv6Packet::emit_header(&mut [0u8; 40], Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST, 6, 65536, 1),
+            Ipv6Packet::emit_header(
+                &mut [0u8; 40],
+                Ipv6Addr::LOCALHOST,
+                Ipv6Addr::LOCALHOST,
+                6,
+                65536,
+                1
+            ),
             Err(Error::BadLength)
         );
     }
@@ -473,9 +554,15 @@ mod tests {
         b.extend_from_slice(&[0xAA; 6]); // padding
         let mut p = Ipv6Packet::new_checked(&mut b[..]).unwrap();
         p.set_traffic_class(0xb8);
-        assert_eq!((p.version(), p.traffic_class(), p.flow_label()), (6, 0xb8, 0x68d7a));
+        assert_eq!(
+            (p.version(), p.traffic_class(), p.flow_label()),
+            (6, 0xb8, 0x68d7a)
+        );
         p.set_flow_label(0xfffff);
-        assert_eq!((p.version(), p.traffic_class(), p.flow_label()), (6, 0xb8, 0xfffff));
+        assert_eq!(
+            (p.version(), p.traffic_class(), p.flow_label()),
+            (6, 0xb8, 0xfffff)
+        );
         assert_eq!(p.payload_mut().len(), 40);
         assert_eq!(p.payload().len(), 40);
     }

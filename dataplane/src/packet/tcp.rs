@@ -216,7 +216,10 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> TcpPacket<T> {
     #[inline]
     pub fn options_mut(&mut self) -> &mut [u8] {
         let hl = self.hl_clamped();
-        self.buffer.as_mut().get_mut(HEADER_LEN..hl).unwrap_or(&mut [])
+        self.buffer
+            .as_mut()
+            .get_mut(HEADER_LEN..hl)
+            .unwrap_or(&mut [])
     }
 
     /// Mutable payload bytes.
@@ -278,13 +281,25 @@ mod tests {
         let ip = Ipv4Packet::new_checked(&TCP4_SYN[14..]).unwrap();
         let seg = ip.payload();
         check_syn(seg, 39234, 8081, 3231455018, 65280, 0x1858);
-        assert!(checksum::verify_l4_v4(ip.src_bytes(), ip.dst_bytes(), 6, seg));
+        assert!(checksum::verify_l4_v4(
+            ip.src_bytes(),
+            ip.dst_bytes(),
+            6,
+            seg
+        ));
         let mut z = seg.to_vec();
         z[16] = 0;
         z[17] = 0;
-        assert_eq!(checksum::l4_v4(ip.src_bytes(), ip.dst_bytes(), 6, &z), 0x1858);
+        assert_eq!(
+            checksum::l4_v4(ip.src_bytes(), ip.dst_bytes(), 6, &z),
+            0x1858
+        );
         let (eh, payload) = etherparse::TcpHeader::from_slice(seg).unwrap();
-        assert_eq!(eh.calc_checksum_ipv4_raw(ip.src_bytes(), ip.dst_bytes(), payload).unwrap(), 0x1858);
+        assert_eq!(
+            eh.calc_checksum_ipv4_raw(ip.src_bytes(), ip.dst_bytes(), payload)
+                .unwrap(),
+            0x1858
+        );
     }
 
     #[test]
@@ -292,9 +307,18 @@ mod tests {
         let ip = Ipv6Packet::new_checked(&TCP6_SYN[14..]).unwrap();
         let seg = ip.payload();
         check_syn(seg, 53574, 8081, 2255435761, 65476, 0x5050);
-        assert!(checksum::verify_l4_v6(&ip.src_bytes(), &ip.dst_bytes(), 6, seg));
+        assert!(checksum::verify_l4_v6(
+            &ip.src_bytes(),
+            &ip.dst_bytes(),
+            6,
+            seg
+        ));
         let (eh, payload) = etherparse::TcpHeader::from_slice(seg).unwrap();
-        assert_eq!(eh.calc_checksum_ipv6_raw(ip.src_bytes(), ip.dst_bytes(), payload).unwrap(), 0x5050);
+        assert_eq!(
+            eh.calc_checksum_ipv6_raw(ip.src_bytes(), ip.dst_bytes(), payload)
+                .unwrap(),
+            0x5050
+        );
     }
 
     #[test]
@@ -314,21 +338,41 @@ mod tests {
         t.set_dst_port(80);
         t.set_checksum(c);
         let ip = Ipv4Packet::new_checked(&frame[14..]).unwrap();
-        assert!(checksum::verify_l4_v4(ip.src_bytes(), ip.dst_bytes(), 6, ip.payload()));
+        assert!(checksum::verify_l4_v4(
+            ip.src_bytes(),
+            ip.dst_bytes(),
+            6,
+            ip.payload()
+        ));
     }
 
     #[test]
     fn malformed() {
         let seg = &TCP4_SYN[34..];
-        assert_eq!(TcpPacket::new_checked(&seg[..19]).err(), Some(Error::Truncated));
-        assert_eq!(TcpPacket::new_checked(&seg[..39]).err(), Some(Error::BadHeaderLen));
+        assert_eq!(
+            TcpPacket::new_checked(&seg[..19]).err(),
+            Some(Error::Truncated)
+        );
+        assert_eq!(
+            TcpPacket::new_checked(&seg[..39]).err(),
+            Some(Error::BadHeaderLen)
+        );
         let mut b = seg.to_vec();
         b[12] = 0x40; // doff 4
-        assert_eq!(TcpPacket::new_checked(&b[..]).err(), Some(Error::BadHeaderLen));
+        assert_eq!(
+            TcpPacket::new_checked(&b[..]).err(),
+            Some(Error::BadHeaderLen)
+        );
         b[12] = 0x00;
-        assert_eq!(TcpPacket::new_checked(&b[..]).err(), Some(Error::BadHeaderLen));
+        assert_eq!(
+            TcpPacket::new_checked(&b[..]).err(),
+            Some(Error::BadHeaderLen)
+        );
         b[12] = 0xf0; // 60 > 40
-        assert_eq!(TcpPacket::new_checked(&b[..]).err(), Some(Error::BadHeaderLen));
+        assert_eq!(
+            TcpPacket::new_checked(&b[..]).err(),
+            Some(Error::BadHeaderLen)
+        );
     }
 
     #[test]
@@ -341,11 +385,19 @@ mod tests {
         builder.write(&mut v, b"hello").unwrap();
         let ip = Ipv6Packet::new_checked(&v[..]).unwrap();
         let t = TcpPacket::new_checked(ip.payload()).unwrap();
-        assert_eq!((t.src_port(), t.dst_port(), t.seq_number(), t.ack_number()), (1234, 443, 77, 99));
+        assert_eq!(
+            (t.src_port(), t.dst_port(), t.seq_number(), t.ack_number()),
+            (1234, 443, 77, 99)
+        );
         assert_eq!(t.flags(), flags::SYN | flags::ACK);
         assert_eq!(t.window(), 1000);
         assert_eq!(t.payload(), b"hello");
-        assert!(checksum::verify_l4_v6(&ip.src_bytes(), &ip.dst_bytes(), 6, ip.payload()));
+        assert!(checksum::verify_l4_v6(
+            &ip.src_bytes(),
+            &ip.dst_bytes(),
+            6,
+            ip.payload()
+        ));
     }
 
     proptest! {

@@ -158,10 +158,19 @@ mod tests {
         assert_eq!(u.payload().len(), 29);
         assert_eq!(&u.payload()[..2], &[0x1a, 0x2b]); // DNS id
         assert_eq!(&u.payload()[13..20], b"example");
-        assert!(checksum::verify_l4_v4(ip.src_bytes(), ip.dst_bytes(), 17, u.datagram()));
+        assert!(checksum::verify_l4_v4(
+            ip.src_bytes(),
+            ip.dst_bytes(),
+            17,
+            u.datagram()
+        ));
 
         let (eh, p) = etherparse::UdpHeader::from_slice(ip.payload()).unwrap();
-        assert_eq!(eh.calc_checksum_ipv4_raw(ip.src_bytes(), ip.dst_bytes(), p).unwrap(), 0xabb4);
+        assert_eq!(
+            eh.calc_checksum_ipv4_raw(ip.src_bytes(), ip.dst_bytes(), p)
+                .unwrap(),
+            0xabb4
+        );
 
         // Rebuild: header via setters, then the checksum from scratch.
         let mut buf = [0u8; 37];
@@ -190,8 +199,14 @@ mod tests {
     #[test]
     fn malformed() {
         let d = &UDP4_DNS[34..];
-        assert_eq!(UdpPacket::new_checked(&d[..7]).err(), Some(Error::Truncated));
-        assert_eq!(UdpPacket::new_checked(&d[..36]).err(), Some(Error::BadLength));
+        assert_eq!(
+            UdpPacket::new_checked(&d[..7]).err(),
+            Some(Error::Truncated)
+        );
+        assert_eq!(
+            UdpPacket::new_checked(&d[..36]).err(),
+            Some(Error::BadLength)
+        );
         let mut b = d.to_vec();
         b[4] = 0;
         b[5] = 7;
@@ -219,7 +234,10 @@ mod tests {
         let ip = Ipv6Packet::new_checked(&v[..]).unwrap();
         assert!(checksum::verify_l4_v6(&src, &new_dst, 17, ip.payload()));
         let (eh, p) = etherparse::UdpHeader::from_slice(ip.payload()).unwrap();
-        assert_eq!(eh.calc_checksum_ipv6_raw(src, new_dst, p).unwrap(), eh.checksum);
+        assert_eq!(
+            eh.calc_checksum_ipv6_raw(src, new_dst, p).unwrap(),
+            eh.checksum
+        );
     }
 
     proptest! {

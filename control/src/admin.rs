@@ -1,0 +1,219 @@
+//! Admin HTTP server: `/proxyMode`, `/healthz`, `/livez`, `/metrics`.
+use crate::publisher::ControlMetrics;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use dataplane::stats::{DropReason, WorkerStats};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// What the admin server reports on.
+#[derive(Clone)]
+pub struct AdminState {
+    /// Per-worker counters.
+    pub workers: Arc<Vec<Arc<WorkerStats>>>,
+    /// Control-side counters.
+    pub control: Arc<ControlMetrics>,
+    /// True once the first table is published and the workers run.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The router (exposed for tests).
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/proxyMode", get(|| async { "dpdk" }))
+        .route("/healthz", get(healthz))
+        .route("/livez", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Serves until the listener fails.
+pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+async fn healthz(State(s): State<AdminState>) -> Response {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let last = s.control.last_sync_ms.load(Relaxed);
+    let ready = s.ready.load(Relaxed);
+    // Same shape as kube-proxy's healthz answer.
+    let body = serde_json::json!({
+        "lastUpdated": if last > 0 { rfc3339_ms(last) } else { String::new() },
+        "currentTime": rfc3339_ms(now),
+        "nodeEligible": true,
+    });
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// Encodes worker and control counters on each scrape.
+#[derive(Debug)]
+struct Collector {
+    workers: Arc<Vec<Arc<WorkerStats>>>,
+    control: Arc<ControlMetrics>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState").finish_non_exhaustive()
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+fn family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    ty: MetricType,
+    rows: impl IntoIterator<Item = (Labels, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut fam = enc.encode_descriptor(name, help, None, ty)?;
+    for (labels, v) in rows {
+        let e = fam.encode_family(&labels)?;
+        match ty {
+            MetricType::Counter => ConstCounter::new(v).encode(e)?,
+            _ => ConstGauge::new(v as i64).encode(e)?,
+        }
+    }
+    Ok(())
+}
+
+impl prometheus_client::collector::Collector for Collector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let w = |i: usize| vec![("worker".to_string(), i.to_string())];
+        macro_rules! per_worker {
+            ($name:literal, $help:literal, $ty:expr, $field:ident) => {
+                family(
+                    &mut enc,
+                    $name,
+                    $help,
+                    $ty,
+                    self.workers.iter().enumerate().map(|(i, s)| (w(i), s.$field.load(Relaxed))),
+                )?;
+            };
+        }
+        use MetricType::{Counter, Gauge};
+        per_worker!("dpdk_kube_proxy_rx_packets", "Packets received from ports", Counter, rx_packets);
+        per_worker!("dpdk_kube_proxy_rx_bytes", "Bytes received from ports", Counter, rx_bytes);
+        per_worker!("dpdk_kube_proxy_tx_packets", "Packets transmitted", Counter, tx_packets);
+        per_worker!("dpdk_kube_proxy_tx_bytes", "Bytes transmitted", Counter, tx_bytes);
+        per_worker!("dpdk_kube_proxy_handoff_out_packets", "Packets handed to the owning worker", Counter, handoff_out);
+        per_worker!("dpdk_kube_proxy_handoff_in_packets", "Packets received from other workers", Counter, handoff_in);
+        per_worker!("dpdk_kube_proxy_sessions_created", "NAT sessions created", Counter, sessions_created);
+        per_worker!("dpdk_kube_proxy_sessions_expired", "NAT sessions expired", Counter, sessions_expired);
+        per_worker!("dpdk_kube_proxy_sessions_active", "NAT sessions live now", Gauge, sessions_active);
+        per_worker!("dpdk_kube_proxy_nat_forward_packets", "Packets DNATed client to backend", Counter, nat_forward);
+        per_worker!("dpdk_kube_proxy_nat_reverse_packets", "Reply packets translated backend to client", Counter, nat_reverse);
+        per_worker!("dpdk_kube_proxy_rejected_connections", "Connections rejected: Service has no endpoints", Counter, rejected);
+        per_worker!("dpdk_kube_proxy_routed_packets", "Packets routed without translation", Counter, routed);
+        per_worker!("dpdk_kube_proxy_neighbor_replies", "ARP/NDP requests answered", Counter, neighbor_replies);
+        per_worker!("dpdk_kube_proxy_neighbor_solicits", "ARP/NDP solicitations sent", Counter, neighbor_solicits);
+        per_worker!("dpdk_kube_proxy_echo_replies", "ICMP echo requests answered", Counter, echo_replies);
+        per_worker!("dpdk_kube_proxy_worker_table_version", "Service table version the worker uses", Gauge, table_version);
+        per_worker!("dpdk_kube_proxy_worker_loops", "Poll loop iterations", Counter, loops);
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_dropped_packets",
+            "Packets dropped, by worker and reason",
+            Counter,
+            self.workers.iter().enumerate().flat_map(|(i, s)| {
+                DropReason::ALL.iter().map(move |r| {
+                    (vec![("worker".to_string(), i.to_string()), ("reason".to_string(), r.as_str().to_string())], s.drops_for(*r))
+                })
+            }),
+        )?;
+        let c = &self.control;
+        let one = |v: u64| std::iter::once((Labels::new(), v));
+        family(&mut enc, "dpdk_kube_proxy_table_version", "Version of the last published service table", Gauge, one(c.table_version.load(Relaxed)))?;
+        family(&mut enc, "dpdk_kube_proxy_services", "Service ports in the current table", Gauge, one(c.services.load(Relaxed)))?;
+        family(&mut enc, "dpdk_kube_proxy_config_reload_errors", "Config reloads rejected", Counter, one(c.reload_errors.load(Relaxed)))?;
+        family(&mut enc, "dpdk_kube_proxy_publish_grace_microseconds", "Last publish: swap until every worker passed a quiescent point", Gauge, one(c.last_grace_us.load(Relaxed)))?;
+        family(&mut enc, "kubeproxy_sync_proxy_rules_last_timestamp_seconds", "The last time proxy rules were successfully synced", Gauge, one(c.last_sync_ms.load(Relaxed) / 1000))?;
+        family(&mut enc, "dpdk_kube_proxy_syncs", "Table syncs (build + publish)", Counter, one(c.syncs.load(Relaxed)))?;
+        family(&mut enc, "dpdk_kube_proxy_sync_duration_microseconds_sum", "Total time spent in syncs", Counter, one(c.sync_us_sum.load(Relaxed)))?;
+        Ok(())
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    let mut reg = Registry::default();
+    reg.register_collector(Box::new(Collector { workers: s.workers.clone(), control: s.control.clone() }));
+    let mut out = String::new();
+    match prometheus_client::encoding::text::encode(&mut out, &reg) {
+        Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn endpoints_answer() {
+        let workers = Arc::new(vec![Arc::new(WorkerStats::default()), Arc::new(WorkerStats::default())]);
+        workers[1].drop(DropReason::NoRoute);
+        WorkerStats::add(&workers[0].rx_packets, 7);
+        let state = AdminState { workers, control: Arc::new(ControlMetrics::default()), ready: Arc::new(AtomicBool::new(false)) };
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let ready = state.ready.clone();
+        let control = state.control.clone();
+        tokio::spawn(serve(l, state));
+        let r = get(addr, "/proxyMode").await;
+        assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("dpdk"), "{r}");
+        let r = get(addr, "/healthz").await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        ready.store(true, Relaxed);
+        control.last_sync_ms.store(1_700_000_000_123, Relaxed);
+        let r = get(addr, "/healthz").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.contains(r#""lastUpdated":"2023-11-14T22:13:20.123Z""#), "{r}");
+        assert!(r.contains(r#""nodeEligible":true"#), "{r}");
+        let r = get(addr, "/metrics").await;
+        assert!(r.contains(r#"dpdk_kube_proxy_dropped_packets_total{worker="1",reason="no_route"} 1"#), "{r}");
+        assert!(r.contains(r#"dpdk_kube_proxy_rx_packets_total{worker="0"} 7"#), "{r}");
+        assert!(r.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds 1700000000"), "{r}");
+    }
+}

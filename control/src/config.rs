@@ -1,0 +1,578 @@
+//! The YAML configuration file (`dpdk-kube-proxy --config FILE`).
+//!
+//! Unknown fields are errors (`deny_unknown_fields`), and every semantic
+//! error names the offending field, e.g. `services[2].backends[0]`.
+use crate::{Error, Result};
+use dataplane::addr::{Addr, Proto, SockAddr};
+use dataplane::packet::MacAddr;
+use dataplane::pipeline::PipelineConfig;
+use dataplane::session::Timeouts;
+use dataplane::table::{Frontend, Interface, Route, ServiceSpec, StaticNeighbor, TableSpec};
+use dataplane::worker::{DataplaneConfig, PortSpec};
+use serde::Deserialize;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// EAL settings.
+    #[serde(default)]
+    pub eal: EalConfig,
+    /// Ports, in order: a port's number is its index here.
+    pub ports: Vec<PortConfig>,
+    /// Static routes (connected routes come from port addresses).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Static neighbours.
+    #[serde(default)]
+    pub neighbors: Vec<NeighborConfig>,
+    /// Worker sizing.
+    #[serde(default)]
+    pub workers: WorkersConfig,
+    /// Session timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// Admin HTTP server.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Service ports (static mode).
+    #[serde(default)]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// EAL settings. The generated command line is `--lcores L [--no-huge] [-m M]
+/// --no-shconf [--no-pci | -a PCI...] [--vdev V...] ARGS...`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EalConfig {
+    /// `--lcores` map; the first lcore is the main (control) lcore, every other one runs a worker.
+    #[serde(default = "default_lcores")]
+    pub lcores: String,
+    /// Run without hugepages.
+    #[serde(default)]
+    pub no_huge: bool,
+    /// Memory in MB (`-m`), 0 = EAL default.
+    #[serde(default)]
+    pub memory_mb: u32,
+    /// PCI devices to use (`-a`); empty means `--no-pci`.
+    #[serde(default)]
+    pub pci: Vec<String>,
+    /// Virtual devices (`--vdev`), e.g. `net_af_packet0,iface=eth1,qpairs=2`.
+    #[serde(default)]
+    pub vdevs: Vec<String>,
+    /// Extra EAL arguments, appended as given.
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+fn default_lcores() -> String {
+    "0,1".into()
+}
+
+impl Default for EalConfig {
+    fn default() -> Self {
+        EalConfig { lcores: default_lcores(), no_huge: false, memory_mb: 0, pci: vec![], vdevs: vec![], args: vec![] }
+    }
+}
+
+/// A port.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PortConfig {
+    /// DPDK device name: a vdev name (`net_af_packet0`) or PCI address.
+    pub device: String,
+    /// Node addresses on this port, `ADDR/LEN`.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// 802.1Q VLAN id.
+    #[serde(default)]
+    pub vlan: Option<u16>,
+}
+
+/// A static route.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// `ADDR/LEN`.
+    pub prefix: String,
+    /// Egress port number.
+    pub port: u16,
+    /// Next hop (omit for on-link).
+    #[serde(default)]
+    pub via: Option<IpAddr>,
+}
+
+/// A static neighbour.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NeighborConfig {
+    /// Its address.
+    pub address: IpAddr,
+    /// Its MAC, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    /// The port it is on.
+    pub port: u16,
+}
+
+/// Worker sizing.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// Session capacity per worker (memory is reserved at start).
+    #[serde(default = "default_sessions")]
+    pub sessions: usize,
+    /// Neighbour cache capacity per worker.
+    #[serde(default = "default_neighbors")]
+    pub neighbors: usize,
+    /// Mbufs per NUMA socket (0: computed).
+    #[serde(default)]
+    pub mbufs: u32,
+    /// Rx descriptors per queue.
+    #[serde(default = "default_desc")]
+    pub rx_desc: u16,
+    /// Tx descriptors per queue.
+    #[serde(default = "default_desc")]
+    pub tx_desc: u16,
+    /// Sleep this many µs after a run of empty polls (0 = always spin). For
+    /// shared-core labs and CI, not production.
+    #[serde(default)]
+    pub idle_sleep_us: u32,
+}
+
+fn default_sessions() -> usize {
+    1 << 18
+}
+fn default_neighbors() -> usize {
+    4096
+}
+fn default_desc() -> u16 {
+    1024
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            sessions: default_sessions(),
+            neighbors: default_neighbors(),
+            mbufs: 0,
+            rx_desc: default_desc(),
+            tx_desc: default_desc(),
+            idle_sleep_us: 0,
+        }
+    }
+}
+
+/// Session timeouts (humantime: `30s`, `24h`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    /// TCP after SYN.
+    #[serde(with = "humantime_serde")]
+    pub tcp_syn: Duration,
+    /// Established TCP.
+    #[serde(with = "humantime_serde")]
+    pub tcp_established: Duration,
+    /// TCP after FIN.
+    #[serde(with = "humantime_serde")]
+    pub tcp_fin: Duration,
+    /// TCP after RST.
+    #[serde(with = "humantime_serde")]
+    pub tcp_closed: Duration,
+    /// UDP, one direction seen.
+    #[serde(with = "humantime_serde")]
+    pub udp: Duration,
+    /// UDP with replies.
+    #[serde(with = "humantime_serde")]
+    pub udp_stream: Duration,
+    /// ICMP echo.
+    #[serde(with = "humantime_serde")]
+    pub icmp: Duration,
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        let d = Duration::from_millis;
+        TimeoutsConfig {
+            tcp_syn: d(t.tcp_syn),
+            tcp_established: d(t.tcp_established),
+            tcp_fin: d(t.tcp_fin),
+            tcp_closed: d(t.tcp_closed),
+            udp: d(t.udp),
+            udp_stream: d(t.udp_stream),
+            icmp: d(t.icmp),
+        }
+    }
+}
+
+/// Admin HTTP server.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address for `/metrics`, `/healthz`, `/proxyMode`.
+    #[serde(default = "default_admin")]
+    pub bind: SocketAddr,
+}
+
+fn default_admin() -> SocketAddr {
+    "127.0.0.1:10249".parse().expect("static address")
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { bind: default_admin() }
+    }
+}
+
+/// One Service port.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Name (`namespace/name`), used in metrics and logs.
+    pub name: String,
+    /// The VIP.
+    pub vip: IpAddr,
+    /// The Service port.
+    pub port: u16,
+    /// `TCP` or `UDP`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// Ready backends, `IP:PORT` (`[IPv6]:PORT`).
+    #[serde(default)]
+    pub backends: Vec<String>,
+}
+
+fn default_protocol() -> String {
+    "TCP".into()
+}
+
+fn invalid(field: impl Into<String>, msg: impl Into<String>) -> Error {
+    Error::Invalid { field: field.into(), msg: msg.into() }
+}
+
+/// Parses `ADDR/LEN`.
+pub fn parse_prefix(s: &str, field: &str) -> Result<(Addr, u8)> {
+    let (a, l) = s.split_once('/').ok_or_else(|| invalid(field, format!("{s:?} is not ADDR/LEN")))?;
+    let ip: IpAddr = a.parse().map_err(|_| invalid(field, format!("{a:?} is not an IP address")))?;
+    let len: u8 = l.parse().map_err(|_| invalid(field, format!("{l:?} is not a prefix length")))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if len > max {
+        return Err(invalid(field, format!("prefix length {len} > {max}")));
+    }
+    Ok((Addr::from(ip), len))
+}
+
+fn parse_mac(s: &str, field: &str) -> Result<MacAddr> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let bad = || invalid(field, format!("{s:?} is not a MAC address"));
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut m = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        m[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    Ok(MacAddr(m))
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &str) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates YAML text (`origin` names it in errors).
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        let c: Config = serde_yaml::from_str(text).map_err(|e| Error::Parse { path: origin.into(), msg: e.to_string() })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Semantic checks; the error names the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.ports.is_empty() {
+            return Err(invalid("ports", "at least one port is required"));
+        }
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.device.is_empty() {
+                return Err(invalid(format!("ports[{i}].device"), "must not be empty"));
+            }
+            if let Some(v) = p.vlan {
+                if v == 0 || v > 4094 {
+                    return Err(invalid(format!("ports[{i}].vlan"), format!("{v} is not in 1..=4094")));
+                }
+            }
+            for (j, a) in p.addresses.iter().enumerate() {
+                parse_prefix(a, &format!("ports[{i}].addresses[{j}]"))?;
+            }
+        }
+        self.check_port_refs()?;
+        if self.workers.sessions == 0 {
+            return Err(invalid("workers.sessions", "must be > 0"));
+        }
+        if !self.workers.rx_desc.is_power_of_two() || !self.workers.tx_desc.is_power_of_two() {
+            return Err(invalid("workers.rx_desc/tx_desc", "must be powers of two"));
+        }
+        self.table_spec().map(|_| ())
+    }
+
+    fn check_port_refs(&self) -> Result<()> {
+        let n = self.ports.len() as u16;
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.port >= n {
+                return Err(invalid(format!("routes[{i}].port"), format!("port {} does not exist ({} ports)", r.port, n)));
+            }
+        }
+        for (i, r) in self.neighbors.iter().enumerate() {
+            if r.port >= n {
+                return Err(invalid(format!("neighbors[{i}].port"), format!("port {} does not exist ({} ports)", r.port, n)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the table spec (services, interfaces, routes, neighbours).
+    pub fn table_spec(&self) -> Result<TableSpec> {
+        let mut spec = TableSpec::default();
+        for (i, p) in self.ports.iter().enumerate() {
+            for (j, a) in p.addresses.iter().enumerate() {
+                let (addr, prefix_len) = parse_prefix(a, &format!("ports[{i}].addresses[{j}]"))?;
+                spec.interfaces.push(Interface { port: i as u16, addr, prefix_len });
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let f = format!("routes[{i}]");
+            let (prefix, len) = parse_prefix(&r.prefix, &format!("{f}.prefix"))?;
+            if let Some(v) = r.via {
+                if Addr::from(v).is_v4() != prefix.is_v4() {
+                    return Err(invalid(format!("{f}.via"), "address family differs from the prefix"));
+                }
+            }
+            spec.routes.push(Route { prefix, len, port: r.port, via: r.via.map(Addr::from) });
+        }
+        for (i, n) in self.neighbors.iter().enumerate() {
+            let mac = parse_mac(&n.mac, &format!("neighbors[{i}].mac"))?;
+            spec.neighbors.push(StaticNeighbor { addr: Addr::from(n.address), mac, port: n.port });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, s) in self.services.iter().enumerate() {
+            let f = format!("services[{i}]");
+            let proto = match s.protocol.to_ascii_uppercase().as_str() {
+                "TCP" => Proto::Tcp,
+                "UDP" => Proto::Udp,
+                other => return Err(invalid(format!("{f}.protocol"), format!("{other:?} is not TCP or UDP"))),
+            };
+            if s.port == 0 {
+                return Err(invalid(format!("{f}.port"), "must be 1..=65535"));
+            }
+            let frontend = Frontend { addr: SockAddr::new(Addr::from(s.vip), s.port), proto };
+            if !seen.insert(frontend) {
+                return Err(invalid(format!("{f}"), format!("duplicate frontend {}/{}", frontend.addr, proto.as_str())));
+            }
+            let mut backends = Vec::new();
+            for (j, b) in s.backends.iter().enumerate() {
+                let sa: SocketAddr = b
+                    .parse()
+                    .map_err(|_| invalid(format!("{f}.backends[{j}]"), format!("{b:?} is not IP:PORT")))?;
+                if sa.is_ipv4() != s.vip.is_ipv4() {
+                    return Err(invalid(format!("{f}.backends[{j}]"), "address family differs from the VIP"));
+                }
+                if sa.port() == 0 {
+                    return Err(invalid(format!("{f}.backends[{j}]"), "port must be 1..=65535"));
+                }
+                backends.push(SockAddr::new(Addr::from(sa.ip()), sa.port()));
+            }
+            spec.services.push(ServiceSpec { name: s.name.clone(), frontend, backends });
+        }
+        Ok(spec)
+    }
+
+    /// The EAL command line (without argv[0]).
+    pub fn eal_args(&self) -> Vec<String> {
+        let e = &self.eal;
+        let mut a = vec!["--lcores".to_string(), e.lcores.clone()];
+        if e.no_huge {
+            a.push("--no-huge".into());
+        }
+        if e.memory_mb > 0 {
+            a.push("-m".into());
+            a.push(e.memory_mb.to_string());
+        }
+        a.push("--no-shconf".into());
+        if e.pci.is_empty() {
+            a.push("--no-pci".into());
+        } else {
+            for p in &e.pci {
+                a.push("-a".into());
+                a.push(p.clone());
+            }
+        }
+        for v in &e.vdevs {
+            a.push("--vdev".into());
+            a.push(v.clone());
+        }
+        a.extend(e.args.iter().cloned());
+        a
+    }
+
+    /// Session timeouts in the dataplane's units.
+    pub fn timeouts(&self) -> Timeouts {
+        let t = &self.timeouts;
+        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        Timeouts {
+            tcp_syn: ms(t.tcp_syn),
+            tcp_established: ms(t.tcp_established),
+            tcp_fin: ms(t.tcp_fin),
+            tcp_closed: ms(t.tcp_closed),
+            udp: ms(t.udp),
+            udp_stream: ms(t.udp_stream),
+            icmp: ms(t.icmp),
+        }
+    }
+
+    /// The dataplane configuration for worker lcores `lcores`.
+    pub fn dataplane(&self, lcores: Vec<u32>) -> DataplaneConfig {
+        let w = &self.workers;
+        DataplaneConfig {
+            ports: self.ports.iter().map(|p| PortSpec { device: p.device.clone(), vlan: p.vlan }).collect(),
+            lcores,
+            mbufs: w.mbufs,
+            rx_desc: w.rx_desc,
+            tx_desc: w.tx_desc,
+            pipeline: PipelineConfig {
+                sessions: w.sessions,
+                timeouts: self.timeouts(),
+                neighbors: w.neighbors,
+                ..PipelineConfig::default()
+            },
+            idle_sleep_us: w.idle_sleep_us,
+            ..DataplaneConfig::default()
+        }
+    }
+
+    /// True when a change from `self` to `new` needs a restart (EAL, ports, sizing).
+    pub fn restart_needed(&self, new: &Config) -> Option<&'static str> {
+        if self.eal != new.eal {
+            return Some("eal");
+        }
+        if self.ports.iter().map(|p| (&p.device, p.vlan)).ne(new.ports.iter().map(|p| (&p.device, p.vlan))) {
+            return Some("ports");
+        }
+        if self.workers != new.workers {
+            return Some("workers");
+        }
+        if self.timeouts != new.timeouts {
+            return Some("timeouts");
+        }
+        if self.admin != new.admin {
+            return Some("admin");
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+eal:
+  lcores: "0@(0-1),1@(0-1),2@(0-1)"
+  no_huge: true
+  memory_mb: 256
+  vdevs: ["net_af_packet0,iface=veth0,qpairs=2"]
+ports:
+  - device: net_af_packet0
+    addresses: ["198.18.0.1/24", "2001:2::1/64"]
+routes:
+  - prefix: 198.19.0.0/16
+    port: 0
+    via: 198.18.0.254
+neighbors:
+  - address: 198.18.0.254
+    mac: "02:00:00:00:00:fe"
+    port: 0
+timeouts:
+  udp: 10s
+services:
+  - name: default/web
+    vip: 198.18.100.1
+    port: 80
+    protocol: TCP
+    backends: ["198.18.0.11:8080", "198.18.0.12:8080"]
+  - name: default/dns
+    vip: 2001:2::100
+    port: 53
+    protocol: udp
+    backends: ["[2001:2::11]:5353"]
+"#;
+
+    #[test]
+    fn parses_a_full_config() {
+        let c = Config::parse(GOOD, "test").unwrap();
+        let spec = c.table_spec().unwrap();
+        assert_eq!(spec.services.len(), 2);
+        assert_eq!(spec.services[1].frontend.proto, Proto::Udp);
+        assert_eq!(spec.interfaces.len(), 2);
+        assert_eq!(spec.routes[0].via, Some(Addr::v4([198, 18, 0, 254])));
+        assert_eq!(c.timeouts().udp, 10_000);
+        assert_eq!(c.timeouts().tcp_established, 86_400_000);
+        let args = c.eal_args();
+        assert_eq!(
+            args,
+            [
+                "--lcores", "0@(0-1),1@(0-1),2@(0-1)", "--no-huge", "-m", "256", "--no-shconf", "--no-pci", "--vdev",
+                "net_af_packet0,iface=veth0,qpairs=2"
+            ]
+        );
+        assert_eq!(c.admin.bind.to_string(), "127.0.0.1:10249");
+        assert_eq!(c.dataplane(vec![1, 2]).lcores, vec![1, 2]);
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "t").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let e = err("ports: [{device: a}]\nbogus: 1\n");
+        assert!(e.contains("bogus"), "{e}");
+        let e = err("ports: [{device: a, adresses: []}]\n");
+        assert!(e.contains("adresses"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        let base = "ports: [{device: a, addresses: [198.18.0.1/24]}]\n";
+        let cases = [
+            (format!("{base}services: [{{name: s, vip: 198.18.100.1, port: 80, backends: [nope]}}]"), "services[0].backends[0]"),
+            (format!("{base}services: [{{name: s, vip: 198.18.100.1, port: 80, protocol: ICMP}}]"), "services[0].protocol"),
+            (format!("{base}services: [{{name: s, vip: 198.18.100.1, port: 0}}]"), "services[0].port"),
+            (format!("{base}services: [{{name: s, vip: 198.18.100.1, port: 80, backends: ['[2001:2::1]:80']}}]"), "services[0].backends[0]"),
+            (format!("{base}routes: [{{prefix: 198.19.0.0/33, port: 0}}]"), "routes[0].prefix"),
+            (format!("{base}routes: [{{prefix: 198.19.0.0/16, port: 3}}]"), "routes[0].port"),
+            (format!("{base}neighbors: [{{address: 198.18.0.2, mac: zz, port: 0}}]"), "neighbors[0].mac"),
+            ("ports: [{device: a, addresses: [198.18.0.1]}]".to_string(), "ports[0].addresses[0]"),
+            ("ports: []".to_string(), "ports"),
+            (format!("{base}services: [{{name: a, vip: 198.18.100.1, port: 80}}, {{name: b, vip: 198.18.100.1, port: 80}}]"), "services[1]"),
+        ];
+        for (text, field) in cases {
+            let e = err(&text);
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn restart_needed_only_for_structural_changes() {
+        let a = Config::parse(GOOD, "a").unwrap();
+        let mut b = a.clone();
+        b.services[0].backends.pop();
+        b.routes.clear();
+        assert_eq!(a.restart_needed(&b), None);
+        b.workers.sessions = 5;
+        assert_eq!(a.restart_needed(&b), Some("workers"));
+    }
+}

@@ -1,0 +1,130 @@
+//! Builds service tables and publishes them to the workers (RCU swap).
+use dataplane::dpdk::rcu::{Leaked, Rcu};
+use dataplane::table::{ServiceTable, TableSpec};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long a publish waits for every worker to pass a quiescent point.
+const GRACE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Control-side counters, read by the admin server.
+#[derive(Debug, Default)]
+pub struct ControlMetrics {
+    /// Version of the last published table.
+    pub table_version: AtomicU64,
+    /// Unix time (ms) of the last successful publish.
+    pub last_sync_ms: AtomicU64,
+    /// Duration (µs) of the last build + publish.
+    pub last_sync_us: AtomicU64,
+    /// Total syncs.
+    pub syncs: AtomicU64,
+    /// Time (µs) from swap to every worker having passed a quiescent point, last publish.
+    pub last_grace_us: AtomicU64,
+    /// Config reloads rejected (parse/validation errors).
+    pub reload_errors: AtomicU64,
+    /// Services in the current table.
+    pub services: AtomicU64,
+    /// Sum of sync durations in µs (for a Prometheus summary).
+    pub sync_us_sum: AtomicU64,
+}
+
+/// Publishes tables. One per process; used from one thread at a time.
+pub struct Publisher {
+    rcu: Arc<Rcu<ServiceTable>>,
+    version: u64,
+    leaked: Mutex<Vec<Leaked>>,
+    /// Counters.
+    pub metrics: Arc<ControlMetrics>,
+}
+
+impl Publisher {
+    /// A publisher whose RCU cell starts with an empty table, for `readers` workers.
+    pub fn new(readers: usize) -> Self {
+        Publisher {
+            rcu: Rcu::new(ServiceTable::new(TableSpec::default(), 0), readers.max(1)),
+            version: 0,
+            leaked: Mutex::new(Vec::new()),
+            metrics: Arc::new(ControlMetrics::default()),
+        }
+    }
+
+    /// The RCU cell workers read from.
+    pub fn rcu(&self) -> &Arc<Rcu<ServiceTable>> {
+        &self.rcu
+    }
+
+    /// Builds a table from `spec` and publishes it; blocks until the old table
+    /// is unreachable (or the grace period times out, in which case the old
+    /// table is kept alive and freed on a later publish). Returns the new version.
+    pub fn publish(&mut self, spec: TableSpec) -> u64 {
+        let start = Instant::now();
+        self.version += 1;
+        let n = spec.services.len() as u64;
+        let table = ServiceTable::new(spec, self.version);
+        let grace = match self.rcu.publish(table, Duration::from_micros(20), GRACE_TIMEOUT) {
+            Ok(d) => d,
+            Err(l) => {
+                tracing::warn!("a worker did not pass a quiescent point within {GRACE_TIMEOUT:?}; old table kept alive");
+                self.leaked.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+                GRACE_TIMEOUT
+            }
+        };
+        // Retry freeing tables of earlier timed-out publishes.
+        let mut leaked = self.leaked.lock().unwrap_or_else(|e| e.into_inner());
+        let old: Vec<Leaked> = leaked.drain(..).collect();
+        for l in old {
+            if let Err(l) = self.rcu.retry_free(l, Duration::from_millis(1)) {
+                leaked.push(l);
+            }
+        }
+        drop(leaked);
+        let m = &self.metrics;
+        let took = start.elapsed().as_micros() as u64;
+        m.table_version.store(self.version, Ordering::Relaxed);
+        m.last_sync_us.store(took, Ordering::Relaxed);
+        m.sync_us_sum.fetch_add(took, Ordering::Relaxed);
+        m.syncs.fetch_add(1, Ordering::Relaxed);
+        m.last_grace_us.store(grace.as_micros() as u64, Ordering::Relaxed);
+        m.services.store(n, Ordering::Relaxed);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        m.last_sync_ms.store(now, Ordering::Relaxed);
+        self.version
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dataplane::addr::{Addr, Proto, SockAddr};
+    use dataplane::table::{Frontend, ServiceSpec};
+
+    #[test]
+    fn publish_swaps_tables_and_counts() {
+        let mut p = Publisher::new(2);
+        let mut r = p.rcu().reader(0).unwrap();
+        assert_eq!(r.read().version, 0);
+        r.quiescent();
+        let spec = TableSpec {
+            services: vec![ServiceSpec {
+                name: "a".into(),
+                frontend: Frontend { addr: SockAddr::new(Addr::v4([198, 18, 100, 1]), 80), proto: Proto::Tcp },
+                backends: vec![SockAddr::new(Addr::v4([198, 18, 1, 1]), 80)],
+            }],
+            ..Default::default()
+        };
+        // The reader is online and quiescent, so the publish completes.
+        let v = std::thread::scope(|s| {
+            let h = s.spawn(|| p.publish(spec));
+            while !h.is_finished() {
+                r.quiescent();
+            }
+            h.join().unwrap()
+        });
+        assert_eq!(v, 1);
+        assert_eq!(r.read().version, 1);
+        assert_eq!(r.read().services().len(), 1);
+        assert_eq!(p.metrics.table_version.load(Ordering::Relaxed), 1);
+        assert_eq!(p.metrics.services.load(Ordering::Relaxed), 1);
+    }
+}

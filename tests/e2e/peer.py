@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Kernel-side test peers for the end-to-end tests and the demo.
+
+Runs inside network namespaces (ip netns exec NS python3 peer.py ...):
+  serve      an HTTP server (TCP) and a UDP responder, both answering NAME
+  clients    N TCP (HTTP) and N UDP requests to a VIP; prints JSON counts per backend
+  longlived  one keep-alive HTTP connection used repeatedly; prints JSON
+  reject     expects TCP RST / ICMP port unreachable; prints JSON with latencies
+"""
+import argparse
+import http.client
+import http.server
+import json
+import socket
+import socketserver
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+
+def serve(a):
+    name = a.name.encode()
+
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(name)))
+            self.end_headers()
+            self.wfile.write(name)
+
+        def log_message(self, *args):
+            pass
+
+    class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        request_queue_size = 512
+
+    httpd = S(("0.0.0.0", a.tcp), H)
+
+    def udp():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", a.udp))
+        while True:
+            data, peer = s.recvfrom(2048)
+            s.sendto(name + b" " + data[:64], peer)
+
+    threading.Thread(target=udp, daemon=True).start()
+    print(f"{a.name} serving tcp:{a.tcp} udp:{a.udp}", flush=True)
+    httpd.serve_forever()
+
+
+def one_tcp(vip, port, timeout):
+    for attempt in range(3):
+        try:
+            c = http.client.HTTPConnection(vip, port, timeout=timeout)
+            c.request("GET", "/", headers={"Connection": "close"})
+            body = c.getresponse().read().decode()
+            c.close()
+            return body, attempt
+        except OSError as e:
+            err = str(e)
+            time.sleep(0.05)
+    return None, err
+
+
+def one_udp(vip, port, i, timeout):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    try:
+        for attempt in range(3):
+            try:
+                s.sendto(f"req {i}".encode(), (vip, port))
+                data, _ = s.recvfrom(2048)
+                name, _, echo = data.decode().partition(" ")
+                if echo != f"req {i}":
+                    return None, f"bad echo {echo!r}"
+                return name, attempt
+            except OSError as e:
+                err = str(e)
+        return None, err
+    finally:
+        s.close()
+
+
+def clients(a):
+    out = {}
+    for proto in a.proto:
+        counts, errors, retries = {}, [], 0
+        with ThreadPoolExecutor(a.concurrency) as ex:
+            if proto == "tcp":
+                futs = [ex.submit(one_tcp, a.vip, a.tcp_port, a.timeout) for _ in range(a.count)]
+            else:
+                futs = [ex.submit(one_udp, a.vip, a.udp_port, i, a.timeout) for i in range(a.count)]
+            for f in futs:
+                name, info = f.result()
+                if name is None:
+                    errors.append(info)
+                else:
+                    counts[name] = counts.get(name, 0) + 1
+                    retries += info
+        out[proto] = {"counts": counts, "errors": len(errors), "retries": retries, "first_errors": errors[:5]}
+    print(json.dumps(out), flush=True)
+
+
+def longlived(a):
+    c = http.client.HTTPConnection(a.vip, a.tcp_port, timeout=a.timeout)
+    names, errors, n, local = [], [], 0, None
+    deadline = time.time() + a.duration
+    while time.time() < deadline:
+        try:
+            c.request("GET", "/")
+            names.append(c.getresponse().read().decode())
+            sockname = c.sock.getsockname()
+            if local is None:
+                local = sockname
+            elif local != sockname:
+                errors.append(f"reconnected: {local} -> {sockname}")
+                local = sockname
+            n += 1
+        except OSError as e:
+            errors.append(str(e))
+            c.close()
+            c = http.client.HTTPConnection(a.vip, a.tcp_port, timeout=a.timeout)
+        time.sleep(a.interval)
+    print(json.dumps({"requests": n, "backends": sorted(set(names)), "errors": errors[:10], "n_errors": len(errors)}), flush=True)
+
+
+def reject(a):
+    out = {}
+    t = time.monotonic()
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(a.timeout)
+    try:
+        s.connect((a.vip, a.tcp_port))
+        out["tcp"] = "connected"
+    except ConnectionRefusedError:
+        out["tcp"] = "refused"
+    except OSError as e:
+        out["tcp"] = f"error: {e}"
+    out["tcp_ms"] = (time.monotonic() - t) * 1000
+    s.close()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(a.timeout)
+    u.connect((a.vip, a.udp_port))
+    t = time.monotonic()
+    try:
+        u.send(b"hello")
+        u.recv(100)
+        out["udp"] = "answered"
+    except ConnectionRefusedError:
+        out["udp"] = "refused"
+    except OSError as e:
+        out["udp"] = f"error: {e}"
+    out["udp_ms"] = (time.monotonic() - t) * 1000
+    print(json.dumps(out), flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--name", required=True)
+    s.add_argument("--tcp", type=int, default=8080)
+    s.add_argument("--udp", type=int, default=5353)
+    for cmd in ("clients", "longlived", "reject"):
+        c = sub.add_parser(cmd)
+        c.add_argument("--vip", required=True)
+        c.add_argument("--tcp-port", type=int, default=80)
+        c.add_argument("--udp-port", type=int, default=53)
+        c.add_argument("--timeout", type=float, default=2.0)
+        if cmd == "clients":
+            c.add_argument("--count", type=int, default=300)
+            c.add_argument("--concurrency", type=int, default=8)
+            c.add_argument("--proto", nargs="+", default=["tcp", "udp"])
+        if cmd == "longlived":
+            c.add_argument("--duration", type=float, default=10)
+            c.add_argument("--interval", type=float, default=0.1)
+    a = p.parse_args()
+    {"serve": serve, "clients": clients, "longlived": longlived, "reject": reject}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
