@@ -101,6 +101,14 @@ fn family(
 ) -> Result<(), std::fmt::Error> {
     let mut fam = enc.encode_descriptor(name, help, None, ty)?;
     for (labels, v) in rows {
+        if labels.is_empty() {
+            // A metric without labels: `name value`, not `name{} value`.
+            match ty {
+                MetricType::Counter => ConstCounter::new(v).encode(fam)?,
+                _ => ConstGauge::new(v as i64).encode(fam)?,
+            }
+            return Ok(());
+        }
         let e = fam.encode_family(&labels)?;
         match ty {
             MetricType::Counter => ConstCounter::new(v).encode(e)?,
@@ -133,6 +141,7 @@ impl prometheus_client::collector::Collector for Collector {
         per_worker!("dpdk_kube_proxy_handoff_in_packets", "Packets received from other workers", Counter, handoff_in);
         per_worker!("dpdk_kube_proxy_sessions_created", "NAT sessions created", Counter, sessions_created);
         per_worker!("dpdk_kube_proxy_sessions_expired", "NAT sessions expired", Counter, sessions_expired);
+        per_worker!("dpdk_kube_proxy_sessions_flushed", "UDP sessions flushed because their endpoint went away", Counter, sessions_flushed);
         per_worker!("dpdk_kube_proxy_sessions_active", "NAT sessions live now", Gauge, sessions_active);
         per_worker!("dpdk_kube_proxy_nat_forward_packets", "Packets DNATed client to backend", Counter, nat_forward);
         per_worker!("dpdk_kube_proxy_nat_reverse_packets", "Reply packets translated backend to client", Counter, nat_reverse);
@@ -161,14 +170,17 @@ impl prometheus_client::collector::Collector for Collector {
         family(&mut enc, "dpdk_kube_proxy_config_reload_errors", "Config reloads rejected", Counter, one(c.reload_errors.load(Relaxed)))?;
         family(&mut enc, "dpdk_kube_proxy_publish_grace_microseconds", "Last publish: swap until every worker passed a quiescent point", Gauge, one(c.last_grace_us.load(Relaxed)))?;
         family(&mut enc, "kubeproxy_sync_proxy_rules_last_timestamp_seconds", "The last time proxy rules were successfully synced", Gauge, one(c.last_sync_ms.load(Relaxed) / 1000))?;
-        family(&mut enc, "dpdk_kube_proxy_syncs", "Table syncs (build + publish)", Counter, one(c.syncs.load(Relaxed)))?;
-        family(&mut enc, "dpdk_kube_proxy_sync_duration_microseconds_sum", "Total time spent in syncs", Counter, one(c.sync_us_sum.load(Relaxed)))?;
         Ok(())
     }
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
     let mut reg = Registry::default();
+    reg.register(
+        "kubeproxy_sync_proxy_rules_duration_seconds",
+        "SyncProxyRules latency in seconds (build + publish of a service table)",
+        s.control.sync_duration.clone(),
+    );
     reg.register_collector(Box::new(Collector { workers: s.workers.clone(), control: s.control.clone() }));
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &reg) {

@@ -1,5 +1,6 @@
 //! Builds service tables and publishes them to the workers (RCU swap).
 use dataplane::dpdk::rcu::{Leaked, Rcu};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use dataplane::table::{ServiceTable, TableSpec};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,8 +10,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 const GRACE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Control-side counters, read by the admin server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ControlMetrics {
+    /// kube-proxy's `sync_proxy_rules_duration_seconds` histogram.
+    pub sync_duration: Histogram,
     /// Version of the last published table.
     pub table_version: AtomicU64,
     /// Unix time (ms) of the last successful publish.
@@ -25,8 +28,22 @@ pub struct ControlMetrics {
     pub reload_errors: AtomicU64,
     /// Services in the current table.
     pub services: AtomicU64,
-    /// Sum of sync durations in µs (for a Prometheus summary).
-    pub sync_us_sum: AtomicU64,
+}
+
+impl Default for ControlMetrics {
+    fn default() -> Self {
+        ControlMetrics {
+            // kube-proxy's buckets: 1 ms doubling 15 times.
+            sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            table_version: AtomicU64::new(0),
+            last_sync_ms: AtomicU64::new(0),
+            last_sync_us: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            last_grace_us: AtomicU64::new(0),
+            reload_errors: AtomicU64::new(0),
+            services: AtomicU64::new(0),
+        }
+    }
 }
 
 /// Publishes tables. One per process; used from one thread at a time.
@@ -83,7 +100,7 @@ impl Publisher {
         let took = start.elapsed().as_micros() as u64;
         m.table_version.store(self.version, Ordering::Relaxed);
         m.last_sync_us.store(took, Ordering::Relaxed);
-        m.sync_us_sum.fetch_add(took, Ordering::Relaxed);
+        m.sync_duration.observe(took as f64 / 1e6);
         m.syncs.fetch_add(1, Ordering::Relaxed);
         m.last_grace_us.store(grace.as_micros() as u64, Ordering::Relaxed);
         m.services.store(n, Ordering::Relaxed);

@@ -141,7 +141,7 @@ impl Proto {
 }
 
 /// An address and port.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default, PartialOrd, Ord)]
 pub struct SockAddr {
     /// The IP address.
     pub addr: Addr,

@@ -223,6 +223,20 @@ impl Pipeline {
         let key = FlowKey { src: ip.src, dst: ip.dst, sport, dport, proto };
         if let Some((idx, dir)) = self.sessions.lookup(&key) {
             let s = *self.sessions.get(idx);
+            if s.validated != t.version {
+                // First packet of this session since a table change: check
+                // its backend is still there (once per session per version).
+                let frontend = Frontend { addr: s.frontend, proto };
+                if proto == Proto::Udp && !t.backend_valid(&frontend, &s.backend) {
+                    // kube-proxy's stale-UDP cleanup: flows to a removed
+                    // endpoint are flushed (also when the Service has no
+                    // endpoints left); the packet is handled as new.
+                    self.sessions.remove(idx);
+                    WorkerStats::add(&st.sessions_flushed, 1);
+                    return self.new_flow(t, st, in_port, pinfo, pkt, &ip, key, fe, flags, src_mac, now);
+                }
+                self.sessions.get_mut(idx).validated = t.version;
+            }
             if proto == Proto::Tcp
                 && dir == Dir::Original
                 && flags & (tcp::SYN | tcp::ACK | tcp::RST) == tcp::SYN
@@ -295,6 +309,7 @@ impl Pipeline {
             in_port,
             expires,
             service: svc_idx,
+            validated: t.version,
         };
         match self.sessions.insert(session) {
             Ok(_) => {}

@@ -91,6 +91,8 @@ pub struct Session {
     pub expires: u64,
     /// Index of the Service in the table that created it (stats, flushing).
     pub service: u32,
+    /// Table version against which the backend was last known to be valid.
+    pub validated: u64,
 }
 
 impl Session {
@@ -388,6 +390,7 @@ mod tests {
             in_port: 0,
             expires: 0,
             service: 0,
+            validated: 0,
         }
     }
 

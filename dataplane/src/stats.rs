@@ -94,6 +94,8 @@ pub struct WorkerStats {
     pub sessions_created: AtomicU64,
     /// Sessions removed by expiry.
     pub sessions_expired: AtomicU64,
+    /// UDP sessions flushed because their backend was removed.
+    pub sessions_flushed: AtomicU64,
     /// Sessions live now.
     pub sessions_active: AtomicU64,
     /// Packets translated in the original direction (client → backend).

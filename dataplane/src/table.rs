@@ -89,9 +89,19 @@ pub struct Service {
 
 impl Service {
     /// Builds the Service's Maglev table.
-    pub fn new(spec: ServiceSpec) -> Self {
+    pub fn new(mut spec: ServiceSpec) -> Self {
+        // Sorted: the same backend set gives the same Maglev table on every
+        // node whatever order the endpoints were listed in, and membership
+        // checks are a binary search.
+        spec.backends.sort_unstable();
+        spec.backends.dedup();
         let keys: Vec<u64> = spec.backends.iter().map(|b| stable_key(b.to_string().as_bytes())).collect();
         Service { name: spec.name, frontend: spec.frontend, maglev: Maglev::new(&keys), backends: spec.backends }
+    }
+    /// True when `b` is one of this Service's backends.
+    #[inline]
+    pub fn has_backend(&self, b: &SockAddr) -> bool {
+        self.backends.binary_search(b).is_ok()
     }
     /// The backend for a new flow whose hash is `hash`, if there is one.
     #[inline]
@@ -152,6 +162,12 @@ impl ServiceTable {
             return None;
         }
         self.frontends.get(f).copied()
+    }
+
+    /// True when `frontend` still exists and still has `backend` among its backends.
+    #[inline]
+    pub fn backend_valid(&self, frontend: &Frontend, backend: &SockAddr) -> bool {
+        self.frontend(frontend).and_then(|i| self.service(i)).is_some_and(|s| s.has_backend(backend))
     }
 
     /// The Service at `idx`.

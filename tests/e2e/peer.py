@@ -159,6 +159,53 @@ def reject(a):
     print(json.dumps(out), flush=True)
 
 
+def http_get(a):
+    import urllib.request
+    with urllib.request.urlopen(a.url, timeout=a.timeout) as r:
+        sys.stdout.write(r.read().decode())
+
+
+def inject(a):
+    """Sends malformed IPv4 frames out of IFACE to DST_MAC (raw AF_PACKET)."""
+    import struct
+    src = socket.inet_aton(a.src)
+    dst = socket.inet_aton(a.dst)
+    dmac = bytes.fromhex(a.dst_mac.replace(":", ""))
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((a.iface, 0))
+    smac = s.getsockname()[4][:6]
+    eth = dmac + smac + b"\x08\x00"
+
+    def ip(ihl=5, total=None, proto=6, payload=b""):
+        hl = ihl * 4
+        tl = total if total is not None else 20 + len(payload)
+        h = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, tl, 1, 0x4000, 64, proto, 0, src, dst)
+        csum = 0
+        for i in range(0, 20, 2):
+            csum += (h[i] << 8) | h[i + 1]
+        while csum >> 16:
+            csum = (csum & 0xFFFF) + (csum >> 16)
+        h = h[:10] + struct.pack("!H", ~csum & 0xFFFF) + h[12:]
+        return h + payload
+
+    tcp_ok = struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 5 << 4, 0x02, 1024, 0, 0)
+    tcp_bad_doff = struct.pack("!HHIIBBHHH", 40000, 80, 1, 0, 2 << 4, 0x02, 1024, 0, 0)
+    udp_bad_len = struct.pack("!HHHH", 40000, 53, 4, 0) + b"xxxx"
+    frames = {
+        "bad_ihl": eth + ip(ihl=3, payload=tcp_ok),
+        "total_len_too_big": eth + ip(total=1400, payload=tcp_ok),
+        "tcp_bad_doff": eth + ip(payload=tcp_bad_doff),
+        "udp_bad_len": eth + ip(proto=17, payload=udp_bad_len),
+    }
+    frames["truncated_ip"] = eth + bytes([0x45, 0, 0, 40, 0, 1, 0x40, 0])  # only 8 bytes of IPv4 header
+    sent = {}
+    for _ in range(a.count):
+        for k, f in frames.items():
+            s.send(f)
+            sent[k] = sent.get(k, 0) + 1
+    print(json.dumps(sent), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -179,8 +226,17 @@ def main():
         if cmd == "longlived":
             c.add_argument("--duration", type=float, default=10)
             c.add_argument("--interval", type=float, default=0.1)
+    g = sub.add_parser("http-get")
+    g.add_argument("url")
+    g.add_argument("--timeout", type=float, default=2.0)
+    i = sub.add_parser("inject")
+    i.add_argument("--iface", required=True)
+    i.add_argument("--dst-mac", required=True)
+    i.add_argument("--src", default="198.18.0.2")
+    i.add_argument("--dst", default="198.18.100.1")
+    i.add_argument("--count", type=int, default=10)
     a = p.parse_args()
-    {"serve": serve, "clients": clients, "longlived": longlived, "reject": reject}[a.cmd](a)
+    {"serve": serve, "clients": clients, "longlived": longlived, "reject": reject, "http-get": http_get, "inject": inject}[a.cmd](a)
 
 
 if __name__ == "__main__":

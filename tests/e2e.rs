@@ -1,0 +1,318 @@
+//! End-to-end: the real binary on af_packet ports in network namespaces,
+//! with kernel TCP/UDP peers (scripts/netns.sh topology), two workers.
+//!
+//! Needs root (namespaces, veth, af_packet). Everything is created with a
+//! per-run prefix and removed on drop, also when an assertion fails.
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dpdk-kube-proxy");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Topology {
+    prefix: String,
+    children: Vec<Child>,
+    proxy: Option<Child>,
+    config: PathBuf,
+    admin: String,
+    log: PathBuf,
+}
+
+impl Topology {
+    fn up(prefix: &str, admin_port: u16) -> Topology {
+        sh(Command::new(root().join("scripts/netns.sh")).args(["up", prefix]));
+        let mut t = Topology {
+            prefix: prefix.into(),
+            children: vec![],
+            proxy: None,
+            config: std::env::temp_dir().join(format!("{prefix}-config.yaml")),
+            admin: format!("127.0.0.1:{admin_port}"),
+            log: std::env::temp_dir().join(format!("{prefix}-proxy.log")),
+        };
+        for i in 1..=3 {
+            let c = Command::new("ip")
+                .args(["netns", "exec", &format!("{prefix}-be{i}"), "python3"])
+                .arg(root().join("tests/e2e/peer.py"))
+                .args(["serve", "--name", &format!("be{i}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("backend server");
+            t.children.push(c);
+        }
+        t
+    }
+
+    fn ns(&self, n: &str) -> String {
+        format!("{}-{}", self.prefix, n)
+    }
+
+    /// Writes the config atomically (write + rename), as an operator would.
+    fn write_config(&self, backends_web: &[u8], backends_udp: &[u8]) {
+        let base = std::fs::read_to_string(root().join("scripts/demo.yaml")).unwrap();
+        let text = base
+            .replace("iface=P0", &format!("iface={}0", self.prefix))
+            .replace("iface=P1", &format!("iface={}1", self.prefix))
+            .replace("127.0.0.1:PORT", &self.admin);
+        let list = |port: u16, b: &[u8]| {
+            let v: Vec<String> = b.iter().map(|i| format!("\"198.18.1.1{i}:{port}\"")).collect();
+            format!("[{}]", v.join(", "))
+        };
+        let text = text
+            .replace(
+                r#"["198.18.1.11:8080", "198.18.1.12:8080", "198.18.1.13:8080"]"#,
+                &list(8080, backends_web),
+            )
+            .replace(
+                r#"["198.18.1.11:5353", "198.18.1.12:5353", "198.18.1.13:5353"]"#,
+                &list(5353, backends_udp),
+            );
+        let tmp = self.config.with_extension("tmp");
+        std::fs::File::create(&tmp).unwrap().write_all(text.as_bytes()).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+    }
+
+    fn start_proxy(&mut self) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let c = Command::new("ip")
+            .args(["netns", "exec", &self.ns("proxy"), BIN, "--config"])
+            .arg(&self.config)
+            .args(["--reload-interval", "200ms"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("proxy");
+        self.proxy = Some(c);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(m) = self.try_get("/proxyMode") {
+                assert_eq!(m, "dpdk");
+                break;
+            }
+            if let Some(st) = self.proxy.as_mut().unwrap().try_wait().unwrap() {
+                panic!("proxy exited with {st}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            assert!(Instant::now() < deadline, "proxy did not come up: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn try_get(&self, path: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns("proxy"), "python3"])
+            .arg(root().join("tests/e2e/peer.py"))
+            .args(["http-get", &format!("http://{}{}", self.admin, path)])
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn metric_sum(&self, name: &str, label_filter: &str) -> u64 {
+        let m = self.try_get("/metrics").expect("metrics");
+        m.lines()
+            .filter(|l| l.starts_with(name) && l.contains(label_filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    fn peer(&self, ns: &str, args: &[&str]) -> Value {
+        let out = sh(Command::new("ip")
+            .args(["netns", "exec", &self.ns(ns), "python3"])
+            .arg(root().join("tests/e2e/peer.py"))
+            .args(args));
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad peer output {out:?}: {e}"))
+    }
+
+    fn spawn_peer(&self, ns: &str, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(ns), "python3"])
+            .arg(root().join("tests/e2e/peer.py"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits until every worker uses table `version`.
+    fn wait_version(&self, version: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let m = self.try_get("/metrics").unwrap_or_default();
+            let versions: Vec<u64> = m
+                .lines()
+                .filter(|l| l.starts_with("dpdk_kube_proxy_worker_table_version{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+                .collect();
+            if !versions.is_empty() && versions.iter().all(|&v| v == version) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "workers did not reach table {version}: {versions:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(p.id().to_string()).status();
+            let _ = p.wait();
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new(root().join("scripts/netns.sh")).args(["down", &self.prefix]).status();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+fn counts(v: &Value, proto: &str) -> (Vec<(String, u64)>, u64) {
+    let c = v[proto]["counts"].as_object().expect("counts");
+    let mut out: Vec<(String, u64)> = c.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap())).collect();
+    out.sort();
+    (out, v[proto]["errors"].as_u64().unwrap())
+}
+
+fn assert_spread(v: &Value, proto: &str, total: u64, backends: &[&str]) {
+    let (c, errors) = counts(v, proto);
+    assert_eq!(errors, 0, "{proto}: {v}");
+    let sum: u64 = c.iter().map(|x| x.1).sum();
+    assert_eq!(sum, total, "{proto}: {v}");
+    let names: Vec<&str> = c.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(names, backends, "{proto}: {v}");
+    for (name, n) in &c {
+        let share = *n as f64 / total as f64;
+        assert!((0.20..=0.47).contains(&share), "{proto}: {name} got {share:.2} of connections: {v}");
+    }
+}
+
+fn require_root() {
+    let uid = sh(Command::new("id").arg("-u"));
+    assert_eq!(uid.trim(), "0", "the end-to-end tests need root (network namespaces, af_packet)");
+}
+
+#[test]
+fn e2e_af_packet_two_workers() {
+    require_root();
+    let prefix = format!("dk{}", std::process::id() % 100_000);
+    let mut t = Topology::up(&prefix, 19_249);
+    t.write_config(&[1, 2, 3], &[1, 2, 3]);
+    t.start_proxy();
+    t.wait_version(1);
+    let vip = "198.18.100.1";
+
+    // 300 TCP connections and 300 UDP request/responses, spread over 3 backends.
+    let v = t.peer("client", &["clients", "--vip", vip, "--count", "300", "--concurrency", "12"]);
+    assert_spread(&v, "tcp", 300, &["be1", "be2", "be3"]);
+    assert_spread(&v, "udp", 300, &["be1", "be2", "be3"]);
+    // Both workers did work and replies crossed cores.
+    assert!(t.metric_sum("dpdk_kube_proxy_handoff_in_packets_total", "") > 0);
+    for w in ["0", "1"] {
+        assert!(t.metric_sum("dpdk_kube_proxy_sessions_created_total", &format!("worker=\"{w}\"")) > 0);
+    }
+
+    // A Service without endpoints: RST and ICMP port unreachable, fast.
+    let r = t.peer("client", &["reject", "--vip", "198.18.100.2"]);
+    assert_eq!(r["tcp"], "refused", "{r}");
+    assert_eq!(r["udp"], "refused", "{r}");
+    assert!(r["tcp_ms"].as_f64().unwrap() < 100.0, "{r}");
+    assert!(r["udp_ms"].as_f64().unwrap() < 100.0, "{r}");
+    assert!(t.metric_sum("dpdk_kube_proxy_rejected_connections_total", "") >= 2);
+
+    // A long-lived connection survives two edits of its Service's backends.
+    let mut ll = t.spawn_peer("client", &["longlived", "--vip", vip, "--duration", "6", "--interval", "0.05"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    t.write_config(&[1, 2], &[1, 2]);
+    t.wait_version(2);
+    std::thread::sleep(Duration::from_millis(1500));
+    t.write_config(&[2, 3], &[2, 3]);
+    t.wait_version(3);
+    let out = ll.wait_with_output().unwrap();
+    let l: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(l["n_errors"], 0, "{l}");
+    assert_eq!(l["backends"].as_array().unwrap().len(), 1, "{l}");
+    assert!(l["requests"].as_u64().unwrap() > 20, "{l}");
+
+    // A removed backend gets no new connections (be1 is out since version 3).
+    let v = t.peer("client", &["clients", "--vip", vip, "--count", "150", "--concurrency", "12"]);
+    for proto in ["tcp", "udp"] {
+        let (c, errors) = counts(&v, proto);
+        assert_eq!(errors, 0, "{v}");
+        assert!(c.iter().all(|(n, _)| n != "be1"), "{proto}: removed backend got connections: {v}");
+        assert_eq!(c.len(), 2, "{v}");
+    }
+
+    // An invalid edit is rejected and the current table stays.
+    std::fs::write(&t.config, "ports: [{device: x, bogus: 1}]\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.metric_sum("dpdk_kube_proxy_config_reload_errors", "") == 0 {
+        assert!(Instant::now() < deadline, "bad config not reported");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    t.wait_version(3);
+
+    // Malformed frames are counted and dropped while traffic continues.
+    let neigh = sh(Command::new("ip").args(["-n", &t.ns("client"), "neigh", "show", "198.18.0.1"]));
+    let mac = neigh.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).expect("proxy MAC in client neighbour table").to_string();
+    let before: u64 = ["truncated", "bad_header_len", "bad_total_len", "bad_l4_len"]
+        .iter()
+        .map(|r| t.metric_sum("dpdk_kube_proxy_dropped_packets_total", &format!("reason=\"{r}\"")))
+        .sum();
+    let mut bg = t.spawn_peer("client", &["clients", "--vip", vip, "--count", "100", "--concurrency", "4"]);
+    let sent = t.peer("client", &["inject", "--iface", &format!("{prefix}c"), "--dst-mac", &mac, "--count", "20"]);
+    let out = bg.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(counts(&v, "tcp").1, 0, "{v}");
+    assert_eq!(counts(&v, "udp").1, 0, "{v}");
+    let n_sent: u64 = sent.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let after: u64 = ["truncated", "bad_header_len", "bad_total_len", "bad_l4_len"]
+            .iter()
+            .map(|r| t.metric_sum("dpdk_kube_proxy_dropped_packets_total", &format!("reason=\"{r}\"")))
+            .sum();
+        if after - before >= n_sent {
+            assert_eq!(after - before, n_sent, "each malformed frame counted once");
+            break;
+        }
+        assert!(Instant::now() < deadline, "malformed frames not all counted: {} of {n_sent}", after - before);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // SIGTERM stops the process cleanly and releases the ports.
+    let mut p = t.proxy.take().unwrap();
+    sh(Command::new("kill").arg("-TERM").arg(p.id().to_string()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = p.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "proxy did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}: {}", t.log_text());
+    assert!(t.log_text().contains("stopped codes=[0, 0]"), "{}", t.log_text());
+    let _ = Path::new(&t.log);
+}
