@@ -14,7 +14,10 @@ fn pkg_config(args: &[&str]) -> String {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    String::from_utf8(out.stdout).expect("pkg-config output is not UTF-8").trim().to_owned()
+    String::from_utf8(out.stdout)
+        .expect("pkg-config output is not UTF-8")
+        .trim()
+        .to_owned()
 }
 
 fn main() {
@@ -32,7 +35,10 @@ fn main() {
 
     // Raw cflags: the `pkg-config` crate drops `-include rte_config.h -march=...`,
     // which DPDK's headers need, so we pass them through untouched.
-    let cflags: Vec<String> = pkg_config(&["--cflags"]).split_whitespace().map(str::to_owned).collect();
+    let cflags: Vec<String> = pkg_config(&["--cflags"])
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
 
     let mut build = cc::Build::new();
     build.file("src/shim.c").opt_level(2).warnings(true);

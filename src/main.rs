@@ -36,7 +36,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let cfg = Config::load(&cli.config)?;
     if cli.check {
-        println!("{}: OK ({} services, {} ports)", cli.config, cfg.services.len(), cfg.ports.len());
+        println!(
+            "{}: OK ({} services, {} ports)",
+            cli.config,
+            cfg.services.len(),
+            cfg.ports.len()
+        );
         return Ok(());
     }
     let args = cfg.eal_args();
@@ -79,7 +84,12 @@ fn main() -> Result<()> {
     result
 }
 
-async fn control_loop(cli: Cli, mut cfg: Config, state: AdminState, publisher: Arc<Mutex<Publisher>>) -> Result<()> {
+async fn control_loop(
+    cli: Cli,
+    mut cfg: Config,
+    state: AdminState,
+    publisher: Arc<Mutex<Publisher>>,
+) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.admin.bind)
         .await
         .with_context(|| format!("admin.bind {}", cfg.admin.bind))?;
@@ -98,7 +108,9 @@ async fn control_loop(cli: Cli, mut cfg: Config, state: AdminState, publisher: A
             _ = hup.recv() => true,
             _ = tick.tick() => false,
         };
-        let Ok(text) = tokio::fs::read_to_string(&cli.config).await else { continue };
+        let Ok(text) = tokio::fs::read_to_string(&cli.config).await else {
+            continue;
+        };
         if text == last_text && !forced {
             continue;
         }
@@ -123,8 +135,15 @@ async fn control_loop(cli: Cli, mut cfg: Config, state: AdminState, publisher: A
             }
         };
         let p = publisher.clone();
-        let version = tokio::task::spawn_blocking(move || p.lock().unwrap_or_else(|e| e.into_inner()).publish(spec)).await?;
-        tracing::info!(version, services = new.services.len(), "published new service table");
+        let version = tokio::task::spawn_blocking(move || {
+            p.lock().unwrap_or_else(|e| e.into_inner()).publish(spec)
+        })
+        .await?;
+        tracing::info!(
+            version,
+            services = new.services.len(),
+            "published new service table"
+        );
         cfg = new;
         if server.is_finished() {
             bail!("admin server stopped");

@@ -72,7 +72,10 @@ impl Topology {
             .replace("iface=P1", &format!("iface={}1", self.prefix))
             .replace("127.0.0.1:PORT", &self.admin);
         let list = |port: u16, b: &[u8]| {
-            let v: Vec<String> = b.iter().map(|i| format!("\"198.18.1.1{i}:{port}\"")).collect();
+            let v: Vec<String> = b
+                .iter()
+                .map(|i| format!("\"198.18.1.1{i}:{port}\""))
+                .collect();
             format!("[{}]", v.join(", "))
         };
         let text = text
@@ -85,7 +88,10 @@ impl Topology {
                 &list(5353, backends_udp),
             );
         let tmp = self.config.with_extension("tmp");
-        std::fs::File::create(&tmp).unwrap().write_all(text.as_bytes()).unwrap();
+        std::fs::File::create(&tmp)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         std::fs::rename(&tmp, &self.config).unwrap();
     }
 
@@ -107,9 +113,16 @@ impl Topology {
                 break;
             }
             if let Some(st) = self.proxy.as_mut().unwrap().try_wait().unwrap() {
-                panic!("proxy exited with {st}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                panic!(
+                    "proxy exited with {st}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
-            assert!(Instant::now() < deadline, "proxy did not come up: {}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not come up: {}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -125,7 +138,9 @@ impl Topology {
             .args(["http-get", &format!("http://{}{}", self.admin, path)])
             .output()
             .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn metric_sum(&self, name: &str, label_filter: &str) -> u64 {
@@ -167,7 +182,10 @@ impl Topology {
             if !versions.is_empty() && versions.iter().all(|&v| v == version) {
                 return;
             }
-            assert!(Instant::now() < deadline, "workers did not reach table {version}: {versions:?}");
+            assert!(
+                Instant::now() < deadline,
+                "workers did not reach table {version}: {versions:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -176,21 +194,29 @@ impl Topology {
 impl Drop for Topology {
     fn drop(&mut self) {
         if let Some(mut p) = self.proxy.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(p.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(p.id().to_string())
+                .status();
             let _ = p.wait();
         }
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new(root().join("scripts/netns.sh")).args(["down", &self.prefix]).status();
+        let _ = Command::new(root().join("scripts/netns.sh"))
+            .args(["down", &self.prefix])
+            .status();
         let _ = std::fs::remove_file(&self.config);
     }
 }
 
 fn counts(v: &Value, proto: &str) -> (Vec<(String, u64)>, u64) {
     let c = v[proto]["counts"].as_object().expect("counts");
-    let mut out: Vec<(String, u64)> = c.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap())).collect();
+    let mut out: Vec<(String, u64)> = c
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
     out.sort();
     (out, v[proto]["errors"].as_u64().unwrap())
 }
@@ -204,13 +230,20 @@ fn assert_spread(v: &Value, proto: &str, total: u64, backends: &[&str]) {
     assert_eq!(names, backends, "{proto}: {v}");
     for (name, n) in &c {
         let share = *n as f64 / total as f64;
-        assert!((0.20..=0.47).contains(&share), "{proto}: {name} got {share:.2} of connections: {v}");
+        assert!(
+            (0.20..=0.47).contains(&share),
+            "{proto}: {name} got {share:.2} of connections: {v}"
+        );
     }
 }
 
 fn require_root() {
     let uid = sh(Command::new("id").arg("-u"));
-    assert_eq!(uid.trim(), "0", "the end-to-end tests need root (network namespaces, af_packet)");
+    assert_eq!(
+        uid.trim(),
+        "0",
+        "the end-to-end tests need root (network namespaces, af_packet)"
+    );
 }
 
 #[test]
@@ -224,13 +257,29 @@ fn e2e_af_packet_two_workers() {
     let vip = "198.18.100.1";
 
     // 300 TCP connections and 300 UDP request/responses, spread over 3 backends.
-    let v = t.peer("client", &["clients", "--vip", vip, "--count", "300", "--concurrency", "12"]);
+    let v = t.peer(
+        "client",
+        &[
+            "clients",
+            "--vip",
+            vip,
+            "--count",
+            "300",
+            "--concurrency",
+            "12",
+        ],
+    );
     assert_spread(&v, "tcp", 300, &["be1", "be2", "be3"]);
     assert_spread(&v, "udp", 300, &["be1", "be2", "be3"]);
     // Both workers did work and replies crossed cores.
     assert!(t.metric_sum("dpdk_kube_proxy_handoff_in_packets_total", "") > 0);
     for w in ["0", "1"] {
-        assert!(t.metric_sum("dpdk_kube_proxy_sessions_created_total", &format!("worker=\"{w}\"")) > 0);
+        assert!(
+            t.metric_sum(
+                "dpdk_kube_proxy_sessions_created_total",
+                &format!("worker=\"{w}\"")
+            ) > 0
+        );
     }
 
     // A Service without endpoints: RST and ICMP port unreachable, fast.
@@ -242,7 +291,18 @@ fn e2e_af_packet_two_workers() {
     assert!(t.metric_sum("dpdk_kube_proxy_rejected_connections_total", "") >= 2);
 
     // A long-lived connection survives two edits of its Service's backends.
-    let mut ll = t.spawn_peer("client", &["longlived", "--vip", vip, "--duration", "6", "--interval", "0.05"]);
+    let ll = t.spawn_peer(
+        "client",
+        &[
+            "longlived",
+            "--vip",
+            vip,
+            "--duration",
+            "6",
+            "--interval",
+            "0.05",
+        ],
+    );
     std::thread::sleep(Duration::from_millis(1500));
     t.write_config(&[1, 2], &[1, 2]);
     t.wait_version(2);
@@ -256,11 +316,25 @@ fn e2e_af_packet_two_workers() {
     assert!(l["requests"].as_u64().unwrap() > 20, "{l}");
 
     // A removed backend gets no new connections (be1 is out since version 3).
-    let v = t.peer("client", &["clients", "--vip", vip, "--count", "150", "--concurrency", "12"]);
+    let v = t.peer(
+        "client",
+        &[
+            "clients",
+            "--vip",
+            vip,
+            "--count",
+            "150",
+            "--concurrency",
+            "12",
+        ],
+    );
     for proto in ["tcp", "udp"] {
         let (c, errors) = counts(&v, proto);
         assert_eq!(errors, 0, "{v}");
-        assert!(c.iter().all(|(n, _)| n != "be1"), "{proto}: removed backend got connections: {v}");
+        assert!(
+            c.iter().all(|(n, _)| n != "be1"),
+            "{proto}: removed backend got connections: {v}"
+        );
         assert_eq!(c.len(), 2, "{v}");
     }
 
@@ -275,29 +349,75 @@ fn e2e_af_packet_two_workers() {
 
     // Malformed frames are counted and dropped while traffic continues.
     let neigh = sh(Command::new("ip").args(["-n", &t.ns("client"), "neigh", "show", "198.18.0.1"]));
-    let mac = neigh.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).expect("proxy MAC in client neighbour table").to_string();
+    let mac = neigh
+        .split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .expect("proxy MAC in client neighbour table")
+        .to_string();
     let before: u64 = ["truncated", "bad_header_len", "bad_total_len", "bad_l4_len"]
         .iter()
-        .map(|r| t.metric_sum("dpdk_kube_proxy_dropped_packets_total", &format!("reason=\"{r}\"")))
+        .map(|r| {
+            t.metric_sum(
+                "dpdk_kube_proxy_dropped_packets_total",
+                &format!("reason=\"{r}\""),
+            )
+        })
         .sum();
-    let mut bg = t.spawn_peer("client", &["clients", "--vip", vip, "--count", "100", "--concurrency", "4"]);
-    let sent = t.peer("client", &["inject", "--iface", &format!("{prefix}c"), "--dst-mac", &mac, "--count", "20"]);
+    let bg = t.spawn_peer(
+        "client",
+        &[
+            "clients",
+            "--vip",
+            vip,
+            "--count",
+            "100",
+            "--concurrency",
+            "4",
+        ],
+    );
+    let sent = t.peer(
+        "client",
+        &[
+            "inject",
+            "--iface",
+            &format!("{prefix}c"),
+            "--dst-mac",
+            &mac,
+            "--count",
+            "20",
+        ],
+    );
     let out = bg.wait_with_output().unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(counts(&v, "tcp").1, 0, "{v}");
     assert_eq!(counts(&v, "udp").1, 0, "{v}");
-    let n_sent: u64 = sent.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let n_sent: u64 = sent
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let after: u64 = ["truncated", "bad_header_len", "bad_total_len", "bad_l4_len"]
             .iter()
-            .map(|r| t.metric_sum("dpdk_kube_proxy_dropped_packets_total", &format!("reason=\"{r}\"")))
+            .map(|r| {
+                t.metric_sum(
+                    "dpdk_kube_proxy_dropped_packets_total",
+                    &format!("reason=\"{r}\""),
+                )
+            })
             .sum();
         if after - before >= n_sent {
             assert_eq!(after - before, n_sent, "each malformed frame counted once");
             break;
         }
-        assert!(Instant::now() < deadline, "malformed frames not all counted: {} of {n_sent}", after - before);
+        assert!(
+            Instant::now() < deadline,
+            "malformed frames not all counted: {} of {n_sent}",
+            after - before
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -313,6 +433,10 @@ fn e2e_af_packet_two_workers() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status}: {}", t.log_text());
-    assert!(t.log_text().contains("stopped codes=[0, 0]"), "{}", t.log_text());
+    assert!(
+        t.log_text().contains("stopped codes=[0, 0]"),
+        "{}",
+        t.log_text()
+    );
     let _ = Path::new(&t.log);
 }

@@ -64,7 +64,10 @@ fn rfc3339_ms(ms: u64) -> String {
 }
 
 async fn healthz(State(s): State<AdminState>) -> Response {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
     let last = s.control.last_sync_ms.load(Relaxed);
     let ready = s.ready.load(Relaxed);
     // Same shape as kube-proxy's healthz answer.
@@ -73,8 +76,17 @@ async fn healthz(State(s): State<AdminState>) -> Response {
         "currentTime": rfc3339_ms(now),
         "nodeEligible": true,
     });
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 /// Encodes worker and control counters on each scrape.
@@ -128,30 +140,128 @@ impl prometheus_client::collector::Collector for Collector {
                     $name,
                     $help,
                     $ty,
-                    self.workers.iter().enumerate().map(|(i, s)| (w(i), s.$field.load(Relaxed))),
+                    self.workers
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| (w(i), s.$field.load(Relaxed))),
                 )?;
             };
         }
         use MetricType::{Counter, Gauge};
-        per_worker!("dpdk_kube_proxy_rx_packets", "Packets received from ports", Counter, rx_packets);
-        per_worker!("dpdk_kube_proxy_rx_bytes", "Bytes received from ports", Counter, rx_bytes);
-        per_worker!("dpdk_kube_proxy_tx_packets", "Packets transmitted", Counter, tx_packets);
-        per_worker!("dpdk_kube_proxy_tx_bytes", "Bytes transmitted", Counter, tx_bytes);
-        per_worker!("dpdk_kube_proxy_handoff_out_packets", "Packets handed to the owning worker", Counter, handoff_out);
-        per_worker!("dpdk_kube_proxy_handoff_in_packets", "Packets received from other workers", Counter, handoff_in);
-        per_worker!("dpdk_kube_proxy_sessions_created", "NAT sessions created", Counter, sessions_created);
-        per_worker!("dpdk_kube_proxy_sessions_expired", "NAT sessions expired", Counter, sessions_expired);
-        per_worker!("dpdk_kube_proxy_sessions_flushed", "UDP sessions flushed because their endpoint went away", Counter, sessions_flushed);
-        per_worker!("dpdk_kube_proxy_sessions_active", "NAT sessions live now", Gauge, sessions_active);
-        per_worker!("dpdk_kube_proxy_nat_forward_packets", "Packets DNATed client to backend", Counter, nat_forward);
-        per_worker!("dpdk_kube_proxy_nat_reverse_packets", "Reply packets translated backend to client", Counter, nat_reverse);
-        per_worker!("dpdk_kube_proxy_rejected_connections", "Connections rejected: Service has no endpoints", Counter, rejected);
-        per_worker!("dpdk_kube_proxy_routed_packets", "Packets routed without translation", Counter, routed);
-        per_worker!("dpdk_kube_proxy_neighbor_replies", "ARP/NDP requests answered", Counter, neighbor_replies);
-        per_worker!("dpdk_kube_proxy_neighbor_solicits", "ARP/NDP solicitations sent", Counter, neighbor_solicits);
-        per_worker!("dpdk_kube_proxy_echo_replies", "ICMP echo requests answered", Counter, echo_replies);
-        per_worker!("dpdk_kube_proxy_worker_table_version", "Service table version the worker uses", Gauge, table_version);
-        per_worker!("dpdk_kube_proxy_worker_loops", "Poll loop iterations", Counter, loops);
+        per_worker!(
+            "dpdk_kube_proxy_rx_packets",
+            "Packets received from ports",
+            Counter,
+            rx_packets
+        );
+        per_worker!(
+            "dpdk_kube_proxy_rx_bytes",
+            "Bytes received from ports",
+            Counter,
+            rx_bytes
+        );
+        per_worker!(
+            "dpdk_kube_proxy_tx_packets",
+            "Packets transmitted",
+            Counter,
+            tx_packets
+        );
+        per_worker!(
+            "dpdk_kube_proxy_tx_bytes",
+            "Bytes transmitted",
+            Counter,
+            tx_bytes
+        );
+        per_worker!(
+            "dpdk_kube_proxy_handoff_out_packets",
+            "Packets handed to the owning worker",
+            Counter,
+            handoff_out
+        );
+        per_worker!(
+            "dpdk_kube_proxy_handoff_in_packets",
+            "Packets received from other workers",
+            Counter,
+            handoff_in
+        );
+        per_worker!(
+            "dpdk_kube_proxy_sessions_created",
+            "NAT sessions created",
+            Counter,
+            sessions_created
+        );
+        per_worker!(
+            "dpdk_kube_proxy_sessions_expired",
+            "NAT sessions expired",
+            Counter,
+            sessions_expired
+        );
+        per_worker!(
+            "dpdk_kube_proxy_sessions_flushed",
+            "UDP sessions flushed because their endpoint went away",
+            Counter,
+            sessions_flushed
+        );
+        per_worker!(
+            "dpdk_kube_proxy_sessions_active",
+            "NAT sessions live now",
+            Gauge,
+            sessions_active
+        );
+        per_worker!(
+            "dpdk_kube_proxy_nat_forward_packets",
+            "Packets DNATed client to backend",
+            Counter,
+            nat_forward
+        );
+        per_worker!(
+            "dpdk_kube_proxy_nat_reverse_packets",
+            "Reply packets translated backend to client",
+            Counter,
+            nat_reverse
+        );
+        per_worker!(
+            "dpdk_kube_proxy_rejected_connections",
+            "Connections rejected: Service has no endpoints",
+            Counter,
+            rejected
+        );
+        per_worker!(
+            "dpdk_kube_proxy_routed_packets",
+            "Packets routed without translation",
+            Counter,
+            routed
+        );
+        per_worker!(
+            "dpdk_kube_proxy_neighbor_replies",
+            "ARP/NDP requests answered",
+            Counter,
+            neighbor_replies
+        );
+        per_worker!(
+            "dpdk_kube_proxy_neighbor_solicits",
+            "ARP/NDP solicitations sent",
+            Counter,
+            neighbor_solicits
+        );
+        per_worker!(
+            "dpdk_kube_proxy_echo_replies",
+            "ICMP echo requests answered",
+            Counter,
+            echo_replies
+        );
+        per_worker!(
+            "dpdk_kube_proxy_worker_table_version",
+            "Service table version the worker uses",
+            Gauge,
+            table_version
+        );
+        per_worker!(
+            "dpdk_kube_proxy_worker_loops",
+            "Poll loop iterations",
+            Counter,
+            loops
+        );
         family(
             &mut enc,
             "dpdk_kube_proxy_dropped_packets",
@@ -159,17 +269,53 @@ impl prometheus_client::collector::Collector for Collector {
             Counter,
             self.workers.iter().enumerate().flat_map(|(i, s)| {
                 DropReason::ALL.iter().map(move |r| {
-                    (vec![("worker".to_string(), i.to_string()), ("reason".to_string(), r.as_str().to_string())], s.drops_for(*r))
+                    (
+                        vec![
+                            ("worker".to_string(), i.to_string()),
+                            ("reason".to_string(), r.as_str().to_string()),
+                        ],
+                        s.drops_for(*r),
+                    )
                 })
             }),
         )?;
         let c = &self.control;
         let one = |v: u64| std::iter::once((Labels::new(), v));
-        family(&mut enc, "dpdk_kube_proxy_table_version", "Version of the last published service table", Gauge, one(c.table_version.load(Relaxed)))?;
-        family(&mut enc, "dpdk_kube_proxy_services", "Service ports in the current table", Gauge, one(c.services.load(Relaxed)))?;
-        family(&mut enc, "dpdk_kube_proxy_config_reload_errors", "Config reloads rejected", Counter, one(c.reload_errors.load(Relaxed)))?;
-        family(&mut enc, "dpdk_kube_proxy_publish_grace_microseconds", "Last publish: swap until every worker passed a quiescent point", Gauge, one(c.last_grace_us.load(Relaxed)))?;
-        family(&mut enc, "kubeproxy_sync_proxy_rules_last_timestamp_seconds", "The last time proxy rules were successfully synced", Gauge, one(c.last_sync_ms.load(Relaxed) / 1000))?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_table_version",
+            "Version of the last published service table",
+            Gauge,
+            one(c.table_version.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_services",
+            "Service ports in the current table",
+            Gauge,
+            one(c.services.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_config_reload_errors",
+            "Config reloads rejected",
+            Counter,
+            one(c.reload_errors.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_publish_grace_microseconds",
+            "Last publish: swap until every worker passed a quiescent point",
+            Gauge,
+            one(c.last_grace_us.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            Gauge,
+            one(c.last_sync_ms.load(Relaxed) / 1000),
+        )?;
         Ok(())
     }
 }
@@ -181,10 +327,20 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         "SyncProxyRules latency in seconds (build + publish of a service table)",
         s.control.sync_duration.clone(),
     );
-    reg.register_collector(Box::new(Collector { workers: s.workers.clone(), control: s.control.clone() }));
+    reg.register_collector(Box::new(Collector {
+        workers: s.workers.clone(),
+        control: s.control.clone(),
+    }));
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &reg) {
-        Ok(()) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response(),
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            out,
+        )
+            .into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
 }
@@ -196,7 +352,11 @@ mod tests {
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
@@ -204,10 +364,17 @@ mod tests {
 
     #[tokio::test]
     async fn endpoints_answer() {
-        let workers = Arc::new(vec![Arc::new(WorkerStats::default()), Arc::new(WorkerStats::default())]);
-        workers[1].drop(DropReason::NoRoute);
+        let workers = Arc::new(vec![
+            Arc::new(WorkerStats::default()),
+            Arc::new(WorkerStats::default()),
+        ]);
+        workers[1].count_drop(DropReason::NoRoute);
         WorkerStats::add(&workers[0].rx_packets, 7);
-        let state = AdminState { workers, control: Arc::new(ControlMetrics::default()), ready: Arc::new(AtomicBool::new(false)) };
+        let state = AdminState {
+            workers,
+            control: Arc::new(ControlMetrics::default()),
+            ready: Arc::new(AtomicBool::new(false)),
+        };
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let ready = state.ready.clone();
@@ -221,11 +388,23 @@ mod tests {
         control.last_sync_ms.store(1_700_000_000_123, Relaxed);
         let r = get(addr, "/healthz").await;
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-        assert!(r.contains(r#""lastUpdated":"2023-11-14T22:13:20.123Z""#), "{r}");
+        assert!(
+            r.contains(r#""lastUpdated":"2023-11-14T22:13:20.123Z""#),
+            "{r}"
+        );
         assert!(r.contains(r#""nodeEligible":true"#), "{r}");
         let r = get(addr, "/metrics").await;
-        assert!(r.contains(r#"dpdk_kube_proxy_dropped_packets_total{worker="1",reason="no_route"} 1"#), "{r}");
-        assert!(r.contains(r#"dpdk_kube_proxy_rx_packets_total{worker="0"} 7"#), "{r}");
-        assert!(r.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds 1700000000"), "{r}");
+        assert!(
+            r.contains(r#"dpdk_kube_proxy_dropped_packets_total{worker="1",reason="no_route"} 1"#),
+            "{r}"
+        );
+        assert!(
+            r.contains(r#"dpdk_kube_proxy_rx_packets_total{worker="0"} 7"#),
+            "{r}"
+        );
+        assert!(
+            r.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds 1700000000"),
+            "{r}"
+        );
     }
 }

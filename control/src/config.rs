@@ -73,7 +73,14 @@ fn default_lcores() -> String {
 
 impl Default for EalConfig {
     fn default() -> Self {
-        EalConfig { lcores: default_lcores(), no_huge: false, memory_mb: 0, pci: vec![], vdevs: vec![], args: vec![] }
+        EalConfig {
+            lcores: default_lcores(),
+            no_huge: false,
+            memory_mb: 0,
+            pci: vec![],
+            vdevs: vec![],
+            args: vec![],
+        }
     }
 }
 
@@ -222,7 +229,9 @@ fn default_admin() -> SocketAddr {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { bind: default_admin() }
+        AdminConfig {
+            bind: default_admin(),
+        }
     }
 }
 
@@ -249,14 +258,23 @@ fn default_protocol() -> String {
 }
 
 fn invalid(field: impl Into<String>, msg: impl Into<String>) -> Error {
-    Error::Invalid { field: field.into(), msg: msg.into() }
+    Error::Invalid {
+        field: field.into(),
+        msg: msg.into(),
+    }
 }
 
 /// Parses `ADDR/LEN`.
 pub fn parse_prefix(s: &str, field: &str) -> Result<(Addr, u8)> {
-    let (a, l) = s.split_once('/').ok_or_else(|| invalid(field, format!("{s:?} is not ADDR/LEN")))?;
-    let ip: IpAddr = a.parse().map_err(|_| invalid(field, format!("{a:?} is not an IP address")))?;
-    let len: u8 = l.parse().map_err(|_| invalid(field, format!("{l:?} is not a prefix length")))?;
+    let (a, l) = s
+        .split_once('/')
+        .ok_or_else(|| invalid(field, format!("{s:?} is not ADDR/LEN")))?;
+    let ip: IpAddr = a
+        .parse()
+        .map_err(|_| invalid(field, format!("{a:?} is not an IP address")))?;
+    let len: u8 = l
+        .parse()
+        .map_err(|_| invalid(field, format!("{l:?} is not a prefix length")))?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     if len > max {
         return Err(invalid(field, format!("prefix length {len} > {max}")));
@@ -280,13 +298,19 @@ fn parse_mac(s: &str, field: &str) -> Result<MacAddr> {
 impl Config {
     /// Reads and validates a file.
     pub fn load(path: &str) -> Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates YAML text (`origin` names it in errors).
     pub fn parse(text: &str, origin: &str) -> Result<Config> {
-        let c: Config = serde_yaml::from_str(text).map_err(|e| Error::Parse { path: origin.into(), msg: e.to_string() })?;
+        let c: Config = serde_yaml::from_str(text).map_err(|e| Error::Parse {
+            path: origin.into(),
+            msg: e.to_string(),
+        })?;
         c.validate()?;
         Ok(c)
     }
@@ -302,7 +326,10 @@ impl Config {
             }
             if let Some(v) = p.vlan {
                 if v == 0 || v > 4094 {
-                    return Err(invalid(format!("ports[{i}].vlan"), format!("{v} is not in 1..=4094")));
+                    return Err(invalid(
+                        format!("ports[{i}].vlan"),
+                        format!("{v} is not in 1..=4094"),
+                    ));
                 }
             }
             for (j, a) in p.addresses.iter().enumerate() {
@@ -323,12 +350,18 @@ impl Config {
         let n = self.ports.len() as u16;
         for (i, r) in self.routes.iter().enumerate() {
             if r.port >= n {
-                return Err(invalid(format!("routes[{i}].port"), format!("port {} does not exist ({} ports)", r.port, n)));
+                return Err(invalid(
+                    format!("routes[{i}].port"),
+                    format!("port {} does not exist ({} ports)", r.port, n),
+                ));
             }
         }
         for (i, r) in self.neighbors.iter().enumerate() {
             if r.port >= n {
-                return Err(invalid(format!("neighbors[{i}].port"), format!("port {} does not exist ({} ports)", r.port, n)));
+                return Err(invalid(
+                    format!("neighbors[{i}].port"),
+                    format!("port {} does not exist ({} ports)", r.port, n),
+                ));
             }
         }
         Ok(())
@@ -340,7 +373,11 @@ impl Config {
         for (i, p) in self.ports.iter().enumerate() {
             for (j, a) in p.addresses.iter().enumerate() {
                 let (addr, prefix_len) = parse_prefix(a, &format!("ports[{i}].addresses[{j}]"))?;
-                spec.interfaces.push(Interface { port: i as u16, addr, prefix_len });
+                spec.interfaces.push(Interface {
+                    port: i as u16,
+                    addr,
+                    prefix_len,
+                });
             }
         }
         for (i, r) in self.routes.iter().enumerate() {
@@ -348,14 +385,26 @@ impl Config {
             let (prefix, len) = parse_prefix(&r.prefix, &format!("{f}.prefix"))?;
             if let Some(v) = r.via {
                 if Addr::from(v).is_v4() != prefix.is_v4() {
-                    return Err(invalid(format!("{f}.via"), "address family differs from the prefix"));
+                    return Err(invalid(
+                        format!("{f}.via"),
+                        "address family differs from the prefix",
+                    ));
                 }
             }
-            spec.routes.push(Route { prefix, len, port: r.port, via: r.via.map(Addr::from) });
+            spec.routes.push(Route {
+                prefix,
+                len,
+                port: r.port,
+                via: r.via.map(Addr::from),
+            });
         }
         for (i, n) in self.neighbors.iter().enumerate() {
             let mac = parse_mac(&n.mac, &format!("neighbors[{i}].mac"))?;
-            spec.neighbors.push(StaticNeighbor { addr: Addr::from(n.address), mac, port: n.port });
+            spec.neighbors.push(StaticNeighbor {
+                addr: Addr::from(n.address),
+                mac,
+                port: n.port,
+            });
         }
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
@@ -363,29 +412,53 @@ impl Config {
             let proto = match s.protocol.to_ascii_uppercase().as_str() {
                 "TCP" => Proto::Tcp,
                 "UDP" => Proto::Udp,
-                other => return Err(invalid(format!("{f}.protocol"), format!("{other:?} is not TCP or UDP"))),
+                other => {
+                    return Err(invalid(
+                        format!("{f}.protocol"),
+                        format!("{other:?} is not TCP or UDP"),
+                    ))
+                }
             };
             if s.port == 0 {
                 return Err(invalid(format!("{f}.port"), "must be 1..=65535"));
             }
-            let frontend = Frontend { addr: SockAddr::new(Addr::from(s.vip), s.port), proto };
+            let frontend = Frontend {
+                addr: SockAddr::new(Addr::from(s.vip), s.port),
+                proto,
+            };
             if !seen.insert(frontend) {
-                return Err(invalid(format!("{f}"), format!("duplicate frontend {}/{}", frontend.addr, proto.as_str())));
+                return Err(invalid(
+                    f,
+                    format!("duplicate frontend {}/{}", frontend.addr, proto.as_str()),
+                ));
             }
             let mut backends = Vec::new();
             for (j, b) in s.backends.iter().enumerate() {
-                let sa: SocketAddr = b
-                    .parse()
-                    .map_err(|_| invalid(format!("{f}.backends[{j}]"), format!("{b:?} is not IP:PORT")))?;
+                let sa: SocketAddr = b.parse().map_err(|_| {
+                    invalid(
+                        format!("{f}.backends[{j}]"),
+                        format!("{b:?} is not IP:PORT"),
+                    )
+                })?;
                 if sa.is_ipv4() != s.vip.is_ipv4() {
-                    return Err(invalid(format!("{f}.backends[{j}]"), "address family differs from the VIP"));
+                    return Err(invalid(
+                        format!("{f}.backends[{j}]"),
+                        "address family differs from the VIP",
+                    ));
                 }
                 if sa.port() == 0 {
-                    return Err(invalid(format!("{f}.backends[{j}]"), "port must be 1..=65535"));
+                    return Err(invalid(
+                        format!("{f}.backends[{j}]"),
+                        "port must be 1..=65535",
+                    ));
                 }
                 backends.push(SockAddr::new(Addr::from(sa.ip()), sa.port()));
             }
-            spec.services.push(ServiceSpec { name: s.name.clone(), frontend, backends });
+            spec.services.push(ServiceSpec {
+                name: s.name.clone(),
+                frontend,
+                backends,
+            });
         }
         Ok(spec)
     }
@@ -437,7 +510,14 @@ impl Config {
     pub fn dataplane(&self, lcores: Vec<u32>) -> DataplaneConfig {
         let w = &self.workers;
         DataplaneConfig {
-            ports: self.ports.iter().map(|p| PortSpec { device: p.device.clone(), vlan: p.vlan }).collect(),
+            ports: self
+                .ports
+                .iter()
+                .map(|p| PortSpec {
+                    device: p.device.clone(),
+                    vlan: p.vlan,
+                })
+                .collect(),
             lcores,
             mbufs: w.mbufs,
             rx_desc: w.rx_desc,
@@ -458,7 +538,12 @@ impl Config {
         if self.eal != new.eal {
             return Some("eal");
         }
-        if self.ports.iter().map(|p| (&p.device, p.vlan)).ne(new.ports.iter().map(|p| (&p.device, p.vlan))) {
+        if self
+            .ports
+            .iter()
+            .map(|p| (&p.device, p.vlan))
+            .ne(new.ports.iter().map(|p| (&p.device, p.vlan)))
+        {
             return Some("ports");
         }
         if self.workers != new.workers {
@@ -524,7 +609,14 @@ services:
         assert_eq!(
             args,
             [
-                "--lcores", "0@(0-1),1@(0-1),2@(0-1)", "--no-huge", "-m", "256", "--no-shconf", "--no-pci", "--vdev",
+                "--lcores",
+                "0@(0-1),1@(0-1),2@(0-1)",
+                "--no-huge",
+                "-m",
+                "256",
+                "--no-shconf",
+                "--no-pci",
+                "--vdev",
                 "net_af_packet0,iface=veth0,qpairs=2"
             ]
         );

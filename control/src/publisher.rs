@@ -1,7 +1,7 @@
 //! Builds service tables and publishes them to the workers (RCU swap).
 use dataplane::dpdk::rcu::{Leaked, Rcu};
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use dataplane::table::{ServiceTable, TableSpec};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -79,11 +79,17 @@ impl Publisher {
         self.version += 1;
         let n = spec.services.len() as u64;
         let table = ServiceTable::new(spec, self.version);
-        let grace = match self.rcu.publish(table, Duration::from_micros(20), GRACE_TIMEOUT) {
+        let grace = match self
+            .rcu
+            .publish(table, Duration::from_micros(20), GRACE_TIMEOUT)
+        {
             Ok(d) => d,
             Err(l) => {
                 tracing::warn!("a worker did not pass a quiescent point within {GRACE_TIMEOUT:?}; old table kept alive");
-                self.leaked.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+                self.leaked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(l);
                 GRACE_TIMEOUT
             }
         };
@@ -102,9 +108,13 @@ impl Publisher {
         m.last_sync_us.store(took, Ordering::Relaxed);
         m.sync_duration.observe(took as f64 / 1e6);
         m.syncs.fetch_add(1, Ordering::Relaxed);
-        m.last_grace_us.store(grace.as_micros() as u64, Ordering::Relaxed);
+        m.last_grace_us
+            .store(grace.as_micros() as u64, Ordering::Relaxed);
         m.services.store(n, Ordering::Relaxed);
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
         m.last_sync_ms.store(now, Ordering::Relaxed);
         self.version
     }
@@ -125,7 +135,10 @@ mod tests {
         let spec = TableSpec {
             services: vec![ServiceSpec {
                 name: "a".into(),
-                frontend: Frontend { addr: SockAddr::new(Addr::v4([198, 18, 100, 1]), 80), proto: Proto::Tcp },
+                frontend: Frontend {
+                    addr: SockAddr::new(Addr::v4([198, 18, 100, 1]), 80),
+                    proto: Proto::Tcp,
+                },
                 backends: vec![SockAddr::new(Addr::v4([198, 18, 1, 1]), 80)],
             }],
             ..Default::default()

@@ -14,7 +14,9 @@ impl Addr {
     /// The IPv4-mapped form of `a`.
     #[inline]
     pub const fn v4(a: [u8; 4]) -> Self {
-        Addr([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]])
+        Addr([
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+        ])
     }
     /// An IPv6 address.
     #[inline]
@@ -50,6 +52,15 @@ impl Addr {
     pub fn ipv6(&self) -> Ipv6Addr {
         Ipv6Addr::from(self.0)
     }
+    /// True for IPv4 multicast/limited broadcast and IPv6 multicast.
+    #[inline]
+    pub fn is_multicast_or_broadcast(&self) -> bool {
+        if self.is_v4() {
+            self.0[12] >= 224
+        } else {
+            self.0[0] == 0xff
+        }
+    }
     /// Converts to the standard library type.
     pub fn ip(&self) -> IpAddr {
         if self.is_v4() {
@@ -63,13 +74,21 @@ impl Addr {
         if self.is_v4() != prefix.is_v4() {
             return false;
         }
-        let len = if self.is_v4() { len as usize + 96 } else { len as usize };
+        let len = if self.is_v4() {
+            len as usize + 96
+        } else {
+            len as usize
+        };
         let a = u128::from_be_bytes(self.0);
         let b = u128::from_be_bytes(prefix.0);
         if len == 0 {
             return true;
         }
-        let mask = if len >= 128 { u128::MAX } else { !(u128::MAX >> len) };
+        let mask = if len >= 128 {
+            u128::MAX
+        } else {
+            !(u128::MAX >> len)
+        };
         (a & mask) == (b & mask)
     }
 }
@@ -185,7 +204,13 @@ impl FlowKey {
     /// The key of the opposite direction.
     #[inline]
     pub fn reversed(&self) -> FlowKey {
-        FlowKey { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, proto: self.proto }
+        FlowKey {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
     }
 }
 
@@ -196,7 +221,11 @@ pub fn endpoint_hash(ep: &SockAddr) -> u64 {
     let b = &ep.addr.0;
     let hi = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
     let lo = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
-    fmix64(hi.rotate_left(17) ^ lo ^ ((ep.port as u64) << 48 | ep.port as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    fmix64(
+        hi.rotate_left(17)
+            ^ lo
+            ^ ((ep.port as u64) << 48 | ep.port as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    )
 }
 
 /// A deterministic hash of a whole flow key (backend selection).

@@ -4,11 +4,11 @@
 //! Everything outside [`dpdk`] is safe Rust and testable without DPDK.
 #![deny(unsafe_code)]
 
-pub mod packet;
-pub mod maglev;
 pub mod addr;
 pub mod dpdk;
+pub mod maglev;
 pub mod neigh;
+pub mod packet;
 pub mod pipeline;
 pub mod session;
 pub mod stats;

@@ -21,7 +21,11 @@ pub struct NeighborTimers {
 
 impl Default for NeighborTimers {
     fn default() -> Self {
-        NeighborTimers { reachable: 30_000, expire: 120_000, retry: 1_000 }
+        NeighborTimers {
+            reachable: 30_000,
+            expire: 120_000,
+            retry: 1_000,
+        }
     }
 }
 
@@ -76,7 +80,11 @@ impl Neighbors {
     /// A cache for up to `capacity` neighbours.
     pub fn new(capacity: usize, timers: NeighborTimers) -> Self {
         let capacity = capacity.max(16);
-        Neighbors { map: HashMap::with_capacity(capacity * 2), capacity, timers }
+        Neighbors {
+            map: HashMap::with_capacity(capacity * 2),
+            capacity,
+            timers,
+        }
     }
 
     /// Number of entries (all states).
@@ -128,12 +136,27 @@ impl Neighbors {
                 if self.map.len() < self.capacity {
                     self.map.insert(
                         *addr,
-                        Entry { mac: MacAddr([0; 6]), port: 0, state: State::Incomplete, confirmed: 0, probed: now },
+                        Entry {
+                            mac: MacAddr([0; 6]),
+                            port: 0,
+                            state: State::Incomplete,
+                            confirmed: 0,
+                            probed: now,
+                        },
                     );
                 }
                 Resolution::Solicit
             }
         }
+    }
+
+    /// The MAC of `addr` if it is known (any state but incomplete); no side effects.
+    #[inline]
+    pub fn known(&self, addr: &Addr) -> Option<MacAddr> {
+        self.map
+            .get(addr)
+            .filter(|e| e.state != State::Incomplete)
+            .map(|e| e.mac)
     }
 
     /// Records that `addr` is at `mac` on `port` (from an ARP/NDP packet).
@@ -144,7 +167,13 @@ impl Neighbors {
                 return false;
             }
             let changed = e.state != State::Reachable || e.mac != u.mac || e.port != u.port;
-            *e = Entry { mac: u.mac, port: u.port, state: State::Reachable, confirmed: now, probed: e.probed };
+            *e = Entry {
+                mac: u.mac,
+                port: u.port,
+                state: State::Reachable,
+                confirmed: now,
+                probed: e.probed,
+            };
             return changed;
         }
         if self.map.len() >= self.capacity {
@@ -153,7 +182,16 @@ impl Neighbors {
                 return false;
             }
         }
-        self.map.insert(u.addr, Entry { mac: u.mac, port: u.port, state: State::Reachable, confirmed: now, probed: 0 });
+        self.map.insert(
+            u.addr,
+            Entry {
+                mac: u.mac,
+                port: u.port,
+                state: State::Reachable,
+                confirmed: now,
+                probed: 0,
+            },
+        );
         true
     }
 
@@ -169,7 +207,16 @@ impl Neighbors {
 
     /// Installs a static entry (never aged).
     pub fn set_static(&mut self, addr: Addr, mac: MacAddr, port: u16) {
-        self.map.insert(addr, Entry { mac, port, state: State::Static, confirmed: 0, probed: 0 });
+        self.map.insert(
+            addr,
+            Entry {
+                mac,
+                port,
+                state: State::Static,
+                confirmed: 0,
+                probed: 0,
+            },
+        );
     }
 
     /// Drops expired and incomplete entries to make room. Control-rate only
@@ -197,23 +244,57 @@ mod tests {
         assert_eq!(n.resolve(&A, 0), Resolution::Solicit);
         assert_eq!(n.resolve(&A, 500), Resolution::Pending);
         assert_eq!(n.resolve(&A, 1000), Resolution::Solicit);
-        assert!(n.learn(NeighborUpdate { addr: A, mac: M, port: 1 }, 1100));
+        assert!(n.learn(
+            NeighborUpdate {
+                addr: A,
+                mac: M,
+                port: 1
+            },
+            1100
+        ));
         assert_eq!(n.resolve(&A, 1200), Resolution::Known(M));
-        assert!(!n.learn(NeighborUpdate { addr: A, mac: M, port: 1 }, 1300));
+        assert!(!n.learn(
+            NeighborUpdate {
+                addr: A,
+                mac: M,
+                port: 1
+            },
+            1300
+        ));
     }
 
     #[test]
     fn entries_age_to_stale_then_expire() {
         let t = NeighborTimers::default();
         let mut n = Neighbors::new(16, t);
-        n.learn(NeighborUpdate { addr: A, mac: M, port: 1 }, 0);
+        n.learn(
+            NeighborUpdate {
+                addr: A,
+                mac: M,
+                port: 1,
+            },
+            0,
+        );
         assert_eq!(n.resolve(&A, t.reachable - 1), Resolution::Known(M));
         assert_eq!(n.resolve(&A, t.reachable), Resolution::Stale(M));
         assert_eq!(n.resolve(&A, t.reachable + 1), Resolution::Known(M));
         assert_eq!(n.resolve(&A, t.reachable + t.retry), Resolution::Stale(M));
-        n.learn(NeighborUpdate { addr: A, mac: M, port: 1 }, t.reachable + t.retry);
-        assert_eq!(n.resolve(&A, t.reachable + t.retry + 1), Resolution::Known(M));
-        assert_eq!(n.resolve(&A, t.reachable + t.retry + t.expire), Resolution::Solicit);
+        n.learn(
+            NeighborUpdate {
+                addr: A,
+                mac: M,
+                port: 1,
+            },
+            t.reachable + t.retry,
+        );
+        assert_eq!(
+            n.resolve(&A, t.reachable + t.retry + 1),
+            Resolution::Known(M)
+        );
+        assert_eq!(
+            n.resolve(&A, t.reachable + t.retry + t.expire),
+            Resolution::Solicit
+        );
     }
 
     #[test]
@@ -221,14 +302,28 @@ mod tests {
         let mut n = Neighbors::new(16, NeighborTimers::default());
         n.set_static(A, M, 0);
         assert_eq!(n.resolve(&A, u64::MAX / 2), Resolution::Known(M));
-        assert!(!n.learn(NeighborUpdate { addr: A, mac: MacAddr([2, 0, 0, 0, 0, 9]), port: 0 }, 5));
+        assert!(!n.learn(
+            NeighborUpdate {
+                addr: A,
+                mac: MacAddr([2, 0, 0, 0, 0, 9]),
+                port: 0
+            },
+            5
+        ));
         assert_eq!(n.resolve(&A, 6), Resolution::Known(M));
     }
 
     #[test]
     fn refresh_does_not_create() {
         let mut n = Neighbors::new(16, NeighborTimers::default());
-        assert!(!n.refresh(NeighborUpdate { addr: A, mac: M, port: 0 }, 0));
+        assert!(!n.refresh(
+            NeighborUpdate {
+                addr: A,
+                mac: M,
+                port: 0
+            },
+            0
+        ));
         assert!(n.is_empty());
     }
 
@@ -236,7 +331,14 @@ mod tests {
     fn capacity_is_bounded() {
         let mut n = Neighbors::new(16, NeighborTimers::default());
         for i in 0..100u8 {
-            n.learn(NeighborUpdate { addr: Addr::v4([198, 18, 2, i]), mac: M, port: 0 }, 0);
+            n.learn(
+                NeighborUpdate {
+                    addr: Addr::v4([198, 18, 2, i]),
+                    mac: M,
+                    port: 0,
+                },
+                0,
+            );
             let _ = n.resolve(&Addr::v4([198, 18, 3, i]), 0);
         }
         assert!(n.len() <= 16);

@@ -9,8 +9,8 @@
 use crate::addr::{flow_hash, owner_of, Addr, FlowKey, Proto, SockAddr};
 use crate::neigh::{NeighborTimers, NeighborUpdate, Neighbors, Resolution};
 use crate::packet::{
-    arp, checksum, ethernet, icmp, ip_proto, ArpPacket, EthernetFrame, Error as PktError, IcmpPacket, Ipv4Packet,
-    Ipv6Packet, MacAddr, TcpPacket, UdpPacket,
+    arp, checksum, ethernet, icmp, ip_proto, ArpPacket, Error as PktError, EthernetFrame,
+    IcmpPacket, Ipv4Packet, Ipv6Packet, MacAddr, TcpPacket, UdpPacket,
 };
 use crate::session::{tcp, Dir, InsertError, Session, SessionTable, Timeouts};
 use crate::stats::{DropReason, WorkerStats};
@@ -41,6 +41,14 @@ pub enum Verdict {
     Drop(DropReason),
     /// Free it; it was fully handled (e.g. an ARP reply we learned from).
     Consumed,
+    /// Keep it until the neighbour `addr` on `port` resolves (the L2 header
+    /// is written except the destination MAC); a solicitation is queued.
+    Hold {
+        /// Egress port.
+        port: u16,
+        /// Next hop being resolved.
+        addr: Addr,
+    },
 }
 
 /// Static facts about a port the pipeline needs.
@@ -122,7 +130,11 @@ impl Pipeline {
             ports,
             solicits: [(0, Addr::default()); MAX_PENDING],
             n_solicits: 0,
-            learned: [NeighborUpdate { addr: Addr::default(), mac: MacAddr([0; 6]), port: 0 }; MAX_PENDING],
+            learned: [NeighborUpdate {
+                addr: Addr::default(),
+                mac: MacAddr([0; 6]),
+                port: 0,
+            }; MAX_PENDING],
             n_learned: 0,
             statics_version: None,
         }
@@ -182,14 +194,21 @@ impl Pipeline {
             if eth.vlan_tci().map(|t| t & 0x0fff) != pinfo.vlan {
                 return Verdict::Drop(DropReason::VlanMismatch);
             }
-            (eth.header_len(), eth.ethertype(), eth.dst_addr(), eth.src_addr())
+            (
+                eth.header_len(),
+                eth.ethertype(),
+                eth.dst_addr(),
+                eth.src_addr(),
+            )
         };
         if dst_mac != pinfo.mac && !dst_mac.is_multicast() {
             return Verdict::Drop(DropReason::NotForUs);
         }
         match ethertype {
             ethernet::ethertype::IPV4 | ethernet::ethertype::IPV6 => {}
-            ethernet::ethertype::ARP => return self.arp(t, st, in_port, pinfo, pkt, l2, src_mac, now),
+            ethernet::ethertype::ARP => {
+                return self.arp(t, st, in_port, pinfo, pkt, l2, src_mac, now)
+            }
             _ => return Verdict::Drop(DropReason::UnknownEthertype),
         }
         let ip = match parse_ip(pkt.data(), l2, ethertype == ethernet::ethertype::IPV4) {
@@ -209,7 +228,10 @@ impl Pipeline {
             // Not TCP/UDP: local (echo) or routed statelessly.
             return self.stateless(t, st, in_port, pinfo, pkt, &ip, src_mac, now);
         };
-        let fe = t.frontend(&Frontend { addr: SockAddr::new(ip.dst, dport), proto });
+        let fe = t.frontend(&Frontend {
+            addr: SockAddr::new(ip.dst, dport),
+            proto,
+        });
         if !handed_off && self.n_workers > 1 {
             let client = match fe {
                 Some(_) => SockAddr::new(ip.src, sport),
@@ -220,31 +242,47 @@ impl Pipeline {
                 return Verdict::HandOff(owner);
             }
         }
-        let key = FlowKey { src: ip.src, dst: ip.dst, sport, dport, proto };
+        let key = FlowKey {
+            src: ip.src,
+            dst: ip.dst,
+            sport,
+            dport,
+            proto,
+        };
         if let Some((idx, dir)) = self.sessions.lookup(&key) {
             let s = *self.sessions.get(idx);
             if s.validated != t.version {
                 // First packet of this session since a table change: check
                 // its backend is still there (once per session per version).
-                let frontend = Frontend { addr: s.frontend, proto };
+                let frontend = Frontend {
+                    addr: s.frontend,
+                    proto,
+                };
                 if proto == Proto::Udp && !t.backend_valid(&frontend, &s.backend) {
                     // kube-proxy's stale-UDP cleanup: flows to a removed
                     // endpoint are flushed (also when the Service has no
                     // endpoints left); the packet is handled as new.
                     self.sessions.remove(idx);
                     WorkerStats::add(&st.sessions_flushed, 1);
-                    return self.new_flow(t, st, in_port, pinfo, pkt, &ip, key, fe, flags, src_mac, now);
+                    return self.new_flow(
+                        t, st, in_port, pinfo, pkt, &ip, key, fe, flags, src_mac, now,
+                    );
                 }
                 self.sessions.get_mut(idx).validated = t.version;
             }
             if proto == Proto::Tcp
                 && dir == Dir::Original
                 && flags & (tcp::SYN | tcp::ACK | tcp::RST) == tcp::SYN
-                && matches!(s.tcp, crate::session::TcpState::Closed | crate::session::TcpState::Closing)
+                && matches!(
+                    s.tcp,
+                    crate::session::TcpState::Closed | crate::session::TcpState::Closing
+                )
             {
                 // A new connection reusing the tuple of a closing one: start afresh.
                 self.sessions.remove(idx);
-                return self.new_flow(t, st, in_port, pinfo, pkt, &ip, key, fe, flags, src_mac, now);
+                return self.new_flow(
+                    t, st, in_port, pinfo, pkt, &ip, key, fe, flags, src_mac, now,
+                );
             }
             self.sessions.touch(idx, dir, flags, now);
             return match dir {
@@ -260,7 +298,9 @@ impl Pipeline {
                 }
             };
         }
-        self.new_flow(t, st, in_port, pinfo, pkt, &ip, key, fe, flags, src_mac, now)
+        self.new_flow(
+            t, st, in_port, pinfo, pkt, &ip, key, fe, flags, src_mac, now,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -338,32 +378,51 @@ impl Pipeline {
         let _ = st;
         // The destination may have been rewritten: read it back.
         let dst = read_dst(pkt.data(), ip);
+        if dst.is_multicast_or_broadcast() {
+            return Verdict::Drop(DropReason::Multicast);
+        }
         let Some(hop) = t.route(&dst) else {
             return Verdict::Drop(DropReason::NoRoute);
         };
         if !decrement_ttl(pkt.data_mut(), ip) {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
-        let mac = match self.neighbors.resolve(&hop.addr, now) {
-            Resolution::Known(m) => m,
+        let (mac, verdict) = match self.neighbors.resolve(&hop.addr, now) {
+            Resolution::Known(m) => (m, Verdict::Tx(hop.port)),
             Resolution::Stale(m) => {
                 self.solicit(hop.port, hop.addr);
-                m
+                (m, Verdict::Tx(hop.port))
             }
             Resolution::Solicit => {
                 self.solicit(hop.port, hop.addr);
-                return Verdict::Drop(DropReason::NeighborMiss);
+                (
+                    MacAddr([0; 6]),
+                    Verdict::Hold {
+                        port: hop.port,
+                        addr: hop.addr,
+                    },
+                )
             }
-            Resolution::Pending => return Verdict::Drop(DropReason::NeighborMiss),
+            Resolution::Pending => (
+                MacAddr([0; 6]),
+                Verdict::Hold {
+                    port: hop.port,
+                    addr: hop.addr,
+                },
+            ),
         };
         let Some(out) = self.ports.get(hop.port as usize).copied() else {
             return Verdict::Drop(DropReason::BadPort);
         };
-        let ethertype = if ip.v4 { ethernet::ethertype::IPV4 } else { ethernet::ethertype::IPV6 };
+        let ethertype = if ip.v4 {
+            ethernet::ethertype::IPV4
+        } else {
+            ethernet::ethertype::IPV6
+        };
         if !set_l2(pkt, l2, mac, out.mac, out.vlan, ethertype) {
             return Verdict::Drop(DropReason::Truncated);
         }
-        Verdict::Tx(hop.port)
+        verdict
     }
 
     fn solicit(&mut self, port: u16, addr: Addr) {
@@ -394,13 +453,33 @@ impl Pipeline {
         now: u64,
     ) -> Verdict {
         if t.local_port(&ip.dst).is_some() {
-            let echo_req = if ip.v4 { icmp::v4::ECHO_REQUEST } else { icmp::v6::ECHO_REQUEST };
-            let icmp_proto = if ip.v4 { ip_proto::ICMP } else { ip_proto::ICMPV6 };
+            let echo_req = if ip.v4 {
+                icmp::v4::ECHO_REQUEST
+            } else {
+                icmp::v6::ECHO_REQUEST
+            };
+            let icmp_proto = if ip.v4 {
+                ip_proto::ICMP
+            } else {
+                ip_proto::ICMPV6
+            };
             let d = pkt.data_mut();
-            if ip.proto == icmp_proto && ip.end - ip.l4 >= 8 && d[ip.l4] == echo_req && d[ip.l4 + 1] == 0 {
-                let reply = if ip.v4 { icmp::v4::ECHO_REPLY } else { icmp::v6::ECHO_REPLY };
+            if ip.proto == icmp_proto
+                && ip.end - ip.l4 >= 8
+                && d[ip.l4] == echo_req
+                && d[ip.l4 + 1] == 0
+            {
+                let reply = if ip.v4 {
+                    icmp::v4::ECHO_REPLY
+                } else {
+                    icmp::v6::ECHO_REPLY
+                };
                 let mut m = IcmpPacket::new_unchecked(&mut d[ip.l4..ip.end]);
-                let c = checksum::adjust16(m.checksum(), u16::from(echo_req) << 8, u16::from(reply) << 8);
+                let c = checksum::adjust16(
+                    m.checksum(),
+                    u16::from(echo_req) << 8,
+                    u16::from(reply) << 8,
+                );
                 m.set_msg_type(reply);
                 m.set_checksum(c);
                 swap_addrs(d, ip);
@@ -434,17 +513,36 @@ impl Pipeline {
             let (seq, ack, seg_len) = {
                 let tp = TcpPacket::new_unchecked(&d[ip.l4..ip.end]);
                 let plen = (ip.end - ip.l4 - tp.header_len()) as u32;
-                let seg_len = plen + u32::from(flags & tcp::SYN != 0) + u32::from(flags & tcp::FIN != 0);
+                let seg_len =
+                    plen + u32::from(flags & tcp::SYN != 0) + u32::from(flags & tcp::FIN != 0);
                 (tp.seq_number(), tp.ack_number(), seg_len)
             };
             let l3 = ip.l3;
             let l4 = if ip.v4 {
-                if Ipv4Packet::emit_header(&mut d[l3..], key.dst.ipv4(), key.src.ipv4(), ip_proto::TCP, 20, DEFAULT_TTL).is_err() {
+                if Ipv4Packet::emit_header(
+                    &mut d[l3..],
+                    key.dst.ipv4(),
+                    key.src.ipv4(),
+                    ip_proto::TCP,
+                    20,
+                    DEFAULT_TTL,
+                )
+                .is_err()
+                {
                     return Verdict::Drop(DropReason::Truncated);
                 }
                 l3 + 20
             } else {
-                if Ipv6Packet::emit_header(&mut d[l3..], key.dst.ipv6(), key.src.ipv6(), ip_proto::TCP, 20, DEFAULT_TTL).is_err() {
+                if Ipv6Packet::emit_header(
+                    &mut d[l3..],
+                    key.dst.ipv6(),
+                    key.src.ipv6(),
+                    ip_proto::TCP,
+                    20,
+                    DEFAULT_TTL,
+                )
+                .is_err()
+                {
                     return Verdict::Drop(DropReason::Truncated);
                 }
                 l3 + 40
@@ -474,7 +572,11 @@ impl Pipeline {
             return Verdict::Tx(in_port);
         }
         // UDP: ICMP port unreachable quoting the offending packet.
-        let (hdr, max) = if ip.v4 { (28, ICMP4_ERR_MAX) } else { (48, ICMP6_ERR_MAX) };
+        let (hdr, max) = if ip.v4 {
+            (28, ICMP4_ERR_MAX)
+        } else {
+            (48, ICMP6_ERR_MAX)
+        };
         let l2 = ip.l3;
         let orig_len = ip.end - ip.l3;
         if !pkt.prepend(hdr) {
@@ -487,21 +589,65 @@ impl Pipeline {
         reply_l2(d, pinfo.mac, src_mac);
         let icmp_at = l2 + hdr - 8;
         if ip.v4 {
-            if Ipv4Packet::emit_header(&mut d[l2..], key.dst.ipv4(), key.src.ipv4(), ip_proto::ICMP, 8 + quote, DEFAULT_TTL).is_err() {
+            if Ipv4Packet::emit_header(
+                &mut d[l2..],
+                key.dst.ipv4(),
+                key.src.ipv4(),
+                ip_proto::ICMP,
+                8 + quote,
+                DEFAULT_TTL,
+            )
+            .is_err()
+            {
                 return Verdict::Drop(DropReason::Truncated);
             }
             // set_l2 ethertype stays IPv4.
             let m = &mut d[icmp_at..icmp_at + 8];
-            m.copy_from_slice(&[icmp::v4::DEST_UNREACHABLE, icmp::v4::PORT_UNREACHABLE, 0, 0, 0, 0, 0, 0]);
+            m.copy_from_slice(&[
+                icmp::v4::DEST_UNREACHABLE,
+                icmp::v4::PORT_UNREACHABLE,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ]);
             let c = checksum::finish(checksum::sum(&d[icmp_at..icmp_at + 8 + quote], 0));
             IcmpPacket::new_unchecked(&mut d[icmp_at..icmp_at + 8]).set_checksum(c);
         } else {
-            if Ipv6Packet::emit_header(&mut d[l2..], key.dst.ipv6(), key.src.ipv6(), ip_proto::ICMPV6, 8 + quote, DEFAULT_TTL).is_err() {
+            if Ipv6Packet::emit_header(
+                &mut d[l2..],
+                key.dst.ipv6(),
+                key.src.ipv6(),
+                ip_proto::ICMPV6,
+                8 + quote,
+                DEFAULT_TTL,
+            )
+            .is_err()
+            {
                 return Verdict::Drop(DropReason::Truncated);
             }
             let m = &mut d[icmp_at..icmp_at + 8];
-            m.copy_from_slice(&[icmp::v6::DEST_UNREACHABLE, icmp::v6::PORT_UNREACHABLE, 0, 0, 0, 0, 0, 0]);
-            let c = l4_checksum(d, false, &key.dst, &key.src, ip_proto::ICMPV6, icmp_at, icmp_at + 8 + quote);
+            m.copy_from_slice(&[
+                icmp::v6::DEST_UNREACHABLE,
+                icmp::v6::PORT_UNREACHABLE,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ]);
+            let c = l4_checksum(
+                d,
+                false,
+                &key.dst,
+                &key.src,
+                ip_proto::ICMPV6,
+                icmp_at,
+                icmp_at + 8 + quote,
+            );
             IcmpPacket::new_unchecked(&mut d[icmp_at..icmp_at + 8]).set_checksum(c);
         }
         pkt.truncate(icmp_at + 8 + quote);
@@ -522,14 +668,23 @@ impl Pipeline {
     ) -> Verdict {
         let d = pkt.data_mut();
         let (op, sha, spa, tpa) = match ArpPacket::new_checked(&d[l2..]) {
-            Ok(a) => (a.operation(), a.sender_hw_addr(), a.sender_proto_addr(), a.target_proto_addr()),
+            Ok(a) => (
+                a.operation(),
+                a.sender_hw_addr(),
+                a.sender_proto_addr(),
+                a.target_proto_addr(),
+            ),
             Err(e) => return Verdict::Drop(pkt_drop(e)),
         };
         let _ = src_mac;
         let sender = Addr::from(spa);
         let target = Addr::from(tpa);
         let for_us = t.owns(&target);
-        let update = NeighborUpdate { addr: sender, mac: sha, port: in_port };
+        let update = NeighborUpdate {
+            addr: sender,
+            mac: sha,
+            port: in_port,
+        };
         let sender_valid = !sha.is_multicast() && spa.octets() != [0, 0, 0, 0];
         if sender_valid {
             let changed = if for_us || op == arp::operation::REPLY {
@@ -580,7 +735,8 @@ impl Pipeline {
         }
         // RFC 4861: hop limit must be 255 and the checksum valid.
         let hop_limit = d[ip.l3 + 7];
-        if hop_limit != 255 || !checksum::verify_l4_v6(&ip.src.0, &ip.dst.0, ip_proto::ICMPV6, body) {
+        if hop_limit != 255 || !checksum::verify_l4_v6(&ip.src.0, &ip.dst.0, ip_proto::ICMPV6, body)
+        {
             return Some(Verdict::Drop(DropReason::Unsupported));
         }
         let Some(target) = icmp::ndp_target(body) else {
@@ -589,7 +745,11 @@ impl Pipeline {
         let target = Addr::from(target);
         if ty == icmp::v6::NEIGHBOR_ADVERT {
             let mac = icmp::ndp_lladdr_option(body, 2).unwrap_or(src_mac);
-            let u = NeighborUpdate { addr: target, mac, port: in_port };
+            let u = NeighborUpdate {
+                addr: target,
+                mac,
+                port: in_port,
+            };
             if self.neighbors.learn(u, now) {
                 self.learned(u);
             }
@@ -599,8 +759,16 @@ impl Pipeline {
         let unspecified = ip.src.0 == [0; 16];
         if !unspecified {
             if let Some(mac) = icmp::ndp_lladdr_option(body, 1) {
-                let u = NeighborUpdate { addr: ip.src, mac, port: in_port };
-                let changed = if t.owns(&target) { self.neighbors.learn(u, now) } else { self.neighbors.refresh(u, now) };
+                let u = NeighborUpdate {
+                    addr: ip.src,
+                    mac,
+                    port: in_port,
+                };
+                let changed = if t.owns(&target) {
+                    self.neighbors.learn(u, now)
+                } else {
+                    self.neighbors.refresh(u, now)
+                };
                 if changed {
                     self.learned(u);
                 }
@@ -609,17 +777,40 @@ impl Pipeline {
         if !t.owns(&target) {
             return Some(Verdict::Consumed);
         }
-        let dst = if unspecified { Addr::v6([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]) } else { ip.src };
+        let dst = if unspecified {
+            Addr::v6([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+        } else {
+            ip.src
+        };
         let l3 = ip.l3;
         let l4 = ip.l4;
-        let n = icmp::emit_neighbor_advert(&mut d[l4..], target.0.into(), pinfo.mac, !unspecified, true);
-        if Ipv6Packet::emit_header(&mut d[l3..], target.ipv6(), dst.ipv6(), ip_proto::ICMPV6, n, 255).is_err() {
+        let n = icmp::emit_neighbor_advert(
+            &mut d[l4..],
+            target.0.into(),
+            pinfo.mac,
+            !unspecified,
+            true,
+        );
+        if Ipv6Packet::emit_header(
+            &mut d[l3..],
+            target.ipv6(),
+            dst.ipv6(),
+            ip_proto::ICMPV6,
+            n,
+            255,
+        )
+        .is_err()
+        {
             return Some(Verdict::Drop(DropReason::Truncated));
         }
         // emit_header sets hop limit 255 as asked.
         let c = l4_checksum(d, false, &target, &dst, ip_proto::ICMPV6, l4, l4 + n);
         IcmpPacket::new_unchecked(&mut d[l4..l4 + n]).set_checksum(c);
-        let dst_mac = if unspecified { MacAddr([0x33, 0x33, 0, 0, 0, 1]) } else { src_mac };
+        let dst_mac = if unspecified {
+            MacAddr([0x33, 0x33, 0, 0, 0, 1])
+        } else {
+            src_mac
+        };
         reply_l2(d, pinfo.mac, dst_mac);
         pkt.truncate(l4 + n);
         WorkerStats::add(&st.neighbor_replies, 1);
@@ -629,7 +820,13 @@ impl Pipeline {
     /// Writes an ARP request or neighbour solicitation for `target` out of
     /// `port` into `buf`; returns its length, or `None` when the port has no
     /// address of that family or the buffer is too small.
-    pub fn build_solicit(&self, t: &ServiceTable, port: u16, target: Addr, buf: &mut [u8]) -> Option<usize> {
+    pub fn build_solicit(
+        &self,
+        t: &ServiceTable,
+        port: u16,
+        target: Addr,
+        buf: &mut [u8],
+    ) -> Option<usize> {
         let pinfo = self.ports.get(port as usize)?;
         let v4 = target.is_v4();
         let src = t.port_addr(port, v4)?;
@@ -637,7 +834,13 @@ impl Pipeline {
             if buf.len() < 60 {
                 return None;
             }
-            let l2 = write_l2(buf, MacAddr::BROADCAST, pinfo.mac, pinfo.vlan, ethernet::ethertype::ARP);
+            let l2 = write_l2(
+                buf,
+                MacAddr::BROADCAST,
+                pinfo.mac,
+                pinfo.vlan,
+                ethernet::ethertype::ARP,
+            );
             ArpPacket::emit(
                 &mut buf[l2..],
                 arp::operation::REQUEST,
@@ -652,7 +855,9 @@ impl Pipeline {
             Some(60)
         } else {
             let t6 = target.0;
-            let snm = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t6[13], t6[14], t6[15]];
+            let snm = [
+                0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, t6[13], t6[14], t6[15],
+            ];
             let mac = MacAddr([0x33, 0x33, 0xff, t6[13], t6[14], t6[15]]);
             if buf.len() < 18 + 40 + 32 {
                 return None;
@@ -660,8 +865,24 @@ impl Pipeline {
             let l2 = write_l2(buf, mac, pinfo.mac, pinfo.vlan, ethernet::ethertype::IPV6);
             let l4 = l2 + 40;
             let n = icmp::emit_neighbor_solicit(&mut buf[l4..], t6.into(), pinfo.mac);
-            Ipv6Packet::emit_header(&mut buf[l2..], src.ipv6(), snm.into(), ip_proto::ICMPV6, n, 255).ok()?;
-            let c = l4_checksum(buf, false, &src, &Addr::v6(snm), ip_proto::ICMPV6, l4, l4 + n);
+            Ipv6Packet::emit_header(
+                &mut buf[l2..],
+                src.ipv6(),
+                snm.into(),
+                ip_proto::ICMPV6,
+                n,
+                255,
+            )
+            .ok()?;
+            let c = l4_checksum(
+                buf,
+                false,
+                &src,
+                &Addr::v6(snm),
+                ip_proto::ICMPV6,
+                l4,
+                l4 + n,
+            );
             IcmpPacket::new_unchecked(&mut buf[l4..l4 + n]).set_checksum(c);
             Some(l4 + n)
         }
@@ -785,15 +1006,27 @@ fn rewrite_addr_port(d: &mut [u8], ip: &Ip, proto: Proto, new: SockAddr, is_dst:
         let ipc = u16::from_be_bytes([d[ip.l3 + 10], d[ip.l3 + 11]]);
         let ipc = checksum::adjust(ipc, &old, &new4);
         d[ip.l3 + 10..ip.l3 + 12].copy_from_slice(&ipc.to_be_bytes());
-        l4c = if udp { checksum::adjust_udp(l4c, &old, &new4) } else { checksum::adjust(l4c, &old, &new4) };
+        l4c = if udp {
+            checksum::adjust_udp(l4c, &old, &new4)
+        } else {
+            checksum::adjust(l4c, &old, &new4)
+        };
     } else {
         let at = ip.l3 + if is_dst { 24 } else { 8 };
         let mut old = [0u8; 16];
         old.copy_from_slice(&d[at..at + 16]);
         d[at..at + 16].copy_from_slice(&new.addr.0);
-        l4c = if udp { checksum::adjust_udp(l4c, &old, &new.addr.0) } else { checksum::adjust(l4c, &old, &new.addr.0) };
+        l4c = if udp {
+            checksum::adjust_udp(l4c, &old, &new.addr.0)
+        } else {
+            checksum::adjust(l4c, &old, &new.addr.0)
+        };
     }
-    l4c = if udp { checksum::adjust_udp16(l4c, old_port, new.port) } else { checksum::adjust16(l4c, old_port, new.port) };
+    l4c = if udp {
+        checksum::adjust_udp16(l4c, old_port, new.port)
+    } else {
+        checksum::adjust16(l4c, old_port, new.port)
+    };
     d[port_at..port_at + 2].copy_from_slice(&new.port.to_be_bytes());
     d[csum_at..csum_at + 2].copy_from_slice(&l4c.to_be_bytes());
 }
@@ -848,7 +1081,11 @@ fn set_ttl(d: &mut [u8], ip: &Ip, ttl: u8) {
 
 /// Swaps source and destination addresses (checksums are unaffected).
 fn swap_addrs(d: &mut [u8], ip: &Ip) {
-    let (s, n) = if ip.v4 { (ip.l3 + 12, 4) } else { (ip.l3 + 8, 16) };
+    let (s, n) = if ip.v4 {
+        (ip.l3 + 12, 4)
+    } else {
+        (ip.l3 + 8, 16)
+    };
     for i in 0..n {
         d.swap(s + i, s + n + i);
     }
@@ -862,7 +1099,15 @@ fn reply_l2(d: &mut [u8], our: MacAddr, to: MacAddr) {
 }
 
 /// Full L4 checksum over `d[from..to]` (checksum field must be zero).
-fn l4_checksum(d: &[u8], v4: bool, src: &Addr, dst: &Addr, proto: u8, from: usize, to: usize) -> u16 {
+fn l4_checksum(
+    d: &[u8],
+    v4: bool,
+    src: &Addr,
+    dst: &Addr,
+    proto: u8,
+    from: usize,
+    to: usize,
+) -> u16 {
     if v4 {
         checksum::l4_v4(src.v4_octets(), dst.v4_octets(), proto, &d[from..to])
     } else {
@@ -871,7 +1116,13 @@ fn l4_checksum(d: &[u8], v4: bool, src: &Addr, dst: &Addr, proto: u8, from: usiz
 }
 
 /// Writes an Ethernet header (with an 802.1Q tag when `vlan` is set); returns its length.
-fn write_l2(buf: &mut [u8], dst: MacAddr, src: MacAddr, vlan: Option<u16>, ethertype: u16) -> usize {
+fn write_l2(
+    buf: &mut [u8],
+    dst: MacAddr,
+    src: MacAddr,
+    vlan: Option<u16>,
+    ethertype: u16,
+) -> usize {
     buf[0..6].copy_from_slice(&dst.0);
     buf[6..12].copy_from_slice(&src.0);
     match vlan {
@@ -891,7 +1142,14 @@ fn write_l2(buf: &mut [u8], dst: MacAddr, src: MacAddr, vlan: Option<u16>, ether
 /// Rewrites the L2 header of a packet whose current header is `cur` bytes,
 /// growing or shrinking it when the VLAN tagging changes.
 #[inline]
-fn set_l2<B: PacketBuf>(pkt: &mut B, cur: usize, dst: MacAddr, src: MacAddr, vlan: Option<u16>, ethertype: u16) -> bool {
+fn set_l2<B: PacketBuf>(
+    pkt: &mut B,
+    cur: usize,
+    dst: MacAddr,
+    src: MacAddr,
+    vlan: Option<u16>,
+    ethertype: u16,
+) -> bool {
     let want = if vlan.is_some() { 18 } else { 14 };
     if want > cur {
         if !pkt.prepend(want - cur) {

@@ -188,7 +188,11 @@ impl SessionTable {
     #[inline]
     pub fn lookup(&self, key: &FlowKey) -> Option<(u32, Dir)> {
         self.map.get(key).map(|&v| {
-            let dir = if v & REPLY_BIT != 0 { Dir::Reply } else { Dir::Original };
+            let dir = if v & REPLY_BIT != 0 {
+                Dir::Reply
+            } else {
+                Dir::Original
+            };
             (v >> 1, dir)
         })
     }
@@ -222,12 +226,18 @@ impl SessionTable {
         }
         let idx = match self.free.pop() {
             Some(i) => {
-                self.slots[i as usize] = Slot { live: true, session };
+                self.slots[i as usize] = Slot {
+                    live: true,
+                    session,
+                };
                 i
             }
             None => {
                 // Within the reserved capacity: never reallocates.
-                self.slots.push(Slot { live: true, session });
+                self.slots.push(Slot {
+                    live: true,
+                    session,
+                });
                 (self.slots.len() - 1) as u32
             }
         };

@@ -48,9 +48,11 @@ reasons! {
     NotForUs => "not_for_us",
     /// TTL or hop limit ran out.
     TtlExceeded => "ttl_exceeded",
+    /// A multicast or broadcast IP destination (not routed).
+    Multicast => "multicast",
     /// No route to the destination.
     NoRoute => "no_route",
-    /// Next hop MAC unknown (a solicitation was sent).
+    /// Next hop MAC did not resolve in time, or too many packets waited for it.
     NeighborMiss => "neighbor_miss",
     /// The session table is full.
     SessionTableFull => "session_table_full",
@@ -128,7 +130,7 @@ impl WorkerStats {
     }
     /// Counts one drop.
     #[inline]
-    pub fn drop(&self, r: DropReason) {
+    pub fn count_drop(&self, r: DropReason) {
         Self::add(&self.drops[r as usize], 1);
     }
     /// Reads a drop counter.
@@ -159,8 +161,8 @@ mod tests {
     #[test]
     fn counters_add() {
         let s = WorkerStats::default();
-        s.drop(DropReason::NoRoute);
-        s.drop(DropReason::NoRoute);
+        s.count_drop(DropReason::NoRoute);
+        s.count_drop(DropReason::NoRoute);
         WorkerStats::add(&s.rx_packets, 5);
         assert_eq!(s.drops_for(DropReason::NoRoute), 2);
         assert_eq!(s.total_drops(), 2);

@@ -95,8 +95,17 @@ impl Service {
         // checks are a binary search.
         spec.backends.sort_unstable();
         spec.backends.dedup();
-        let keys: Vec<u64> = spec.backends.iter().map(|b| stable_key(b.to_string().as_bytes())).collect();
-        Service { name: spec.name, frontend: spec.frontend, maglev: Maglev::new(&keys), backends: spec.backends }
+        let keys: Vec<u64> = spec
+            .backends
+            .iter()
+            .map(|b| stable_key(b.to_string().as_bytes()))
+            .collect();
+        Service {
+            name: spec.name,
+            frontend: spec.frontend,
+            maglev: Maglev::new(&keys),
+            backends: spec.backends,
+        }
     }
     /// True when `b` is one of this Service's backends.
     #[inline]
@@ -106,7 +115,9 @@ impl Service {
     /// The backend for a new flow whose hash is `hash`, if there is one.
     #[inline]
     pub fn pick(&self, hash: u64) -> Option<SockAddr> {
-        self.maglev.lookup(hash).and_then(|i| self.backends.get(i as usize).copied())
+        self.maglev
+            .lookup(hash)
+            .and_then(|i| self.backends.get(i as usize).copied())
     }
 }
 
@@ -135,7 +146,10 @@ pub struct ServiceTable {
 impl ServiceTable {
     /// Builds a table. Duplicate frontends: the first one wins.
     pub fn new(spec: TableSpec, version: u64) -> Self {
-        let mut t = ServiceTable { version, ..Default::default() };
+        let mut t = ServiceTable {
+            version,
+            ..Default::default()
+        };
         for s in spec.services {
             if t.frontends.contains_key(&s.frontend) {
                 continue;
@@ -146,11 +160,18 @@ impl ServiceTable {
         }
         for i in &spec.interfaces {
             t.local.insert(i.addr, i.port);
-            t.routes.push(Route { prefix: i.addr, len: i.prefix_len, port: i.port, via: None });
+            t.routes.push(Route {
+                prefix: i.addr,
+                len: i.prefix_len,
+                port: i.port,
+                via: None,
+            });
         }
         t.routes.extend(spec.routes);
         // Longest prefix first; IPv4 lengths count from bit 96 of the mapped form.
-        t.routes.sort_by_key(|r| std::cmp::Reverse(r.len as u32 + if r.prefix.is_v4() { 96 } else { 0 }));
+        t.routes.sort_by_key(|r| {
+            std::cmp::Reverse(r.len as u32 + if r.prefix.is_v4() { 96 } else { 0 })
+        });
         t.neighbors = spec.neighbors;
         t
     }
@@ -167,7 +188,9 @@ impl ServiceTable {
     /// True when `frontend` still exists and still has `backend` among its backends.
     #[inline]
     pub fn backend_valid(&self, frontend: &Frontend, backend: &SockAddr) -> bool {
-        self.frontend(frontend).and_then(|i| self.service(i)).is_some_and(|s| s.has_backend(backend))
+        self.frontend(frontend)
+            .and_then(|i| self.service(i))
+            .is_some_and(|s| s.has_backend(backend))
     }
 
     /// The Service at `idx`.
@@ -195,7 +218,11 @@ impl ServiceTable {
 
     /// A node address of the same family on `port` (source of ARP/ND/ICMP we originate).
     pub fn port_addr(&self, port: u16, v4: bool) -> Option<Addr> {
-        self.local.iter().filter(|(a, p)| **p == port && a.is_v4() == v4).map(|(a, _)| *a).min()
+        self.local
+            .iter()
+            .filter(|(a, p)| **p == port && a.is_v4() == v4)
+            .map(|(a, _)| *a)
+            .min()
     }
 
     /// Longest-prefix-match route lookup.
@@ -204,7 +231,10 @@ impl ServiceTable {
         self.routes
             .iter()
             .find(|r| dst.in_prefix(&r.prefix, r.len))
-            .map(|r| NextHop { port: r.port, addr: r.via.unwrap_or(*dst) })
+            .map(|r| NextHop {
+                port: r.port,
+                addr: r.via.unwrap_or(*dst),
+            })
     }
 
     /// Static neighbours.
@@ -226,16 +256,39 @@ mod tests {
         TableSpec {
             services: vec![ServiceSpec {
                 name: "default/web:http".into(),
-                frontend: Frontend { addr: SockAddr::new(v4(198, 18, 100, 1), 80), proto: Proto::Tcp },
-                backends: (1..=3).map(|i| SockAddr::new(v4(198, 18, 1, 10 + i), 8080)).collect(),
+                frontend: Frontend {
+                    addr: SockAddr::new(v4(198, 18, 100, 1), 80),
+                    proto: Proto::Tcp,
+                },
+                backends: (1..=3)
+                    .map(|i| SockAddr::new(v4(198, 18, 1, 10 + i), 8080))
+                    .collect(),
             }],
             interfaces: vec![
-                Interface { port: 0, addr: v4(198, 18, 0, 1), prefix_len: 24 },
-                Interface { port: 1, addr: v4(198, 18, 1, 1), prefix_len: 24 },
+                Interface {
+                    port: 0,
+                    addr: v4(198, 18, 0, 1),
+                    prefix_len: 24,
+                },
+                Interface {
+                    port: 1,
+                    addr: v4(198, 18, 1, 1),
+                    prefix_len: 24,
+                },
             ],
             routes: vec![
-                Route { prefix: v4(198, 19, 0, 0), len: 16, port: 1, via: Some(v4(198, 18, 1, 254)) },
-                Route { prefix: v4(198, 19, 5, 0), len: 24, port: 0, via: Some(v4(198, 18, 0, 254)) },
+                Route {
+                    prefix: v4(198, 19, 0, 0),
+                    len: 16,
+                    port: 1,
+                    via: Some(v4(198, 18, 1, 254)),
+                },
+                Route {
+                    prefix: v4(198, 19, 5, 0),
+                    len: 24,
+                    port: 0,
+                    via: Some(v4(198, 18, 0, 254)),
+                },
             ],
             neighbors: vec![],
         }
@@ -244,16 +297,37 @@ mod tests {
     #[test]
     fn longest_prefix_wins() {
         let t = ServiceTable::new(spec(), 1);
-        assert_eq!(t.route(&v4(198, 18, 1, 12)), Some(NextHop { port: 1, addr: v4(198, 18, 1, 12) }));
-        assert_eq!(t.route(&v4(198, 19, 7, 1)), Some(NextHop { port: 1, addr: v4(198, 18, 1, 254) }));
-        assert_eq!(t.route(&v4(198, 19, 5, 1)), Some(NextHop { port: 0, addr: v4(198, 18, 0, 254) }));
+        assert_eq!(
+            t.route(&v4(198, 18, 1, 12)),
+            Some(NextHop {
+                port: 1,
+                addr: v4(198, 18, 1, 12)
+            })
+        );
+        assert_eq!(
+            t.route(&v4(198, 19, 7, 1)),
+            Some(NextHop {
+                port: 1,
+                addr: v4(198, 18, 1, 254)
+            })
+        );
+        assert_eq!(
+            t.route(&v4(198, 19, 5, 1)),
+            Some(NextHop {
+                port: 0,
+                addr: v4(198, 18, 0, 254)
+            })
+        );
         assert_eq!(t.route(&v4(203, 0, 113, 1)), None);
     }
 
     #[test]
     fn frontends_and_picks() {
         let t = ServiceTable::new(spec(), 1);
-        let f = Frontend { addr: SockAddr::new(v4(198, 18, 100, 1), 80), proto: Proto::Tcp };
+        let f = Frontend {
+            addr: SockAddr::new(v4(198, 18, 100, 1), 80),
+            proto: Proto::Tcp,
+        };
         let i = t.frontend(&f).unwrap();
         let svc = t.service(i).unwrap();
         let mut seen = std::collections::HashSet::new();
@@ -261,7 +335,12 @@ mod tests {
             seen.insert(svc.pick(crate::addr::fmix64(h)).unwrap());
         }
         assert_eq!(seen.len(), 3);
-        assert!(t.frontend(&Frontend { proto: Proto::Udp, ..f }).is_none());
+        assert!(t
+            .frontend(&Frontend {
+                proto: Proto::Udp,
+                ..f
+            })
+            .is_none());
         assert!(t.owns(&v4(198, 18, 100, 1)));
         assert!(t.owns(&v4(198, 18, 0, 1)));
         assert!(!t.owns(&v4(198, 18, 0, 2)));

@@ -9,6 +9,7 @@
 //! RCU quiescent state, flushes tx and hand-off buffers, and expires a
 //! bounded number of sessions. Nothing here allocates, locks, logs or makes a
 //! syscall, except the optional idle sleep.
+use crate::addr::Addr;
 use crate::dpdk::rcu::{Rcu, Reader};
 use crate::dpdk::{self, Eal, Mbuf, Mempool, Port, PortConfig, Ring, RxBurst, TxBuffer};
 use crate::neigh::NeighborUpdate;
@@ -21,6 +22,10 @@ use std::sync::Arc;
 
 /// Sessions examined for expiry per loop iteration.
 const EXPIRE_BUDGET: usize = 64;
+/// Packets a worker keeps while their next hop resolves (like Linux's unres_qlen).
+const HOLD_MAX: usize = 64;
+/// How long a held packet waits for its neighbour (ms).
+const HOLD_MS: u64 = 3_000;
 /// Empty polls before the optional idle sleep kicks in.
 const IDLE_POLLS: u32 = 256;
 
@@ -90,7 +95,7 @@ impl Running {
         self.ports.iter().map(|p| p.id()).collect()
     }
     /// Port statistics by port number (see [`Port::stats`]).
-    pub fn port_stats(&self) -> Vec<Option<(u64, u64, u64, u64, u64, u64)>> {
+    pub fn port_stats(&self) -> Vec<Option<dpdk::PortCounters>> {
         self.ports.iter().map(|p| p.stats().ok()).collect()
     }
     /// True while any worker runs.
@@ -110,10 +115,16 @@ impl Running {
 }
 
 /// Brings up pools, ports and rings and launches one worker per lcore.
-pub fn start(eal: &Eal, cfg: &DataplaneConfig, table: &Arc<Rcu<ServiceTable>>) -> dpdk::Result<Running> {
+pub fn start(
+    eal: &Eal,
+    cfg: &DataplaneConfig,
+    table: &Arc<Rcu<ServiceTable>>,
+) -> dpdk::Result<Running> {
     let n = cfg.lcores.len();
     if n == 0 {
-        return Err(dpdk::Error::Other("no worker lcores: give EAL at least one lcore besides the main one".into()));
+        return Err(dpdk::Error::Other(
+            "no worker lcores: give EAL at least one lcore besides the main one".into(),
+        ));
     }
     if n > u16::MAX as usize {
         return Err(dpdk::Error::Other("too many workers".into()));
@@ -132,20 +143,47 @@ pub fn start(eal: &Eal, cfg: &DataplaneConfig, table: &Arc<Rcu<ServiceTable>>) -
         + (n as u32 * n as u32 * cfg.handoff_ring)
         + n as u32 * 512
         + 1024;
-    let mbufs = if cfg.mbufs > 0 { cfg.mbufs } else { needed.next_power_of_two() - 1 };
+    let mbufs = if cfg.mbufs > 0 {
+        cfg.mbufs
+    } else {
+        needed.next_power_of_two() - 1
+    };
     let mut pools = Vec::new();
     for s in &sockets {
-        pools.push((*s, Arc::new(Mempool::new(&format!("dkp_pool_{s}"), mbufs, 256, 2048 + 128, *s)?)));
+        pools.push((
+            *s,
+            Arc::new(Mempool::new(
+                &format!("dkp_pool_{s}"),
+                mbufs,
+                256,
+                2048 + 128,
+                *s,
+            )?),
+        ));
     }
-    let pool_for = |s: i32| pools.iter().find(|(ps, _)| *ps == s).map(|(_, p)| p.clone()).unwrap_or_else(|| pools[0].1.clone());
+    let pool_for = |s: i32| {
+        pools
+            .iter()
+            .find(|(ps, _)| *ps == s)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| pools[0].1.clone())
+    };
 
-    let pcfg = PortConfig { queues: n as u16, rx_desc: cfg.rx_desc, tx_desc: cfg.tx_desc, promiscuous: true };
+    let pcfg = PortConfig {
+        queues: n as u16,
+        rx_desc: cfg.rx_desc,
+        tx_desc: cfg.tx_desc,
+        promiscuous: true,
+    };
     let mut port_info = Vec::new();
     let mut drivers = Vec::new();
     for (i, p) in ports.iter_mut().enumerate() {
         let caps = p.configure_and_start(&pcfg, &pool_for(p.socket()))?;
         drivers.push(caps.driver);
-        port_info.push(PortInfo { mac: p.mac()?, vlan: cfg.ports[i].vlan });
+        port_info.push(PortInfo {
+            mac: p.mac()?,
+            vlan: cfg.ports[i].vlan,
+        });
     }
     let port_ids: Vec<u16> = ports.iter().map(|p| p.id()).collect();
 
@@ -155,13 +193,18 @@ pub fn start(eal: &Eal, cfg: &DataplaneConfig, table: &Arc<Rcu<ServiceTable>>) -
     for (src, row) in rings.iter_mut().enumerate() {
         for (dst, slot) in row.iter_mut().enumerate() {
             if src != dst {
-                let r = Arc::new(Ring::new(&format!("dkp_ho_{src}_{dst}"), cfg.handoff_ring, sockets[0])?);
+                let r = Arc::new(Ring::new(
+                    &format!("dkp_ho_{src}_{dst}"),
+                    cfg.handoff_ring,
+                    sockets[0],
+                )?);
                 all_rings.push(r.clone());
                 *slot = Some(r);
             }
         }
     }
-    let neigh_queues: Vec<Arc<ArrayQueue<NeighborUpdate>>> = (0..n).map(|_| Arc::new(ArrayQueue::new(1024))).collect();
+    let neigh_queues: Vec<Arc<ArrayQueue<NeighborUpdate>>> =
+        (0..n).map(|_| Arc::new(ArrayQueue::new(1024))).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let stats: Vec<Arc<WorkerStats>> = (0..n).map(|_| Arc::new(WorkerStats::default())).collect();
 
@@ -179,7 +222,10 @@ pub fn start(eal: &Eal, cfg: &DataplaneConfig, table: &Arc<Rcu<ServiceTable>>) -
             handoff_rx: (0..n).filter_map(|src| rings[src][id].clone()).collect(),
             handoff_tx: rings[id].clone(),
             neigh_rx: neigh_queues[id].clone(),
-            neigh_tx: (0..n).filter(|&j| j != id).map(|j| neigh_queues[j].clone()).collect(),
+            neigh_tx: (0..n)
+                .filter(|&j| j != id)
+                .map(|j| neigh_queues[j].clone())
+                .collect(),
             pool: pool_for(eal.socket_of(lcore) as i32),
             stop: stop.clone(),
             ticks_per_ms: (eal.tsc_hz() / 1000).max(1),
@@ -228,6 +274,31 @@ struct Buffers {
     rx: RxBurst,
     tx: Vec<TxBuffer>,
     handoff: Vec<TxBuffer>,
+    held: Held,
+}
+
+/// Packets waiting for neighbour resolution: fixed slots, no allocation.
+struct Held {
+    slots: Vec<Option<(Mbuf, u16, Addr, u64)>>,
+    count: usize,
+}
+
+impl Held {
+    fn new() -> Self {
+        Held {
+            slots: (0..HOLD_MAX).map(|_| None).collect(),
+            count: 0,
+        }
+    }
+    fn put(&mut self, st: &WorkerStats, m: Mbuf, port: u16, addr: Addr, now: u64) {
+        match self.slots.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => {
+                *slot = Some((m, port, addr, now + HOLD_MS));
+                self.count += 1;
+            }
+            None => st.count_drop(DropReason::NeighborMiss),
+        }
+    }
 }
 
 impl Worker {
@@ -239,6 +310,7 @@ impl Worker {
             rx: RxBurst::default(),
             tx: (0..n_ports).map(|_| TxBuffer::default()).collect(),
             handoff: (0..n_workers).map(|_| TxBuffer::default()).collect(),
+            held: Held::new(),
         };
         let start = dpdk::rdtsc();
         let mut idle = 0u32;
@@ -268,7 +340,20 @@ impl Worker {
                     for mut m in b.rx.by_ref() {
                         WorkerStats::add(&st.rx_bytes, m.len() as u64);
                         m.set_port(pi as u16);
-                        handle(&mut self.pipeline, table, st, &mut b.tx, &mut b.handoff, &self.handoff_tx, &self.ports, queue, m, now, false);
+                        handle(
+                            &mut self.pipeline,
+                            table,
+                            st,
+                            &mut b.tx,
+                            &mut b.handoff,
+                            &mut b.held,
+                            &self.handoff_tx,
+                            &self.ports,
+                            queue,
+                            m,
+                            now,
+                            false,
+                        );
                     }
                 }
                 for r in &self.handoff_rx {
@@ -279,11 +364,24 @@ impl Worker {
                     work += got;
                     WorkerStats::add(&st.handoff_in, got as u64);
                     for m in b.rx.by_ref() {
-                        handle(&mut self.pipeline, table, st, &mut b.tx, &mut b.handoff, &self.handoff_tx, &self.ports, queue, m, now, true);
+                        handle(
+                            &mut self.pipeline,
+                            table,
+                            st,
+                            &mut b.tx,
+                            &mut b.handoff,
+                            &mut b.held,
+                            &self.handoff_tx,
+                            &self.ports,
+                            queue,
+                            m,
+                            now,
+                            true,
+                        );
                     }
                 }
                 // Neighbour solicitations the packets above asked for.
-                let mut pending = [(0u16, crate::addr::Addr::default()); 16];
+                let mut pending = [(0u16, Addr::default()); 16];
                 let mut np = 0;
                 for s in self.pipeline.take_solicits() {
                     pending[np] = s;
@@ -291,11 +389,14 @@ impl Worker {
                 }
                 for &(port, target) in &pending[..np] {
                     let Some(mut m) = self.pool.alloc() else {
-                        st.drop(DropReason::NoMbuf);
+                        st.count_drop(DropReason::NoMbuf);
                         continue;
                     };
                     m.set_len(128);
-                    match self.pipeline.build_solicit(table, port, target, m.data_mut()) {
+                    match self
+                        .pipeline
+                        .build_solicit(table, port, target, m.data_mut())
+                    {
                         Some(len) => {
                             m.set_len(len);
                             WorkerStats::add(&st.neighbor_solicits, 1);
@@ -306,6 +407,25 @@ impl Worker {
                 }
             }
             self.table.quiescent();
+            if b.held.count > 0 {
+                for slot in b.held.slots.iter_mut() {
+                    let Some((_, port, addr, deadline)) = slot else {
+                        continue;
+                    };
+                    let (port, addr, deadline) = (*port, *addr, *deadline);
+                    if let Some(mac) = self.pipeline.neighbors.known(&addr) {
+                        if let Some((mut m, ..)) = slot.take() {
+                            m.data_mut()[0..6].copy_from_slice(&mac.0);
+                            push_tx(&mut b.tx, &self.ports, queue, st, port, m);
+                        }
+                        b.held.count -= 1;
+                    } else if now >= deadline {
+                        *slot = None;
+                        b.held.count -= 1;
+                        st.count_drop(DropReason::NeighborMiss);
+                    }
+                }
+            }
             for u in self.pipeline.take_learned() {
                 for q in &self.neigh_tx {
                     let _ = q.push(u);
@@ -327,7 +447,10 @@ impl Worker {
                     if done + dropped > 0 {
                         WorkerStats::add(&st.handoff_out, done as u64);
                         if dropped > 0 {
-                            WorkerStats::add(&st.drops[DropReason::HandoffFull as usize], dropped as u64);
+                            WorkerStats::add(
+                                &st.drops[DropReason::HandoffFull as usize],
+                                dropped as u64,
+                            );
                         }
                     }
                 }
@@ -336,7 +459,8 @@ impl Worker {
             if expired > 0 {
                 WorkerStats::add(&st.sessions_expired, expired as u64);
             }
-            st.sessions_active.store(self.pipeline.sessions.len() as u64, Ordering::Relaxed);
+            st.sessions_active
+                .store(self.pipeline.sessions.len() as u64, Ordering::Relaxed);
             WorkerStats::add(&st.loops, 1);
             if work == 0 {
                 idle = idle.saturating_add(1);
@@ -359,7 +483,7 @@ impl Worker {
 #[inline]
 fn push_tx(tx: &mut [TxBuffer], ports: &[u16], queue: u16, st: &WorkerStats, port: u16, m: Mbuf) {
     let Some(buf) = tx.get_mut(port as usize) else {
-        st.drop(DropReason::BadPort);
+        st.count_drop(DropReason::BadPort);
         return;
     };
     if buf.is_full() {
@@ -379,6 +503,7 @@ fn handle(
     st: &WorkerStats,
     tx: &mut [TxBuffer],
     handoff: &mut [TxBuffer],
+    held: &mut Held,
     rings: &[Option<Arc<Ring>>],
     ports: &[u16],
     queue: u16,
@@ -387,7 +512,7 @@ fn handle(
     handed_off: bool,
 ) {
     if m.nb_segs() != 1 {
-        st.drop(DropReason::MultiSegment);
+        st.count_drop(DropReason::MultiSegment);
         return;
     }
     let in_port = m.port();
@@ -399,14 +524,18 @@ fn handle(
                     if let Some(Some(r)) = rings.get(w as usize) {
                         let (done, dropped) = h.flush_ring(r);
                         WorkerStats::add(&st.handoff_out, done as u64);
-                        WorkerStats::add(&st.drops[DropReason::HandoffFull as usize], dropped as u64);
+                        WorkerStats::add(
+                            &st.drops[DropReason::HandoffFull as usize],
+                            dropped as u64,
+                        );
                     }
                 }
                 h.push(m);
             }
-            None => st.drop(DropReason::BadPort),
+            None => st.count_drop(DropReason::BadPort),
         },
-        Verdict::Drop(r) => st.drop(r),
+        Verdict::Drop(r) => st.count_drop(r),
         Verdict::Consumed => {}
+        Verdict::Hold { port, addr } => held.put(st, m, port, addr, now),
     }
 }

@@ -2,7 +2,12 @@
 //! `rte_shim_*` wrappers for DPDK's static-inline fast-path functions.
 //!
 //! Everything here is `unsafe`; the safe layer lives in `dataplane::dpdk`.
-#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
+#![allow(
+    non_upper_case_globals,
+    non_camel_case_types,
+    non_snake_case,
+    dead_code
+)]
 #![allow(clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));

@@ -103,7 +103,17 @@ def clients(a):
                     counts[name] = counts.get(name, 0) + 1
                     retries += info
         out[proto] = {"counts": counts, "errors": len(errors), "retries": retries, "first_errors": errors[:5]}
-    print(json.dumps(out), flush=True)
+    if not a.human:
+        print(json.dumps(out), flush=True)
+        return
+    for proto, label in (("tcp", f"TCP (HTTP :{a.tcp_port})"), ("udp", f"UDP (:{a.udp_port})")):
+        if proto not in out:
+            continue
+        c = out[proto]["counts"]
+        total = sum(c.values())
+        print(f"   {label}: {total} answered, {out[proto]['errors']} failed")
+        for name in sorted(c):
+            print(f"      {name}: {c[name]:4d}  {100 * c[name] / max(total, 1):5.1f}%  " + "#" * (c[name] // 5))
 
 
 def longlived(a):
@@ -156,7 +166,11 @@ def reject(a):
     except OSError as e:
         out["udp"] = f"error: {e}"
     out["udp_ms"] = (time.monotonic() - t) * 1000
-    print(json.dumps(out), flush=True)
+    if a.human:
+        print(f"   TCP connect: {out['tcp']} (RST) after {out['tcp_ms']:.2f} ms; "
+              f"UDP request: {out['udp']} (ICMP port unreachable) after {out['udp_ms']:.2f} ms")
+    else:
+        print(json.dumps(out), flush=True)
 
 
 def http_get(a):
@@ -219,6 +233,7 @@ def main():
         c.add_argument("--tcp-port", type=int, default=80)
         c.add_argument("--udp-port", type=int, default=53)
         c.add_argument("--timeout", type=float, default=2.0)
+        c.add_argument("--human", action="store_true", help="print a summary instead of JSON")
         if cmd == "clients":
             c.add_argument("--count", type=int, default=300)
             c.add_argument("--concurrency", type=int, default=8)

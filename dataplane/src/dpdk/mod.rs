@@ -47,13 +47,19 @@ pub type Result<T> = core::result::Result<T, Error>;
 
 fn strerror(code: i32) -> String {
     // SAFETY: rte_strerror returns a pointer to a static or thread-local NUL-terminated string.
-    unsafe { CStr::from_ptr(sys::rte_strerror(code.abs())) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(sys::rte_strerror(code.abs())) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Turns a negative return value into an error (the one place that does).
 fn check(call: &'static str, rc: c_int) -> Result<c_int> {
     if rc < 0 {
-        Err(Error::Call { call, code: rc, msg: strerror(rc) })
+        Err(Error::Call {
+            call,
+            code: rc,
+            msg: strerror(rc),
+        })
     } else {
         Ok(rc)
     }
@@ -63,7 +69,11 @@ fn check(call: &'static str, rc: c_int) -> Result<c_int> {
 fn errno_err(call: &'static str) -> Error {
     // SAFETY: reads the calling thread's rte_errno.
     let code = unsafe { sys::rte_shim_errno() };
-    Error::Call { call, code: -code, msg: strerror(code) }
+    Error::Call {
+        call,
+        code: -code,
+        msg: strerror(code),
+    }
 }
 
 fn cstring(s: &str) -> Result<CString> {
@@ -87,14 +97,19 @@ impl Eal {
         for a in args {
             owned.push(cstring(a.as_ref())?);
         }
-        let mut argv: Vec<*mut core::ffi::c_char> = owned.iter().map(|c| c.as_ptr() as *mut _).collect();
+        let mut argv: Vec<*mut core::ffi::c_char> =
+            owned.iter().map(|c| c.as_ptr() as *mut _).collect();
         // SAFETY: argv points to NUL-terminated strings that outlive the call;
         // EAL may permute argv but does not keep the pointers after returning.
         let rc = unsafe { sys::rte_eal_init(argv.len() as c_int, argv.as_mut_ptr()) };
         if rc < 0 {
             // SAFETY: reads rte_errno of this thread.
             let code = unsafe { sys::rte_shim_errno() };
-            return Err(Error::Call { call: "rte_eal_init", code: -code, msg: strerror(code) });
+            return Err(Error::Call {
+                call: "rte_eal_init",
+                code: -code,
+                msg: strerror(code),
+            });
         }
         Ok(Eal { _private: () })
     }
@@ -126,10 +141,7 @@ impl Eal {
         extern "C" fn trampoline(arg: *mut c_void) -> c_int {
             // SAFETY: arg is the Box<Job> leaked below, handed over exactly once.
             let job: Box<Job> = unsafe { Box::from_raw(arg as *mut Job) };
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
-                Ok(rc) => rc,
-                Err(_) => -1,
-            }
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).unwrap_or(-1)
         }
         let job: Box<Job> = Box::new(Box::new(f));
         let arg = Box::into_raw(job) as *mut c_void;
@@ -157,7 +169,9 @@ impl Eal {
     /// DPDK's version string.
     pub fn version() -> String {
         // SAFETY: returns a static string.
-        unsafe { CStr::from_ptr(sys::rte_version()) }.to_string_lossy().into_owned()
+        unsafe { CStr::from_ptr(sys::rte_version()) }
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -198,8 +212,11 @@ impl Mempool {
     pub fn new(name: &str, n: u32, cache: u32, data_room: u16, socket: i32) -> Result<Mempool> {
         let cname = cstring(name)?;
         // SAFETY: cname is a valid C string; EAL is initialised (Mempool needs &Eal upstream).
-        let p = unsafe { sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, socket) };
-        NonNull::new(p).map(|ptr| Mempool { ptr }).ok_or_else(|| errno_err("rte_pktmbuf_pool_create"))
+        let p =
+            unsafe { sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, socket) };
+        NonNull::new(p)
+            .map(|ptr| Mempool { ptr })
+            .ok_or_else(|| errno_err("rte_pktmbuf_pool_create"))
     }
 
     /// Allocates one mbuf.
@@ -298,7 +315,11 @@ impl Mbuf {
     pub fn prefetch(&self) {
         let m = self.m();
         // SAFETY: prefetch never faults; the address is inside the buffer.
-        unsafe { sys::rte_shim_prefetch0((m.buf_addr as *const u8).add(m.data_off as usize) as *const c_void) }
+        unsafe {
+            sys::rte_shim_prefetch0(
+                (m.buf_addr as *const u8).add(m.data_off as usize) as *const c_void
+            )
+        }
     }
 }
 
@@ -307,13 +328,23 @@ impl PacketBuf for Mbuf {
     fn data(&self) -> &[u8] {
         let m = self.m();
         // SAFETY: [data_off, data_off + data_len) lies inside the mbuf's buffer, which we own.
-        unsafe { core::slice::from_raw_parts((m.buf_addr as *const u8).add(m.data_off as usize), m.data_len as usize) }
+        unsafe {
+            core::slice::from_raw_parts(
+                (m.buf_addr as *const u8).add(m.data_off as usize),
+                m.data_len as usize,
+            )
+        }
     }
     #[inline(always)]
     fn data_mut(&mut self) -> &mut [u8] {
         let m = self.m_mut();
         // SAFETY: as above, and we hold the only reference.
-        unsafe { core::slice::from_raw_parts_mut((m.buf_addr as *mut u8).add(m.data_off as usize), m.data_len as usize) }
+        unsafe {
+            core::slice::from_raw_parts_mut(
+                (m.buf_addr as *mut u8).add(m.data_off as usize),
+                m.data_len as usize,
+            )
+        }
     }
     #[inline]
     fn prepend(&mut self, n: usize) -> bool {
@@ -367,7 +398,11 @@ pub struct RxBurst {
 
 impl Default for RxBurst {
     fn default() -> Self {
-        RxBurst { ptrs: [core::ptr::null_mut(); BURST], n: 0, next: 0 }
+        RxBurst {
+            ptrs: [core::ptr::null_mut(); BURST],
+            n: 0,
+            next: 0,
+        }
     }
 }
 
@@ -391,7 +426,9 @@ impl Iterator for RxBurst {
             // SAFETY: ptrs[next] is a valid mbuf received in this burst; prefetch never faults.
             unsafe {
                 let m = &*self.ptrs[self.next];
-                sys::rte_shim_prefetch0((m.buf_addr as *const u8).add(m.data_off as usize) as *const c_void);
+                sys::rte_shim_prefetch0(
+                    (m.buf_addr as *const u8).add(m.data_off as usize) as *const c_void
+                );
             }
         }
         // SAFETY: each pointer in [0, n) is a valid mbuf we own, yielded once.
@@ -418,7 +455,10 @@ unsafe impl Send for TxBuffer {}
 
 impl Default for TxBuffer {
     fn default() -> Self {
-        TxBuffer { ptrs: [core::ptr::null_mut(); BURST], n: 0 }
+        TxBuffer {
+            ptrs: [core::ptr::null_mut(); BURST],
+            n: 0,
+        }
     }
 }
 
@@ -457,7 +497,9 @@ impl TxBuffer {
             bytes += unsafe { (**p).pkt_len } as u64;
         }
         // SAFETY: ptrs[..n] are valid mbufs; tx_burst takes ownership of the first `sent`.
-        let sent = unsafe { sys::rte_shim_tx_burst(port, queue, self.ptrs.as_mut_ptr(), self.n as u16) } as usize;
+        let sent =
+            unsafe { sys::rte_shim_tx_burst(port, queue, self.ptrs.as_mut_ptr(), self.n as u16) }
+                as usize;
         for p in &self.ptrs[sent..self.n] {
             // SAFETY: not taken by the driver: still ours to free.
             bytes -= unsafe { (**p).pkt_len } as u64;
@@ -475,7 +517,11 @@ impl TxBuffer {
         }
         // SAFETY: ring is valid; pointers are owned mbufs, handed over on success.
         let done = unsafe {
-            sys::rte_shim_ring_sp_enqueue_burst(ring.raw(), self.ptrs.as_ptr() as *const *mut c_void, self.n as c_uint)
+            sys::rte_shim_ring_sp_enqueue_burst(
+                ring.raw(),
+                self.ptrs.as_ptr() as *const *mut c_void,
+                self.n as c_uint,
+            )
         } as usize;
         for p in &self.ptrs[done..self.n] {
             // SAFETY: not enqueued: still ours.
@@ -514,7 +560,9 @@ impl Ring {
         let flags = sys::RING_F_SP_ENQ | sys::RING_F_SC_DEQ;
         // SAFETY: valid C string; EAL initialised.
         let p = unsafe { sys::rte_ring_create(cname.as_ptr(), count, socket, flags) };
-        NonNull::new(p).map(|ptr| Ring { ptr }).ok_or_else(|| errno_err("rte_ring_create"))
+        NonNull::new(p)
+            .map(|ptr| Ring { ptr })
+            .ok_or_else(|| errno_err("rte_ring_create"))
     }
     fn raw(&self) -> *mut sys::rte_ring {
         self.ptr.as_ptr()
@@ -524,7 +572,11 @@ impl Ring {
     pub fn dequeue(&self, out: &mut RxBurst) -> usize {
         // SAFETY: the ring only ever carries owned mbuf pointers.
         let n = unsafe {
-            sys::rte_shim_ring_sc_dequeue_burst(self.raw(), out.ptrs.as_mut_ptr() as *mut *mut c_void, BURST as c_uint)
+            sys::rte_shim_ring_sc_dequeue_burst(
+                self.raw(),
+                out.ptrs.as_mut_ptr() as *mut *mut c_void,
+                BURST as c_uint,
+            )
         } as usize;
         out.n = n;
         out.next = 0;
@@ -591,6 +643,23 @@ pub struct PortConfig {
     pub promiscuous: bool,
 }
 
+/// A port's driver counters (`rte_eth_stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortCounters {
+    /// Packets received.
+    pub ipackets: u64,
+    /// Packets sent.
+    pub opackets: u64,
+    /// Packets the NIC dropped because rx queues were full.
+    pub imissed: u64,
+    /// Receive errors.
+    pub ierrors: u64,
+    /// Transmit errors.
+    pub oerrors: u64,
+    /// Rx mbuf allocation failures.
+    pub rx_nombuf: u64,
+}
+
 /// An ethdev port.
 #[derive(Debug)]
 pub struct Port {
@@ -599,7 +668,16 @@ pub struct Port {
 }
 
 /// RSS over IPv4/IPv6 and their TCP/UDP ports (RTE_ETH_RSS_IP | TCP | UDP bits).
-const RSS_WANT: u64 = (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 13);
+const RSS_WANT: u64 = (1 << 2)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 7)
+    | (1 << 8)
+    | (1 << 9)
+    | (1 << 10)
+    | (1 << 11)
+    | (1 << 13);
 
 impl Port {
     /// Finds a port by device name (the vdev name, e.g. `net_af_packet0`, or a PCI address).
@@ -621,12 +699,22 @@ impl Port {
         let txp: Vec<*mut sys::rte_ring> = tx.iter().map(|r| r.raw()).collect();
         // SAFETY: arrays of valid rings; the rings must outlive the port (caller keeps them).
         let rc = unsafe {
-            sys::rte_eth_from_rings(cname.as_ptr(), rxp.as_ptr(), rxp.len() as c_uint, txp.as_ptr(), txp.len() as c_uint, socket)
+            sys::rte_eth_from_rings(
+                cname.as_ptr(),
+                rxp.as_ptr(),
+                rxp.len() as c_uint,
+                txp.as_ptr(),
+                txp.len() as c_uint,
+                socket,
+            )
         };
         if rc < 0 {
             return Err(errno_err("rte_eth_from_rings"));
         }
-        Ok(Port { id: rc as u16, started: false })
+        Ok(Port {
+            id: rc as u16,
+            started: false,
+        })
     }
 
     /// The port id.
@@ -644,12 +732,16 @@ impl Port {
     pub fn caps(&self) -> Result<PortCaps> {
         let mut info = sys::rte_eth_dev_info::default();
         // SAFETY: valid out pointer.
-        check("rte_eth_dev_info_get", unsafe { sys::rte_eth_dev_info_get(self.id, &mut info) })?;
+        check("rte_eth_dev_info_get", unsafe {
+            sys::rte_eth_dev_info_get(self.id, &mut info)
+        })?;
         let driver = if info.driver_name.is_null() {
             String::new()
         } else {
             // SAFETY: driver names are static C strings.
-            unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
+            unsafe { CStr::from_ptr(info.driver_name) }
+                .to_string_lossy()
+                .into_owned()
         };
         Ok(PortCaps {
             driver,
@@ -681,7 +773,9 @@ impl Port {
         // No offloads requested: checksums are updated in software, so the
         // port works on every PMD.
         // SAFETY: conf is a valid, fully initialised struct.
-        check("rte_eth_dev_configure", unsafe { sys::rte_eth_dev_configure(self.id, q, q, &conf) })?;
+        check("rte_eth_dev_configure", unsafe {
+            sys::rte_eth_dev_configure(self.id, q, q, &conf)
+        })?;
         let (mut rxd, mut txd) = (cfg.rx_desc, cfg.tx_desc);
         // SAFETY: valid out pointers.
         check("rte_eth_dev_adjust_nb_rx_tx_desc", unsafe {
@@ -704,7 +798,9 @@ impl Port {
             let _ = unsafe { sys::rte_eth_promiscuous_enable(self.id) };
         }
         // SAFETY: plain call.
-        check("rte_eth_dev_start", unsafe { sys::rte_eth_dev_start(self.id) })?;
+        check("rte_eth_dev_start", unsafe {
+            sys::rte_eth_dev_start(self.id)
+        })?;
         self.started = true;
         Ok(caps)
     }
@@ -713,7 +809,9 @@ impl Port {
     pub fn mac(&self) -> Result<MacAddr> {
         let mut a = sys::rte_ether_addr::default();
         // SAFETY: valid out pointer.
-        check("rte_eth_macaddr_get", unsafe { sys::rte_eth_macaddr_get(self.id, &mut a) })?;
+        check("rte_eth_macaddr_get", unsafe {
+            sys::rte_eth_macaddr_get(self.id, &mut a)
+        })?;
         Ok(MacAddr(a.addr_bytes))
     }
 
@@ -723,12 +821,21 @@ impl Port {
         rx_burst(self.id, queue, out)
     }
 
-    /// Hardware/driver statistics: `(ipackets, opackets, imissed, ierrors, oerrors, rx_nombuf)`.
-    pub fn stats(&self) -> Result<(u64, u64, u64, u64, u64, u64)> {
+    /// Hardware/driver statistics.
+    pub fn stats(&self) -> Result<PortCounters> {
         let mut s = sys::rte_eth_stats::default();
         // SAFETY: valid out pointer.
-        check("rte_eth_stats_get", unsafe { sys::rte_eth_stats_get(self.id, &mut s) })?;
-        Ok((s.ipackets, s.opackets, s.imissed, s.ierrors, s.oerrors, s.rx_nombuf))
+        check("rte_eth_stats_get", unsafe {
+            sys::rte_eth_stats_get(self.id, &mut s)
+        })?;
+        Ok(PortCounters {
+            ipackets: s.ipackets,
+            opackets: s.opackets,
+            imissed: s.imissed,
+            ierrors: s.ierrors,
+            oerrors: s.oerrors,
+            rx_nombuf: s.rx_nombuf,
+        })
     }
 
     /// Stops and closes the port.
@@ -753,17 +860,19 @@ impl Drop for Port {
 /// Receives up to `BURST` packets from `port`/`queue` into `out`.
 #[inline]
 pub fn rx_burst(port: u16, queue: u16, out: &mut RxBurst) -> usize {
-        // SAFETY: out.ptrs has room for BURST pointers; each filled one is an owned mbuf.
-        let n = unsafe { sys::rte_shim_rx_burst(port, queue, out.ptrs.as_mut_ptr(), BURST as u16) } as usize;
-        out.n = n;
-        out.next = 0;
-        if n > 0 {
-            // SAFETY: ptrs[0] is valid.
-            unsafe {
-                let m = &*out.ptrs[0];
-                sys::rte_shim_prefetch0((m.buf_addr as *const u8).add(m.data_off as usize) as *const c_void);
-            }
+    // SAFETY: out.ptrs has room for BURST pointers; each filled one is an owned mbuf.
+    let n = unsafe { sys::rte_shim_rx_burst(port, queue, out.ptrs.as_mut_ptr(), BURST as u16) }
+        as usize;
+    out.n = n;
+    out.next = 0;
+    if n > 0 {
+        // SAFETY: ptrs[0] is valid.
+        unsafe {
+            let m = &*out.ptrs[0];
+            sys::rte_shim_prefetch0(
+                (m.buf_addr as *const u8).add(m.data_off as usize) as *const c_void
+            );
         }
-        n
-    
+    }
+    n
 }

@@ -40,8 +40,12 @@ impl<T> Rcu<T> {
         Arc::new(Rcu {
             ptr: AtomicPtr::new(Box::into_raw(Box::new(init))),
             epoch: AtomicU64::new(1),
-            readers: (0..max_readers).map(|_| CachePadded::new(AtomicU64::new(OFFLINE))).collect(),
-            claimed: (0..max_readers).map(|_| CachePadded::new(AtomicU64::new(0))).collect(),
+            readers: (0..max_readers)
+                .map(|_| CachePadded::new(AtomicU64::new(OFFLINE)))
+                .collect(),
+            claimed: (0..max_readers)
+                .map(|_| CachePadded::new(AtomicU64::new(0)))
+                .collect(),
             _owns: PhantomData,
         })
     }
@@ -53,7 +57,10 @@ impl<T> Rcu<T> {
             return None;
         }
         self.readers[id].store(self.epoch.load(Ordering::Acquire), Ordering::Release);
-        Some(Reader { rcu: self.clone(), id })
+        Some(Reader {
+            rcu: self.clone(),
+            id,
+        })
     }
 
     /// Reads the current value from the control side (not a worker). The
@@ -72,7 +79,9 @@ impl<T> Rcu<T> {
     /// by the caller's choice; we hand it back instead of freeing it unsafely).
     pub fn publish(&self, new: T, poll: Duration, timeout: Duration) -> Result<Duration, Leaked> {
         let start = Instant::now();
-        let old = self.ptr.swap(Box::into_raw(Box::new(new)), Ordering::AcqRel);
+        let old = self
+            .ptr
+            .swap(Box::into_raw(Box::new(new)), Ordering::AcqRel);
         let target = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         loop {
             if self.all_passed(target) {
@@ -82,7 +91,10 @@ impl<T> Rcu<T> {
                 return Ok(start.elapsed());
             }
             if start.elapsed() >= timeout {
-                return Err(Leaked(old as usize));
+                return Err(Leaked {
+                    ptr: old as usize,
+                    target,
+                });
             }
             std::thread::sleep(poll);
         }
@@ -90,12 +102,12 @@ impl<T> Rcu<T> {
 
     /// Tries again to free a value whose publish timed out.
     pub fn retry_free(&self, leaked: Leaked, timeout: Duration) -> Result<(), Leaked> {
-        let target = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         let start = Instant::now();
         loop {
-            if self.all_passed(target) {
-                // SAFETY: as in publish: no reader can hold the old pointer.
-                drop(unsafe { Box::from_raw(leaked.0 as *mut T) });
+            if self.all_passed(leaked.target) {
+                // SAFETY: as in publish: every reader passed a quiescent point
+                // after the pointer was unlinked, so none can hold it.
+                drop(unsafe { Box::from_raw(leaked.ptr as *mut T) });
                 return Ok(());
             }
             if start.elapsed() >= timeout {
@@ -123,7 +135,10 @@ impl<T> Drop for Rcu<T> {
 /// A value whose publication timed out: some reader never passed a quiescent
 /// point. Holding it keeps the memory alive; see [`Rcu::retry_free`].
 #[derive(Debug)]
-pub struct Leaked(usize);
+pub struct Leaked {
+    ptr: usize,
+    target: u64,
+}
 
 /// One reader's handle (one per worker).
 pub struct Reader<T> {
@@ -189,17 +204,27 @@ mod tests {
         assert!(rcu.reader(0).is_none(), "one reader per id");
         assert_eq!(r.read().0, 1);
         // Reader 0 has not passed a quiescent point: publish must time out.
-        let leaked = rcu.publish(Counted(2, drops.clone()), Duration::from_micros(10), Duration::from_millis(20));
+        let leaked = rcu.publish(
+            Counted(2, drops.clone()),
+            Duration::from_micros(10),
+            Duration::from_millis(20),
+        );
         assert!(leaked.is_err());
         assert_eq!(drops.load(Ordering::SeqCst), 0);
         r.quiescent();
-        rcu.retry_free(leaked.unwrap_err(), Duration::from_secs(1)).unwrap();
+        rcu.retry_free(leaked.unwrap_err(), Duration::from_secs(1))
+            .unwrap();
         assert_eq!(drops.load(Ordering::SeqCst), 1);
         assert_eq!(r.read().0, 2);
         r.quiescent();
         // An offline reader does not block publication.
         r.offline();
-        rcu.publish(Counted(3, drops.clone()), Duration::from_micros(10), Duration::from_secs(1)).unwrap();
+        rcu.publish(
+            Counted(3, drops.clone()),
+            Duration::from_micros(10),
+            Duration::from_secs(1),
+        )
+        .unwrap();
         assert_eq!(drops.load(Ordering::SeqCst), 2);
         r.online();
         assert_eq!(r.read().0, 3);
@@ -229,7 +254,12 @@ mod tests {
             }));
         }
         for v in 1..=200 {
-            rcu.publish(Counted(v, drops.clone()), Duration::from_micros(1), Duration::from_secs(10)).unwrap();
+            rcu.publish(
+                Counted(v, drops.clone()),
+                Duration::from_micros(1),
+                Duration::from_secs(10),
+            )
+            .unwrap();
         }
         stop.store(true, Ordering::Relaxed);
         for h in handles {

@@ -1,1 +1,2584 @@
+//! Flow tests of the per-packet pipeline, in the style of kube-proxy's proxier
+//! tests: synthetic frames built with `etherparse` (an independent
+//! implementation) are pushed through the real [`Pipeline::process`], and the
+//! frames that come out are parsed and checksum-verified with `etherparse`.
+//!
+//! Topology (mirror of the e2e demo):
+//! - port 0, client side: MAC 02:00:00:00:00:00, 198.18.0.1/24, 2001:2::1/64;
+//!   client 198.18.0.2 / 2001:2::2 at 02:00:00:00:00:aa (static neighbour).
+//! - port 1, backend side: MAC 02:00:00:00:00:01, 198.18.1.1/24, 2001:2:0:1::1/64;
+//!   backends 198.18.1.11..13 / 2001:2:0:1::11..13 at 02:00:00:00:01:11..13.
+use super::*;
+use crate::addr::{owner_of, Addr, Proto, SockAddr};
+use crate::packet::MacAddr;
+use crate::session::{TcpState, Timeouts};
+use crate::stats::{DropReason, WorkerStats};
+use crate::table::{Frontend, Interface, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec};
+use core::sync::atomic::Ordering::Relaxed;
+use etherparse::{
+    IpHeaders, Ipv4HeaderSlice, LinkSlice, NetSlice, PacketBuilder, PacketBuilderStep,
+    SlicedPacket, TransportSlice, VlanSlice,
+};
+use proptest::prelude::*;
+use std::collections::HashMap as StdHashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+// ---------------------------------------------------------------------------
+// Test buffer
+
+const HEADROOM: usize = 128;
+const TAILROOM: usize = 64;
+
+/// A `Vec<u8>` with mbuf-like head- and tailroom.
+struct VecBuf {
+    buf: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+impl VecBuf {
+    fn new(frame: &[u8]) -> Self {
+        let mut buf = vec![0u8; HEADROOM + frame.len() + TAILROOM];
+        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        VecBuf {
+            buf,
+            off: HEADROOM,
+            len: frame.len(),
+        }
+    }
+    fn bytes(&self) -> Vec<u8> {
+        self.buf[self.off..self.off + self.len].to_vec()
+    }
+}
+
+impl PacketBuf for VecBuf {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+    fn prepend(&mut self, n: usize) -> bool {
+        if n > self.off {
+            return false;
+        }
+        self.off -= n;
+        self.len += n;
+        true
+    }
+    fn adj(&mut self, n: usize) -> bool {
+        if n > self.len {
+            return false;
+        }
+        self.off += n;
+        self.len -= n;
+        true
+    }
+    fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            self.len = len;
+        }
+    }
+}
+
+#[test]
+fn vecbuf_behaves_like_an_mbuf() {
+    let mut b = VecBuf::new(&[1, 2, 3, 4]);
+    assert!(b.prepend(2));
+    assert_eq!(b.data(), &[0, 0, 1, 2, 3, 4]);
+    assert!(b.adj(3));
+    assert_eq!(b.data(), &[2, 3, 4]);
+    b.truncate(10);
+    assert_eq!(b.data().len(), 3);
+    b.truncate(1);
+    assert_eq!(b.data(), &[2]);
+    assert!(!b.adj(2));
+    assert!(!b.prepend(HEADROOM + 2));
+}
+
+// ---------------------------------------------------------------------------
+// Topology
+
+const NOW: u64 = 1_000_000;
+const P0_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0];
+const P1_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xaa];
+const OTHER_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xbb];
+const NODE0: [u8; 4] = [198, 18, 0, 1];
+const NODE1: [u8; 4] = [198, 18, 1, 1];
+const CLIENT4: [u8; 4] = [198, 18, 0, 2];
+const VIP4: [u8; 4] = [198, 18, 100, 1];
+const EMPTY4: [u8; 4] = [198, 18, 100, 2];
+const BACKENDS4: [[u8; 4]; 3] = [[198, 18, 1, 11], [198, 18, 1, 12], [198, 18, 1, 13]];
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+fn node6_0() -> Ipv6Addr {
+    v6("2001:2::1")
+}
+fn client6() -> Ipv6Addr {
+    v6("2001:2::2")
+}
+fn vip6() -> Ipv6Addr {
+    v6("2001:2::100")
+}
+fn empty6() -> Ipv6Addr {
+    v6("2001:2::101")
+}
+fn backends6() -> [Ipv6Addr; 3] {
+    [
+        v6("2001:2:0:1::11"),
+        v6("2001:2:0:1::12"),
+        v6("2001:2:0:1::13"),
+    ]
+}
+fn backend_mac(i: usize) -> [u8; 6] {
+    [2, 0, 0, 0, 1, 0x11 + i as u8]
+}
+fn ip4(o: [u8; 4]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(o))
+}
+fn ip6(a: Ipv6Addr) -> IpAddr {
+    IpAddr::V6(a)
+}
+fn sa(ip: IpAddr, port: u16) -> SockAddr {
+    SockAddr::new(Addr::from(ip), port)
+}
+fn svc(name: &str, vip: IpAddr, port: u16, proto: Proto, backends: Vec<SockAddr>) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        frontend: Frontend {
+            addr: sa(vip, port),
+            proto,
+        },
+        backends,
+    }
+}
+
+fn spec() -> TableSpec {
+    let b4 = |port| {
+        BACKENDS4
+            .iter()
+            .map(|b| sa(ip4(*b), port))
+            .collect::<Vec<_>>()
+    };
+    let b6 = |port| {
+        backends6()
+            .iter()
+            .map(|b| sa(ip6(*b), port))
+            .collect::<Vec<_>>()
+    };
+    let mut neighbors = vec![
+        StaticNeighbor {
+            addr: Addr::v4(CLIENT4),
+            mac: MacAddr(CLIENT_MAC),
+            port: 0,
+        },
+        StaticNeighbor {
+            addr: Addr::from(client6()),
+            mac: MacAddr(CLIENT_MAC),
+            port: 0,
+        },
+    ];
+    for i in 0..3 {
+        neighbors.push(StaticNeighbor {
+            addr: Addr::v4(BACKENDS4[i]),
+            mac: MacAddr(backend_mac(i)),
+            port: 1,
+        });
+        neighbors.push(StaticNeighbor {
+            addr: Addr::from(backends6()[i]),
+            mac: MacAddr(backend_mac(i)),
+            port: 1,
+        });
+    }
+    TableSpec {
+        services: vec![
+            svc("default/web:http", ip4(VIP4), 80, Proto::Tcp, b4(8080)),
+            svc("default/dns:dns", ip4(VIP4), 53, Proto::Udp, b4(5353)),
+            svc("default/empty:http", ip4(EMPTY4), 80, Proto::Tcp, vec![]),
+            svc("default/empty:dns", ip4(EMPTY4), 53, Proto::Udp, vec![]),
+            svc("default/web6:http", ip6(vip6()), 80, Proto::Tcp, b6(8080)),
+            svc("default/dns6:dns", ip6(vip6()), 53, Proto::Udp, b6(5353)),
+            svc("default/empty6:http", ip6(empty6()), 80, Proto::Tcp, vec![]),
+            svc("default/empty6:dns", ip6(empty6()), 53, Proto::Udp, vec![]),
+        ],
+        interfaces: vec![
+            Interface {
+                port: 0,
+                addr: Addr::v4(NODE0),
+                prefix_len: 24,
+            },
+            Interface {
+                port: 0,
+                addr: Addr::from(node6_0()),
+                prefix_len: 64,
+            },
+            Interface {
+                port: 1,
+                addr: Addr::v4(NODE1),
+                prefix_len: 24,
+            },
+            Interface {
+                port: 1,
+                addr: Addr::from(v6("2001:2:0:1::1")),
+                prefix_len: 64,
+            },
+        ],
+        routes: vec![],
+        neighbors,
+    }
+}
+
+fn table() -> ServiceTable {
+    ServiceTable::new(spec(), 1)
+}
+
+fn ports() -> Vec<PortInfo> {
+    vec![
+        PortInfo {
+            mac: MacAddr(P0_MAC),
+            vlan: None,
+        },
+        PortInfo {
+            mac: MacAddr(P1_MAC),
+            vlan: None,
+        },
+    ]
+}
+
+fn pipeline_with(id: u16, n: u16, cfg: PipelineConfig, t: &ServiceTable) -> Pipeline {
+    let mut p = Pipeline::new(id, n, ports(), cfg);
+    p.on_table(t);
+    p
+}
+
+fn setup() -> (Pipeline, ServiceTable, WorkerStats) {
+    let t = table();
+    let p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+    (p, t, WorkerStats::default())
+}
+
+fn run(
+    p: &mut Pipeline,
+    t: &ServiceTable,
+    st: &WorkerStats,
+    port: u16,
+    frame: &[u8],
+    now: u64,
+    handed_off: bool,
+) -> (Verdict, Vec<u8>) {
+    let mut b = VecBuf::new(frame);
+    let v = p.process(t, st, port, &mut b, now, handed_off);
+    (v, b.bytes())
+}
+
+// ---------------------------------------------------------------------------
+// Frame builders (etherparse)
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+const FIN: u8 = 0x01;
+const RST: u8 = 0x04;
+
+fn ip_step(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+) -> PacketBuilderStep<IpHeaders> {
+    let e = PacketBuilder::ethernet2(smac, dmac);
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => e.ipv4(s.octets(), d.octets(), ttl),
+        (IpAddr::V6(s), IpAddr::V6(d)) => e.ipv6(s.octets(), d.octets(), ttl),
+        _ => panic!("mixed families"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tcp_frame(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    ttl: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = ip_step(smac, dmac, src, dst, ttl).tcp(sport, dport, seq, 64240);
+    if flags & SYN != 0 {
+        b = b.syn();
+    }
+    if flags & ACK != 0 {
+        b = b.ack(ack);
+    }
+    if flags & FIN != 0 {
+        b = b.fin();
+    }
+    if flags & RST != 0 {
+        b = b.rst();
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn udp_frame(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    ttl: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    ip_step(smac, dmac, src, dst, ttl)
+        .udp(sport, dport)
+        .write(&mut v, payload)
+        .unwrap();
+    v
+}
+
+fn echo_frame(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    id: u16,
+    seq: u16,
+    ttl: u8,
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    let payload = b"ping-payload-0123456789";
+    match src {
+        IpAddr::V4(_) => ip_step(smac, dmac, src, dst, ttl)
+            .icmpv4_echo_request(id, seq)
+            .write(&mut v, payload)
+            .unwrap(),
+        IpAddr::V6(_) => ip_step(smac, dmac, src, dst, ttl)
+            .icmpv6_echo_request(id, seq)
+            .write(&mut v, payload)
+            .unwrap(),
+    }
+    v
+}
+
+/// Client (port 0) TCP segment towards `dst:dport`.
+fn c_tcp(dst: IpAddr, sport: u16, dport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    let src = if dst.is_ipv4() {
+        ip4(CLIENT4)
+    } else {
+        ip6(client6())
+    };
+    tcp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        src,
+        dst,
+        sport,
+        dport,
+        flags,
+        seq,
+        ack,
+        64,
+        &[],
+    )
+}
+fn c_syn4(sport: u16) -> Vec<u8> {
+    c_tcp(ip4(VIP4), sport, 80, SYN, 1000, 0)
+}
+/// Backend (port 1) TCP segment from `src:sport` to the client.
+fn b_tcp(bi: usize, src: IpAddr, sport: u16, cport: u16, flags: u8, seq: u32, ack: u32) -> Vec<u8> {
+    let dst = if src.is_ipv4() {
+        ip4(CLIENT4)
+    } else {
+        ip6(client6())
+    };
+    tcp_frame(
+        backend_mac(bi),
+        P1_MAC,
+        src,
+        dst,
+        sport,
+        cport,
+        flags,
+        seq,
+        ack,
+        64,
+        &[],
+    )
+}
+
+fn arp_frame(
+    op: u16,
+    dmac: [u8; 6],
+    sha: [u8; 6],
+    spa: [u8; 4],
+    tha: [u8; 6],
+    tpa: [u8; 4],
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(60);
+    f.extend_from_slice(&dmac);
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa);
+    f.extend_from_slice(&tha);
+    f.extend_from_slice(&tpa);
+    f.resize(60, 0);
+    f
+}
+
+fn snm(a: Ipv6Addr) -> Ipv6Addr {
+    let o = a.octets();
+    Ipv6Addr::from([
+        0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15],
+    ])
+}
+
+/// ICMPv6 NDP message (NS = 135, NA = 136) built by etherparse (checksum included).
+#[allow(clippy::too_many_arguments)]
+fn ndp_frame(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    ty: u8,
+    flags: u8,
+    target: Ipv6Addr,
+    opt: Option<(u8, [u8; 6])>,
+    hop: u8,
+) -> Vec<u8> {
+    let mut payload = target.octets().to_vec();
+    if let Some((t, mac)) = opt {
+        payload.extend_from_slice(&[t, 1]);
+        payload.extend_from_slice(&mac);
+    }
+    let mut v = Vec::new();
+    ip_step(smac, dmac, ip6(src), ip6(dst), hop)
+        .icmpv6_raw(ty, 0, [flags, 0, 0, 0])
+        .write(&mut v, &payload)
+        .unwrap();
+    v
+}
+
+/// Recomputes the IPv4 header checksum of an untagged frame (with etherparse).
+fn fix_ip4_csum(f: &mut [u8]) {
+    let c = Ipv4HeaderSlice::from_slice(&f[14..])
+        .unwrap()
+        .to_header()
+        .calc_header_checksum();
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+// ---------------------------------------------------------------------------
+// Output parsing and verification (etherparse)
+
+#[derive(Debug, Clone, Default)]
+struct Out {
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    vlan: Option<u16>,
+    src: Option<IpAddr>,
+    dst: Option<IpAddr>,
+    ttl: u8,
+    ip_total_len: usize,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    udp_csum: Option<u16>,
+    icmp: Option<(u8, u8)>,
+    /// The whole ICMP message (type byte onwards).
+    icmp_msg: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+/// Parses an IP frame with etherparse and asserts that the IPv4 header checksum
+/// and the TCP/UDP/ICMP(v6) checksum are valid.
+fn parse(frame: &[u8]) -> Out {
+    let p = SlicedPacket::from_ethernet(frame)
+        .unwrap_or_else(|e| panic!("etherparse rejects output: {e:?}\n{frame:02x?}"));
+    let mut o = Out::default();
+    if let Some(LinkSlice::Ethernet2(e)) = &p.link {
+        o.dst_mac = e.destination();
+        o.src_mac = e.source();
+    }
+    if let Some(VlanSlice::SingleVlan(v)) = &p.vlan {
+        o.vlan = Some(v.vlan_identifier().value());
+    }
+    let (s4, d4, s6, d6);
+    match p.net.as_ref().expect("no IP layer") {
+        NetSlice::Ipv4(ip) => {
+            let h = ip.header();
+            assert_eq!(
+                h.header_checksum(),
+                h.to_header().calc_header_checksum(),
+                "IPv4 header checksum"
+            );
+            o.src = Some(ip4(h.source()));
+            o.dst = Some(ip4(h.destination()));
+            o.ttl = h.ttl();
+            o.ip_total_len = h.total_len() as usize;
+            (s4, d4, s6, d6) = (h.source(), h.destination(), [0; 16], [0; 16]);
+        }
+        NetSlice::Ipv6(ip) => {
+            let h = ip.header();
+            o.src = Some(ip6(h.source_addr()));
+            o.dst = Some(ip6(h.destination_addr()));
+            o.ttl = h.hop_limit();
+            o.ip_total_len = 40 + h.payload_length() as usize;
+            (s4, d4, s6, d6) = ([0; 4], [0; 4], h.source(), h.destination());
+        }
+    }
+    let v4 = o.src.unwrap().is_ipv4();
+    match p.transport.as_ref().expect("no transport layer") {
+        TransportSlice::Tcp(t) => {
+            let c = if v4 {
+                t.calc_checksum_ipv4(s4, d4)
+            } else {
+                t.calc_checksum_ipv6(s6, d6)
+            }
+            .unwrap();
+            assert_eq!(t.checksum(), c, "TCP checksum");
+            o.sport = t.source_port();
+            o.dport = t.destination_port();
+            o.seq = t.sequence_number();
+            o.ack = t.acknowledgment_number();
+            o.flags = u8::from(t.fin())
+                | u8::from(t.syn()) << 1
+                | u8::from(t.rst()) << 2
+                | u8::from(t.ack()) << 4;
+            o.payload = t.payload().to_vec();
+        }
+        TransportSlice::Udp(u) => {
+            o.sport = u.source_port();
+            o.dport = u.destination_port();
+            o.udp_csum = Some(u.checksum());
+            o.payload = u.payload().to_vec();
+            if !(v4 && u.checksum() == 0) {
+                let h = u.to_header();
+                let c = if v4 {
+                    h.calc_checksum_ipv4_raw(s4, d4, u.payload())
+                } else {
+                    h.calc_checksum_ipv6_raw(s6, d6, u.payload())
+                }
+                .unwrap();
+                assert_eq!(u.checksum(), c, "UDP checksum");
+            }
+        }
+        TransportSlice::Icmpv4(i) => {
+            assert_eq!(
+                i.checksum(),
+                i.icmp_type().calc_checksum(i.payload()),
+                "ICMP checksum"
+            );
+            o.icmp = Some((i.type_u8(), i.code_u8()));
+            o.icmp_msg = i.slice().to_vec();
+            o.payload = i.payload().to_vec();
+        }
+        TransportSlice::Icmpv6(i) => {
+            assert!(i.is_checksum_valid(s6, d6), "ICMPv6 checksum");
+            o.icmp = Some((i.type_u8(), i.code_u8()));
+            o.icmp_msg = i.slice().to_vec();
+            o.payload = i.payload().to_vec();
+        }
+    }
+    o
+}
+
+fn backend_index(ip: IpAddr) -> usize {
+    let i4 = BACKENDS4.iter().position(|b| ip == ip4(*b));
+    let i6 = backends6().iter().position(|b| ip == ip6(*b));
+    i4.or(i6).unwrap_or_else(|| panic!("{ip} is not a backend"))
+}
+
+fn stat(c: &core::sync::atomic::AtomicU64) -> u64 {
+    c.load(Relaxed)
+}
+
+// ---------------------------------------------------------------------------
+// 1-3: DNAT and reverse NAT
+
+#[test]
+fn tcp_syn_to_vip_is_dnated() {
+    let (mut p, t, st) = setup();
+    let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(40000), NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    let bi = backend_index(o.dst.unwrap());
+    assert_eq!(o.dport, 8080);
+    assert_eq!(o.src, Some(ip4(CLIENT4)));
+    assert_eq!(o.sport, 40000);
+    assert_eq!(o.dst_mac, backend_mac(bi));
+    assert_eq!(o.src_mac, P1_MAC);
+    assert_eq!(o.ttl, 63);
+    assert_eq!(o.flags, SYN);
+    assert_eq!(o.seq, 1000);
+    assert_eq!(out.len(), c_syn4(40000).len());
+    assert_eq!(stat(&st.sessions_created), 1);
+    assert_eq!(stat(&st.nat_forward), 1);
+    assert_eq!(p.sessions.len(), 1);
+    assert_eq!(st.total_drops(), 0);
+}
+
+#[test]
+fn reply_is_reverse_natted() {
+    let (mut p, t, st) = setup();
+    let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(40001), NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let fwd = parse(&out);
+    let backend = fwd.dst.unwrap();
+    let bi = backend_index(backend);
+
+    let synack = b_tcp(bi, backend, 8080, 40001, SYN | ACK, 5000, 1001);
+    let (v, out) = run(&mut p, &t, &st, 1, &synack, NOW + 1, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!((o.src, o.sport), (Some(ip4(VIP4)), 80));
+    assert_eq!((o.dst, o.dport), (Some(ip4(CLIENT4)), 40001));
+    assert_eq!(o.dst_mac, CLIENT_MAC);
+    assert_eq!(o.src_mac, P0_MAC);
+    assert_eq!(o.ttl, 63);
+    assert_eq!((o.flags, o.seq, o.ack), (SYN | ACK, 5000, 1001));
+    assert_eq!(stat(&st.nat_reverse), 1);
+
+    // The client's ACK and data hit the session: same backend every time.
+    for i in 0..10u32 {
+        let f = tcp_frame(
+            CLIENT_MAC,
+            P0_MAC,
+            ip4(CLIENT4),
+            ip4(VIP4),
+            40001,
+            80,
+            ACK,
+            1001 + i,
+            5001,
+            64,
+            b"GET / HTTP/1.1\r\n\r\n",
+        );
+        let (v, out) = run(&mut p, &t, &st, 0, &f, NOW + 2 + u64::from(i), false);
+        assert_eq!(v, Verdict::Tx(1));
+        let o = parse(&out);
+        assert_eq!((o.dst, o.dport), (Some(backend), 8080));
+        assert_eq!(o.payload, b"GET / HTTP/1.1\r\n\r\n");
+    }
+    assert_eq!(stat(&st.sessions_created), 1);
+    assert_eq!(p.sessions.len(), 1);
+    let s = p.sessions.iter().next().unwrap();
+    assert_eq!(s.tcp, TcpState::Established);
+    assert!(s.replied);
+}
+
+#[test]
+fn udp_round_trip_is_natted() {
+    let (mut p, t, st) = setup();
+    let q = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(VIP4),
+        33333,
+        53,
+        64,
+        b"\x12\x34query-odd",
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &q, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    let backend = o.dst.unwrap();
+    let bi = backend_index(backend);
+    assert_eq!((o.sport, o.dport), (33333, 5353));
+    assert_eq!(o.src, Some(ip4(CLIENT4)));
+    assert_eq!(o.dst_mac, backend_mac(bi));
+    assert_eq!(o.payload, b"\x12\x34query-odd");
+
+    let r = udp_frame(
+        backend_mac(bi),
+        P1_MAC,
+        backend,
+        ip4(CLIENT4),
+        5353,
+        33333,
+        64,
+        b"answer",
+    );
+    let (v, out) = run(&mut p, &t, &st, 1, &r, NOW + 1, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!((o.src, o.sport), (Some(ip4(VIP4)), 53));
+    assert_eq!((o.dst, o.dport), (Some(ip4(CLIENT4)), 33333));
+    assert_eq!(o.dst_mac, CLIENT_MAC);
+
+    // Second query hits the session.
+    let (v, out) = run(&mut p, &t, &st, 0, &q, NOW + 2, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(parse(&out).dst, Some(backend));
+    assert_eq!(stat(&st.sessions_created), 1);
+}
+
+#[test]
+fn udp_zero_checksum_stays_zero_on_ipv4() {
+    let (mut p, t, st) = setup();
+    let mut q = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(VIP4),
+        33334,
+        53,
+        64,
+        b"no-checksum",
+    );
+    q[14 + 20 + 6..14 + 20 + 8].fill(0);
+    let (v, out) = run(&mut p, &t, &st, 0, &q, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    assert_eq!(o.udp_csum, Some(0));
+    let backend = o.dst.unwrap();
+    let mut r = udp_frame(
+        backend_mac(backend_index(backend)),
+        P1_MAC,
+        backend,
+        ip4(CLIENT4),
+        5353,
+        33334,
+        64,
+        b"x",
+    );
+    r[14 + 20 + 6..14 + 20 + 8].fill(0);
+    let (v, out) = run(&mut p, &t, &st, 1, &r, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(o.udp_csum, Some(0));
+    assert_eq!((o.src, o.sport), (Some(ip4(VIP4)), 53));
+}
+
+#[test]
+fn ipv6_tcp_round_trip_is_natted() {
+    let (mut p, t, st) = setup();
+    let syn = c_tcp(ip6(vip6()), 41000, 80, SYN, 7, 0);
+    let (v, out) = run(&mut p, &t, &st, 0, &syn, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    let backend = o.dst.unwrap();
+    let bi = backend_index(backend);
+    assert!(backend.is_ipv6());
+    assert_eq!(
+        (o.src, o.sport, o.dport),
+        (Some(ip6(client6())), 41000, 8080)
+    );
+    assert_eq!(o.ttl, 63);
+    assert_eq!((o.dst_mac, o.src_mac), (backend_mac(bi), P1_MAC));
+
+    let (v, out) = run(
+        &mut p,
+        &t,
+        &st,
+        1,
+        &b_tcp(bi, backend, 8080, 41000, SYN | ACK, 99, 8),
+        NOW,
+        false,
+    );
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!((o.src, o.sport), (Some(ip6(vip6())), 80));
+    assert_eq!((o.dst, o.dport), (Some(ip6(client6())), 41000));
+    assert_eq!((o.dst_mac, o.src_mac), (CLIENT_MAC, P0_MAC));
+
+    let (v, out) = run(
+        &mut p,
+        &t,
+        &st,
+        0,
+        &c_tcp(ip6(vip6()), 41000, 80, ACK, 8, 100),
+        NOW,
+        false,
+    );
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(parse(&out).dst, Some(backend));
+}
+
+#[test]
+fn ipv6_udp_round_trip_is_natted() {
+    let (mut p, t, st) = setup();
+    let q = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip6(client6()),
+        ip6(vip6()),
+        5000,
+        53,
+        64,
+        b"q6",
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &q, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    let backend = o.dst.unwrap();
+    assert_eq!(o.dport, 5353);
+    let r = udp_frame(
+        backend_mac(backend_index(backend)),
+        P1_MAC,
+        backend,
+        ip6(client6()),
+        5353,
+        5000,
+        64,
+        b"a6!",
+    );
+    let (v, out) = run(&mut p, &t, &st, 1, &r, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!((o.src, o.sport, o.dport), (Some(ip6(vip6())), 53, 5000));
+}
+
+#[test]
+fn vlan_egress_port_gets_a_tag() {
+    let t = table();
+    let mut ports = ports();
+    ports[1].vlan = Some(100);
+    let mut p = Pipeline::new(0, 1, ports, PipelineConfig::default());
+    p.on_table(&t);
+    let st = WorkerStats::default();
+    let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(40002), NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    assert_eq!(o.vlan, Some(100));
+    assert_eq!(out.len(), c_syn4(40002).len() + 4);
+    let backend = o.dst.unwrap();
+    // The tagged reply comes back untagged on port 0.
+    let mut r = Vec::new();
+    PacketBuilder::ethernet2(backend_mac(backend_index(backend)), P1_MAC)
+        .single_vlan(etherparse::VlanId::try_new(100).unwrap())
+        .ipv4(backend_v4(backend), CLIENT4, 64)
+        .tcp(8080, 40002, 1, 1000)
+        .syn()
+        .ack(1001)
+        .write(&mut r, &[])
+        .unwrap();
+    let (v, out) = run(&mut p, &t, &st, 1, &r, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(o.vlan, None);
+    assert_eq!((o.src, o.sport), (Some(ip4(VIP4)), 80));
+    // An untagged frame on the tagged port is not ours.
+    let (v, _) = run(
+        &mut p,
+        &t,
+        &st,
+        1,
+        &b_tcp(0, ip4(BACKENDS4[0]), 8080, 1, ACK, 1, 1),
+        NOW,
+        false,
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::VlanMismatch));
+}
+
+fn backend_v4(ip: IpAddr) -> [u8; 4] {
+    match ip {
+        IpAddr::V4(a) => a.octets(),
+        _ => panic!(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 4: spread and determinism
+
+#[test]
+fn new_flows_spread_over_backends() {
+    let (mut p, t, st) = setup();
+    let mut counts = [0u32; 3];
+    for sport in 10000..13000u16 {
+        let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(sport), NOW, false);
+        assert_eq!(v, Verdict::Tx(1));
+        counts[backend_index(parse(&out).dst.unwrap())] += 1;
+    }
+    for c in counts {
+        assert!((750..=1260).contains(&c), "uneven spread: {counts:?}");
+    }
+    assert_eq!(stat(&st.sessions_created), 3000);
+}
+
+#[test]
+fn maglev_choice_is_deterministic_across_pipelines_and_rebuilds() {
+    let t1 = table();
+    let t2 = ServiceTable::new(spec(), 7);
+    let st = WorkerStats::default();
+    let mut a = pipeline_with(0, 1, PipelineConfig::default(), &t1);
+    let mut b = pipeline_with(0, 1, PipelineConfig::default(), &t1);
+    let mut c = pipeline_with(0, 1, PipelineConfig::default(), &t2);
+    for sport in 20000..20500u16 {
+        let f = c_syn4(sport);
+        let da = parse(&run(&mut a, &t1, &st, 0, &f, NOW, false).1).dst;
+        let db = parse(&run(&mut b, &t1, &st, 0, &f, NOW + 5, false).1).dst;
+        let dc = parse(&run(&mut c, &t2, &st, 0, &f, NOW, false).1).dst;
+        assert_eq!(da, db, "port {sport}");
+        assert_eq!(da, dc, "port {sport}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 5: services without endpoints reject
+
+#[test]
+fn tcp_syn_to_empty_service_gets_rst() {
+    let (mut p, t, st) = setup();
+    let f = c_tcp(ip4(EMPTY4), 40100, 80, SYN, 0xffff_fff0, 0);
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!((o.src, o.sport), (Some(ip4(EMPTY4)), 80));
+    assert_eq!((o.dst, o.dport), (Some(ip4(CLIENT4)), 40100));
+    assert_eq!(o.flags, RST | ACK);
+    assert_eq!(o.ack, 0xffff_fff1);
+    assert_eq!((o.dst_mac, o.src_mac), (CLIENT_MAC, P0_MAC));
+    assert!(o.payload.is_empty());
+    assert_eq!(out.len(), 14 + 20 + 20);
+    assert_eq!(stat(&st.rejected), 1);
+    assert_eq!(p.sessions.len(), 0);
+}
+
+#[test]
+fn tcp_ack_to_empty_service_gets_bare_rst() {
+    let (mut p, t, st) = setup();
+    let f = tcp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(EMPTY4),
+        40101,
+        80,
+        ACK,
+        10,
+        777,
+        64,
+        b"data",
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(o.flags, RST);
+    assert_eq!(o.seq, 777);
+    assert_eq!(stat(&st.rejected), 1);
+}
+
+#[test]
+fn tcp_syn_to_empty_ipv6_service_gets_rst() {
+    let (mut p, t, st) = setup();
+    let f = c_tcp(ip6(empty6()), 40102, 80, SYN, 41, 0);
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(
+        (o.src, o.sport, o.dst, o.dport),
+        (Some(ip6(empty6())), 80, Some(ip6(client6())), 40102)
+    );
+    assert_eq!((o.flags, o.ack), (RST | ACK, 42));
+}
+
+#[test]
+fn udp_to_empty_service_gets_port_unreachable() {
+    let (mut p, t, st) = setup();
+    let f = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(EMPTY4),
+        40200,
+        53,
+        64,
+        b"who?",
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(o.icmp, Some((3, 3)));
+    assert_eq!((o.src, o.dst), (Some(ip4(EMPTY4)), Some(ip4(CLIENT4))));
+    assert_eq!((o.dst_mac, o.src_mac), (CLIENT_MAC, P0_MAC));
+    assert!(o.ip_total_len <= 576);
+    assert_eq!(out.len(), 14 + o.ip_total_len);
+    // Quotes the original IP header + UDP header (the whole datagram here).
+    assert!(o.payload.len() >= 28);
+    assert_eq!(&o.payload[..28], &f[14..14 + 28]);
+    assert_eq!(o.payload, &f[14..]);
+    assert_eq!(stat(&st.rejected), 1);
+}
+
+#[test]
+fn large_udp_to_empty_service_quote_is_capped() {
+    let (mut p, t, st) = setup();
+    let big = vec![0x5a; 1400];
+    let f = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(EMPTY4),
+        40201,
+        53,
+        64,
+        &big,
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(o.icmp, Some((3, 3)));
+    assert_eq!(o.ip_total_len, 576);
+    assert_eq!(out.len(), 14 + 576);
+    assert_eq!(&o.payload[..], &f[14..14 + 576 - 28]);
+}
+
+#[test]
+fn ipv6_udp_to_empty_service_gets_port_unreachable() {
+    let (mut p, t, st) = setup();
+    let f = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip6(client6()),
+        ip6(empty6()),
+        40300,
+        53,
+        64,
+        b"who6?",
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(o.icmp, Some((1, 4)));
+    assert_eq!((o.src, o.dst), (Some(ip6(empty6())), Some(ip6(client6()))));
+    assert!(o.ip_total_len <= 1280);
+    assert_eq!(o.payload, &f[14..]);
+    assert_eq!(stat(&st.rejected), 1);
+
+    let big = vec![1u8; 1500];
+    let f = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip6(client6()),
+        ip6(empty6()),
+        40301,
+        53,
+        64,
+        &big,
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(o.ip_total_len, 1280);
+    assert_eq!(stat(&st.rejected), 2);
+}
+
+// ---------------------------------------------------------------------------
+// 6: multi-worker ownership
+
+#[test]
+fn flows_are_handed_to_their_owner() {
+    let t = table();
+    let st = [WorkerStats::default(), WorkerStats::default()];
+    let mut w = [
+        pipeline_with(0, 2, PipelineConfig::default(), &t),
+        pipeline_with(1, 2, PipelineConfig::default(), &t),
+    ];
+    let mut seen = [false; 2];
+    for sport in 40000..40040u16 {
+        let owner = owner_of(&SockAddr::new(Addr::v4(CLIENT4), sport), 2) as usize;
+        seen[owner] = true;
+        let other = 1 - owner;
+        let syn = c_syn4(sport);
+        let (v, _) = run(&mut w[other], &t, &st[other], 0, &syn, NOW, false);
+        assert_eq!(v, Verdict::HandOff(owner as u16));
+        let (v, out) = run(&mut w[owner], &t, &st[owner], 0, &syn, NOW, true);
+        assert_eq!(v, Verdict::Tx(1));
+        let backend = parse(&out).dst.unwrap();
+        let bi = backend_index(backend);
+
+        // The backend's reply is keyed by its destination (the client endpoint).
+        let synack = b_tcp(bi, backend, 8080, sport, SYN | ACK, 1, 1001);
+        let (v, _) = run(&mut w[other], &t, &st[other], 1, &synack, NOW, false);
+        assert_eq!(v, Verdict::HandOff(owner as u16));
+        let (v, out) = run(&mut w[owner], &t, &st[owner], 1, &synack, NOW, true);
+        assert_eq!(v, Verdict::Tx(0));
+        assert_eq!(parse(&out).src, Some(ip4(VIP4)));
+        // The owner also accepts the packet directly from its own queue.
+        let ack = c_tcp(ip4(VIP4), sport, 80, ACK, 1001, 2);
+        let (v, out) = run(&mut w[owner], &t, &st[owner], 0, &ack, NOW, false);
+        assert_eq!(v, Verdict::Tx(1));
+        assert_eq!(parse(&out).dst, Some(backend));
+    }
+    assert!(seen[0] && seen[1], "both workers should own some flows");
+    assert_eq!(w[0].sessions.len() + w[1].sessions.len(), 40);
+}
+
+/// With one worker, an established session keeps being translated after its
+/// Service is deleted (like conntrack keeps DNATing established TCP flows).
+/// With several workers the hand-off decision uses the *current* table: the
+/// client's packets are no longer recognised as "towards a frontend", the
+/// owner is computed from `VIP:port` instead of the client endpoint, and they
+/// are handed to a worker that has no session.
+#[test]
+#[ignore = "BUG: pipeline.rs process(): hand-off owner of an existing session's client packets changes when its Service is removed (n_workers > 1)"]
+fn session_survives_service_removal_with_several_workers() {
+    let t = table();
+    let mut spec2 = spec();
+    spec2.services.retain(|s| s.name != "default/web:http");
+    let t2 = ServiceTable::new(spec2, 2);
+    let vip_owner = owner_of(&SockAddr::new(Addr::v4(VIP4), 80), 2);
+    let sport = (40000..50000u16)
+        .find(|p| owner_of(&SockAddr::new(Addr::v4(CLIENT4), *p), 2) != vip_owner)
+        .unwrap();
+    let owner = 1 - vip_owner;
+    let st = WorkerStats::default();
+
+    // Single worker: the session survives the deletion.
+    let mut single = pipeline_with(0, 1, PipelineConfig::default(), &t);
+    let (v, out) = run(&mut single, &t, &st, 0, &c_syn4(sport), NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let backend = parse(&out).dst;
+    single.on_table(&t2);
+    let (v, out) = run(
+        &mut single,
+        &t2,
+        &st,
+        0,
+        &c_tcp(ip4(VIP4), sport, 80, ACK, 1001, 1),
+        NOW,
+        false,
+    );
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(parse(&out).dst, backend);
+
+    // Owner of two workers: should behave the same.
+    let mut w = pipeline_with(owner, 2, PipelineConfig::default(), &t);
+    let (v, _) = run(&mut w, &t, &st, 0, &c_syn4(sport), NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    w.on_table(&t2);
+    let (v, _) = run(
+        &mut w,
+        &t2,
+        &st,
+        0,
+        &c_tcp(ip4(VIP4), sport, 80, ACK, 1001, 1),
+        NOW,
+        false,
+    );
+    assert_eq!(
+        v,
+        Verdict::Tx(1),
+        "the owner hands its own session's packet away"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 7: backend removal
+
+#[test]
+fn removed_backend_keeps_established_sessions_only() {
+    let (mut p, t, st) = setup();
+    let mut by_flow = StdHashMap::new();
+    for sport in 30000..30060u16 {
+        let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(sport), NOW, false);
+        assert_eq!(v, Verdict::Tx(1));
+        by_flow.insert(sport, backend_index(parse(&out).dst.unwrap()));
+    }
+    assert!(by_flow.values().any(|&b| b == 0));
+
+    let mut spec2 = spec();
+    for s in &mut spec2.services {
+        s.backends.retain(|b| b.addr != Addr::v4(BACKENDS4[0]));
+    }
+    let t2 = ServiceTable::new(spec2, 2);
+    p.on_table(&t2);
+
+    for (&sport, &bi) in &by_flow {
+        let f = c_tcp(ip4(VIP4), sport, 80, ACK, 1001, 1);
+        let (v, out) = run(&mut p, &t2, &st, 0, &f, NOW + 10, false);
+        assert_eq!(v, Verdict::Tx(1));
+        assert_eq!(
+            backend_index(parse(&out).dst.unwrap()),
+            bi,
+            "flow {sport} moved"
+        );
+        // And the removed backend's replies are still reverse-translated.
+        let r = b_tcp(bi, ip4(BACKENDS4[bi]), 8080, sport, ACK, 1, 1002);
+        let (v, out) = run(&mut p, &t2, &st, 1, &r, NOW + 10, false);
+        assert_eq!(v, Verdict::Tx(0));
+        assert_eq!(parse(&out).src, Some(ip4(VIP4)));
+    }
+    for sport in 31000..31500u16 {
+        let (v, out) = run(&mut p, &t2, &st, 0, &c_syn4(sport), NOW + 20, false);
+        assert_eq!(v, Verdict::Tx(1));
+        assert_ne!(
+            backend_index(parse(&out).dst.unwrap()),
+            0,
+            "new flow picked the removed backend"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 8: TCP state and timeouts
+
+#[test]
+fn tcp_close_expires_and_tuple_can_be_reused() {
+    let (mut p, t, st) = setup();
+    let to = Timeouts::default();
+    let sport = 42000;
+    let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(sport), NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let backend = parse(&out).dst.unwrap();
+    let bi = backend_index(backend);
+    let state = |p: &Pipeline| p.sessions.iter().next().map(|s| (s.tcp, s.expires));
+    assert_eq!(state(&p), Some((TcpState::SynSent, NOW + to.tcp_syn)));
+
+    let steps: [(u16, u8); 5] = [
+        (1, SYN | ACK),
+        (0, ACK),
+        (0, FIN | ACK),
+        (1, FIN | ACK),
+        (0, ACK),
+    ];
+    let mut now = NOW;
+    for (port, flags) in steps {
+        now += 10;
+        let f = if port == 0 {
+            c_tcp(ip4(VIP4), sport, 80, flags, 1001, 1)
+        } else {
+            b_tcp(bi, backend, 8080, sport, flags, 1, 1001)
+        };
+        let (v, _) = run(&mut p, &t, &st, port, &f, now, false);
+        assert_eq!(v, Verdict::Tx(1 - port));
+        if port == 1 && flags == SYN | ACK {
+            assert_eq!(
+                state(&p),
+                Some((TcpState::Established, now + to.tcp_established))
+            );
+        }
+    }
+    assert_eq!(state(&p), Some((TcpState::Closing, now + to.tcp_fin)));
+    assert_eq!(p.sessions.expire(now + to.tcp_fin - 1, 1000), 0);
+    assert_eq!(p.sessions.expire(now + to.tcp_fin, 1000), 1);
+    assert!(p.sessions.is_empty());
+
+    // A new SYN on the old tuple is a fresh connection.
+    let later = now + to.tcp_fin + 1;
+    let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(sport), later, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(
+        parse(&out).dst,
+        Some(backend),
+        "Maglev picks the same backend for the same tuple"
+    );
+    assert_eq!(stat(&st.sessions_created), 2);
+    assert_eq!(state(&p), Some((TcpState::SynSent, later + to.tcp_syn)));
+}
+
+#[test]
+fn syn_reusing_a_closing_tuple_starts_a_fresh_session() {
+    let (mut p, t, st) = setup();
+    let to = Timeouts::default();
+    let sport = 42001;
+    let (_, out) = run(&mut p, &t, &st, 0, &c_syn4(sport), NOW, false);
+    let backend = parse(&out).dst.unwrap();
+    let bi = backend_index(backend);
+    run(
+        &mut p,
+        &t,
+        &st,
+        1,
+        &b_tcp(bi, backend, 8080, sport, SYN | ACK, 1, 1001),
+        NOW + 1,
+        false,
+    );
+    // A retransmitted SYN on an established session does not restart it.
+    let (v, _) = run(&mut p, &t, &st, 0, &c_syn4(sport), NOW + 2, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(stat(&st.sessions_created), 1);
+    assert_eq!(p.sessions.iter().next().unwrap().tcp, TcpState::Established);
+    // RST closes it.
+    let (v, _) = run(
+        &mut p,
+        &t,
+        &st,
+        1,
+        &b_tcp(bi, backend, 8080, sport, RST, 1, 0),
+        NOW + 3,
+        false,
+    );
+    assert_eq!(v, Verdict::Tx(0));
+    let s = *p.sessions.iter().next().unwrap();
+    assert_eq!(
+        (s.tcp, s.expires),
+        (TcpState::Closed, NOW + 3 + to.tcp_closed)
+    );
+    // A SYN reusing the closed tuple before expiry creates a fresh session.
+    let (v, _) = run(&mut p, &t, &st, 0, &c_syn4(sport), NOW + 4, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(stat(&st.sessions_created), 2);
+    assert_eq!(p.sessions.len(), 1);
+    assert_eq!(p.sessions.iter().next().unwrap().tcp, TcpState::SynSent);
+}
+
+#[test]
+fn orphan_rst_and_mid_stream_pickup() {
+    let (mut p, t, st) = setup();
+    let (v, _) = run(
+        &mut p,
+        &t,
+        &st,
+        0,
+        &c_tcp(ip4(VIP4), 42100, 80, RST, 5, 0),
+        NOW,
+        false,
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::OrphanRst));
+    assert!(p.sessions.is_empty());
+    // A mid-stream ACK is picked up as established (conntrack liberal pickup).
+    let (v, _) = run(
+        &mut p,
+        &t,
+        &st,
+        0,
+        &c_tcp(ip4(VIP4), 42101, 80, ACK, 5, 6),
+        NOW,
+        false,
+    );
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(p.sessions.iter().next().unwrap().tcp, TcpState::Established);
+}
+
+#[test]
+fn udp_session_expires() {
+    let (mut p, t, st) = setup();
+    let to = Timeouts::default();
+    let q = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(VIP4),
+        33000,
+        53,
+        64,
+        b"q",
+    );
+    run(&mut p, &t, &st, 0, &q, NOW, false);
+    assert_eq!(p.sessions.expire(NOW + to.udp - 1, 100), 0);
+    assert_eq!(p.sessions.expire(NOW + to.udp, 100), 1);
+    let (v, _) = run(&mut p, &t, &st, 0, &q, NOW + to.udp, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(stat(&st.sessions_created), 2);
+}
+
+// ---------------------------------------------------------------------------
+// 9: malformed frames and error paths
+
+#[test]
+fn malformed_frames_are_dropped_with_the_right_reason() {
+    let syn = c_syn4(43000);
+    let udp = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(VIP4),
+        43001,
+        53,
+        64,
+        b"payload",
+    );
+    let mut cases: Vec<(&str, Vec<u8>, DropReason)> = vec![];
+    cases.push((
+        "truncated ethernet",
+        syn[..10].to_vec(),
+        DropReason::Truncated,
+    ));
+    cases.push((
+        "truncated ipv4",
+        syn[..14 + 12].to_vec(),
+        DropReason::Truncated,
+    ));
+    let mut f = syn.clone();
+    f[14] = 0x44;
+    cases.push(("ihl < 5", f, DropReason::BadHeaderLen));
+    let mut f = syn.clone();
+    f[14] = 0x54;
+    cases.push(("bad version", f, DropReason::BadVersion));
+    let mut f = syn.clone();
+    f[16..18].copy_from_slice(&1000u16.to_be_bytes());
+    fix_ip4_csum(&mut f);
+    cases.push(("total_len > buffer", f, DropReason::BadTotalLen));
+    let mut f = syn.clone();
+    f[24] ^= 0xff;
+    cases.push(("bad ipv4 checksum", f, DropReason::BadChecksum));
+    let mut f = syn.clone();
+    f[14 + 20 + 12] = 0x40;
+    cases.push(("tcp doff < 5", f, DropReason::BadHeaderLen));
+    let mut f = syn.clone();
+    f[14 + 20 + 12] = 0xf0;
+    cases.push(("tcp doff > segment", f, DropReason::BadHeaderLen));
+    let mut f = udp.clone();
+    f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&4u16.to_be_bytes());
+    cases.push(("udp len < 8", f, DropReason::BadL4Len));
+    let mut f = udp.clone();
+    f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&200u16.to_be_bytes());
+    cases.push(("udp len > datagram", f, DropReason::BadL4Len));
+    let mut f = syn.clone();
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0x77]);
+    cases.push(("wrong dst mac", f, DropReason::NotForUs));
+    let mut f = syn.clone();
+    f[12..14].copy_from_slice(&[0x88, 0xcc]);
+    cases.push(("unknown ethertype", f, DropReason::UnknownEthertype));
+    let mut f = udp.clone();
+    f[14 + 6] |= 0x20; // MF
+    fix_ip4_csum(&mut f);
+    cases.push(("udp first fragment", f, DropReason::Fragment));
+    let mut f = udp.clone();
+    f[14 + 7] = 0x10; // offset 128
+    fix_ip4_csum(&mut f);
+    cases.push(("udp later fragment", f, DropReason::Fragment));
+    cases.push((
+        "ttl 1",
+        tcp_frame(
+            CLIENT_MAC,
+            P0_MAC,
+            ip4(CLIENT4),
+            ip4(VIP4),
+            43002,
+            80,
+            SYN,
+            1,
+            0,
+            1,
+            &[],
+        ),
+        DropReason::TtlExceeded,
+    ));
+    cases.push((
+        "no route",
+        tcp_frame(
+            CLIENT_MAC,
+            P0_MAC,
+            ip4(CLIENT4),
+            ip4([198, 19, 5, 5]),
+            43003,
+            80,
+            SYN,
+            1,
+            0,
+            64,
+            &[],
+        ),
+        DropReason::NoRoute,
+    ));
+    cases.push((
+        "tcp to node address",
+        tcp_frame(
+            CLIENT_MAC,
+            P0_MAC,
+            ip4(CLIENT4),
+            ip4(NODE0),
+            43004,
+            22,
+            SYN,
+            1,
+            0,
+            64,
+            &[],
+        ),
+        DropReason::LocalUnhandled,
+    ));
+    let mut f = syn.clone();
+    f[12..14].copy_from_slice(&[0x81, 0x00]);
+    cases.push(("tagged frame on untagged port", f, DropReason::VlanMismatch));
+    let mut f = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip6(client6()),
+        ip6(vip6()),
+        1,
+        53,
+        64,
+        b"x",
+    );
+    f[18..20].copy_from_slice(&500u16.to_be_bytes());
+    cases.push(("ipv6 payload_len > buffer", f, DropReason::BadL4Len));
+    let f = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip6(client6()),
+        ip6(vip6()),
+        1,
+        53,
+        64,
+        b"x",
+    );
+    cases.push((
+        "truncated ipv6",
+        f[..14 + 30].to_vec(),
+        DropReason::Truncated,
+    ));
+
+    for (name, frame, want) in cases {
+        let (mut p, t, st) = setup();
+        let (v, _) = run(&mut p, &t, &st, 0, &frame, NOW, false);
+        assert_eq!(v, Verdict::Drop(want), "{name}");
+        // Same verdict on a handed-off copy and no panic on a non-owner worker.
+        let (v2, _) = run(&mut p, &t, &st, 0, &frame, NOW, true);
+        assert_eq!(v2, Verdict::Drop(want), "{name} (handed off)");
+    }
+}
+
+#[test]
+fn unknown_port_is_dropped() {
+    let (mut p, t, st) = setup();
+    let (v, _) = run(&mut p, &t, &st, 7, &c_syn4(1), NOW, false);
+    assert_eq!(v, Verdict::Drop(DropReason::BadPort));
+}
+
+#[test]
+fn icmp_fragments_are_routed() {
+    let (mut p, t, st) = setup();
+    let mut f = echo_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(BACKENDS4[1]),
+        1,
+        1,
+        64,
+    );
+    f[14 + 6] |= 0x20;
+    fix_ip4_csum(&mut f);
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    // etherparse does not slice the transport of a fragment: check by hand.
+    assert_eq!(&out[0..6], &backend_mac(1));
+    assert_eq!(out[14 + 8], 63);
+    let h = Ipv4HeaderSlice::from_slice(&out[14..]).unwrap();
+    assert_eq!(h.header_checksum(), h.to_header().calc_header_checksum());
+    assert!(h.more_fragments());
+}
+
+#[test]
+fn unknown_neighbour_solicits_and_then_forwards() {
+    let (mut p, t, st) = setup();
+    let target = [198, 18, 1, 50];
+    let f = tcp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(target),
+        43100,
+        80,
+        SYN,
+        1,
+        0,
+        64,
+        &[],
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(
+        v,
+        Verdict::Hold {
+            port: 1,
+            addr: Addr::v4(target)
+        }
+    );
+    // Held with the L2 header written except the destination MAC.
+    assert_eq!(&out[0..6], &[0; 6]);
+    assert_eq!(&out[6..12], &P1_MAC);
+    assert_eq!(out[14 + 8], 63);
+    assert_eq!(
+        p.take_solicits().collect::<Vec<_>>(),
+        vec![(1, Addr::v4(target))]
+    );
+    assert_eq!(p.take_solicits().count(), 0);
+    // Still pending: no second solicitation within the retry interval.
+    let (v, _) = run(&mut p, &t, &st, 0, &f, NOW + 1, false);
+    assert_eq!(
+        v,
+        Verdict::Hold {
+            port: 1,
+            addr: Addr::v4(target)
+        }
+    );
+    assert_eq!(p.take_solicits().count(), 0);
+    // The ARP reply teaches us the MAC; the packet is then forwarded.
+    let mac = [2, 0, 0, 0, 1, 0x50];
+    let reply = arp_frame(2, P1_MAC, mac, target, P1_MAC, NODE1);
+    let (v, _) = run(&mut p, &t, &st, 1, &reply, NOW + 2, false);
+    assert_eq!(v, Verdict::Consumed);
+    let learned: Vec<_> = p.take_learned().collect();
+    assert_eq!(
+        learned,
+        vec![crate::neigh::NeighborUpdate {
+            addr: Addr::v4(target),
+            mac: MacAddr(mac),
+            port: 1
+        }]
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW + 3, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    assert_eq!(
+        (o.dst_mac, o.src_mac, o.dst, o.dport),
+        (mac, P1_MAC, Some(ip4(target)), 80)
+    );
+    assert_eq!(stat(&st.routed), 3);
+    assert_eq!(stat(&st.sessions_created), 0);
+}
+
+#[test]
+fn full_session_table_refuses_new_flows_only() {
+    let t = table();
+    let st = WorkerStats::default();
+    let mut p = pipeline_with(
+        0,
+        1,
+        PipelineConfig {
+            sessions: 2,
+            ..Default::default()
+        },
+        &t,
+    );
+    let mut backends = vec![];
+    for sport in [44000u16, 44001] {
+        let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(sport), NOW, false);
+        assert_eq!(v, Verdict::Tx(1));
+        backends.push(parse(&out).dst.unwrap());
+    }
+    let (v, _) = run(&mut p, &t, &st, 0, &c_syn4(44002), NOW, false);
+    assert_eq!(v, Verdict::Drop(DropReason::SessionTableFull));
+    let udp = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(VIP4),
+        44003,
+        53,
+        64,
+        b"q",
+    );
+    let (v, _) = run(&mut p, &t, &st, 0, &udp, NOW, false);
+    assert_eq!(v, Verdict::Drop(DropReason::SessionTableFull));
+    for (i, sport) in [44000u16, 44001].into_iter().enumerate() {
+        let (v, out) = run(
+            &mut p,
+            &t,
+            &st,
+            0,
+            &c_tcp(ip4(VIP4), sport, 80, ACK, 1001, 1),
+            NOW,
+            false,
+        );
+        assert_eq!(v, Verdict::Tx(1));
+        assert_eq!(parse(&out).dst, Some(backends[i]));
+        let r = b_tcp(
+            backend_index(backends[i]),
+            backends[i],
+            8080,
+            sport,
+            ACK,
+            1,
+            1001,
+        );
+        let (v, _) = run(&mut p, &t, &st, 1, &r, NOW, false);
+        assert_eq!(v, Verdict::Tx(0));
+    }
+    // Routed (non-Service) traffic is not affected by a full table.
+    let (v, _) = run(
+        &mut p,
+        &t,
+        &st,
+        0,
+        &echo_frame(
+            CLIENT_MAC,
+            P0_MAC,
+            ip4(CLIENT4),
+            ip4(BACKENDS4[0]),
+            1,
+            1,
+            64,
+        ),
+        NOW,
+        false,
+    );
+    assert_eq!(v, Verdict::Tx(1));
+}
+
+// ---------------------------------------------------------------------------
+// 10: ARP and NDP
+
+fn arp_fields(f: &[u8]) -> (u16, [u8; 6], [u8; 4], [u8; 6], [u8; 4]) {
+    let a = crate::packet::ArpPacket::new_checked(&f[14..]).unwrap();
+    (
+        a.operation(),
+        a.sender_hw_addr().0,
+        a.sender_proto_addr().octets(),
+        a.target_hw_addr().0,
+        a.target_proto_addr().octets(),
+    )
+}
+
+#[test]
+fn arp_request_for_node_address_is_answered_and_sender_learned() {
+    let (mut p, t, st) = setup();
+    let spa = [198, 18, 0, 3];
+    let req = arp_frame(1, [0xff; 6], OTHER_MAC, spa, [0; 6], NODE0);
+    let (v, out) = run(&mut p, &t, &st, 0, &req, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(out.len(), 42);
+    assert_eq!(&out[0..6], &OTHER_MAC);
+    assert_eq!(&out[6..12], &P0_MAC);
+    assert_eq!(&out[12..14], &[0x08, 0x06]);
+    assert_eq!(arp_fields(&out), (2, P0_MAC, NODE0, OTHER_MAC, spa));
+    assert_eq!(stat(&st.neighbor_replies), 1);
+    let learned: Vec<_> = p.take_learned().collect();
+    assert_eq!(
+        learned,
+        vec![crate::neigh::NeighborUpdate {
+            addr: Addr::v4(spa),
+            mac: MacAddr(OTHER_MAC),
+            port: 0
+        }]
+    );
+    // The learned neighbour is usable: a routed packet to it is forwarded.
+    let f = echo_frame(
+        backend_mac(0),
+        P1_MAC,
+        ip4(BACKENDS4[0]),
+        ip4(spa),
+        9,
+        9,
+        64,
+    );
+    let (v, out) = run(&mut p, &t, &st, 1, &f, NOW + 1, false);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(parse(&out).dst_mac, OTHER_MAC);
+}
+
+#[test]
+fn arp_request_for_vip_is_answered() {
+    let (mut p, t, st) = setup();
+    let req = arp_frame(1, [0xff; 6], CLIENT_MAC, CLIENT4, [0; 6], VIP4);
+    let (v, out) = run(&mut p, &t, &st, 0, &req, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(arp_fields(&out), (2, P0_MAC, VIP4, CLIENT_MAC, CLIENT4));
+    // A static neighbour is not "learned".
+    assert_eq!(p.take_learned().count(), 0);
+}
+
+#[test]
+fn arp_request_for_someone_else_is_consumed() {
+    let (mut p, t, st) = setup();
+    let req = arp_frame(
+        1,
+        [0xff; 6],
+        OTHER_MAC,
+        [198, 18, 0, 3],
+        [0; 6],
+        [198, 18, 0, 9],
+    );
+    let (v, _) = run(&mut p, &t, &st, 0, &req, NOW, false);
+    assert_eq!(v, Verdict::Consumed);
+    assert_eq!(
+        p.take_learned().count(),
+        0,
+        "gleaning must not create entries"
+    );
+    assert_eq!(stat(&st.neighbor_replies), 0);
+    // Truncated / non-Ethernet ARP.
+    let (v, _) = run(&mut p, &t, &st, 0, &req[..30], NOW, false);
+    assert_eq!(v, Verdict::Drop(DropReason::Truncated));
+    let mut bad = req.clone();
+    bad[15] = 6; // htype 6
+    let (v, _) = run(&mut p, &t, &st, 0, &bad, NOW, false);
+    assert_eq!(v, Verdict::Drop(DropReason::Unsupported));
+}
+
+#[test]
+fn build_solicit_makes_arp_and_ns() {
+    let (p, t, _) = setup();
+    let mut buf = [0u8; 128];
+    let n = p
+        .build_solicit(&t, 1, Addr::v4([198, 18, 1, 50]), &mut buf)
+        .unwrap();
+    assert_eq!(n, 60);
+    assert_eq!(&buf[0..6], &[0xff; 6]);
+    assert_eq!(&buf[6..12], &P1_MAC);
+    assert_eq!(&buf[12..14], &[0x08, 0x06]);
+    assert_eq!(&buf[14..22], &[0, 1, 0x08, 0, 6, 4, 0, 1]);
+    assert_eq!(
+        arp_fields(&buf[..n]),
+        (1, P1_MAC, NODE1, [0; 6], [198, 18, 1, 50])
+    );
+
+    let target = v6("2001:2:0:1::50");
+    let n = p
+        .build_solicit(&t, 1, Addr::from(target), &mut buf)
+        .unwrap();
+    let o = parse(&buf[..n]);
+    assert_eq!(o.dst_mac, [0x33, 0x33, 0xff, 0, 0, 0x50]);
+    assert_eq!(o.src_mac, P1_MAC);
+    assert_eq!(o.src, Some(ip6(v6("2001:2:0:1::1"))));
+    assert_eq!(o.dst, Some(ip6(snm(target))));
+    assert_eq!(o.ttl, 255);
+    assert_eq!(o.icmp, Some((135, 0)));
+    assert_eq!(&o.icmp_msg[8..24], &target.octets());
+    assert_eq!(&o.icmp_msg[24..32], &[1, 1, 2, 0, 0, 0, 0, 1]);
+
+    // No address of that family on the port / buffer too small.
+    let t4 = ServiceTable::new(
+        TableSpec {
+            interfaces: vec![Interface {
+                port: 0,
+                addr: Addr::v4(NODE0),
+                prefix_len: 24,
+            }],
+            ..Default::default()
+        },
+        1,
+    );
+    assert_eq!(p.build_solicit(&t4, 0, Addr::from(target), &mut buf), None);
+    assert_eq!(
+        p.build_solicit(&t, 1, Addr::v4([198, 18, 1, 50]), &mut buf[..40]),
+        None
+    );
+    assert_eq!(
+        p.build_solicit(&t, 9, Addr::v4([198, 18, 1, 50]), &mut buf),
+        None
+    );
+}
+
+#[test]
+fn neighbor_solicitation_is_answered() {
+    let (mut p, t, st) = setup();
+    let src = v6("2001:2::3");
+    let ns = ndp_frame(
+        OTHER_MAC,
+        [0x33, 0x33, 0xff, 0, 0, 1],
+        src,
+        snm(node6_0()),
+        135,
+        0,
+        node6_0(),
+        Some((1, OTHER_MAC)),
+        255,
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &ns, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!((o.dst_mac, o.src_mac), (OTHER_MAC, P0_MAC));
+    assert_eq!((o.src, o.dst), (Some(ip6(node6_0())), Some(ip6(src))));
+    assert_eq!(o.ttl, 255);
+    assert_eq!(o.icmp, Some((136, 0)));
+    assert_eq!(o.icmp_msg[4] & 0xe0, 0x60, "solicited + override");
+    assert_eq!(&o.icmp_msg[8..24], &node6_0().octets());
+    assert_eq!(&o.icmp_msg[24..32], &[2, 1, 2, 0, 0, 0, 0, 0]);
+    assert_eq!(out.len(), 14 + 40 + 32);
+    assert_eq!(stat(&st.neighbor_replies), 1);
+    assert_eq!(
+        p.take_learned().collect::<Vec<_>>(),
+        vec![crate::neigh::NeighborUpdate {
+            addr: Addr::from(src),
+            mac: MacAddr(OTHER_MAC),
+            port: 0
+        }]
+    );
+}
+
+#[test]
+fn dad_solicitation_is_answered_to_all_nodes() {
+    let (mut p, t, st) = setup();
+    // DAD: unspecified source, no source LLA option; pad so the reply fits.
+    let mut ns = ndp_frame(
+        OTHER_MAC,
+        [0x33, 0x33, 0xff, 0, 0, 1],
+        Ipv6Addr::UNSPECIFIED,
+        snm(node6_0()),
+        135,
+        0,
+        node6_0(),
+        None,
+        255,
+    );
+    ns.extend_from_slice(&[0; 8]);
+    let (v, out) = run(&mut p, &t, &st, 0, &ns, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(o.dst_mac, [0x33, 0x33, 0, 0, 0, 1]);
+    assert_eq!(o.dst, Some(ip6(v6("ff02::1"))));
+    assert_eq!(o.icmp, Some((136, 0)));
+    assert_eq!(o.icmp_msg[4] & 0xe0, 0x20, "override only, not solicited");
+}
+
+/// RFC 4861 7.2.2: a unicast NS (NUD) SHOULD, and a DAD NS MUST NOT, carry a
+/// source link-layer option, so a 24-byte NS is legal. The NA answer is 32
+/// bytes and does not fit in the received buffer: `emit_neighbor_advert`
+/// returns 0 and `IcmpPacket::new_unchecked(&mut d[l4..l4 + 0]).set_checksum`
+/// indexes out of bounds -> panic on the worker.
+#[test]
+#[ignore = "BUG: pipeline.rs ndp(): a Neighbor Solicitation without options (24-byte ICMPv6) panics (NA does not fit, n == 0)"]
+fn short_neighbor_solicitation_does_not_panic() {
+    let (mut p, t, st) = setup();
+    // Unicast NUD probe without the source LLA option.
+    let ns = ndp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        client6(),
+        node6_0(),
+        135,
+        0,
+        node6_0(),
+        None,
+        255,
+    );
+    assert_eq!(ns.len(), 14 + 40 + 24);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(&mut p, &t, &st, 0, &ns, NOW, false)
+    }));
+    let (v, out) = r.expect("process panicked on a 24-byte Neighbor Solicitation");
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(o.icmp, Some((136, 0)));
+    assert_eq!(&o.icmp_msg[24..32], &[2, 1, 2, 0, 0, 0, 0, 0]);
+    // Same for DAD (unspecified source, options forbidden).
+    let ns = ndp_frame(
+        OTHER_MAC,
+        [0x33, 0x33, 0xff, 0, 0, 1],
+        Ipv6Addr::UNSPECIFIED,
+        snm(node6_0()),
+        135,
+        0,
+        node6_0(),
+        None,
+        255,
+    );
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run(&mut p, &t, &st, 0, &ns, NOW, false)
+    }));
+    assert!(matches!(
+        r.expect("process panicked on a DAD NS").0,
+        Verdict::Tx(0)
+    ));
+}
+
+#[test]
+fn invalid_ndp_is_dropped_and_foreign_targets_consumed() {
+    let (mut p, t, st) = setup();
+    let dmac = [0x33, 0x33, 0xff, 0, 0, 1];
+    let ns = ndp_frame(
+        OTHER_MAC,
+        dmac,
+        v6("2001:2::3"),
+        snm(node6_0()),
+        135,
+        0,
+        node6_0(),
+        Some((1, OTHER_MAC)),
+        64,
+    );
+    let (v, _) = run(&mut p, &t, &st, 0, &ns, NOW, false);
+    assert_eq!(
+        v,
+        Verdict::Drop(DropReason::Unsupported),
+        "hop limit != 255"
+    );
+    let mut ns = ndp_frame(
+        OTHER_MAC,
+        dmac,
+        v6("2001:2::3"),
+        snm(node6_0()),
+        135,
+        0,
+        node6_0(),
+        Some((1, OTHER_MAC)),
+        255,
+    );
+    let l = ns.len();
+    ns[l - 1] ^= 1;
+    let (v, _) = run(&mut p, &t, &st, 0, &ns, NOW, false);
+    assert_eq!(v, Verdict::Drop(DropReason::Unsupported), "bad checksum");
+    let other = v6("2001:2::77");
+    let ns = ndp_frame(
+        OTHER_MAC,
+        [0x33, 0x33, 0xff, 0, 0, 0x77],
+        v6("2001:2::3"),
+        snm(other),
+        135,
+        0,
+        other,
+        Some((1, OTHER_MAC)),
+        255,
+    );
+    let (v, _) = run(&mut p, &t, &st, 0, &ns, NOW, false);
+    assert_eq!(v, Verdict::Consumed);
+    assert_eq!(p.take_learned().count(), 0);
+}
+
+#[test]
+fn neighbor_advertisement_is_learned() {
+    let (mut p, t, st) = setup();
+    let target = v6("2001:2:0:1::50");
+    let mac = [2, 0, 0, 0, 1, 0x50];
+    // Routed traffic to it first misses and solicits.
+    let f = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip6(client6()),
+        ip6(target),
+        1000,
+        2000,
+        64,
+        b"x",
+    );
+    let (v, _) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(
+        v,
+        Verdict::Hold {
+            port: 1,
+            addr: Addr::from(target)
+        }
+    );
+    assert_eq!(
+        p.take_solicits().collect::<Vec<_>>(),
+        vec![(1, Addr::from(target))]
+    );
+    let na = ndp_frame(
+        mac,
+        P1_MAC,
+        target,
+        v6("2001:2:0:1::1"),
+        136,
+        0x60,
+        target,
+        Some((2, mac)),
+        255,
+    );
+    let (v, _) = run(&mut p, &t, &st, 1, &na, NOW + 1, false);
+    assert_eq!(v, Verdict::Consumed);
+    assert_eq!(p.take_learned().count(), 1);
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW + 2, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(parse(&out).dst_mac, mac);
+}
+
+// ---------------------------------------------------------------------------
+// 11: ICMP echo
+
+#[test]
+fn echo_to_node_address_is_answered() {
+    let (mut p, t, st) = setup();
+    let f = echo_frame(CLIENT_MAC, P0_MAC, ip4(CLIENT4), ip4(NODE0), 0x1234, 7, 17);
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(o.icmp, Some((0, 0)));
+    assert_eq!((o.src, o.dst), (Some(ip4(NODE0)), Some(ip4(CLIENT4))));
+    assert_eq!((o.dst_mac, o.src_mac), (CLIENT_MAC, P0_MAC));
+    assert_eq!(o.ttl, 64);
+    assert_eq!(&o.icmp_msg[4..8], &[0x12, 0x34, 0, 7]);
+    assert_eq!(o.payload, b"ping-payload-0123456789");
+
+    let f = echo_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip6(client6()),
+        ip6(node6_0()),
+        0x4321,
+        8,
+        64,
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(o.icmp, Some((129, 0)));
+    assert_eq!((o.src, o.dst), (Some(ip6(node6_0())), Some(ip6(client6()))));
+    assert_eq!(&o.icmp_msg[4..8], &[0x43, 0x21, 0, 8]);
+    assert_eq!(stat(&st.echo_replies), 2);
+
+    // The other port's address answers too (it is a node address).
+    let f = echo_frame(CLIENT_MAC, P0_MAC, ip4(CLIENT4), ip4(NODE1), 1, 1, 64);
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(parse(&out).src, Some(ip4(NODE1)));
+}
+
+#[test]
+fn echo_to_routed_address_is_forwarded() {
+    let (mut p, t, st) = setup();
+    let f = echo_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(BACKENDS4[2]),
+        5,
+        6,
+        64,
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    assert_eq!(o.icmp, Some((8, 0)));
+    assert_eq!(
+        (o.src, o.dst),
+        (Some(ip4(CLIENT4)), Some(ip4(BACKENDS4[2])))
+    );
+    assert_eq!((o.dst_mac, o.src_mac, o.ttl), (backend_mac(2), P1_MAC, 63));
+
+    let f = echo_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip6(client6()),
+        ip6(backends6()[1]),
+        5,
+        6,
+        64,
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    assert_eq!(o.icmp, Some((128, 0)));
+    assert_eq!((o.dst_mac, o.ttl), (backend_mac(1), 63));
+    assert_eq!(stat(&st.routed), 2);
+    assert_eq!(stat(&st.echo_replies), 0);
+
+    // Other ICMP types to a node address are not answered.
+    let mut v4 = Vec::new();
+    ip_step(CLIENT_MAC, P0_MAC, ip4(CLIENT4), ip4(NODE0), 64)
+        .icmpv4_raw(13, 0, [0; 4])
+        .write(&mut v4, &[0; 12])
+        .unwrap();
+    let (v, _) = run(&mut p, &t, &st, 0, &v4, NOW, false);
+    assert_eq!(v, Verdict::Drop(DropReason::LocalUnhandled));
+}
+
+// ---------------------------------------------------------------------------
+// Extra corner cases
+
+/// Ones-complement sum (RFC 1071) for constructing test inputs.
+fn ocsum(data: &[u8], mut acc: u32) -> u32 {
+    for c in data.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc
+}
+
+#[test]
+fn ipv4_options_are_skipped_when_rewriting() {
+    let (mut p, t, st) = setup();
+    let mut f = c_syn4(46000);
+    // IHL 6 with NOP NOP NOP EOL; TCP checksum is unaffected by IP options.
+    f.splice(34..34, [1, 1, 1, 0]);
+    f[14] = 0x46;
+    let tl = u16::from_be_bytes([f[16], f[17]]) + 4;
+    f[16..18].copy_from_slice(&tl.to_be_bytes());
+    fix_ip4_csum(&mut f);
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    assert_eq!((o.sport, o.dport, o.flags), (46000, 8080, SYN));
+    assert_eq!(&out[34..38], &[1, 1, 1, 0]);
+    // Reject path with options: RST is a plain 20-byte header.
+    let mut f = c_tcp(ip4(EMPTY4), 46001, 80, SYN, 5, 0);
+    f.splice(34..34, [1, 1, 1, 0]);
+    f[14] = 0x46;
+    f[16..18].copy_from_slice(&(tl).to_be_bytes());
+    fix_ip4_csum(&mut f);
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(
+        (o.flags, o.ack, o.sport, o.dport),
+        (RST | ACK, 6, 80, 46001)
+    );
+}
+
+#[test]
+fn ipv6_extension_headers_are_skipped_when_rewriting() {
+    let (mut p, t, st) = setup();
+    let mut f = c_tcp(ip6(vip6()), 46100, 80, SYN, 1, 0);
+    // Insert a Destination Options header (PadN) between IPv6 and TCP.
+    f.splice(54..54, [6, 0, 1, 4, 0, 0, 0, 0]);
+    f[20] = 60;
+    let pl = u16::from_be_bytes([f[18], f[19]]) + 8;
+    f[18..20].copy_from_slice(&pl.to_be_bytes());
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    assert_eq!(
+        (o.src, o.sport, o.dport),
+        (Some(ip6(client6())), 46100, 8080)
+    );
+    assert_eq!(&out[54..62], &[6, 0, 1, 4, 0, 0, 0, 0]);
+}
+
+#[test]
+fn ethernet_padding_is_not_quoted_or_forwarded_as_payload() {
+    let (mut p, t, st) = setup();
+    let mut f = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(EMPTY4),
+        46200,
+        53,
+        64,
+        b"x",
+    );
+    assert_eq!(f.len(), 43);
+    f.resize(60, 0xee);
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out);
+    assert_eq!(o.icmp, Some((3, 3)));
+    assert_eq!(o.payload, &f[14..43]);
+    assert_eq!(out.len(), 14 + 20 + 8 + 29);
+
+    let mut f = c_syn4(46201);
+    f.resize(60, 0xee);
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    assert!(o.payload.is_empty());
+    assert_eq!(o.ip_total_len, 40);
+}
+
+#[test]
+fn udp_checksum_that_becomes_zero_is_sent_as_ffff() {
+    for (client, vip) in [(ip4(CLIENT4), ip4(VIP4)), (ip6(client6()), ip6(vip6()))] {
+        let (mut p, t, st) = setup();
+        let q = udp_frame(CLIENT_MAC, P0_MAC, client, vip, 46300, 53, 64, &[0, 0]);
+        let (_, out) = run(&mut p, &t, &st, 0, &q, NOW, false);
+        // Sum of the translated datagram (checksum field zeroed) with its pseudo-header.
+        let o = parse(&out);
+        let (l4, pseudo) = match (o.src.unwrap(), o.dst.unwrap()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                let mut ph = s.octets().to_vec();
+                ph.extend_from_slice(&d.octets());
+                ph.extend_from_slice(&[0, 17, 0, 10]);
+                (34, ph)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                let mut ph = s.octets().to_vec();
+                ph.extend_from_slice(&d.octets());
+                ph.extend_from_slice(&[0, 0, 0, 10, 0, 0, 0, 17]);
+                (54, ph)
+            }
+            _ => unreachable!(),
+        };
+        let mut dgram = out[l4..l4 + 10].to_vec();
+        dgram[6] = 0;
+        dgram[7] = 0;
+        let sum = ocsum(&dgram, ocsum(&pseudo, 0));
+        // Payload word that makes the translated sum 0xffff, i.e. a computed checksum of 0.
+        let w = (!(sum as u16)).to_be_bytes();
+        let (mut p, t, st) = setup();
+        let q = udp_frame(CLIENT_MAC, P0_MAC, client, vip, 46300, 53, 64, &w);
+        let (v, out) = run(&mut p, &t, &st, 0, &q, NOW, false);
+        assert_eq!(v, Verdict::Tx(1));
+        let o = parse(&out);
+        assert_eq!(
+            o.udp_csum,
+            Some(0xffff),
+            "{client}: zero must be sent as 0xffff"
+        );
+    }
+}
+
+#[test]
+fn stale_neighbour_is_used_and_reprobed() {
+    let (mut p, t, st) = setup();
+    let spa = [198, 18, 0, 3];
+    let req = arp_frame(1, [0xff; 6], OTHER_MAC, spa, [0; 6], NODE0);
+    run(&mut p, &t, &st, 0, &req, NOW, false);
+    p.take_learned().count();
+    let f = echo_frame(
+        backend_mac(0),
+        P1_MAC,
+        ip4(BACKENDS4[0]),
+        ip4(spa),
+        9,
+        9,
+        64,
+    );
+    let reachable = crate::neigh::NeighborTimers::default().reachable;
+    let (v, _) = run(&mut p, &t, &st, 1, &f, NOW + reachable - 1, false);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(p.take_solicits().count(), 0);
+    let (v, out) = run(&mut p, &t, &st, 1, &f, NOW + reachable, false);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(parse(&out).dst_mac, OTHER_MAC);
+    assert_eq!(
+        p.take_solicits().collect::<Vec<_>>(),
+        vec![(0, Addr::v4(spa))]
+    );
+}
+
+#[test]
+fn static_neighbour_is_not_poisoned_by_arp() {
+    let (mut p, t, st) = setup();
+    let req = arp_frame(1, [0xff; 6], OTHER_MAC, CLIENT4, [0; 6], NODE0);
+    let (v, _) = run(&mut p, &t, &st, 0, &req, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(p.take_learned().count(), 0);
+    let f = echo_frame(
+        backend_mac(0),
+        P1_MAC,
+        ip4(BACKENDS4[0]),
+        ip4(CLIENT4),
+        9,
+        9,
+        64,
+    );
+    let (v, out) = run(&mut p, &t, &st, 1, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(parse(&out).dst_mac, CLIENT_MAC);
+}
+
+#[test]
+fn multicast_destinations_are_not_routed() {
+    let (mut p, t, st) = setup();
+    let f = udp_frame(
+        CLIENT_MAC,
+        [1, 0, 0x5e, 0, 0, 0xfb],
+        ip4(CLIENT4),
+        ip4([224, 0, 0, 251]),
+        5353,
+        5353,
+        255,
+        b"m",
+    );
+    let (v, _) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Drop(DropReason::Multicast));
+    let f = udp_frame(
+        CLIENT_MAC,
+        [0x33, 0x33, 0, 0, 0, 0xfb],
+        ip6(client6()),
+        ip6(v6("ff02::fb")),
+        5353,
+        5353,
+        255,
+        b"m",
+    );
+    let (v, _) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Drop(DropReason::Multicast));
+}
+
+#[test]
+fn dnat_to_unresolved_backend_is_held() {
+    let mut s = spec();
+    s.neighbors
+        .retain(|n| !BACKENDS4.iter().any(|b| n.addr == Addr::v4(*b)));
+    let t = ServiceTable::new(s, 1);
+    let st = WorkerStats::default();
+    let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+    let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(46400), NOW, false);
+    let Verdict::Hold { port: 1, addr } = v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(p.take_solicits().collect::<Vec<_>>(), vec![(1, addr)]);
+    // The held frame is already translated.
+    assert_eq!(&out[30..34], &addr.v4_octets());
+    assert_eq!(&out[36..38], &8080u16.to_be_bytes());
+    assert_eq!(p.sessions.len(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// 12: properties
+
+fn prop_table() -> ServiceTable {
+    let mut s = spec();
+    for i in 3..=254u8 {
+        s.neighbors.push(StaticNeighbor {
+            addr: Addr::v4([198, 18, 0, i]),
+            mac: MacAddr([2, 0, 0, 0, 0xc0, i]),
+            port: 0,
+        });
+    }
+    ServiceTable::new(s, 1)
+}
+
+fn base_frames() -> Vec<Vec<u8>> {
+    vec![
+        c_syn4(45000),
+        udp_frame(
+            CLIENT_MAC,
+            P0_MAC,
+            ip4(CLIENT4),
+            ip4(VIP4),
+            45001,
+            53,
+            64,
+            b"q",
+        ),
+        udp_frame(
+            CLIENT_MAC,
+            P0_MAC,
+            ip4(CLIENT4),
+            ip4(EMPTY4),
+            45002,
+            53,
+            64,
+            b"q",
+        ),
+        c_tcp(ip4(EMPTY4), 45003, 80, SYN, 1, 0),
+        c_tcp(ip6(vip6()), 45004, 80, SYN, 1, 0),
+        udp_frame(
+            CLIENT_MAC,
+            P0_MAC,
+            ip6(client6()),
+            ip6(empty6()),
+            45005,
+            53,
+            64,
+            b"q",
+        ),
+        echo_frame(CLIENT_MAC, P0_MAC, ip4(CLIENT4), ip4(NODE0), 1, 1, 64),
+        echo_frame(CLIENT_MAC, P0_MAC, ip6(client6()), ip6(node6_0()), 1, 1, 64),
+        arp_frame(1, [0xff; 6], OTHER_MAC, [198, 18, 0, 3], [0; 6], NODE0),
+    ]
+}
+
+fn no_panic(frame: &[u8], handed_off: bool, n_workers: u16) {
+    let t = table();
+    let st = WorkerStats::default();
+    for id in 0..n_workers {
+        let mut p = pipeline_with(
+            id,
+            n_workers,
+            PipelineConfig {
+                sessions: 64,
+                ..Default::default()
+            },
+            &t,
+        );
+        let mut b = VecBuf::new(frame);
+        let v = p.process(&t, &st, 0, &mut b, NOW, handed_off);
+        if let Verdict::Tx(port) = v {
+            assert!(port < 2);
+            assert!(b.data().len() >= 14);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), handed_off: bool, et in 0usize..4) {
+        no_panic(&bytes, handed_off, 1);
+        // And with our MAC and an interesting ethertype, so parsing goes deeper.
+        let mut f = bytes.clone();
+        if f.len() >= 14 {
+            f[0..6].copy_from_slice(&P0_MAC);
+            let e: [u8; 2] = [[0x08, 0x00], [0x86, 0xdd], [0x08, 0x06], [0x81, 0x00]][et];
+            f[12..14].copy_from_slice(&e);
+            if f.len() > 14 && et == 0 { f[14] = 0x45; }
+            if f.len() > 14 && et == 1 { f[14] = 0x60; }
+        }
+        no_panic(&f, handed_off, 2);
+    }
+
+    #[test]
+    fn mutated_valid_frames_never_panic(
+        which in 0usize..9,
+        muts in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in proptest::option::of(any::<prop::sample::Index>()),
+        handed_off: bool,
+    ) {
+        let mut f = base_frames().swap_remove(which);
+        for (i, b) in muts {
+            let i = i.index(f.len());
+            f[i] = b;
+        }
+        if let Some(c) = cut {
+            let n = c.index(f.len() + 1);
+            f.truncate(n);
+        }
+        no_panic(&f, handed_off, 1);
+        no_panic(&f, handed_off, 2);
+    }
+
+    #[test]
+    fn forward_then_reverse_restores_the_tuple(
+        host in 3u8..=254,
+        sport in 1024u16..=65535,
+        udp: bool,
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+        reply_payload in proptest::collection::vec(any::<u8>(), 0..64),
+        seq: u32,
+    ) {
+        let t = prop_table();
+        let st = WorkerStats::default();
+        let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+        let client = ip4([198, 18, 0, host]);
+        let cmac = [2, 0, 0, 0, 0xc0, host];
+        let (fwd_frame, vport) = if udp {
+            (udp_frame(cmac, P0_MAC, client, ip4(VIP4), sport, 53, 64, &payload), 53)
+        } else {
+            (tcp_frame(cmac, P0_MAC, client, ip4(VIP4), sport, 80, SYN, seq, 0, 64, &payload), 80)
+        };
+        let (v, out) = run(&mut p, &t, &st, 0, &fwd_frame, NOW, false);
+        prop_assert_eq!(v, Verdict::Tx(1));
+        let o = parse(&out);
+        let backend = o.dst.unwrap();
+        let bi = backend_index(backend);
+        prop_assert_eq!((o.src, o.sport), (Some(client), sport));
+        prop_assert_eq!(o.dport, if udp { 5353 } else { 8080 });
+        prop_assert_eq!(&o.payload, &payload);
+        prop_assert_eq!(o.dst_mac, backend_mac(bi));
+
+        let reply = if udp {
+            udp_frame(backend_mac(bi), P1_MAC, backend, client, o.dport, sport, 64, &reply_payload)
+        } else {
+            tcp_frame(backend_mac(bi), P1_MAC, backend, client, o.dport, sport, SYN | ACK, 9, seq.wrapping_add(1), 64, &reply_payload)
+        };
+        let (v, out) = run(&mut p, &t, &st, 1, &reply, NOW + 1, false);
+        prop_assert_eq!(v, Verdict::Tx(0));
+        let r = parse(&out);
+        prop_assert_eq!((r.src, r.sport, r.dst, r.dport), (Some(ip4(VIP4)), vport, Some(client), sport));
+        prop_assert_eq!(r.dst_mac, cmac);
+        prop_assert_eq!(&r.payload, &reply_payload);
+    }
+
+    #[test]
+    fn ipv6_forward_then_reverse_restores_the_tuple(
+        sport in 1u16..=65535,
+        udp: bool,
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let (mut p, t, st) = setup();
+        let (f, vport) = if udp {
+            (udp_frame(CLIENT_MAC, P0_MAC, ip6(client6()), ip6(vip6()), sport, 53, 64, &payload), 53)
+        } else {
+            (tcp_frame(CLIENT_MAC, P0_MAC, ip6(client6()), ip6(vip6()), sport, 80, SYN, 1, 0, 64, &payload), 80)
+        };
+        let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+        prop_assert_eq!(v, Verdict::Tx(1));
+        let o = parse(&out);
+        let backend = o.dst.unwrap();
+        let bi = backend_index(backend);
+        let reply = if udp {
+            udp_frame(backend_mac(bi), P1_MAC, backend, ip6(client6()), o.dport, sport, 64, &payload)
+        } else {
+            tcp_frame(backend_mac(bi), P1_MAC, backend, ip6(client6()), o.dport, sport, SYN | ACK, 1, 2, 64, &payload)
+        };
+        let (v, out) = run(&mut p, &t, &st, 1, &reply, NOW, false);
+        prop_assert_eq!(v, Verdict::Tx(0));
+        let r = parse(&out);
+        prop_assert_eq!((r.src, r.sport, r.dst, r.dport), (Some(ip6(vip6())), vport, Some(ip6(client6())), sport));
+    }
+}
