@@ -18,8 +18,11 @@ if ((${#missing[@]})); then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-  if [ -x "$HOME/.cargo/bin/cargo" ]; then
-    export PATH="$HOME/.cargo/bin:$PATH"
+  home=${HOME:-/root}
+  if [ -x "$home/.cargo/bin/cargo" ]; then
+    export PATH="$home/.cargo/bin:$PATH"
+  elif [ -x /root/.cargo/bin/cargo ]; then
+    export PATH="/root/.cargo/bin:$PATH"
   else
     echo "deps: no Rust toolchain found; install rustup (https://rustup.rs) with Rust >= 1.80" >&2
     exit 1

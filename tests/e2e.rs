@@ -271,6 +271,9 @@ fn e2e_af_packet_two_workers() {
     );
     assert_spread(&v, "tcp", 300, &["be1", "be2", "be3"]);
     assert_spread(&v, "udp", 300, &["be1", "be2", "be3"]);
+    // First packets to each backend waited for ARP instead of being dropped.
+    assert_eq!(t.metric_sum("dpdk_kube_proxy_dropped_packets_total", "reason=\"neighbor_miss\""), 0);
+    assert!(t.metric_sum("dpdk_kube_proxy_neighbor_solicits_total", "") >= 3);
     // Both workers did work and replies crossed cores.
     assert!(t.metric_sum("dpdk_kube_proxy_handoff_in_packets_total", "") > 0);
     for w in ["0", "1"] {

@@ -181,6 +181,7 @@ fn spec() -> TableSpec {
             port: 0,
         },
     ];
+    #[allow(clippy::needless_range_loop)]
     for i in 0..3 {
         neighbors.push(StaticNeighbor {
             addr: Addr::v4(BACKENDS4[i]),
@@ -329,6 +330,7 @@ fn tcp_frame(
     v
 }
 
+#[allow(clippy::too_many_arguments)]
 fn udp_frame(
     smac: [u8; 6],
     dmac: [u8; 6],
