@@ -47,6 +47,8 @@ echo "   /proxyMode -> $(admin /proxyMode)"
 
 echo "== 300 HTTP requests and 300 UDP requests from the client to 198.18.100.1"
 ip netns exec "$P-client" $PEER clients --vip 198.18.100.1 --count 300 --concurrency 12 --human
+echo "== the same over IPv6 to [2001:2:0:100::1] (100 each)"
+ip netns exec "$P-client" $PEER clients --vip 2001:2:0:100::1 --count 100 --concurrency 12 --human
 echo "== a Service with no endpoints (198.18.100.2) is rejected like kube-proxy does"
 ip netns exec "$P-client" $PEER reject --vip 198.18.100.2 --human
 echo "== key metrics (http://$ADMIN/metrics inside the proxy namespace)"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Test/demo topology: network namespaces joined by veth pairs.
 #
-#   P-client (198.18.0.2/24) ==veth== [P0] P-proxy [P1] --bridge-- P-be1 198.18.1.11/24
+#   P-client (198.18.0.2/24, 2001:2::2/64) ==veth== [P0] P-proxy [P1] --bridge-- P-be1 198.18.1.11/24
 #                                                              |-- P-be2 198.18.1.12/24
 #                                                              `-- P-be3 198.18.1.13/24
+# (backend i also has 2001:2:0:1::1i/64; the proxy's node addresses are
+# 198.18.0.1 + 2001:2::1 on port 0 and 198.18.1.1 + 2001:2:0:1::1 on port 1)
 # The proxy namespace holds the two veth ends the DPDK af_packet ports use
 # (interfaces P0 and P1, no IP addresses: the kernel stays out of the way)
 # and a Linux bridge joining P1 to the backends. Clients reach the VIPs
@@ -42,6 +44,9 @@ up() {
   ip -n "$P-client" link set "${P}c" up
   ip -n "$P-client" route add 198.18.100.0/24 via 198.18.0.1
   ip -n "$P-client" route add 198.18.1.0/24 via 198.18.0.1
+  ip -n "$P-client" addr add 2001:2::2/64 dev "${P}c" nodad
+  ip -n "$P-client" route add 2001:2:0:100::/64 via 2001:2::1
+  ip -n "$P-client" route add 2001:2:0:1::/64 via 2001:2::1
   off "$P-client" "${P}c"
   ip -n "$P-proxy" link set "${P}0" up
   off "$P-proxy" "${P}0"
@@ -63,6 +68,8 @@ up() {
     ip -n "$ns" addr add "198.18.1.1$i/24" dev "${P}e$i"
     ip -n "$ns" link set "${P}e$i" up
     ip -n "$ns" route add 198.18.0.0/24 via 198.18.1.1
+    ip -n "$ns" addr add "2001:2:0:1::1$i/64" dev "${P}e$i" nodad
+    ip -n "$ns" route add 2001:2::/64 via 2001:2:0:1::1
     off "$ns" "${P}e$i"
   done
 }

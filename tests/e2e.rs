@@ -285,6 +285,14 @@ fn e2e_af_packet_two_workers() {
         );
     }
 
+    // The same over IPv6 (NDP, ICMPv6, IPv6 checksums through real kernels).
+    let v6 = t.peer("client", &["clients", "--vip", "2001:2:0:100::1", "--count", "150", "--concurrency", "12"]);
+    assert_spread(&v6, "tcp", 150, &["be1", "be2", "be3"]);
+    assert_spread(&v6, "udp", 150, &["be1", "be2", "be3"]);
+    let r = t.peer("client", &["reject", "--vip", "2001:2:0:100::2"]);
+    assert_eq!(r["tcp"], "refused", "{r}");
+    assert_eq!(r["udp"], "refused", "{r}");
+
     // A Service without endpoints: RST and ICMP port unreachable, fast.
     let r = t.peer("client", &["reject", "--vip", "198.18.100.2"]);
     assert_eq!(r["tcp"], "refused", "{r}");

@@ -35,15 +35,17 @@ def serve(a):
             pass
 
     class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        address_family = socket.AF_INET6
         daemon_threads = True
         allow_reuse_address = True
         request_queue_size = 512
 
-    httpd = S(("0.0.0.0", a.tcp), H)
+    httpd = S(("::", a.tcp), H)  # dual-stack: IPv4 arrives v4-mapped
 
     def udp():
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.bind(("0.0.0.0", a.udp))
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", a.udp))
         while True:
             data, peer = s.recvfrom(2048)
             s.sendto(name + b" " + data[:64], peer)
@@ -67,8 +69,12 @@ def one_tcp(vip, port, timeout):
     return None, err
 
 
+def family(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def one_udp(vip, port, i, timeout):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family(vip), socket.SOCK_DGRAM)
     s.settimeout(timeout)
     try:
         for attempt in range(3):
@@ -142,7 +148,7 @@ def longlived(a):
 def reject(a):
     out = {}
     t = time.monotonic()
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = socket.socket(family(a.vip), socket.SOCK_STREAM)
     s.settimeout(a.timeout)
     try:
         s.connect((a.vip, a.tcp_port))
@@ -153,7 +159,7 @@ def reject(a):
         out["tcp"] = f"error: {e}"
     out["tcp_ms"] = (time.monotonic() - t) * 1000
     s.close()
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u = socket.socket(family(a.vip), socket.SOCK_DGRAM)
     u.settimeout(a.timeout)
     u.connect((a.vip, a.udp_port))
     t = time.monotonic()
