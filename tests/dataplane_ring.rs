@@ -539,7 +539,7 @@ fn dataplane_over_ring_ports() {
         N_WORKERS
     );
 
-    let mut dp = cfg.dataplane(lcores.clone());
+    let dp = cfg.dataplane(lcores);
     assert_eq!(
         dp.ports
             .iter()
@@ -548,7 +548,7 @@ fn dataplane_over_ring_ports() {
         ["net_ring_dkp_t0", "net_ring_dkp_t1"]
     );
     assert_eq!((dp.pipeline.sessions, dp.idle_sleep_us), (4096, 20));
-    dp.lcores = lcores;
+    assert_eq!(dp.lcores, [1, 2]);
 
     let mut publisher = Publisher::new(N_WORKERS);
     let mut guard = Guard {

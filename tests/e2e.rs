@@ -272,7 +272,13 @@ fn e2e_af_packet_two_workers() {
     assert_spread(&v, "tcp", 300, &["be1", "be2", "be3"]);
     assert_spread(&v, "udp", 300, &["be1", "be2", "be3"]);
     // First packets to each backend waited for ARP instead of being dropped.
-    assert_eq!(t.metric_sum("dpdk_kube_proxy_dropped_packets_total", "reason=\"neighbor_miss\""), 0);
+    assert_eq!(
+        t.metric_sum(
+            "dpdk_kube_proxy_dropped_packets_total",
+            "reason=\"neighbor_miss\""
+        ),
+        0
+    );
     assert!(t.metric_sum("dpdk_kube_proxy_neighbor_solicits_total", "") >= 3);
     // Both workers did work and replies crossed cores.
     assert!(t.metric_sum("dpdk_kube_proxy_handoff_in_packets_total", "") > 0);
@@ -286,7 +292,18 @@ fn e2e_af_packet_two_workers() {
     }
 
     // The same over IPv6 (NDP, ICMPv6, IPv6 checksums through real kernels).
-    let v6 = t.peer("client", &["clients", "--vip", "2001:2:0:100::1", "--count", "150", "--concurrency", "12"]);
+    let v6 = t.peer(
+        "client",
+        &[
+            "clients",
+            "--vip",
+            "2001:2:0:100::1",
+            "--count",
+            "150",
+            "--concurrency",
+            "12",
+        ],
+    );
     assert_spread(&v6, "tcp", 150, &["be1", "be2", "be3"]);
     assert_spread(&v6, "udp", 150, &["be1", "be2", "be3"]);
     let r = t.peer("client", &["reject", "--vip", "2001:2:0:100::2"]);

@@ -1,7 +1,8 @@
 //! Builds service tables and publishes them to the workers (RCU swap).
 use dataplane::dpdk::rcu::{Leaked, Rcu};
-use dataplane::table::{ServiceTable, TableSpec};
+use dataplane::table::{Frontend, ServiceTable, TableSpec};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -50,6 +51,9 @@ impl Default for ControlMetrics {
 pub struct Publisher {
     rcu: Arc<Rcu<ServiceTable>>,
     version: u64,
+    live: HashSet<Frontend>,
+    retired: HashMap<Frontend, Instant>,
+    retain: Duration,
     leaked: Mutex<Vec<Leaked>>,
     /// Counters.
     pub metrics: Arc<ControlMetrics>,
@@ -61,9 +65,18 @@ impl Publisher {
         Publisher {
             rcu: Rcu::new(ServiceTable::new(TableSpec::default(), 0), readers.max(1)),
             version: 0,
+            live: HashSet::new(),
+            retired: HashMap::new(),
+            retain: Duration::from_secs(86_400),
             leaked: Mutex::new(Vec::new()),
             metrics: Arc::new(ControlMetrics::default()),
         }
+    }
+
+    /// Keep removed frontends steering existing sessions for this long
+    /// (the longest session timeout).
+    pub fn set_retention(&mut self, d: Duration) {
+        self.retain = d;
     }
 
     /// The RCU cell workers read from.
@@ -74,8 +87,17 @@ impl Publisher {
     /// Builds a table from `spec` and publishes it; blocks until the old table
     /// is unreachable (or the grace period times out, in which case the old
     /// table is kept alive and freed on a later publish). Returns the new version.
-    pub fn publish(&mut self, spec: TableSpec) -> u64 {
+    pub fn publish(&mut self, mut spec: TableSpec) -> u64 {
         let start = Instant::now();
+        let live: HashSet<Frontend> = spec.services.iter().map(|s| s.frontend).collect();
+        for gone in self.live.difference(&live) {
+            self.retired.insert(*gone, start);
+        }
+        let retain = self.retain;
+        self.retired
+            .retain(|f, at| !live.contains(f) && start.duration_since(*at) < retain);
+        spec.retired.extend(self.retired.keys().copied());
+        self.live = live;
         self.version += 1;
         let n = spec.services.len() as u64;
         let table = ServiceTable::new(spec, self.version);
@@ -156,5 +178,16 @@ mod tests {
         assert_eq!(r.read().services().len(), 1);
         assert_eq!(p.metrics.table_version.load(Ordering::Relaxed), 1);
         assert_eq!(p.metrics.services.load(Ordering::Relaxed), 1);
+        // Removing the Service retires its frontend.
+        let f = r.read().services()[0].frontend;
+        r.quiescent();
+        std::thread::scope(|s| {
+            let h = s.spawn(|| p.publish(TableSpec::default()));
+            while !h.is_finished() {
+                r.quiescent();
+            }
+        });
+        assert!(r.read().is_retired(&f));
+        assert!(r.read().frontend(&f).is_none());
     }
 }

@@ -28,6 +28,8 @@ pub trait PacketBuf {
     fn adj(&mut self, n: usize) -> bool;
     /// Shortens the packet to `len` bytes (no-op if already shorter).
     fn truncate(&mut self, len: usize);
+    /// Grows the packet by `n` bytes at the end; false if there is no tailroom.
+    fn extend(&mut self, n: usize) -> bool;
 }
 
 /// What to do with a packet after [`Pipeline::process`].
@@ -228,14 +230,19 @@ impl Pipeline {
             // Not TCP/UDP: local (echo) or routed statelessly.
             return self.stateless(t, st, in_port, pinfo, pkt, &ip, src_mac, now);
         };
-        let fe = t.frontend(&Frontend {
+        let frontend = Frontend {
             addr: SockAddr::new(ip.dst, dport),
             proto,
-        });
+        };
+        let fe = t.frontend(&frontend);
         if !handed_off && self.n_workers > 1 {
-            let client = match fe {
-                Some(_) => SockAddr::new(ip.src, sport),
-                None => SockAddr::new(ip.dst, dport),
+            // The owner is the client endpoint's worker: the source of
+            // packets to a (live or recently removed) frontend, else the
+            // destination (replies from backends).
+            let client = if fe.is_some() || t.is_retired(&frontend) {
+                SockAddr::new(ip.src, sport)
+            } else {
+                SockAddr::new(ip.dst, dport)
             };
             let owner = owner_of(&client, self.n_workers);
             if owner != self.id {
@@ -782,8 +789,18 @@ impl Pipeline {
         } else {
             ip.src
         };
+        // The advertisement (40-byte header + 32-byte NA with the target
+        // link-layer option) replaces the solicitation, which may be shorter
+        // (no options) or carry extension headers: place it right after a
+        // plain IPv6 header, growing the buffer when needed.
         let l3 = ip.l3;
-        let l4 = ip.l4;
+        let l4 = l3 + 40;
+        let need = l4 + 32;
+        let len = pkt.data().len();
+        if len < need && !pkt.extend(need - len) {
+            return Some(Verdict::Drop(DropReason::Truncated));
+        }
+        let d = pkt.data_mut();
         let n = icmp::emit_neighbor_advert(
             &mut d[l4..],
             target.0.into(),
@@ -791,6 +808,9 @@ impl Pipeline {
             !unspecified,
             true,
         );
+        if n == 0 {
+            return Some(Verdict::Drop(DropReason::Truncated));
+        }
         if Ipv6Packet::emit_header(
             &mut d[l3..],
             target.ipv6(),

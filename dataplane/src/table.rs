@@ -73,6 +73,10 @@ pub struct TableSpec {
     pub routes: Vec<Route>,
     /// Static neighbours.
     pub neighbors: Vec<StaticNeighbor>,
+    /// Frontends removed recently whose sessions may still be live. They
+    /// translate no new flows, but packets to them are still steered by
+    /// client endpoint, so existing sessions keep working on any worker.
+    pub retired: Vec<Frontend>,
 }
 
 /// One Service port as the workers see it.
@@ -141,6 +145,7 @@ pub struct ServiceTable {
     vips: HashMap<Addr, ()>,
     routes: Vec<Route>,
     neighbors: Vec<StaticNeighbor>,
+    retired: HashMap<Frontend, ()>,
 }
 
 impl ServiceTable {
@@ -173,7 +178,18 @@ impl ServiceTable {
             std::cmp::Reverse(r.len as u32 + if r.prefix.is_v4() { 96 } else { 0 })
         });
         t.neighbors = spec.neighbors;
+        for f in spec.retired {
+            if !t.frontends.contains_key(&f) {
+                t.retired.insert(f, ());
+            }
+        }
         t
+    }
+
+    /// True when `f` is a recently removed frontend (see [`TableSpec::retired`]).
+    #[inline]
+    pub fn is_retired(&self, f: &Frontend) -> bool {
+        !self.retired.is_empty() && self.retired.contains_key(f)
     }
 
     /// The Service index for a frontend.
@@ -291,6 +307,7 @@ mod tests {
                 },
             ],
             neighbors: vec![],
+            retired: vec![],
         }
     }
 

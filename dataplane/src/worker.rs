@@ -103,14 +103,25 @@ impl Running {
         self.stop.clone()
     }
     /// Stops the workers, waits for them, and stops and closes the ports.
-    /// Returns the workers' exit codes.
-    pub fn shutdown(mut self, eal: &Eal) -> Vec<i32> {
+    /// Returns the workers' exit codes. (Dropping `Running` does the same.)
+    pub fn shutdown(mut self, _eal: &Eal) -> Vec<i32> {
+        self.stop_workers()
+    }
+
+    fn stop_workers(&mut self) -> Vec<i32> {
         self.stop.store(true, Ordering::SeqCst);
-        let codes = self.lcores.iter().map(|&l| eal.wait(l)).collect();
+        let codes = self.lcores.drain(..).map(dpdk::wait_lcore).collect();
         for p in &mut self.ports {
             p.close();
         }
         codes
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Workers must stop before ports close and pools are freed.
+        self.stop_workers();
     }
 }
 

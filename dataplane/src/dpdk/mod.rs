@@ -156,8 +156,7 @@ impl Eal {
 
     /// Waits for the job on `lcore` and returns its result.
     pub fn wait(&self, lcore: u32) -> i32 {
-        // SAFETY: blocks until the lcore is idle again.
-        unsafe { sys::rte_eal_wait_lcore(lcore) }
+        wait_lcore(lcore)
     }
 
     /// TSC ticks per second.
@@ -181,6 +180,13 @@ impl Drop for Eal {
         // from Eal, but the binary drops them first).
         unsafe { sys::rte_eal_cleanup() };
     }
+}
+
+/// Waits for the job on worker `lcore` (no-op if idle) and returns its result.
+/// Only meaningful after EAL initialisation, which any launched job implies.
+pub fn wait_lcore(lcore: u32) -> i32 {
+    // SAFETY: blocks until the lcore is idle again; harmless if it already is.
+    unsafe { sys::rte_eal_wait_lcore(lcore) }
 }
 
 /// Reads the TSC.
@@ -211,7 +217,7 @@ impl Mempool {
     /// Creates a pktmbuf pool of `n` buffers of `data_room` bytes (plus headroom) on `socket`.
     pub fn new(name: &str, n: u32, cache: u32, data_room: u16, socket: i32) -> Result<Mempool> {
         let cname = cstring(name)?;
-        // SAFETY: cname is a valid C string; EAL is initialised (Mempool needs &Eal upstream).
+        // SAFETY: cname is a valid C string; the call fails cleanly (NULL + rte_errno) without EAL.
         let p =
             unsafe { sys::rte_pktmbuf_pool_create(cname.as_ptr(), n, cache, 0, data_room, socket) };
         NonNull::new(p)
@@ -375,6 +381,16 @@ impl PacketBuf for Mbuf {
             m.data_len = len as u16;
             m.pkt_len = len as u32;
         }
+    }
+    #[inline]
+    fn extend(&mut self, n: usize) -> bool {
+        if n > self.tailroom() {
+            return false;
+        }
+        let m = self.m_mut();
+        m.data_len += n as u16;
+        m.pkt_len += n as u32;
+        true
     }
 }
 
