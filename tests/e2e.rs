@@ -237,6 +237,23 @@ fn assert_spread(v: &Value, proto: &str, total: u64, backends: &[&str]) {
     }
 }
 
+/// `count` TCP and `count` UDP requests from the client to `vip`.
+fn clients(t: &Topology, vip: &str, count: u32) -> Value {
+    let count = count.to_string();
+    t.peer(
+        "client",
+        &[
+            "clients",
+            "--vip",
+            vip,
+            "--count",
+            &count,
+            "--concurrency",
+            "12",
+        ],
+    )
+}
+
 fn require_root() {
     let uid = sh(Command::new("id").arg("-u"));
     assert_eq!(
@@ -257,18 +274,7 @@ fn e2e_af_packet_two_workers() {
     let vip = "198.18.100.1";
 
     // 300 TCP connections and 300 UDP request/responses, spread over 3 backends.
-    let v = t.peer(
-        "client",
-        &[
-            "clients",
-            "--vip",
-            vip,
-            "--count",
-            "300",
-            "--concurrency",
-            "12",
-        ],
-    );
+    let v = clients(&t, vip, 300);
     assert_spread(&v, "tcp", 300, &["be1", "be2", "be3"]);
     assert_spread(&v, "udp", 300, &["be1", "be2", "be3"]);
     // First packets to each backend waited for ARP instead of being dropped.
@@ -292,18 +298,7 @@ fn e2e_af_packet_two_workers() {
     }
 
     // The same over IPv6 (NDP, ICMPv6, IPv6 checksums through real kernels).
-    let v6 = t.peer(
-        "client",
-        &[
-            "clients",
-            "--vip",
-            "2001:2:0:100::1",
-            "--count",
-            "150",
-            "--concurrency",
-            "12",
-        ],
-    );
+    let v6 = clients(&t, "2001:2:0:100::1", 150);
     assert_spread(&v6, "tcp", 150, &["be1", "be2", "be3"]);
     assert_spread(&v6, "udp", 150, &["be1", "be2", "be3"]);
     let r = t.peer("client", &["reject", "--vip", "2001:2:0:100::2"]);
@@ -344,18 +339,7 @@ fn e2e_af_packet_two_workers() {
     assert!(l["requests"].as_u64().unwrap() > 20, "{l}");
 
     // A removed backend gets no new connections (be1 is out since version 3).
-    let v = t.peer(
-        "client",
-        &[
-            "clients",
-            "--vip",
-            vip,
-            "--count",
-            "150",
-            "--concurrency",
-            "12",
-        ],
-    );
+    let v = clients(&t, vip, 150);
     for proto in ["tcp", "udp"] {
         let (c, errors) = counts(&v, proto);
         assert_eq!(errors, 0, "{v}");

@@ -282,10 +282,15 @@ struct Worker {
 
 /// Per-loop buffers, kept off the heap-allocated context for locality.
 struct Buffers {
-    rx: RxBurst,
     tx: Vec<TxBuffer>,
     handoff: Vec<TxBuffer>,
     held: Held,
+    /// Hand-off rings by destination worker (`None` for ourselves).
+    rings: Vec<Option<Arc<Ring>>>,
+    /// DPDK port ids by port number.
+    ports: Vec<u16>,
+    /// Our queue on every port (= worker id).
+    queue: u16,
 }
 
 /// Packets waiting for neighbour resolution: fixed slots, no allocation.
@@ -317,11 +322,14 @@ impl Worker {
         let n_ports = self.ports.len();
         let n_workers = self.handoff_tx.len();
         // Allocated once, before the loop.
+        let mut rx = RxBurst::default();
         let mut b = Buffers {
-            rx: RxBurst::default(),
             tx: (0..n_ports).map(|_| TxBuffer::default()).collect(),
             handoff: (0..n_workers).map(|_| TxBuffer::default()).collect(),
             held: Held::new(),
+            rings: self.handoff_tx.clone(),
+            ports: self.ports.clone(),
+            queue: self.id,
         };
         let start = dpdk::rdtsc();
         let mut idle = 0u32;
@@ -342,53 +350,27 @@ impl Worker {
                     st.table_version.store(table.version, Ordering::Relaxed);
                 }
                 for (pi, &port) in self.ports.iter().enumerate() {
-                    let got = dpdk::rx_burst(port, queue, &mut b.rx);
+                    let got = dpdk::rx_burst(port, queue, &mut rx);
                     if got == 0 {
                         continue;
                     }
                     work += got;
                     WorkerStats::add(&st.rx_packets, got as u64);
-                    for mut m in b.rx.by_ref() {
+                    for mut m in rx.by_ref() {
                         WorkerStats::add(&st.rx_bytes, m.len() as u64);
                         m.set_port(pi as u16);
-                        handle(
-                            &mut self.pipeline,
-                            table,
-                            st,
-                            &mut b.tx,
-                            &mut b.handoff,
-                            &mut b.held,
-                            &self.handoff_tx,
-                            &self.ports,
-                            queue,
-                            m,
-                            now,
-                            false,
-                        );
+                        handle(&mut self.pipeline, table, st, &mut b, m, now, false);
                     }
                 }
                 for r in &self.handoff_rx {
-                    let got = r.dequeue(&mut b.rx);
+                    let got = r.dequeue(&mut rx);
                     if got == 0 {
                         continue;
                     }
                     work += got;
                     WorkerStats::add(&st.handoff_in, got as u64);
-                    for m in b.rx.by_ref() {
-                        handle(
-                            &mut self.pipeline,
-                            table,
-                            st,
-                            &mut b.tx,
-                            &mut b.handoff,
-                            &mut b.held,
-                            &self.handoff_tx,
-                            &self.ports,
-                            queue,
-                            m,
-                            now,
-                            true,
-                        );
+                    for m in rx.by_ref() {
+                        handle(&mut self.pipeline, table, st, &mut b, m, now, true);
                     }
                 }
                 // Neighbour solicitations the packets above asked for.
@@ -506,18 +488,12 @@ fn push_tx(tx: &mut [TxBuffer], ports: &[u16], queue: u16, st: &WorkerStats, por
     buf.push(m);
 }
 
-#[allow(clippy::too_many_arguments)]
 #[inline]
 fn handle(
     p: &mut Pipeline,
     table: &ServiceTable,
     st: &WorkerStats,
-    tx: &mut [TxBuffer],
-    handoff: &mut [TxBuffer],
-    held: &mut Held,
-    rings: &[Option<Arc<Ring>>],
-    ports: &[u16],
-    queue: u16,
+    b: &mut Buffers,
     mut m: Mbuf,
     now: u64,
     handed_off: bool,
@@ -528,11 +504,11 @@ fn handle(
     }
     let in_port = m.port();
     match p.process(table, st, in_port, &mut m, now, handed_off) {
-        Verdict::Tx(port) => push_tx(tx, ports, queue, st, port, m),
-        Verdict::HandOff(w) => match handoff.get_mut(w as usize) {
+        Verdict::Tx(port) => push_tx(&mut b.tx, &b.ports, b.queue, st, port, m),
+        Verdict::HandOff(w) => match b.handoff.get_mut(w as usize) {
             Some(h) => {
                 if h.is_full() {
-                    if let Some(Some(r)) = rings.get(w as usize) {
+                    if let Some(Some(r)) = b.rings.get(w as usize) {
                         let (done, dropped) = h.flush_ring(r);
                         WorkerStats::add(&st.handoff_out, done as u64);
                         WorkerStats::add(
@@ -547,6 +523,6 @@ fn handle(
         },
         Verdict::Drop(r) => st.count_drop(r),
         Verdict::Consumed => {}
-        Verdict::Hold { port, addr } => held.put(st, m, port, addr, now),
+        Verdict::Hold { port, addr } => b.held.put(st, m, port, addr, now),
     }
 }
