@@ -32,6 +32,84 @@ pub trait PacketBuf {
     fn extend(&mut self, n: usize) -> bool;
 }
 
+/// A heap buffer with mbuf-like head- and tailroom: a [`PacketBuf`] for
+/// tests, benchmarks and fuzzing (the worker uses DPDK mbufs).
+#[derive(Clone, Debug)]
+pub struct VecBuf {
+    buf: Vec<u8>,
+    off: usize,
+    len: usize,
+}
+
+/// Headroom of a [`VecBuf`] (as an mbuf's).
+pub const VECBUF_HEADROOM: usize = 128;
+/// Tailroom of a [`VecBuf`].
+pub const VECBUF_TAILROOM: usize = 64;
+
+impl VecBuf {
+    /// A buffer holding `frame`.
+    pub fn new(frame: &[u8]) -> Self {
+        let mut buf = vec![0u8; VECBUF_HEADROOM + frame.len() + VECBUF_TAILROOM];
+        buf[VECBUF_HEADROOM..VECBUF_HEADROOM + frame.len()].copy_from_slice(frame);
+        VecBuf {
+            buf,
+            off: VECBUF_HEADROOM,
+            len: frame.len(),
+        }
+    }
+    /// Puts `frame` back in (reuses the allocation when it fits).
+    pub fn reset(&mut self, frame: &[u8]) {
+        if self.buf.len() < VECBUF_HEADROOM + frame.len() + VECBUF_TAILROOM {
+            *self = VecBuf::new(frame);
+            return;
+        }
+        self.off = VECBUF_HEADROOM;
+        self.len = frame.len();
+        self.buf[VECBUF_HEADROOM..VECBUF_HEADROOM + frame.len()].copy_from_slice(frame);
+    }
+    /// A copy of the packet bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.data().to_vec()
+    }
+}
+
+impl PacketBuf for VecBuf {
+    fn data(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+    fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+    fn prepend(&mut self, n: usize) -> bool {
+        if n > self.off {
+            return false;
+        }
+        self.off -= n;
+        self.len += n;
+        true
+    }
+    fn adj(&mut self, n: usize) -> bool {
+        if n > self.len {
+            return false;
+        }
+        self.off += n;
+        self.len -= n;
+        true
+    }
+    fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            self.len = len;
+        }
+    }
+    fn extend(&mut self, n: usize) -> bool {
+        if self.off + self.len + n > self.buf.len() {
+            return false;
+        }
+        self.len += n;
+        true
+    }
+}
+
 /// What to do with a packet after [`Pipeline::process`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {

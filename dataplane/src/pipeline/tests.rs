@@ -23,71 +23,6 @@ use proptest::prelude::*;
 use std::collections::HashMap as StdHashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-// ---------------------------------------------------------------------------
-// Test buffer
-
-const HEADROOM: usize = 128;
-const TAILROOM: usize = 64;
-
-/// A `Vec<u8>` with mbuf-like head- and tailroom.
-struct VecBuf {
-    buf: Vec<u8>,
-    off: usize,
-    len: usize,
-}
-
-impl VecBuf {
-    fn new(frame: &[u8]) -> Self {
-        let mut buf = vec![0u8; HEADROOM + frame.len() + TAILROOM];
-        buf[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
-        VecBuf {
-            buf,
-            off: HEADROOM,
-            len: frame.len(),
-        }
-    }
-    fn bytes(&self) -> Vec<u8> {
-        self.buf[self.off..self.off + self.len].to_vec()
-    }
-}
-
-impl PacketBuf for VecBuf {
-    fn data(&self) -> &[u8] {
-        &self.buf[self.off..self.off + self.len]
-    }
-    fn data_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.off..self.off + self.len]
-    }
-    fn prepend(&mut self, n: usize) -> bool {
-        if n > self.off {
-            return false;
-        }
-        self.off -= n;
-        self.len += n;
-        true
-    }
-    fn adj(&mut self, n: usize) -> bool {
-        if n > self.len {
-            return false;
-        }
-        self.off += n;
-        self.len -= n;
-        true
-    }
-    fn truncate(&mut self, len: usize) {
-        if len < self.len {
-            self.len = len;
-        }
-    }
-    fn extend(&mut self, n: usize) -> bool {
-        if self.off + self.len + n > self.buf.len() {
-            return false;
-        }
-        self.len += n;
-        true
-    }
-}
-
 #[test]
 fn vecbuf_behaves_like_an_mbuf() {
     let mut b = VecBuf::new(&[1, 2, 3, 4]);
@@ -100,7 +35,7 @@ fn vecbuf_behaves_like_an_mbuf() {
     b.truncate(1);
     assert_eq!(b.data(), &[2]);
     assert!(!b.adj(2));
-    assert!(!b.prepend(HEADROOM + 2));
+    assert!(!b.prepend(VECBUF_HEADROOM + 2));
 }
 
 // ---------------------------------------------------------------------------

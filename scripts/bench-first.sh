@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# First throughput benchmark (see BENCHMARKS.md): established-flow forwarding
+# rate of one dpdk-kube-proxy worker against dpdk-testpmd --forward-mode=io on
+# the same PMD (vhost-user) and the same pinned CPU, in one run.
+#
+#   sudo scripts/bench-first.sh
+#
+# Needs root, dpdk-testpmd (DPDK 22.11), python3, 2 CPUs. No network, no
+# hugepages. Writes bench-results/first.json and prints a summary.
+# Env: BENCH_DURATION (10 s), BENCH_WARMUP (2 s), BENCH_ADMIN_PORT (19300),
+#      BENCH_NO_BUILD=1 to skip `cargo build --release`, BENCH_QUIET_WAIT (20 s:
+#      how long to wait for other CPU load to go away), BENCH_STRICT=1 (exit 2
+#      when other load shared a benchmark CPU during a measurement).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+die() { echo "bench-first.sh: $*" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root (DPDK EAL, vhost-user sockets)"
+command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd not found (apt-get install dpdk)"
+command -v python3 >/dev/null || die "python3 not found"
+command -v stdbuf >/dev/null || die "stdbuf (coreutils) not found"
+[ "$(nproc --all)" -ge 2 ] || die "needs at least 2 CPUs (generator on CPU 0, DUT on CPU 1)"
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
+PROXY=$TARGET_DIR/release/dpdk-kube-proxy
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+  echo "[bench] cargo build --release --bin dpdk-kube-proxy" >&2
+  cargo build --release --offline --locked --bin dpdk-kube-proxy
+fi
+[ -x "$PROXY" ] || die "$PROXY not built"
+
+TMP=$(mktemp -d /tmp/dkp-bench.XXXXXX)
+PIDS=$TMP/pids
+: >"$PIDS"
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  # Only the processes this run started (their pids are in $PIDS).
+  while read -r pid; do
+    [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
+  done <"$PIDS"
+  sleep 0.5
+  while read -r pid; do
+    [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+  done <"$PIDS"
+  if [ "$rc" != 0 ]; then
+    mkdir -p bench-results/tmp
+    cp "$TMP"/*.log "$TMP"/*.yaml bench-results/tmp/ 2>/dev/null || true
+    echo "bench-first.sh: FAILED (rc=$rc); logs copied to bench-results/tmp/" >&2
+  fi
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+mkdir -p bench-results
+python3 scripts/bench/first.py \
+  --proxy "$PROXY" --tmp "$TMP" --pidfile "$PIDS" --out bench-results/first.json \
+  --warmup "${BENCH_WARMUP:-2}" --duration "${BENCH_DURATION:-10}" \
+  --admin-port "${BENCH_ADMIN_PORT:-19300}" --quiet-wait "${BENCH_QUIET_WAIT:-20}" \
+  $( [ "${BENCH_STRICT:-0}" = 1 ] && echo --strict )
