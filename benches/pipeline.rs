@@ -32,6 +32,7 @@ fn table(services: usize, backends: usize) -> ServiceTable {
     };
     for s in 0..services {
         spec.services.push(ServiceSpec {
+            masquerade: false,
             name: format!("bench/svc{s}"),
             frontend: Frontend {
                 addr: SockAddr::new(Addr::v4([198, 18, 200 + (s >> 8) as u8, s as u8]), 80),

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # First throughput benchmark (see BENCHMARKS.md): established-flow forwarding
 # rate of one dpdk-kube-proxy worker against dpdk-testpmd --forward-mode=io on
-# the same PMD (vhost-user) and the same pinned CPU, in one run.
+# the same PMD (memif by default) and the same pinned CPU, in one run.
 #
 #   sudo scripts/bench-first.sh
 #
 # Needs root, dpdk-testpmd (DPDK 22.11), python3, 2 CPUs. No network, no
 # hugepages. Writes bench-results/first.json and prints a summary.
-# Env: BENCH_DURATION (10 s), BENCH_WARMUP (2 s), BENCH_ADMIN_PORT (19300),
+# Env: BENCH_PMD (memif | vhost; default memif), BENCH_DURATION (10 s), BENCH_WARMUP (2 s), BENCH_ADMIN_PORT (19300),
 #      BENCH_NO_BUILD=1 to skip `cargo build --release`, BENCH_QUIET_WAIT (20 s:
 #      how long to wait for other CPU load to go away), BENCH_STRICT=1 (exit 2
 #      when other load shared a benchmark CPU during a measurement).
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
 die() { echo "bench-first.sh: $*" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || die "run as root (DPDK EAL, vhost-user sockets)"
+[ "$(id -u)" = 0 ] || die "run as root (DPDK EAL, memif/vhost-user sockets)"
 command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd not found (apt-get install dpdk)"
 command -v python3 >/dev/null || die "python3 not found"
 command -v stdbuf >/dev/null || die "stdbuf (coreutils) not found"
@@ -61,5 +61,5 @@ mkdir -p bench-results
 python3 scripts/bench/first.py \
   --proxy "$PROXY" --tmp "$TMP" --pidfile "$PIDS" --out bench-results/first.json \
   --warmup "${BENCH_WARMUP:-2}" --duration "${BENCH_DURATION:-10}" \
-  --admin-port "${BENCH_ADMIN_PORT:-19300}" --quiet-wait "${BENCH_QUIET_WAIT:-20}" \
+  --pmd "${BENCH_PMD:-memif}" --admin-port "${BENCH_ADMIN_PORT:-19300}" --quiet-wait "${BENCH_QUIET_WAIT:-20}" \
   $( [ "${BENCH_STRICT:-0}" = 1 ] && echo --strict )

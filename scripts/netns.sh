@@ -70,6 +70,9 @@ up() {
     ip -n "$ns" route add 198.18.0.0/24 via 198.18.1.1
     ip -n "$ns" addr add "2001:2:0:1::1$i/64" dev "${P}e$i" nodad
     ip -n "$ns" route add 2001:2::/64 via 2001:2:0:1::1
+    # Pods reach Services through the node (hairpin included).
+    ip -n "$ns" route add 198.18.100.0/24 via 198.18.1.1
+    ip -n "$ns" route add 2001:2:0:100::/64 via 2001:2:0:1::1
     off "$ns" "${P}e$i"
   done
 }

@@ -254,6 +254,16 @@ fn clients(t: &Topology, vip: &str, count: u32) -> Value {
     )
 }
 
+/// Every backend saw only the given source addresses.
+fn assert_sources(v: &Value, want: &[&str]) {
+    for proto in ["tcp", "udp"] {
+        for (name, per) in v[proto]["sources"].as_object().unwrap() {
+            let got: Vec<&String> = per.as_object().unwrap().keys().collect();
+            assert_eq!(got, want, "{proto} {name}: {v}");
+        }
+    }
+}
+
 fn require_root() {
     let uid = sh(Command::new("id").arg("-u"));
     assert_eq!(
@@ -295,6 +305,46 @@ fn e2e_af_packet_two_workers() {
                 &format!("worker=\"{w}\"")
             ) > 0
         );
+    }
+
+    // DNAT only: backends see the client's own address.
+    assert_sources(&v, &["198.18.0.2"]);
+    // A masqueraded frontend: backends see the node address of their link.
+    let m = clients(&t, "198.18.100.3", 90);
+    assert_spread(&m, "tcp", 90, &["be1", "be2", "be3"]);
+    assert_spread(&m, "udp", 90, &["be1", "be2", "be3"]);
+    assert_sources(&m, &["198.18.1.1"]);
+    assert!(t.metric_sum("dpdk_kube_proxy_sessions_masqueraded_total", "") >= 180);
+    // Hairpin: pod be1 reaches the Service. Landing on itself or on another
+    // pod of its link, the connection is masqueraded: otherwise the reply
+    // would go pod to pod at L2 and bypass the proxy.
+    let h = t.peer(
+        "be1",
+        &[
+            "clients",
+            "--vip",
+            vip,
+            "--count",
+            "90",
+            "--concurrency",
+            "8",
+        ],
+    );
+    for proto in ["tcp", "udp"] {
+        let (c, errors) = counts(&h, proto);
+        assert_eq!(errors, 0, "{h}");
+        assert!(
+            c.iter().any(|(n, k)| n == "be1" && *k > 0),
+            "no hairpin flow: {h}"
+        );
+        for (name, _) in c {
+            let src: Vec<&String> = h[proto]["sources"][&name]
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect();
+            assert_eq!(src, ["198.18.1.1"], "{proto} {name}: {h}");
+        }
     }
 
     // The same over IPv6 (NDP, ICMPv6, IPv6 checksums through real kernels).

@@ -197,6 +197,12 @@ impl prometheus_client::collector::Collector for Collector {
             sessions_expired
         );
         per_worker!(
+            "dpdk_kube_proxy_sessions_masqueraded",
+            "New sessions masqueraded (SNAT to a node address)",
+            Counter,
+            sessions_masqueraded
+        );
+        per_worker!(
             "dpdk_kube_proxy_sessions_flushed",
             "UDP sessions flushed because their endpoint went away",
             Counter,

@@ -37,6 +37,13 @@ pub struct Config {
     /// Admin HTTP server.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Masquerade every Service connection (kube-proxy's `masqueradeAll`).
+    #[serde(default)]
+    pub masquerade_all: bool,
+    /// Cluster (pod) CIDRs, `ADDR/LEN` (kube-proxy's `clusterCIDR`): clients
+    /// outside them reaching a Service are masqueraded. Empty: no detection.
+    #[serde(default)]
+    pub cluster_cidrs: Vec<String>,
     /// Service ports (static mode).
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -251,6 +258,11 @@ pub struct ServiceConfig {
     /// Ready backends, `IP:PORT` (`[IPv6]:PORT`).
     #[serde(default)]
     pub backends: Vec<String>,
+    /// Always masquerade (SNAT to the node address) connections to this
+    /// frontend, as kube-proxy does for NodePort/ExternalIP/LoadBalancer
+    /// traffic with `externalTrafficPolicy: Cluster`.
+    #[serde(default)]
+    pub masquerade: bool,
 }
 
 fn default_protocol() -> String {
@@ -406,6 +418,12 @@ impl Config {
                 port: n.port,
             });
         }
+        spec.masquerade.all = self.masquerade_all;
+        for (i, c) in self.cluster_cidrs.iter().enumerate() {
+            spec.masquerade
+                .cluster_cidrs
+                .push(parse_prefix(c, &format!("cluster_cidrs[{i}]"))?);
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
             let f = format!("services[{i}]");
@@ -455,6 +473,7 @@ impl Config {
                 backends.push(SockAddr::new(Addr::from(sa.ip()), sa.port()));
             }
             spec.services.push(ServiceSpec {
+                masquerade: s.masquerade,
                 name: s.name.clone(),
                 frontend,
                 backends,

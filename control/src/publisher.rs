@@ -156,6 +156,7 @@ mod tests {
         r.quiescent();
         let spec = TableSpec {
             services: vec![ServiceSpec {
+                masquerade: false,
                 name: "a".into(),
                 frontend: Frontend {
                     addr: SockAddr::new(Addr::v4([198, 18, 100, 1]), 80),

@@ -165,6 +165,31 @@ impl Default for PipelineConfig {
 }
 
 const MAX_PENDING: usize = 16;
+/// Masquerade ports: this range is split into one contiguous partition per
+/// worker, so the SNAT port of a reply names its owning worker.
+pub const SNAT_PORTS: core::ops::RangeInclusive<u16> = 32768..=65535;
+/// Ports tried for a new masqueraded flow before giving up (counted drop).
+const SNAT_TRIES: u32 = 64;
+
+/// Worker `id`'s SNAT partition: `(first port, number of ports)`.
+#[inline]
+pub fn snat_range(id: u16, n_workers: u16) -> (u16, usize) {
+    let total = (*SNAT_PORTS.end() as usize) - (*SNAT_PORTS.start() as usize) + 1;
+    let n = n_workers.max(1) as usize;
+    let per = total / n;
+    (*SNAT_PORTS.start() + (id as usize * per) as u16, per)
+}
+
+/// The worker owning SNAT port `port` (ports outside the range: worker 0).
+#[inline]
+pub fn snat_owner(port: u16, n_workers: u16) -> u16 {
+    if !SNAT_PORTS.contains(&port) {
+        return 0;
+    }
+    let total = (*SNAT_PORTS.end() as usize) - (*SNAT_PORTS.start() as usize) + 1;
+    let per = total / n_workers.max(1) as usize;
+    (((port - *SNAT_PORTS.start()) as usize / per) as u16).min(n_workers.max(1) - 1)
+}
 const DEFAULT_TTL: u8 = 64;
 const ICMP4_ERR_MAX: usize = 576;
 const ICMP6_ERR_MAX: usize = 1280;
@@ -317,12 +342,15 @@ impl Pipeline {
             // The owner is the client endpoint's worker: the source of
             // packets to a (live or recently removed) frontend, else the
             // destination (replies from backends).
-            let client = if fe.is_some() || t.is_retired(&frontend) {
-                SockAddr::new(ip.src, sport)
+            let owner = if fe.is_some() || t.is_retired(&frontend) {
+                owner_of(&SockAddr::new(ip.src, sport), self.n_workers)
+            } else if t.local_port(&ip.dst).is_some() {
+                // To a node address: a reply to a masqueraded flow, owned by
+                // the worker whose partition holds the SNAT port.
+                snat_owner(dport, self.n_workers)
             } else {
-                SockAddr::new(ip.dst, dport)
+                owner_of(&SockAddr::new(ip.dst, dport), self.n_workers)
             };
-            let owner = owner_of(&client, self.n_workers);
             if owner != self.id {
                 return Verdict::HandOff(owner);
             }
@@ -374,11 +402,17 @@ impl Pipeline {
                 Dir::Original => {
                     WorkerStats::add(&st.nat_forward, 1);
                     rewrite_dst(pkt.data_mut(), &ip, proto, s.backend);
+                    if let Some(n) = s.snat {
+                        rewrite_src(pkt.data_mut(), &ip, proto, n);
+                    }
                     self.forward(t, st, in_port, pkt, &ip, l2, now)
                 }
                 Dir::Reply => {
                     WorkerStats::add(&st.nat_reverse, 1);
                     rewrite_src(pkt.data_mut(), &ip, proto, s.frontend);
+                    if s.snat.is_some() {
+                        rewrite_dst(pkt.data_mut(), &ip, proto, s.client);
+                    }
                     self.forward(t, st, in_port, pkt, &ip, l2, now)
                 }
             };
@@ -422,11 +456,20 @@ impl Pipeline {
             WorkerStats::add(&st.rejected, 1);
             return self.reject(pkt, ip, key, flags, pinfo, src_mac, in_port);
         };
+        let snat = if t.needs_masquerade(svc, &key.src, &backend.addr) {
+            match self.snat_port(t, &key, backend) {
+                Ok(s) => Some(s),
+                Err(r) => return Verdict::Drop(r),
+            }
+        } else {
+            None
+        };
         let (tcp_state, expires) = self.sessions.initial_state(key.proto, flags, now);
         let session = Session {
             client: SockAddr::new(key.src, key.sport),
             frontend: SockAddr::new(key.dst, key.dport),
             backend,
+            snat,
             proto: key.proto,
             tcp: tcp_state,
             replied: false,
@@ -444,8 +487,43 @@ impl Pipeline {
         WorkerStats::add(&st.sessions_created, 1);
         WorkerStats::add(&st.nat_forward, 1);
         rewrite_dst(pkt.data_mut(), ip, key.proto, backend);
+        if let Some(s) = snat {
+            WorkerStats::add(&st.sessions_masqueraded, 1);
+            rewrite_src(pkt.data_mut(), ip, key.proto, s);
+        }
         let l2 = l2_len(pkt.data());
         self.forward(t, st, in_port, pkt, ip, l2, now)
+    }
+
+    /// Picks the masquerade source for a new flow to `backend`: the node
+    /// address of the egress port and a port from this worker's partition
+    /// that makes the reply tuple unique (never a live tuple's).
+    fn snat_port(
+        &self,
+        t: &ServiceTable,
+        key: &FlowKey,
+        backend: SockAddr,
+    ) -> Result<SockAddr, DropReason> {
+        let hop = t.route(&backend.addr).ok_or(DropReason::NoRoute)?;
+        let addr = t
+            .port_addr(hop.port, backend.addr.is_v4())
+            .ok_or(DropReason::NoRoute)?;
+        let (first, len) = snat_range(self.id, self.n_workers);
+        let start = (flow_hash(key) >> 32) as u32 % len as u32;
+        for i in 0..SNAT_TRIES.min(len as u32) {
+            let port = first + ((start + i) % len as u32) as u16;
+            let reply = FlowKey {
+                src: backend.addr,
+                dst: addr,
+                sport: backend.port,
+                dport: port,
+                proto: key.proto,
+            };
+            if self.sessions.lookup(&reply).is_none() {
+                return Ok(SockAddr::new(addr, port));
+            }
+        }
+        Err(DropReason::SnatExhausted)
     }
 
     /// Routes a (possibly rewritten) IP packet: TTL, next hop, L2 header.

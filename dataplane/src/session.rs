@@ -77,6 +77,9 @@ pub struct Session {
     pub frontend: SockAddr,
     /// The chosen backend.
     pub backend: SockAddr,
+    /// Masquerade: the node address and port the client's source becomes
+    /// (`None` for DNAT-only sessions, which preserve the client address).
+    pub snat: Option<SockAddr>,
     /// Protocol.
     pub proto: Proto,
     /// TCP state (unused for other protocols).
@@ -110,11 +113,12 @@ impl Session {
     /// The key of the reply direction.
     #[inline]
     pub fn reply_key(&self) -> FlowKey {
+        let to = self.snat.unwrap_or(self.client);
         FlowKey {
             src: self.backend.addr,
-            dst: self.client.addr,
+            dst: to.addr,
             sport: self.backend.port,
-            dport: self.client.port,
+            dport: to.port,
             proto: self.proto,
         }
     }
@@ -393,6 +397,7 @@ mod tests {
             client: SockAddr::new(Addr::v4([198, 18, 0, 2]), cport),
             frontend: SockAddr::new(Addr::v4([198, 18, 100, 1]), 80),
             backend: SockAddr::new(Addr::v4([198, 18, 1, 10]), 8080),
+            snat: None,
             proto,
             tcp: TcpState::SynSent,
             replied: false,

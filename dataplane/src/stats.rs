@@ -54,6 +54,8 @@ reasons! {
     NoRoute => "no_route",
     /// Next hop MAC did not resolve in time, or too many packets waited for it.
     NeighborMiss => "neighbor_miss",
+    /// No free masquerade port in this worker's partition.
+    SnatExhausted => "snat_exhausted",
     /// The session table is full.
     SessionTableFull => "session_table_full",
     /// The reply tuple is already used by another session.
@@ -96,6 +98,8 @@ pub struct WorkerStats {
     pub sessions_created: AtomicU64,
     /// Sessions removed by expiry.
     pub sessions_expired: AtomicU64,
+    /// New sessions that were masqueraded (SNAT to a node address).
+    pub sessions_masqueraded: AtomicU64,
     /// UDP sessions flushed because their backend was removed.
     pub sessions_flushed: AtomicU64,
     /// Sessions live now.

@@ -25,6 +25,19 @@ pub struct ServiceSpec {
     pub frontend: Frontend,
     /// Ready backends. Empty means the Service rejects connections.
     pub backends: Vec<SockAddr>,
+    /// Always masquerade (SNAT to the node) new connections, e.g. external
+    /// frontends under `externalTrafficPolicy: Cluster`.
+    pub masquerade: bool,
+}
+
+/// When kube-proxy would masquerade traffic to ClusterIPs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MasqueradePolicy {
+    /// `masqueradeAll`: masquerade every Service connection.
+    pub all: bool,
+    /// Cluster (pod) CIDRs: clients outside them are off-cluster and are
+    /// masqueraded. Empty: no off-cluster detection.
+    pub cluster_cidrs: Vec<(Addr, u8)>,
 }
 
 /// A node address on a port, with its prefix length (a connected route).
@@ -73,6 +86,8 @@ pub struct TableSpec {
     pub routes: Vec<Route>,
     /// Static neighbours.
     pub neighbors: Vec<StaticNeighbor>,
+    /// Masquerade rules.
+    pub masquerade: MasqueradePolicy,
     /// Frontends removed recently whose sessions may still be live. They
     /// translate no new flows, but packets to them are still steered by
     /// client endpoint, so existing sessions keep working on any worker.
@@ -88,6 +103,8 @@ pub struct Service {
     pub frontend: Frontend,
     /// Ready backends.
     pub backends: Vec<SockAddr>,
+    /// Always masquerade new connections.
+    pub masquerade: bool,
     maglev: Maglev,
 }
 
@@ -109,6 +126,7 @@ impl Service {
             frontend: spec.frontend,
             maglev: Maglev::new(&keys),
             backends: spec.backends,
+            masquerade: spec.masquerade,
         }
     }
     /// True when `b` is one of this Service's backends.
@@ -146,6 +164,8 @@ pub struct ServiceTable {
     routes: Vec<Route>,
     neighbors: Vec<StaticNeighbor>,
     retired: HashMap<Frontend, ()>,
+    masquerade: MasqueradePolicy,
+    interfaces: Vec<Interface>,
 }
 
 impl ServiceTable {
@@ -163,6 +183,7 @@ impl ServiceTable {
             t.frontends.insert(s.frontend, t.services.len() as u32);
             t.services.push(Service::new(s));
         }
+        t.interfaces = spec.interfaces.clone();
         for i in &spec.interfaces {
             t.local.insert(i.addr, i.port);
             t.routes.push(Route {
@@ -178,12 +199,38 @@ impl ServiceTable {
             std::cmp::Reverse(r.len as u32 + if r.prefix.is_v4() { 96 } else { 0 })
         });
         t.neighbors = spec.neighbors;
+        t.masquerade = spec.masquerade;
         for f in spec.retired {
             if !t.frontends.contains_key(&f) {
                 t.retired.insert(f, ());
             }
         }
         t
+    }
+
+    /// True when a new connection from `client` to `svc`'s `backend` must be
+    /// masqueraded: the Service says so, `masqueradeAll`, hairpin (a backend
+    /// reaching itself), or an off-cluster client.
+    #[inline]
+    pub fn needs_masquerade(&self, svc: &Service, client: &Addr, backend: &Addr) -> bool {
+        let m = &self.masquerade;
+        svc.masquerade
+            || m.all
+            || client == backend
+            || (!m.cluster_cidrs.is_empty()
+                && !m.cluster_cidrs.iter().any(|(p, l)| client.in_prefix(p, *l)))
+            || self.same_link(client, backend)
+    }
+
+    /// True when `a` and `b` are on one connected subnet of the node: the
+    /// backend's reply would go straight to the client at L2, bypassing the
+    /// dataplane, so such connections must be masqueraded (kube-proxy relies
+    /// on br_netfilter for this case; we have no bridge hook).
+    #[inline]
+    pub fn same_link(&self, a: &Addr, b: &Addr) -> bool {
+        self.interfaces
+            .iter()
+            .any(|i| a.in_prefix(&i.addr, i.prefix_len) && b.in_prefix(&i.addr, i.prefix_len))
     }
 
     /// True when `f` is a recently removed frontend (see [`TableSpec::retired`]).
@@ -271,6 +318,7 @@ mod tests {
     fn spec() -> TableSpec {
         TableSpec {
             services: vec![ServiceSpec {
+                masquerade: false,
                 name: "default/web:http".into(),
                 frontend: Frontend {
                     addr: SockAddr::new(v4(198, 18, 100, 1), 80),
@@ -308,6 +356,7 @@ mod tests {
             ],
             neighbors: vec![],
             retired: vec![],
+            masquerade: Default::default(),
         }
     }
 

@@ -19,6 +19,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 
+def unmap(addr):
+    return addr[7:] if addr.startswith("::ffff:") else addr
+
+
 def serve(a):
     name = a.name.encode()
 
@@ -26,10 +30,12 @@ def serve(a):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
+            # "NAME SOURCE": the backend reports the source address it saw.
+            body = name + b" " + unmap(self.client_address[0]).encode()
             self.send_response(200)
-            self.send_header("Content-Length", str(len(name)))
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(name)
+            self.wfile.write(body)
 
         def log_message(self, *args):
             pass
@@ -48,7 +54,7 @@ def serve(a):
         s.bind(("::", a.udp))
         while True:
             data, peer = s.recvfrom(2048)
-            s.sendto(name + b" " + data[:64], peer)
+            s.sendto(name + b" " + unmap(peer[0]).encode() + b" " + data[:64], peer)
 
     threading.Thread(target=udp, daemon=True).start()
     print(f"{a.name} serving tcp:{a.tcp} udp:{a.udp}", flush=True)
@@ -62,7 +68,8 @@ def one_tcp(vip, port, timeout):
             c.request("GET", "/", headers={"Connection": "close"})
             body = c.getresponse().read().decode()
             c.close()
-            return body, attempt
+            name, _, src = body.partition(" ")
+            return (name, src), attempt
         except OSError as e:
             err = str(e)
             time.sleep(0.05)
@@ -76,15 +83,17 @@ def family(addr):
 def one_udp(vip, port, i, timeout):
     s = socket.socket(family(vip), socket.SOCK_DGRAM)
     s.settimeout(timeout)
+    # Connected: the kernel accepts only replies from the VIP itself.
+    s.connect((vip, port))
     try:
         for attempt in range(3):
             try:
-                s.sendto(f"req {i}".encode(), (vip, port))
-                data, _ = s.recvfrom(2048)
-                name, _, echo = data.decode().partition(" ")
+                s.send(f"req {i}".encode())
+                data = s.recv(2048)
+                name, src, echo = data.decode().split(" ", 2)
                 if echo != f"req {i}":
                     return None, f"bad echo {echo!r}"
-                return name, attempt
+                return (name, src), attempt
             except OSError as e:
                 err = str(e)
         return None, err
@@ -95,20 +104,24 @@ def one_udp(vip, port, i, timeout):
 def clients(a):
     out = {}
     for proto in a.proto:
-        counts, errors, retries = {}, [], 0
+        counts, sources, errors, retries = {}, {}, [], 0
         with ThreadPoolExecutor(a.concurrency) as ex:
             if proto == "tcp":
                 futs = [ex.submit(one_tcp, a.vip, a.tcp_port, a.timeout) for _ in range(a.count)]
             else:
                 futs = [ex.submit(one_udp, a.vip, a.udp_port, i, a.timeout) for i in range(a.count)]
             for f in futs:
-                name, info = f.result()
-                if name is None:
+                got, info = f.result()
+                if got is None:
                     errors.append(info)
                 else:
+                    name, src = got
                     counts[name] = counts.get(name, 0) + 1
+                    per = sources.setdefault(name, {})
+                    per[src] = per.get(src, 0) + 1
                     retries += info
-        out[proto] = {"counts": counts, "errors": len(errors), "retries": retries, "first_errors": errors[:5]}
+        out[proto] = {"counts": counts, "sources": sources, "errors": len(errors), "retries": retries,
+                      "first_errors": errors[:5]}
     if not a.human:
         print(json.dumps(out), flush=True)
         return
@@ -129,7 +142,7 @@ def longlived(a):
     while time.time() < deadline:
         try:
             c.request("GET", "/")
-            names.append(c.getresponse().read().decode())
+            names.append(c.getresponse().read().decode().partition(" ")[0])
             sockname = c.sock.getsockname()
             if local is None:
                 local = sockname

@@ -89,6 +89,7 @@ fn sa(ip: IpAddr, port: u16) -> SockAddr {
 }
 fn svc(name: &str, vip: IpAddr, port: u16, proto: Proto, backends: Vec<SockAddr>) -> ServiceSpec {
     ServiceSpec {
+        masquerade: false,
         name: name.into(),
         frontend: Frontend {
             addr: sa(vip, port),
@@ -172,6 +173,7 @@ fn spec() -> TableSpec {
         routes: vec![],
         neighbors,
         retired: vec![],
+        masquerade: Default::default(),
     }
 }
 
@@ -2533,4 +2535,245 @@ proptest! {
         let r = parse(&out);
         prop_assert_eq!((r.src, r.sport, r.dst, r.dport), (Some(ip6(vip6())), vport, Some(ip6(client6())), sport));
     }
+}
+
+// ---------------------------------------------------------------------------
+// Masquerade (SNAT)
+
+fn masq_table(policy: crate::table::MasqueradePolicy, svc_masq: bool) -> ServiceTable {
+    let mut s = spec();
+    for sv in &mut s.services {
+        sv.masquerade = svc_masq;
+    }
+    s.masquerade = policy;
+    ServiceTable::new(s, 1)
+}
+
+/// Backend `bi`'s segment to `dst:dport` (e.g. the node's SNAT address).
+fn b_tcp_to(bi: usize, dst: IpAddr, dport: u16, flags: u8) -> Vec<u8> {
+    tcp_frame(
+        backend_mac(bi),
+        P1_MAC,
+        ip4(BACKENDS4[bi]),
+        dst,
+        8080,
+        dport,
+        flags,
+        7000,
+        1001,
+        64,
+        &[],
+    )
+}
+
+#[test]
+fn masqueraded_flow_round_trip() {
+    let t = masq_table(Default::default(), true);
+    let st = WorkerStats::default();
+    let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+    let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(40100), NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    // Source is the node address of the egress port, port from the SNAT range.
+    assert_eq!(o.src, Some(ip4(NODE1)));
+    assert!(SNAT_PORTS.contains(&o.sport), "{}", o.sport);
+    let bi = backend_index(o.dst.unwrap());
+    assert_eq!(stat(&st.sessions_masqueraded), 1);
+    // The backend answers the node; the client gets the VIP's answer.
+    let (v, out) = run(
+        &mut p,
+        &t,
+        &st,
+        1,
+        &b_tcp_to(bi, ip4(NODE1), o.sport, SYN | ACK),
+        NOW + 1,
+        false,
+    );
+    assert_eq!(v, Verdict::Tx(0));
+    let r = parse(&out);
+    assert_eq!((r.src, r.sport), (Some(ip4(VIP4)), 80));
+    assert_eq!((r.dst, r.dport), (Some(ip4(CLIENT4)), 40100));
+    assert_eq!(r.dst_mac, CLIENT_MAC);
+    // The next client packet keeps the same SNAT port.
+    let (_, out) = run(
+        &mut p,
+        &t,
+        &st,
+        0,
+        &c_tcp(ip4(VIP4), 40100, 80, ACK, 1001, 7001),
+        NOW + 2,
+        false,
+    );
+    assert_eq!(parse(&out).sport, o.sport);
+}
+
+#[test]
+fn masquerade_policy_off_cluster_all_and_hairpin() {
+    use crate::table::MasqueradePolicy;
+    let st = WorkerStats::default();
+    let first_src = |t: &ServiceTable| {
+        let mut p = pipeline_with(0, 1, PipelineConfig::default(), t);
+        let (v, out) = run(&mut p, t, &st, 0, &c_syn4(40200), NOW, false);
+        assert_eq!(v, Verdict::Tx(1));
+        parse(&out).src
+    };
+    // Default: the client's address is preserved.
+    assert_eq!(
+        first_src(&masq_table(MasqueradePolicy::default(), false)),
+        Some(ip4(CLIENT4))
+    );
+    // masqueradeAll.
+    let all = MasqueradePolicy {
+        all: true,
+        cluster_cidrs: vec![],
+    };
+    assert_eq!(first_src(&masq_table(all, false)), Some(ip4(NODE1)));
+    // The client is outside the cluster CIDR: masqueraded; inside: not.
+    let out = MasqueradePolicy {
+        all: false,
+        cluster_cidrs: vec![(Addr::v4([198, 19, 0, 0]), 16)],
+    };
+    assert_eq!(first_src(&masq_table(out, false)), Some(ip4(NODE1)));
+    let inside = MasqueradePolicy {
+        all: false,
+        cluster_cidrs: vec![(Addr::v4([198, 18, 0, 0]), 16)],
+    };
+    assert_eq!(first_src(&masq_table(inside, false)), Some(ip4(CLIENT4)));
+
+    // Hairpin: a backend reaching the VIP and landing on itself is
+    // masqueraded, and so is one landing on another pod of its link.
+    let t = masq_table(MasqueradePolicy::default(), false);
+    let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+    let mut hairpins = 0;
+    for sport in 41000..41060u16 {
+        let f = tcp_frame(
+            backend_mac(0),
+            P1_MAC,
+            ip4(BACKENDS4[0]),
+            ip4(VIP4),
+            sport,
+            80,
+            SYN,
+            1,
+            0,
+            64,
+            &[],
+        );
+        let (v, out) = run(&mut p, &t, &st, 1, &f, NOW, false);
+        assert_eq!(v, Verdict::Tx(1));
+        let o = parse(&out);
+        if o.dst == Some(ip4(BACKENDS4[0])) {
+            hairpins += 1;
+        }
+        // Hairpin, and pod to a pod on the same link: the reply would not
+        // come back through the dataplane, so both are masqueraded.
+        assert_eq!(o.src, Some(ip4(NODE1)));
+    }
+    assert!(hairpins > 5, "{hairpins}");
+}
+
+#[test]
+fn masqueraded_replies_go_to_the_snat_port_owner() {
+    let t = masq_table(Default::default(), true);
+    let st = WorkerStats::default();
+    let mut w = [
+        pipeline_with(0, 2, PipelineConfig::default(), &t),
+        pipeline_with(1, 2, PipelineConfig::default(), &t),
+    ];
+    for sport in 42000..42040u16 {
+        let owner = owner_of(&SockAddr::new(Addr::v4(CLIENT4), sport), 2) as usize;
+        let (v, _) = run(&mut w[1 - owner], &t, &st, 0, &c_syn4(sport), NOW, false);
+        assert_eq!(v, Verdict::HandOff(owner as u16));
+        let (v, out) = run(&mut w[owner], &t, &st, 0, &c_syn4(sport), NOW, true);
+        assert_eq!(v, Verdict::Tx(1));
+        let o = parse(&out);
+        // The SNAT port lies in the owner's partition ...
+        assert_eq!(snat_owner(o.sport, 2) as usize, owner);
+        let (first, len) = snat_range(owner as u16, 2);
+        assert!((first as usize..first as usize + len).contains(&(o.sport as usize)));
+        // ... so the reply, arriving anywhere, is steered back to it.
+        let bi = backend_index(o.dst.unwrap());
+        let reply = b_tcp_to(bi, ip4(NODE1), o.sport, SYN | ACK);
+        let (v, _) = run(&mut w[1 - owner], &t, &st, 1, &reply, NOW, false);
+        assert_eq!(v, Verdict::HandOff(owner as u16));
+        let (v, out) = run(&mut w[owner], &t, &st, 1, &reply, NOW, true);
+        assert_eq!(v, Verdict::Tx(0));
+        assert_eq!(parse(&out).dport, sport);
+    }
+}
+
+#[test]
+fn snat_partitions_cover_the_range_without_overlap() {
+    for n in 1..=8u16 {
+        let mut last_end = *SNAT_PORTS.start() as usize;
+        for id in 0..n {
+            let (first, len) = snat_range(id, n);
+            assert_eq!(first as usize, last_end);
+            assert!(len > 1000);
+            assert_eq!(snat_owner(first, n), id);
+            assert_eq!(snat_owner((first as usize + len - 1) as u16, n), id);
+            last_end = first as usize + len;
+        }
+        assert!(last_end <= *SNAT_PORTS.end() as usize + 1);
+    }
+}
+
+#[test]
+fn snat_exhaustion_is_counted_never_reusing_a_live_tuple() {
+    // One backend and a masqueraded Service: every flow needs its own port
+    // of the partition (the reply tuple is backend -> node:port).
+    let mut s = spec();
+    s.services = vec![ServiceSpec {
+        masquerade: true,
+        name: "one".into(),
+        frontend: Frontend {
+            addr: sa(ip4(VIP4), 80),
+            proto: Proto::Tcp,
+        },
+        backends: vec![sa(ip4(BACKENDS4[0]), 8080)],
+    }];
+    let t = ServiceTable::new(s, 1);
+    let st = WorkerStats::default();
+    let mut p = pipeline_with(
+        0,
+        1,
+        PipelineConfig {
+            sessions: 1 << 17,
+            ..Default::default()
+        },
+        &t,
+    );
+    let (_, len) = snat_range(0, 1);
+    let mut ports = std::collections::HashSet::new();
+    let mut drops = 0;
+    for i in 0..(len as u32 + 2000) {
+        let f = tcp_frame(
+            CLIENT_MAC,
+            P0_MAC,
+            ip4(CLIENT4),
+            ip4(VIP4),
+            1024 + i as u16,
+            80,
+            SYN,
+            1,
+            0,
+            64,
+            &[],
+        );
+        let mut b = VecBuf::new(&f);
+        match p.process(&t, &st, 0, &mut b, NOW, false) {
+            Verdict::Tx(1) => {
+                let o = parse(b.data());
+                assert!(
+                    ports.insert(o.sport),
+                    "SNAT port {} reused while live",
+                    o.sport
+                );
+            }
+            Verdict::Drop(DropReason::SnatExhausted) => drops += 1,
+            v => panic!("{v:?}"),
+        }
+    }
+    assert!(drops > 0, "exhaustion must be reached and counted");
+    assert!(ports.len() <= len);
 }
