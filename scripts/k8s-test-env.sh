@@ -117,6 +117,7 @@ spawn() {
   rm -f "$dir/$name.pid"
   # The inner shell records its own pid and then execs the binary, so the pid
   # file names the server process itself whether or not setsid forks.
+  # shellcheck disable=SC2016
   setsid bash -c 'echo $$ >"$0"; exec "$@"' "$dir/$name.pid" "$@" \
     >>"$dir/$name.log" 2>&1 </dev/null &
   local i
@@ -201,7 +202,7 @@ EOF
 }
 
 write_kubeconfig() {
-  local dir=$1 port=$2 p=$1/pki b64
+  local dir=$1 port=$2 p=$1/pki
   b64() { base64 -w0 <"$1"; }
   cat >"$dir/kubeconfig" <<EOF
 apiVersion: v1
@@ -366,7 +367,7 @@ EOF
 up() {
   local dir
   dir=$(abs_dir "${1:-}")
-  need openssl curl base64 setsid flock
+  need openssl curl
   local t_start=$SECONDS
   if [[ -e $dir ]]; then
     if [[ -f $dir/$MARKER ]]; then
@@ -422,33 +423,49 @@ restart_apiserver() {
 
 selftest() {
   need curl openssl python3
-  local dir rc=0 t0
+  local dir t0 passed=0 failed=0
   dir=$(mktemp -d /tmp/dkp-k8s-selftest.XXXXXX)
   # shellcheck disable=SC2064
   trap "'$0' down '$dir' >/dev/null 2>&1 || true" EXIT
+  step() { # NAME OK DETAIL
+    if [[ $2 == 0 ]]; then passed=$((passed + 1)); echo "  ok    $1  ($3)"; else failed=$((failed + 1)); echo "  FAIL  $1  ($3)"; fi
+  }
+  smoke() { # PHASE
+    local o
+    o=$(python3 "$ROOT/scripts/k8s/smoke.py" --env "$dir/env" --phase "$1") || true
+    echo "$o"
+    local n
+    n=$(sed -nE 's/^smoke .*: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' <<<"$o")
+    if [[ -n $n ]]; then passed=$((passed + ${n% *})); failed=$((failed + ${n#* })); else failed=$((failed + 1)); fi
+  }
   t0=$SECONDS
   "$BUILD" build >/dev/null
-  log "selftest: build/cache check took $((SECONDS - t0))s"
+  step "build (or cache hit)" $? "$((SECONDS - t0))s"
   t0=$SECONDS
-  "$0" up "$dir" >/dev/null
-  log "selftest: up took $((SECONDS - t0))s"
-  python3 "$ROOT/scripts/k8s/smoke.py" --env "$dir/env" --phase create || rc=1
+  local rc=0
+  "$0" up "$dir" >/dev/null || rc=$?
+  step "up $dir" $rc "$((SECONDS - t0))s"
   if ((rc == 0)); then
+    smoke create
     t0=$SECONDS
-    "$0" restart-apiserver "$dir"
-    log "selftest: restart-apiserver took $((SECONDS - t0))s"
-    python3 "$ROOT/scripts/k8s/smoke.py" --env "$dir/env" --phase after-restart || rc=1
+    rc=0
+    "$0" restart-apiserver "$dir" || rc=$?
+    step "restart-apiserver" $rc "$((SECONDS - t0))s"
+    ((rc == 0)) && smoke after-restart
   fi
-  local apid epid
-  apid=$(sed -n 's/^DKP_APISERVER_PID=//p' "$dir/env")
-  epid=$(sed -n 's/^DKP_ETCD_PID=//p' "$dir/env")
-  "$0" down "$dir"
+  local apid epid p left=""
+  apid=$(sed -n 's/^DKP_APISERVER_PID=//p' "$dir/env" 2>/dev/null || true)
+  epid=$(sed -n 's/^DKP_ETCD_PID=//p' "$dir/env" 2>/dev/null || true)
+  t0=$SECONDS
+  rc=0
+  "$0" down "$dir" || rc=$?
   trap - EXIT
-  local leftovers=0
-  for p in $apid $epid; do alive "$p" && leftovers=1; done
-  if ((leftovers)) || [[ -e $dir ]]; then log "selftest: down left processes or $dir behind"; rc=1; fi
-  if ((rc == 0)); then echo "selftest: ok"; else echo "selftest: FAILED"; fi
-  return $rc
+  for p in $apid $epid; do alive "$p" && left+=" pid $p"; done
+  [[ -e $dir ]] && left+=" $dir"
+  [[ -n $left ]] && rc=1
+  step "down: processes stopped, DIR removed" $rc "$((SECONDS - t0))s${left:+, left:$left}"
+  echo "selftest: $passed passed, $failed failed"
+  ((failed == 0))
 }
 
 cmd=${1:-}
@@ -460,6 +477,6 @@ case "$cmd" in
   restart-apiserver) restart_apiserver "$@" ;;
   status) status "$@" ;;
   selftest) selftest ;;
-  -h|--help|help|"") sed -n '2,26p' "$0" ;;
+  -h|--help|help|"") awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
   *) die "unknown command '$cmd'" ;;
 esac

@@ -65,6 +65,13 @@ fn main() -> Result<()> {
         workers: Arc::new(running.stats.clone()),
         control: publisher.metrics.clone(),
         ready: ready.clone(),
+        ports: Arc::new(
+            cfg.ports
+                .iter()
+                .map(|p| p.device.clone())
+                .zip(running.port_ids())
+                .collect(),
+        ),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -222,6 +222,17 @@ fn counts(v: &Value, proto: &str) -> (Vec<(String, u64)>, u64) {
 }
 
 fn assert_spread(v: &Value, proto: &str, total: u64, backends: &[&str]) {
+    assert_spread_within(v, proto, total, backends, 0.20..=0.47)
+}
+
+/// Like [`assert_spread`] with explicit share bounds (smaller samples vary more).
+fn assert_spread_within(
+    v: &Value,
+    proto: &str,
+    total: u64,
+    backends: &[&str],
+    bounds: std::ops::RangeInclusive<f64>,
+) {
     let (c, errors) = counts(v, proto);
     assert_eq!(errors, 0, "{proto}: {v}");
     let sum: u64 = c.iter().map(|x| x.1).sum();
@@ -231,7 +242,7 @@ fn assert_spread(v: &Value, proto: &str, total: u64, backends: &[&str]) {
     for (name, n) in &c {
         let share = *n as f64 / total as f64;
         assert!(
-            (0.20..=0.47).contains(&share),
+            bounds.contains(&share),
             "{proto}: {name} got {share:.2} of connections: {v}"
         );
     }
@@ -296,6 +307,9 @@ fn e2e_af_packet_two_workers() {
         0
     );
     assert!(t.metric_sum("dpdk_kube_proxy_neighbor_solicits_total", "") >= 3);
+    // Driver counters of both ports are exported.
+    assert!(t.metric_sum("dpdk_kube_proxy_port_rx_packets_total", "port=\"0\"") >= 600);
+    assert!(t.metric_sum("dpdk_kube_proxy_port_tx_packets_total", "port=\"1\"") >= 600);
     // Both workers did work and replies crossed cores.
     assert!(t.metric_sum("dpdk_kube_proxy_handoff_in_packets_total", "") > 0);
     for w in ["0", "1"] {
@@ -311,10 +325,12 @@ fn e2e_af_packet_two_workers() {
     assert_sources(&v, &["198.18.0.2"]);
     // A masqueraded frontend: backends see the node address of their link.
     let m = clients(&t, "198.18.100.3", 90);
-    assert_spread(&m, "tcp", 90, &["be1", "be2", "be3"]);
-    assert_spread(&m, "udp", 90, &["be1", "be2", "be3"]);
+    assert_spread_within(&m, "tcp", 90, &["be1", "be2", "be3"], 0.10..=0.60);
+    assert_spread_within(&m, "udp", 90, &["be1", "be2", "be3"], 0.10..=0.60);
     assert_sources(&m, &["198.18.1.1"]);
-    assert!(t.metric_sum("dpdk_kube_proxy_sessions_masqueraded_total", "") >= 180);
+    let masq = t.metric_sum("dpdk_kube_proxy_sessions_masqueraded_total", "");
+    // (a UDP client may reuse a port of an earlier request: same session)
+    assert!(masq >= 150, "masqueraded sessions: {masq}");
     // Hairpin: pod be1 reaches the Service. Landing on itself or on another
     // pod of its link, the connection is masqueraded: otherwise the reply
     // would go pod to pod at L2 and bypass the proxy.
@@ -349,8 +365,8 @@ fn e2e_af_packet_two_workers() {
 
     // The same over IPv6 (NDP, ICMPv6, IPv6 checksums through real kernels).
     let v6 = clients(&t, "2001:2:0:100::1", 150);
-    assert_spread(&v6, "tcp", 150, &["be1", "be2", "be3"]);
-    assert_spread(&v6, "udp", 150, &["be1", "be2", "be3"]);
+    assert_spread_within(&v6, "tcp", 150, &["be1", "be2", "be3"], 0.15..=0.55);
+    assert_spread_within(&v6, "udp", 150, &["be1", "be2", "be3"], 0.15..=0.55);
     let r = t.peer("client", &["reject", "--vip", "2001:2:0:100::2"]);
     assert_eq!(r["tcp"], "refused", "{r}");
     assert_eq!(r["udp"], "refused", "{r}");

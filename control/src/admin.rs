@@ -24,6 +24,8 @@ pub struct AdminState {
     pub control: Arc<ControlMetrics>,
     /// True once the first table is published and the workers run.
     pub ready: Arc<AtomicBool>,
+    /// Ports: (device name, DPDK port id), by port number.
+    pub ports: Arc<Vec<(String, u16)>>,
 }
 
 /// The router (exposed for tests).
@@ -94,6 +96,7 @@ async fn healthz(State(s): State<AdminState>) -> Response {
 struct Collector {
     workers: Arc<Vec<Arc<WorkerStats>>>,
     control: Arc<ControlMetrics>,
+    ports: Arc<Vec<(String, u16)>>,
 }
 
 impl std::fmt::Debug for AdminState {
@@ -285,6 +288,63 @@ impl prometheus_client::collector::Collector for Collector {
                 })
             }),
         )?;
+        // Driver counters of each port (drops before the workers see packets).
+        let counters: Vec<(Labels, dataplane::dpdk::PortCounters)> = self
+            .ports
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (dev, id))| {
+                let c = dataplane::dpdk::port_counters(*id).ok()?;
+                Some((
+                    vec![
+                        ("port".to_string(), i.to_string()),
+                        ("device".to_string(), dev.clone()),
+                    ],
+                    c,
+                ))
+            })
+            .collect();
+        macro_rules! per_port {
+            ($name:literal, $help:literal, $field:ident) => {
+                family(
+                    &mut enc,
+                    $name,
+                    $help,
+                    Counter,
+                    counters.iter().map(|(l, c)| (l.clone(), c.$field)),
+                )?;
+            };
+        }
+        per_port!(
+            "dpdk_kube_proxy_port_rx_packets",
+            "Packets received by the port (driver)",
+            ipackets
+        );
+        per_port!(
+            "dpdk_kube_proxy_port_tx_packets",
+            "Packets sent by the port (driver)",
+            opackets
+        );
+        per_port!(
+            "dpdk_kube_proxy_port_rx_missed",
+            "Packets the port dropped: rx queues full",
+            imissed
+        );
+        per_port!(
+            "dpdk_kube_proxy_port_rx_errors",
+            "Erroneous packets received",
+            ierrors
+        );
+        per_port!(
+            "dpdk_kube_proxy_port_tx_errors",
+            "Failed transmissions",
+            oerrors
+        );
+        per_port!(
+            "dpdk_kube_proxy_port_rx_nombuf",
+            "Rx mbuf allocation failures",
+            rx_nombuf
+        );
         let c = &self.control;
         let one = |v: u64| std::iter::once((Labels::new(), v));
         family(
@@ -336,6 +396,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     reg.register_collector(Box::new(Collector {
         workers: s.workers.clone(),
         control: s.control.clone(),
+        ports: s.ports.clone(),
     }));
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &reg) {
@@ -380,6 +441,7 @@ mod tests {
             workers,
             control: Arc::new(ControlMetrics::default()),
             ready: Arc::new(AtomicBool::new(false)),
+            ports: Arc::new(vec![]),
         };
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();

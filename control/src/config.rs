@@ -69,9 +69,17 @@ pub struct EalConfig {
     /// Virtual devices (`--vdev`), e.g. `net_af_packet0,iface=eth1,qpairs=2`.
     #[serde(default)]
     pub vdevs: Vec<String>,
+    /// Pass `--no-shconf` (no shared runtime config; lets several DPDK
+    /// processes run without `--file-prefix`). Default true.
+    #[serde(default = "default_true")]
+    pub no_shconf: bool,
     /// Extra EAL arguments, appended as given.
     #[serde(default)]
     pub args: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_lcores() -> String {
@@ -86,6 +94,7 @@ impl Default for EalConfig {
             memory_mb: 0,
             pci: vec![],
             vdevs: vec![],
+            no_shconf: true,
             args: vec![],
         }
     }
@@ -493,7 +502,9 @@ impl Config {
             a.push("-m".into());
             a.push(e.memory_mb.to_string());
         }
-        a.push("--no-shconf".into());
+        if e.no_shconf {
+            a.push("--no-shconf".into());
+        }
         if e.pci.is_empty() {
             a.push("--no-pci".into());
         } else {

@@ -9,7 +9,8 @@
 #                                  for DKP_K8S_VERSION / DKP_ETCD_VERSION
 #
 # Environment:
-#   DKP_K8S_CACHE     cache root (default /var/cache/dpdk-kube-proxy/k8s);
+#   DKP_K8S_CACHE     cache root (default /var/cache/dpdk-kube-proxy/k8s, or
+#                     ~/.cache/dpdk-kube-proxy/k8s when that is not writable);
 #                     binaries go to $DKP_K8S_CACHE/bin/<name>-<version>
 #   DKP_K8S_VERSION   k8s.io/kubernetes version (default below); the k8s.io/*
 #                     staging modules are pinned to the matching v0.X.Y
@@ -28,6 +29,9 @@ DEFAULT_ETCD_VERSION=v3.6.16
 K8S_VERSION=${DKP_K8S_VERSION:-$DEFAULT_K8S_VERSION}
 ETCD_VERSION=${DKP_ETCD_VERSION:-$DEFAULT_ETCD_VERSION}
 CACHE=${DKP_K8S_CACHE:-/var/cache/dpdk-kube-proxy/k8s}
+if [[ -z ${DKP_K8S_CACHE:-} ]] && ! mkdir -p "$CACHE" 2>/dev/null; then
+  CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/dpdk-kube-proxy/k8s # not root
+fi
 NICE=${DKP_K8S_NICE:-10}
 JOBS=${DKP_K8S_JOBS:-2}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -51,7 +55,7 @@ STAGING=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-g
 go_env() {
   command -v go >/dev/null 2>&1 || die "no 'go' on PATH (need Go >= 1.26 for etcd $ETCD_VERSION, >= 1.24 for kube-apiserver)"
   # Never fetch a toolchain, never read a go.work or inherited GOFLAGS.
-  export GOTOOLCHAIN=local GOWORK=off GOFLAGS= CGO_ENABLED=0 GOMAXPROCS=$JOBS
+  export GOTOOLCHAIN=local GOWORK=off GOFLAGS='' CGO_ENABLED=0 GOMAXPROCS=$JOBS
 }
 
 staging_version() { # v1.34.12 -> v0.34.12
@@ -83,6 +87,7 @@ write_mods() {
   (cd "$ad" && GOFLAGS=-mod=mod go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" && go mod tidy)
   # Every k8s.io/* required at v0.0.0 must be replaced, else the build cannot resolve it.
   local req
+  # shellcheck disable=SC2013
   for req in $(sed -nE 's/^\s*k8s\.io\/([a-z0-9-]+) v0\.0\.0( .*)?$/\1/p' "$ad/go.mod"); do
     [[ " ${STAGING[*]} " == *" $req "* ]] || die "k8s.io/$req is required at v0.0.0 but not pinned; add it to STAGING"
   done
@@ -154,6 +159,6 @@ case "${1:-build}" in
   build) build ;;
   paths) echo "$APISERVER_BIN"; echo "$ETCD_BIN" ;;
   gen-mod) go_env; write_mods "$HERE/apiserver" "$HERE/etcd" ;;
-  -h|--help|help) sed -n '2,24p' "$0" ;;
+  -h|--help|help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
   *) die "unknown command '$1' (build|paths|gen-mod)" ;;
 esac

@@ -839,21 +839,28 @@ impl Port {
 
     /// Hardware/driver statistics.
     pub fn stats(&self) -> Result<PortCounters> {
-        let mut s = sys::rte_eth_stats::default();
-        // SAFETY: valid out pointer.
-        check("rte_eth_stats_get", unsafe {
-            sys::rte_eth_stats_get(self.id, &mut s)
-        })?;
-        Ok(PortCounters {
-            ipackets: s.ipackets,
-            opackets: s.opackets,
-            imissed: s.imissed,
-            ierrors: s.ierrors,
-            oerrors: s.oerrors,
-            rx_nombuf: s.rx_nombuf,
-        })
+        port_counters(self.id)
     }
+}
 
+/// Driver statistics of port `id` (safe to call from any thread).
+pub fn port_counters(id: u16) -> Result<PortCounters> {
+    let mut s = sys::rte_eth_stats::default();
+    // SAFETY: valid out pointer; ethdev stats reads are thread-safe.
+    check("rte_eth_stats_get", unsafe {
+        sys::rte_eth_stats_get(id, &mut s)
+    })?;
+    Ok(PortCounters {
+        ipackets: s.ipackets,
+        opackets: s.opackets,
+        imissed: s.imissed,
+        ierrors: s.ierrors,
+        oerrors: s.oerrors,
+        rx_nombuf: s.rx_nombuf,
+    })
+}
+
+impl Port {
     /// Stops and closes the port.
     pub fn close(&mut self) {
         if self.started {
