@@ -363,6 +363,43 @@ fn e2e_af_packet_two_workers() {
         }
     }
 
+    // sessionAffinity: ClientIP over two workers: one client, one backend.
+    let s = clients(&t, "198.18.100.4", 60);
+    for proto in ["tcp", "udp"] {
+        let (c, errors) = counts(&s, proto);
+        assert_eq!(errors, 0, "{s}");
+        assert_eq!(c.len(), 1, "{proto}: affinity broken: {s}");
+        assert_eq!(c[0].1, 60, "{s}");
+    }
+    let sessions_per_worker: Vec<u64> = ["0", "1"]
+        .iter()
+        .map(|w| {
+            t.metric_sum(
+                "dpdk_kube_proxy_sessions_created_total",
+                &format!("worker=\"{w}\""),
+            )
+        })
+        .collect();
+    assert!(
+        sessions_per_worker.iter().all(|&n| n > 0),
+        "{sessions_per_worker:?}"
+    );
+    // No ready endpoint: the serving-and-terminating one takes new connections.
+    let term = t.peer(
+        "client",
+        &[
+            "clients",
+            "--vip",
+            "198.18.100.5",
+            "--count",
+            "30",
+            "--proto",
+            "tcp",
+        ],
+    );
+    let (c, errors) = counts(&term, "tcp");
+    assert_eq!((errors, c), (0, vec![("be2".to_string(), 30)]), "{term}");
+
     // The same over IPv6 (NDP, ICMPv6, IPv6 checksums through real kernels).
     let v6 = clients(&t, "2001:2:0:100::1", 150);
     assert_spread_within(&v6, "tcp", 150, &["be1", "be2", "be3"], 0.15..=0.55);

@@ -264,14 +264,104 @@ pub struct ServiceConfig {
     /// `TCP` or `UDP`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
-    /// Ready backends, `IP:PORT` (`[IPv6]:PORT`).
+    /// Endpoints: `IP:PORT` (`[IPv6]:PORT`) for a ready endpoint, or
+    /// `{address, ready, serving, terminating}` with EndpointSlice conditions.
     #[serde(default)]
-    pub backends: Vec<String>,
+    pub backends: Vec<BackendConfig>,
+    /// `None` (default) or `ClientIP`.
+    #[serde(default)]
+    pub session_affinity: Option<String>,
+    /// ClientIP affinity timeout (`timeoutSeconds`, default 3h as in Kubernetes).
+    #[serde(default = "default_affinity_timeout", with = "humantime_serde")]
+    pub affinity_timeout: Duration,
     /// Always masquerade (SNAT to the node address) connections to this
     /// frontend, as kube-proxy does for NodePort/ExternalIP/LoadBalancer
     /// traffic with `externalTrafficPolicy: Cluster`.
     #[serde(default)]
     pub masquerade: bool,
+}
+
+fn default_affinity_timeout() -> Duration {
+    Duration::from_secs(10_800)
+}
+
+/// An endpoint of a Service.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum BackendConfig {
+    /// A ready endpoint.
+    Address(String),
+    /// An endpoint with EndpointSlice conditions.
+    Endpoint(EndpointConfig),
+}
+
+/// An endpoint with conditions.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `IP:PORT`.
+    pub address: String,
+    /// `conditions.ready` (default true).
+    #[serde(default = "default_true")]
+    pub ready: bool,
+    /// `conditions.serving` (default: same as ready).
+    #[serde(default)]
+    pub serving: Option<bool>,
+    /// `conditions.terminating` (default false).
+    #[serde(default)]
+    pub terminating: bool,
+}
+
+impl BackendConfig {
+    fn parts(&self) -> (&str, EndpointConditions) {
+        match self {
+            BackendConfig::Address(a) => (
+                a,
+                EndpointConditions {
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                },
+            ),
+            BackendConfig::Endpoint(e) => (
+                &e.address,
+                EndpointConditions {
+                    ready: e.ready,
+                    serving: e.serving.unwrap_or(e.ready),
+                    terminating: e.terminating,
+                },
+            ),
+        }
+    }
+}
+
+/// EndpointSlice endpoint conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointConditions {
+    /// Ready for new connections.
+    pub ready: bool,
+    /// Serving (may be terminating).
+    pub serving: bool,
+    /// Terminating.
+    pub terminating: bool,
+}
+
+/// kube-proxy's choice of endpoints for new connections: the ready ones;
+/// when none is ready, the serving-and-terminating ones (KEP-1669); else
+/// none (the Service rejects).
+pub fn usable_endpoints<T: Copy>(eps: &[(T, EndpointConditions)]) -> Vec<T> {
+    let ready: Vec<T> = eps
+        .iter()
+        .filter(|(_, c)| c.ready)
+        .map(|(a, _)| *a)
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    eps.iter()
+        .filter(|(_, c)| c.serving && c.terminating)
+        .map(|(a, _)| *a)
+        .collect()
 }
 
 fn default_protocol() -> String {
@@ -460,7 +550,8 @@ impl Config {
                 ));
             }
             let mut backends = Vec::new();
-            for (j, b) in s.backends.iter().enumerate() {
+            for (j, be) in s.backends.iter().enumerate() {
+                let (b, cond) = be.parts();
                 let sa: SocketAddr = b.parse().map_err(|_| {
                     invalid(
                         format!("{f}.backends[{j}]"),
@@ -479,9 +570,30 @@ impl Config {
                         "port must be 1..=65535",
                     ));
                 }
-                backends.push(SockAddr::new(Addr::from(sa.ip()), sa.port()));
+                backends.push((SockAddr::new(Addr::from(sa.ip()), sa.port()), cond));
             }
+            let backends = usable_endpoints(&backends);
+            let affinity_timeout = match s.session_affinity.as_deref() {
+                None | Some("None") => None,
+                Some("ClientIP") => {
+                    let t = s.affinity_timeout.as_secs();
+                    if t == 0 || t > 86_400 {
+                        return Err(invalid(
+                            format!("{f}.affinity_timeout"),
+                            "must be 1s..=86400s",
+                        ));
+                    }
+                    Some(t as u32)
+                }
+                Some(o) => {
+                    return Err(invalid(
+                        format!("{f}.session_affinity"),
+                        format!("{o:?} is not None or ClientIP"),
+                    ))
+                }
+            };
             spec.services.push(ServiceSpec {
+                affinity_timeout,
                 masquerade: s.masquerade,
                 name: s.name.clone(),
                 frontend,
@@ -685,6 +797,38 @@ services:
             let e = err(&text);
             assert!(e.contains(field), "{field}: {e}");
         }
+    }
+
+    #[test]
+    fn endpoint_conditions_pick_ready_then_terminating() {
+        let c = |ready, serving, terminating| EndpointConditions {
+            ready,
+            serving,
+            terminating,
+        };
+        let eps = [
+            (1, c(true, true, false)),
+            (2, c(false, true, true)),
+            (3, c(false, false, false)),
+        ];
+        assert_eq!(usable_endpoints(&eps), vec![1]);
+        let eps = [
+            (2, c(false, true, true)),
+            (3, c(false, false, false)),
+            (4, c(false, true, true)),
+        ];
+        assert_eq!(usable_endpoints(&eps), vec![2, 4]);
+        let eps = [(3, c(false, false, true)), (5, c(false, true, false))];
+        assert!(usable_endpoints(&eps).is_empty());
+        let text = "ports: [{device: a}]\nservices:\n- name: s\n  vip: 198.18.100.1\n  port: 80\n  session_affinity: ClientIP\n  affinity_timeout: 30s\n  backends:\n  - 198.18.1.1:80\n  - {address: \"198.18.1.2:80\", ready: false, serving: true, terminating: true}\n";
+        let spec = Config::parse(text, "t").unwrap().table_spec().unwrap();
+        assert_eq!(spec.services[0].backends.len(), 1);
+        assert_eq!(spec.services[0].affinity_timeout, Some(30));
+        let bad = text.replace("ClientIP", "Sticky");
+        assert!(Config::parse(&bad, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("services[0].session_affinity"));
     }
 
     #[test]

@@ -156,6 +156,7 @@ mod tests {
         r.quiescent();
         let spec = TableSpec {
             services: vec![ServiceSpec {
+                affinity_timeout: None,
                 masquerade: false,
                 name: "a".into(),
                 frontend: Frontend {

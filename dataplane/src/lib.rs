@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod addr;
+pub mod affinity;
 pub mod dpdk;
 pub mod maglev;
 pub mod neigh;

@@ -7,6 +7,7 @@
 //! generated packets (RST, ICMP unreachable, ARP/ND answers) are written in
 //! place in the received buffer.
 use crate::addr::{flow_hash, owner_of, Addr, FlowKey, Proto, SockAddr};
+use crate::affinity::{backend_key, client_hash, AffinityTable};
 use crate::neigh::{NeighborTimers, NeighborUpdate, Neighbors, Resolution};
 use crate::packet::{
     arp, checksum, ethernet, icmp, ip_proto, ArpPacket, Error as PktError, EthernetFrame,
@@ -15,6 +16,7 @@ use crate::packet::{
 use crate::session::{tcp, Dir, InsertError, Session, SessionTable, Timeouts};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::{Frontend, ServiceTable};
+use std::sync::Arc;
 
 /// A packet buffer with head- and tailroom (an mbuf, or a `Vec` in tests).
 pub trait PacketBuf {
@@ -151,6 +153,8 @@ pub struct PipelineConfig {
     pub neighbors: usize,
     /// Neighbour timers.
     pub neighbor_timers: NeighborTimers,
+    /// Slots of the ClientIP-affinity memory (shared by all workers).
+    pub affinity_slots: usize,
 }
 
 impl Default for PipelineConfig {
@@ -160,6 +164,7 @@ impl Default for PipelineConfig {
             timeouts: Timeouts::default(),
             neighbors: 4096,
             neighbor_timers: NeighborTimers::default(),
+            affinity_slots: 1 << 16,
         }
     }
 }
@@ -210,6 +215,7 @@ pub struct Pipeline {
     learned: [NeighborUpdate; MAX_PENDING],
     n_learned: usize,
     statics_version: Option<u64>,
+    affinity: Arc<AffinityTable>,
 }
 
 /// Offsets and fields of a parsed IP packet.
@@ -242,7 +248,13 @@ impl Pipeline {
             }; MAX_PENDING],
             n_learned: 0,
             statics_version: None,
+            affinity: Arc::new(AffinityTable::new(cfg.affinity_slots)),
         }
+    }
+
+    /// Shares one ClientIP-affinity memory between pipelines (all workers).
+    pub fn set_affinity(&mut self, a: Arc<AffinityTable>) {
+        self.affinity = a;
     }
 
     /// Ports this pipeline knows.
@@ -452,7 +464,25 @@ impl Pipeline {
         let Some(svc) = t.service(svc_idx) else {
             return Verdict::Drop(DropReason::NoRoute);
         };
-        let Some(backend) = svc.pick(flow_hash(&key)) else {
+        let picked = match svc.affinity_timeout {
+            None => svc.pick(flow_hash(&key)),
+            Some(timeout) => {
+                // ClientIP affinity: remembered choice, else Maglev over the
+                // client IP alone (the same on every core).
+                let now_s = now / 1000;
+                let fe = svc.frontend.addr;
+                let b = self
+                    .affinity
+                    .get(&fe, &key.src, now_s, timeout)
+                    .and_then(|k| svc.backend_by_key(k))
+                    .or_else(|| svc.pick(client_hash(&key.src)));
+                if let Some(b) = b {
+                    self.affinity.put(&fe, &key.src, backend_key(&b), now_s);
+                }
+                b
+            }
+        };
+        let Some(backend) = picked else {
             WorkerStats::add(&st.rejected, 1);
             return self.reject(pkt, ip, key, flags, pinfo, src_mac, in_port);
         };

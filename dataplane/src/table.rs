@@ -28,6 +28,8 @@ pub struct ServiceSpec {
     /// Always masquerade (SNAT to the node) new connections, e.g. external
     /// frontends under `externalTrafficPolicy: Cluster`.
     pub masquerade: bool,
+    /// `sessionAffinity: ClientIP` with this `timeoutSeconds`.
+    pub affinity_timeout: Option<u32>,
 }
 
 /// When kube-proxy would masquerade traffic to ClusterIPs.
@@ -105,6 +107,9 @@ pub struct Service {
     pub backends: Vec<SockAddr>,
     /// Always masquerade new connections.
     pub masquerade: bool,
+    /// ClientIP affinity timeout in seconds.
+    pub affinity_timeout: Option<u32>,
+    keys: Vec<u16>,
     maglev: Maglev,
 }
 
@@ -125,10 +130,25 @@ impl Service {
             name: spec.name,
             frontend: spec.frontend,
             maglev: Maglev::new(&keys),
+            keys: spec
+                .backends
+                .iter()
+                .map(crate::affinity::backend_key)
+                .collect(),
             backends: spec.backends,
             masquerade: spec.masquerade,
+            affinity_timeout: spec.affinity_timeout,
         }
     }
+    /// The backend whose [`crate::affinity::backend_key`] is `key`, if any.
+    #[inline]
+    pub fn backend_by_key(&self, key: u16) -> Option<SockAddr> {
+        self.keys
+            .iter()
+            .position(|k| *k == key)
+            .map(|i| self.backends[i])
+    }
+
     /// True when `b` is one of this Service's backends.
     #[inline]
     pub fn has_backend(&self, b: &SockAddr) -> bool {
@@ -318,6 +338,7 @@ mod tests {
     fn spec() -> TableSpec {
         TableSpec {
             services: vec![ServiceSpec {
+                affinity_timeout: None,
                 masquerade: false,
                 name: "default/web:http".into(),
                 frontend: Frontend {

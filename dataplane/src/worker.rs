@@ -219,6 +219,9 @@ pub fn start(
     let stop = Arc::new(AtomicBool::new(false));
     let stats: Vec<Arc<WorkerStats>> = (0..n).map(|_| Arc::new(WorkerStats::default())).collect();
 
+    let affinity = Arc::new(crate::affinity::AffinityTable::new(
+        cfg.pipeline.affinity_slots,
+    ));
     let mut launched = Vec::new();
     for (id, &lcore) in cfg.lcores.iter().enumerate() {
         let reader = table
@@ -227,7 +230,11 @@ pub fn start(
         let w = Worker {
             id: id as u16,
             ports: port_ids.clone(),
-            pipeline: Pipeline::new(id as u16, n as u16, port_info.clone(), cfg.pipeline),
+            pipeline: {
+                let mut p = Pipeline::new(id as u16, n as u16, port_info.clone(), cfg.pipeline);
+                p.set_affinity(affinity.clone());
+                p
+            },
             stats: stats[id].clone(),
             table: reader,
             handoff_rx: (0..n).filter_map(|src| rings[src][id].clone()).collect(),

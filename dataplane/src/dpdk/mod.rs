@@ -7,6 +7,9 @@
 
 pub mod rcu;
 
+#[cfg(test)]
+pub(crate) mod alloc_count;
+
 use crate::packet::MacAddr;
 use crate::pipeline::PacketBuf;
 use core::ffi::{c_int, c_uint, c_void, CStr};

@@ -89,6 +89,7 @@ fn sa(ip: IpAddr, port: u16) -> SockAddr {
 }
 fn svc(name: &str, vip: IpAddr, port: u16, proto: Proto, backends: Vec<SockAddr>) -> ServiceSpec {
     ServiceSpec {
+        affinity_timeout: None,
         masquerade: false,
         name: name.into(),
         frontend: Frontend {
@@ -2724,6 +2725,7 @@ fn snat_exhaustion_is_counted_never_reusing_a_live_tuple() {
     // of the partition (the reply tuple is backend -> node:port).
     let mut s = spec();
     s.services = vec![ServiceSpec {
+        affinity_timeout: None,
         masquerade: true,
         name: "one".into(),
         frontend: Frontend {
@@ -2776,4 +2778,139 @@ fn snat_exhaustion_is_counted_never_reusing_a_live_tuple() {
     }
     assert!(drops > 0, "exhaustion must be reached and counted");
     assert!(ports.len() <= len);
+}
+
+// ---------------------------------------------------------------------------
+// sessionAffinity: ClientIP
+
+fn affinity_spec(backends: usize, timeout: u32) -> TableSpec {
+    let mut s = spec();
+    s.services = vec![ServiceSpec {
+        affinity_timeout: Some(timeout),
+        masquerade: false,
+        name: "aff".into(),
+        frontend: Frontend {
+            addr: sa(ip4(VIP4), 80),
+            proto: Proto::Tcp,
+        },
+        backends: (0..backends)
+            .map(|i| sa(ip4([198, 18, 1, 11 + i as u8]), 8080))
+            .collect(),
+    }];
+    for i in 3..backends {
+        s.neighbors.push(StaticNeighbor {
+            addr: Addr::v4([198, 18, 1, 11 + i as u8]),
+            mac: MacAddr(backend_mac(i)),
+            port: 1,
+        });
+    }
+    s
+}
+
+fn first_dst(p: &mut Pipeline, t: &ServiceTable, st: &WorkerStats, sport: u16, now: u64) -> IpAddr {
+    let (v, out) = run(p, t, st, 0, &c_syn4(sport), now, true);
+    assert_eq!(v, Verdict::Tx(1));
+    parse(&out).dst.unwrap()
+}
+
+#[test]
+fn client_ip_affinity_is_the_same_on_every_worker() {
+    let t = ServiceTable::new(affinity_spec(3, 60), 1);
+    let st = WorkerStats::default();
+    let shared = Arc::new(crate::affinity::AffinityTable::new(1024));
+    let mut w: Vec<Pipeline> = (0..2)
+        .map(|id| {
+            let mut p = pipeline_with(id, 2, PipelineConfig::default(), &t);
+            p.set_affinity(shared.clone());
+            p
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for sport in 43000..43100u16 {
+        let owner = owner_of(&SockAddr::new(Addr::v4(CLIENT4), sport), 2) as usize;
+        seen.insert(first_dst(&mut w[owner], &t, &st, sport, NOW));
+    }
+    assert_eq!(seen.len(), 1, "one client IP, one backend: {seen:?}");
+    // Without affinity the same connections spread.
+    let (mut p, t2, st2) = setup();
+    let spread: std::collections::HashSet<_> = (43000..43100u16)
+        .map(|s| first_dst(&mut p, &t2, &st2, s, NOW))
+        .collect();
+    assert_eq!(spread.len(), 3);
+}
+
+#[test]
+fn client_ip_affinity_survives_table_changes_until_timeout_or_removal() {
+    let timeout = 30u32;
+    let t1 = ServiceTable::new(affinity_spec(3, timeout), 1);
+    let st = WorkerStats::default();
+    let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t1);
+    let b = first_dst(&mut p, &t1, &st, 44000, NOW);
+    // More backends: the remembered choice wins while it is fresh ...
+    let t2 = ServiceTable::new(affinity_spec(12, timeout), 2);
+    p.on_table(&t2);
+    for (i, sport) in (44001..44020u16).enumerate() {
+        assert_eq!(first_dst(&mut p, &t2, &st, sport, NOW + 1000 * i as u64), b);
+    }
+    // ... and each new connection refreshes it; after `timeout` idle seconds
+    // the choice is the fresh Maglev pick over the client IP.
+    let later = NOW + 19_000 + u64::from(timeout) * 1000;
+    let expected = t2.services()[0]
+        .pick(crate::affinity::client_hash(&Addr::v4(CLIENT4)))
+        .unwrap();
+    assert_eq!(
+        first_dst(&mut p, &t2, &st, 44100, later),
+        expected.addr.ip()
+    );
+    // A removed backend is never used from memory.
+    let mut s3 = affinity_spec(12, timeout);
+    let chosen = expected;
+    s3.services[0].backends.retain(|x| *x != chosen);
+    let t3 = ServiceTable::new(s3, 3);
+    p.on_table(&t3);
+    let d = first_dst(&mut p, &t3, &st, 44101, later + 1000);
+    assert_ne!(d, chosen.addr.ip());
+}
+
+#[test]
+fn the_packet_path_never_allocates() {
+    let (mut p, t, st) = setup();
+    // Frames and buffers are built before counting.
+    let syns: Vec<Vec<u8>> = (45000..45200u16).map(c_syn4).collect();
+    let (v, out) = run(&mut p, &t, &st, 0, &syns[0], NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    let bi = backend_index(o.dst.unwrap());
+    let reply = b_tcp(bi, o.dst.unwrap(), 8080, 45000, SYN | ACK, 1, 1001);
+    let data = c_tcp(ip4(VIP4), 45000, 80, ACK, 1001, 2);
+    let reject = c_tcp(ip4(EMPTY4), 45000, 80, SYN, 1, 0);
+    let udp_reject = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(EMPTY4),
+        45000,
+        53,
+        64,
+        b"x",
+    );
+    let arp = arp_frame(1, [0xff; 6], CLIENT_MAC, CLIENT4, [0; 6], NODE0);
+    let mut buf = VecBuf::new(&[0u8; 1600]);
+    let (n, _) = crate::dpdk::alloc_count::allocations(|| {
+        for f in syns
+            .iter()
+            .skip(1)
+            .chain([&data, &reject, &udp_reject, &arp])
+        {
+            for _ in 0..3 {
+                buf.reset(f);
+                let v = p.process(&t, &st, 0, &mut buf, NOW, false);
+                assert!(!matches!(v, Verdict::Drop(_)), "{v:?}");
+            }
+        }
+        buf.reset(&reply);
+        p.process(&t, &st, 1, &mut buf, NOW, false);
+        p.sessions.expire(u64::MAX, 1000)
+    });
+    assert_eq!(n, 0, "Pipeline::process allocated");
 }
