@@ -62,6 +62,12 @@ up() {
     ns="$P-be$i"
     ip netns add "$ns"
     ip -n "$ns" link set lo up
+    # The servers close first and would hold TIME_WAIT for (client:port ->
+    # backend:port). Tests reach the same backends through several VIPs, so a
+    # client port reused for another VIP can land on such a TIME_WAIT (a NAT
+    # port collision, as with kube-proxy) and be refused by PAWS. Keep no
+    # TIME_WAIT sockets in the test backends.
+    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_max_tw_buckets=0
     ip link add "${P}e$i" netns "$ns" type veth peer name "${P}b$i" netns "$P-proxy"
     ip -n "$P-proxy" link set "${P}b$i" master "${P}br" up
     off "$P-proxy" "${P}b$i"
