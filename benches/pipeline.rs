@@ -32,6 +32,7 @@ fn table(services: usize, backends: usize) -> ServiceTable {
     };
     for s in 0..services {
         spec.services.push(ServiceSpec {
+            source_ranges: vec![],
             affinity_timeout: None,
             masquerade: false,
             name: format!("bench/svc{s}"),

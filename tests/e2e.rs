@@ -363,6 +363,56 @@ fn e2e_af_packet_two_workers() {
         }
     }
 
+    // NodePort (on the node address of the client's link), ExternalIP and
+    // LoadBalancer IP: masqueraded like kube-proxy with eTP Cluster.
+    for (vip, port) in [
+        ("198.18.0.1", "30080"),
+        ("198.18.100.10", "80"),
+        ("198.18.100.20", "80"),
+    ] {
+        let v = t.peer(
+            "client",
+            &[
+                "clients",
+                "--vip",
+                vip,
+                "--tcp-port",
+                port,
+                "--count",
+                "60",
+                "--proto",
+                "tcp",
+            ],
+        );
+        assert_spread_within(&v, "tcp", 60, &["be1", "be2", "be3"], 0.05..=0.70);
+        for (name, per) in v["tcp"]["sources"].as_object().unwrap() {
+            let got: Vec<&String> = per.as_object().unwrap().keys().collect();
+            assert_eq!(got, ["198.18.1.1"], "{vip}:{port} {name}: {v}");
+        }
+    }
+    // loadBalancerSourceRanges: a client outside the ranges is dropped.
+    let closed = t.peer(
+        "client",
+        &[
+            "clients",
+            "--vip",
+            "198.18.100.21",
+            "--count",
+            "4",
+            "--proto",
+            "tcp",
+            "--timeout",
+            "0.3",
+        ],
+    );
+    assert_eq!(counts(&closed, "tcp"), (vec![], 4), "{closed}");
+    assert!(
+        t.metric_sum(
+            "dpdk_kube_proxy_dropped_packets_total",
+            "reason=\"source_range\""
+        ) > 0
+    );
+
     // sessionAffinity: ClientIP over two workers: one client, one backend.
     let s = clients(&t, "198.18.100.4", 60);
     for proto in ["tcp", "udp"] {

@@ -279,6 +279,20 @@ pub struct ServiceConfig {
     /// traffic with `externalTrafficPolicy: Cluster`.
     #[serde(default)]
     pub masquerade: bool,
+    /// NodePort: also serve on this port of every node address (masqueraded,
+    /// as with `externalTrafficPolicy: Cluster`).
+    #[serde(default)]
+    pub node_port: Option<u16>,
+    /// ExternalIPs: also serve on these addresses (masqueraded).
+    #[serde(default)]
+    pub external_ips: Vec<IpAddr>,
+    /// LoadBalancer ingress IPs (masqueraded).
+    #[serde(default)]
+    pub load_balancer_ips: Vec<IpAddr>,
+    /// `loadBalancerSourceRanges` (`ADDR/LEN`): only these clients may use
+    /// the LoadBalancer IPs; others are dropped. Empty: everyone.
+    #[serde(default)]
+    pub load_balancer_source_ranges: Vec<String>,
 }
 
 fn default_affinity_timeout() -> Duration {
@@ -543,11 +557,65 @@ impl Config {
                 addr: SockAddr::new(Addr::from(s.vip), s.port),
                 proto,
             };
-            if !seen.insert(frontend) {
-                return Err(invalid(
-                    f,
-                    format!("duplicate frontend {}/{}", frontend.addr, proto.as_str()),
-                ));
+            // (frontend, masquerade, source ranges, label) for every address
+            // the Service port answers on.
+            let mut frontends = vec![(frontend, s.masquerade, vec![], String::new())];
+            if let Some(np) = s.node_port {
+                if np == 0 {
+                    return Err(invalid(format!("{f}.node_port"), "must be 1..=65535"));
+                }
+                for i in spec
+                    .interfaces
+                    .iter()
+                    .filter(|i| i.addr.is_v4() == s.vip.is_ipv4())
+                {
+                    let fe = Frontend {
+                        addr: SockAddr::new(i.addr, np),
+                        proto,
+                    };
+                    frontends.push((fe, true, vec![], " nodePort".into()));
+                }
+            }
+            for (j, ip) in s.external_ips.iter().enumerate() {
+                if ip.is_ipv4() != s.vip.is_ipv4() {
+                    return Err(invalid(
+                        format!("{f}.external_ips[{j}]"),
+                        "address family differs from the VIP",
+                    ));
+                }
+                let fe = Frontend {
+                    addr: SockAddr::new(Addr::from(*ip), s.port),
+                    proto,
+                };
+                frontends.push((fe, true, vec![], " externalIP".into()));
+            }
+            let mut ranges = Vec::new();
+            for (j, r) in s.load_balancer_source_ranges.iter().enumerate() {
+                ranges.push(parse_prefix(
+                    r,
+                    &format!("{f}.load_balancer_source_ranges[{j}]"),
+                )?);
+            }
+            for (j, ip) in s.load_balancer_ips.iter().enumerate() {
+                if ip.is_ipv4() != s.vip.is_ipv4() {
+                    return Err(invalid(
+                        format!("{f}.load_balancer_ips[{j}]"),
+                        "address family differs from the VIP",
+                    ));
+                }
+                let fe = Frontend {
+                    addr: SockAddr::new(Addr::from(*ip), s.port),
+                    proto,
+                };
+                frontends.push((fe, true, ranges.clone(), " loadBalancer".into()));
+            }
+            for (fe, ..) in &frontends {
+                if !seen.insert(*fe) {
+                    return Err(invalid(
+                        f.clone(),
+                        format!("duplicate frontend {}/{}", fe.addr, proto.as_str()),
+                    ));
+                }
             }
             let mut backends = Vec::new();
             for (j, be) in s.backends.iter().enumerate() {
@@ -592,13 +660,16 @@ impl Config {
                     ))
                 }
             };
-            spec.services.push(ServiceSpec {
-                affinity_timeout,
-                masquerade: s.masquerade,
-                name: s.name.clone(),
-                frontend,
-                backends,
-            });
+            for (frontend, masquerade, source_ranges, kind) in frontends {
+                spec.services.push(ServiceSpec {
+                    affinity_timeout,
+                    masquerade,
+                    source_ranges,
+                    name: format!("{}{kind}", s.name),
+                    frontend,
+                    backends: backends.clone(),
+                });
+            }
         }
         Ok(spec)
     }
@@ -829,6 +900,38 @@ services:
             .unwrap_err()
             .to_string()
             .contains("services[0].session_affinity"));
+    }
+
+    #[test]
+    fn external_frontends() {
+        let text = "ports: [{device: a, addresses: [198.18.0.1/24, 2001:2::1/64]}, {device: b, addresses: [198.18.1.1/24]}]\nservices:\n- name: s\n  vip: 198.18.100.1\n  port: 80\n  node_port: 30080\n  external_ips: [198.18.100.10]\n  load_balancer_ips: [198.18.100.20]\n  load_balancer_source_ranges: [198.18.0.0/24]\n  backends: [198.18.1.11:8080]\n";
+        let spec = Config::parse(text, "t").unwrap().table_spec().unwrap();
+        let fe: Vec<(String, bool, usize)> = spec
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    s.frontend.addr.to_string(),
+                    s.masquerade,
+                    s.source_ranges.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            fe,
+            [
+                ("198.18.100.1:80".to_string(), false, 0),
+                ("198.18.0.1:30080".to_string(), true, 0),
+                ("198.18.1.1:30080".to_string(), true, 0),
+                ("198.18.100.10:80".to_string(), true, 0),
+                ("198.18.100.20:80".to_string(), true, 1),
+            ]
+        );
+        let bad = text.replace("198.18.100.10", "2001:2::10");
+        assert!(Config::parse(&bad, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("services[0].external_ips[0]"));
     }
 
     #[test]

@@ -156,6 +156,7 @@ mod tests {
         r.quiescent();
         let spec = TableSpec {
             services: vec![ServiceSpec {
+                source_ranges: vec![],
                 affinity_timeout: None,
                 masquerade: false,
                 name: "a".into(),

@@ -464,6 +464,9 @@ impl Pipeline {
         let Some(svc) = t.service(svc_idx) else {
             return Verdict::Drop(DropReason::NoRoute);
         };
+        if !svc.allows(&key.src) {
+            return Verdict::Drop(DropReason::SourceRange);
+        }
         let picked = match svc.affinity_timeout {
             None => svc.pick(flow_hash(&key)),
             Some(timeout) => {

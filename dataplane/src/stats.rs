@@ -54,6 +54,8 @@ reasons! {
     NoRoute => "no_route",
     /// Next hop MAC did not resolve in time, or too many packets waited for it.
     NeighborMiss => "neighbor_miss",
+    /// A client outside the Service's `loadBalancerSourceRanges`.
+    SourceRange => "source_range",
     /// No free masquerade port in this worker's partition.
     SnatExhausted => "snat_exhausted",
     /// The session table is full.

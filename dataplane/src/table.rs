@@ -30,6 +30,9 @@ pub struct ServiceSpec {
     pub masquerade: bool,
     /// `sessionAffinity: ClientIP` with this `timeoutSeconds`.
     pub affinity_timeout: Option<u32>,
+    /// `loadBalancerSourceRanges`: when non-empty, new connections from other
+    /// clients are dropped.
+    pub source_ranges: Vec<(Addr, u8)>,
 }
 
 /// When kube-proxy would masquerade traffic to ClusterIPs.
@@ -109,6 +112,8 @@ pub struct Service {
     pub masquerade: bool,
     /// ClientIP affinity timeout in seconds.
     pub affinity_timeout: Option<u32>,
+    /// Allowed client prefixes (empty: all).
+    pub source_ranges: Vec<(Addr, u8)>,
     keys: Vec<u16>,
     maglev: Maglev,
 }
@@ -138,6 +143,7 @@ impl Service {
             backends: spec.backends,
             masquerade: spec.masquerade,
             affinity_timeout: spec.affinity_timeout,
+            source_ranges: spec.source_ranges,
         }
     }
     /// The backend whose [`crate::affinity::backend_key`] is `key`, if any.
@@ -147,6 +153,16 @@ impl Service {
             .iter()
             .position(|k| *k == key)
             .map(|i| self.backends[i])
+    }
+
+    /// True when `client` may open connections (`loadBalancerSourceRanges`).
+    #[inline]
+    pub fn allows(&self, client: &Addr) -> bool {
+        self.source_ranges.is_empty()
+            || self
+                .source_ranges
+                .iter()
+                .any(|(p, l)| client.in_prefix(p, *l))
     }
 
     /// True when `b` is one of this Service's backends.
@@ -338,6 +354,7 @@ mod tests {
     fn spec() -> TableSpec {
         TableSpec {
             services: vec![ServiceSpec {
+                source_ranges: vec![],
                 affinity_timeout: None,
                 masquerade: false,
                 name: "default/web:http".into(),

@@ -89,6 +89,7 @@ fn sa(ip: IpAddr, port: u16) -> SockAddr {
 }
 fn svc(name: &str, vip: IpAddr, port: u16, proto: Proto, backends: Vec<SockAddr>) -> ServiceSpec {
     ServiceSpec {
+        source_ranges: vec![],
         affinity_timeout: None,
         masquerade: false,
         name: name.into(),
@@ -2725,6 +2726,7 @@ fn snat_exhaustion_is_counted_never_reusing_a_live_tuple() {
     // of the partition (the reply tuple is backend -> node:port).
     let mut s = spec();
     s.services = vec![ServiceSpec {
+        source_ranges: vec![],
         affinity_timeout: None,
         masquerade: true,
         name: "one".into(),
@@ -2786,6 +2788,7 @@ fn snat_exhaustion_is_counted_never_reusing_a_live_tuple() {
 fn affinity_spec(backends: usize, timeout: u32) -> TableSpec {
     let mut s = spec();
     s.services = vec![ServiceSpec {
+        source_ranges: vec![],
         affinity_timeout: Some(timeout),
         masquerade: false,
         name: "aff".into(),
@@ -2913,4 +2916,26 @@ fn the_packet_path_never_allocates() {
         p.sessions.expire(u64::MAX, 1000)
     });
     assert_eq!(n, 0, "Pipeline::process allocated");
+}
+
+#[test]
+fn load_balancer_source_ranges_drop_other_clients() {
+    let mut s = spec();
+    for sv in &mut s.services {
+        sv.source_ranges = vec![(Addr::v4([198, 19, 0, 0]), 16)];
+    }
+    let t = ServiceTable::new(s, 1);
+    let st = WorkerStats::default();
+    let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+    let (v, _) = run(&mut p, &t, &st, 0, &c_syn4(46000), NOW, false);
+    assert_eq!(v, Verdict::Drop(DropReason::SourceRange));
+    assert!(p.sessions.is_empty());
+    let mut s = spec();
+    for sv in &mut s.services {
+        sv.source_ranges = vec![(Addr::v4([198, 18, 0, 0]), 24)];
+    }
+    let t = ServiceTable::new(s, 1);
+    let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+    let (v, _) = run(&mut p, &t, &st, 0, &c_syn4(46000), NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
 }
