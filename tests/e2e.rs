@@ -413,6 +413,14 @@ fn e2e_af_packet_two_workers() {
         ) > 0
     );
 
+    // The backend's own ICMP port unreachable reaches the client translated
+    // (outer source and quoted packet rewritten to the VIP), so the client's
+    // connected UDP socket sees ECONNREFUSED; TCP gets the backend's RST.
+    let r = t.peer("client", &["reject", "--vip", "198.18.100.7"]);
+    assert_eq!(r["tcp"], "refused", "{r}");
+    assert_eq!(r["udp"], "refused", "{r}");
+    assert!(t.metric_sum("dpdk_kube_proxy_icmp_errors_translated_total", "") >= 1);
+
     // sessionAffinity: ClientIP over two workers: one client, one backend.
     let s = clients(&t, "198.18.100.4", 60);
     for proto in ["tcp", "udp"] {

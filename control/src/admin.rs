@@ -200,6 +200,12 @@ impl prometheus_client::collector::Collector for Collector {
             sessions_expired
         );
         per_worker!(
+            "dpdk_kube_proxy_icmp_errors_translated",
+            "ICMP errors about translated flows, translated (inner headers too) and forwarded",
+            Counter,
+            icmp_errors_translated
+        );
+        per_worker!(
             "dpdk_kube_proxy_sessions_masqueraded",
             "New sessions masqueraded (SNAT to a node address)",
             Counter,

@@ -342,6 +342,12 @@ impl Pipeline {
             Err(r) => return Verdict::Drop(r),
         };
         let Some((proto, sport, dport, flags)) = ports else {
+            // ICMP errors about translated flows are translated with them.
+            if ip.proto == ip_proto::ICMP || ip.proto == ip_proto::ICMPV6 {
+                if let Some(v) = self.icmp_error(t, st, pkt, &ip, now, handed_off) {
+                    return v;
+                }
+            }
             // Not TCP/UDP: local (echo) or routed statelessly.
             return self.stateless(t, st, in_port, pinfo, pkt, &ip, src_mac, now);
         };
@@ -633,6 +639,120 @@ impl Pipeline {
             self.learned[self.n_learned] = u;
             self.n_learned += 1;
         }
+    }
+
+    /// The worker owning a packet with tuple `k` (see [`Pipeline::process`]).
+    fn owner_for(&self, t: &ServiceTable, k: &FlowKey) -> u16 {
+        let fe = Frontend {
+            addr: SockAddr::new(k.dst, k.dport),
+            proto: k.proto,
+        };
+        if t.frontend(&fe).is_some() || t.is_retired(&fe) {
+            owner_of(&SockAddr::new(k.src, k.sport), self.n_workers)
+        } else if t.local_port(&k.dst).is_some() {
+            snat_owner(k.dport, self.n_workers)
+        } else {
+            owner_of(&SockAddr::new(k.dst, k.dport), self.n_workers)
+        }
+    }
+
+    /// Translates an ICMP error (destination/port unreachable, fragmentation
+    /// needed / packet too big, time exceeded, parameter problem) that quotes
+    /// a packet of a translated flow: the outer and the quoted inner headers
+    /// are rewritten as conntrack does, so the sender of the quoted packet
+    /// sees an error about its own packet (PMTU discovery works through the
+    /// proxy). `None` when the packet is not such an error.
+    fn icmp_error<B: PacketBuf>(
+        &mut self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        pkt: &mut B,
+        ip: &Ip,
+        now: u64,
+        handed_off: bool,
+    ) -> Option<Verdict> {
+        let d = pkt.data();
+        let ty = *d.get(ip.l4)?;
+        let is_error = if ip.v4 {
+            matches!(ty, 3 | 11 | 12)
+        } else {
+            matches!(ty, 1..=4)
+        };
+        if !is_error || ip.end < ip.l4 + 8 {
+            return None;
+        }
+        let inner = parse_ip(&d[..ip.end], ip.l4 + 8, ip.v4)
+            .ok()
+            .or_else(|| parse_quoted(d, ip.l4 + 8, ip.end, ip.v4))?;
+        let proto = match inner.proto {
+            ip_proto::TCP => Proto::Tcp,
+            ip_proto::UDP => Proto::Udp,
+            _ => return None,
+        };
+        if ip.end < inner.l4 + 4 {
+            return None;
+        }
+        let isport = u16::from_be_bytes([d[inner.l4], d[inner.l4 + 1]]);
+        let idport = u16::from_be_bytes([d[inner.l4 + 2], d[inner.l4 + 3]]);
+        // The quoted packet went inner.src -> inner.dst; the flow's packets in
+        // the other direction have the reversed tuple, which we index.
+        let rkey = FlowKey {
+            src: inner.dst,
+            dst: inner.src,
+            sport: idport,
+            dport: isport,
+            proto,
+        };
+        if !handed_off && self.n_workers > 1 {
+            let owner = self.owner_for(t, &rkey);
+            if owner != self.id {
+                return Some(Verdict::HandOff(owner));
+            }
+        }
+        let (idx, dir) = self.sessions.lookup(&rkey)?;
+        let s = *self.sessions.get(idx);
+        let end = ip.end;
+        let dm = pkt.data_mut();
+        // (inner src, inner dst, outer src?, outer dst?) after translation.
+        let (isrc, idst, osrc, odst) = match dir {
+            // Quoted: client(or SNAT) -> backend, error travels to the client.
+            Dir::Reply => (
+                s.client,
+                s.frontend,
+                (ip.src == s.backend.addr).then_some(s.frontend.addr),
+                s.snat.map(|_| s.client.addr),
+            ),
+            // Quoted: frontend -> client, error travels to the backend.
+            Dir::Original => (
+                s.backend,
+                s.snat.unwrap_or(s.client),
+                None,
+                Some(s.backend.addr),
+            ),
+        };
+        rewrite_quoted(dm, &inner, end, proto, isrc, idst);
+        if let Some(a) = osrc {
+            write_addr(dm, ip, false, a);
+        }
+        if let Some(a) = odst {
+            write_addr(dm, ip, true, a);
+        }
+        // Outer checksums from scratch (a rare path; the message is small).
+        if ip.v4 {
+            let c = checksum::ipv4_header(&dm[ip.l3..ip.l4]);
+            dm[ip.l3 + 10..ip.l3 + 12].copy_from_slice(&c.to_be_bytes());
+            dm[ip.l4 + 2..ip.l4 + 4].fill(0);
+            let c = checksum::finish(checksum::sum(&dm[ip.l4..end], 0));
+            dm[ip.l4 + 2..ip.l4 + 4].copy_from_slice(&c.to_be_bytes());
+        } else {
+            dm[ip.l4 + 2..ip.l4 + 4].fill(0);
+            let (src, dst) = (read_src(dm, ip), read_dst(dm, ip));
+            let c = l4_checksum(dm, false, &src, &dst, ip_proto::ICMPV6, ip.l4, end);
+            dm[ip.l4 + 2..ip.l4 + 4].copy_from_slice(&c.to_be_bytes());
+        }
+        WorkerStats::add(&st.icmp_errors_translated, 1);
+        let l2 = l2_len(pkt.data());
+        Some(self.forward(t, st, 0, pkt, ip, l2, now))
     }
 
     /// ICMP and other non-port protocols: answer echo to node addresses, route the rest.
@@ -1175,6 +1295,113 @@ fn l4_ports(d: &[u8], ip: &Ip) -> Result<Option<(Proto, u16, u16, u8)>, DropReas
             Ok(Some((Proto::Udp, u.src_port(), u.dst_port(), 0)))
         }
         _ => Ok(None),
+    }
+}
+
+/// A quoted IP header inside an ICMP error whose lengths describe the
+/// original (longer) packet: only the header itself must be present.
+fn parse_quoted(d: &[u8], at: usize, end: usize, v4: bool) -> Option<Ip> {
+    let b = d.get(at..end)?;
+    if v4 {
+        if b.len() < 20 || b[0] >> 4 != 4 {
+            return None;
+        }
+        let hl = ((b[0] & 0x0f) as usize) * 4;
+        if hl < 20 || b.len() < hl {
+            return None;
+        }
+        let a = |o: usize| Addr::v4([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        Some(Ip {
+            v4: true,
+            l3: at,
+            l4: at + hl,
+            end,
+            src: a(12),
+            dst: a(16),
+            proto: b[9],
+        })
+    } else {
+        if b.len() < 40 || b[0] >> 4 != 6 {
+            return None;
+        }
+        let mut s = [0u8; 16];
+        let mut t = [0u8; 16];
+        s.copy_from_slice(&b[8..24]);
+        t.copy_from_slice(&b[24..40]);
+        // Extension headers in quoted packets are not walked.
+        Some(Ip {
+            v4: false,
+            l3: at,
+            l4: at + 40,
+            end,
+            src: Addr::v6(s),
+            dst: Addr::v6(t),
+            proto: b[6],
+        })
+    }
+}
+
+/// Writes the source (`dst == false`) or destination address of a header.
+fn write_addr(d: &mut [u8], ip: &Ip, dst: bool, a: Addr) {
+    if ip.v4 {
+        let o = ip.l3 + if dst { 16 } else { 12 };
+        d[o..o + 4].copy_from_slice(&a.v4_octets());
+    } else {
+        let o = ip.l3 + if dst { 24 } else { 8 };
+        d[o..o + 16].copy_from_slice(&a.0);
+    }
+}
+
+/// Rewrites the quoted packet of an ICMP error to `src` -> `dst`, keeping its
+/// IPv4 header checksum and (when quoted) its TCP/UDP checksum valid.
+fn rewrite_quoted(
+    d: &mut [u8],
+    inner: &Ip,
+    end: usize,
+    proto: Proto,
+    src: SockAddr,
+    dst: SockAddr,
+) {
+    let old_src = inner.src;
+    let old_dst = inner.dst;
+    let old_sport = u16::from_be_bytes([d[inner.l4], d[inner.l4 + 1]]);
+    let old_dport = u16::from_be_bytes([d[inner.l4 + 2], d[inner.l4 + 3]]);
+    write_addr(d, inner, false, src.addr);
+    write_addr(d, inner, true, dst.addr);
+    d[inner.l4..inner.l4 + 2].copy_from_slice(&src.port.to_be_bytes());
+    d[inner.l4 + 2..inner.l4 + 4].copy_from_slice(&dst.port.to_be_bytes());
+    if inner.v4 {
+        let c = checksum::ipv4_header(&d[inner.l3..inner.l4]);
+        d[inner.l3 + 10..inner.l3 + 12].copy_from_slice(&c.to_be_bytes());
+    }
+    let at = inner.l4 + if proto == Proto::Tcp { 16 } else { 6 };
+    if at + 2 <= end {
+        let udp = proto == Proto::Udp;
+        let adj = |c: u16, o: &[u8], n: &[u8]| {
+            if udp {
+                checksum::adjust_udp(c, o, n)
+            } else {
+                checksum::adjust(c, o, n)
+            }
+        };
+        let mut c = u16::from_be_bytes([d[at], d[at + 1]]);
+        c = adj(c, old_src.wire(), src.addr.wire());
+        c = adj(c, old_dst.wire(), dst.addr.wire());
+        c = adj(c, &old_sport.to_be_bytes(), &src.port.to_be_bytes());
+        c = adj(c, &old_dport.to_be_bytes(), &dst.port.to_be_bytes());
+        d[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+}
+
+#[inline]
+fn read_src(d: &[u8], ip: &Ip) -> Addr {
+    if ip.v4 {
+        let o = ip.l3 + 12;
+        Addr::v4([d[o], d[o + 1], d[o + 2], d[o + 3]])
+    } else {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&d[ip.l3 + 8..ip.l3 + 24]);
+        Addr::v6(a)
     }
 }
 

@@ -110,6 +110,8 @@ pub struct WorkerStats {
     pub nat_forward: AtomicU64,
     /// Packets translated in the reply direction (backend → client).
     pub nat_reverse: AtomicU64,
+    /// ICMP errors about translated flows, translated and forwarded.
+    pub icmp_errors_translated: AtomicU64,
     /// Connections rejected because their Service has no endpoints.
     pub rejected: AtomicU64,
     /// Packets routed without translation.

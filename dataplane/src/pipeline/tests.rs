@@ -2939,3 +2939,188 @@ fn load_balancer_source_ranges_drop_other_clients() {
     let (v, _) = run(&mut p, &t, &st, 0, &c_syn4(46000), NOW, false);
     assert_eq!(v, Verdict::Tx(1));
 }
+
+// ---------------------------------------------------------------------------
+// ICMP errors about translated flows
+
+/// An ICMPv4 error from `src` to `dst` quoting `quoted` (an IP packet).
+fn icmp4_error(
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(smac, dmac)
+        .ipv4(src, dst, 64)
+        .icmpv4_raw(ty, code, rest);
+    let mut v = Vec::new();
+    b.write(&mut v, quoted).unwrap();
+    v
+}
+
+/// (src, dst, sport, dport) of the packet quoted in an ICMP message, and
+/// whether its IPv4 header checksum is valid.
+fn quoted4(msg: &[u8]) -> ([u8; 4], [u8; 4], u16, u16, bool) {
+    let q = &msg[8..];
+    let hl = (q[0] & 0x0f) as usize * 4;
+    let ok = crate::packet::checksum::ipv4_header(&q[..hl]) == u16::from_be_bytes([q[10], q[11]]);
+    (
+        q[12..16].try_into().unwrap(),
+        q[16..20].try_into().unwrap(),
+        u16::from_be_bytes([q[hl], q[hl + 1]]),
+        u16::from_be_bytes([q[hl + 2], q[hl + 3]]),
+        ok,
+    )
+}
+
+#[test]
+fn backend_port_unreachable_reaches_the_client_translated() {
+    let (mut p, t, st) = setup();
+    let req = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(VIP4),
+        47000,
+        53,
+        64,
+        b"hello",
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &req, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let bi = backend_index(parse(&out).dst.unwrap());
+    // The backend's kernel answers with port unreachable, quoting what it got.
+    let err = icmp4_error(
+        backend_mac(bi),
+        P1_MAC,
+        BACKENDS4[bi],
+        CLIENT4,
+        3,
+        3,
+        [0; 4],
+        &out[14..],
+    );
+    let (v, out) = run(&mut p, &t, &st, 1, &err, NOW + 1, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out); // verifies the outer IPv4 and ICMP checksums
+    assert_eq!(o.src, Some(ip4(VIP4)), "outer source is the VIP");
+    assert_eq!(o.dst, Some(ip4(CLIENT4)));
+    assert_eq!(o.icmp, Some((3, 3)));
+    let (s, d, sp, dp, ok) = quoted4(&o.icmp_msg);
+    assert_eq!(
+        (s, d, sp, dp),
+        (CLIENT4, VIP4, 47000, 53),
+        "the client sees its own packet quoted"
+    );
+    assert!(ok, "quoted IPv4 header checksum");
+    // The quoted UDP checksum still verifies (whole datagram is quoted here).
+    let q = &o.icmp_msg[8 + 20..];
+    assert!(crate::packet::checksum::verify_l4_v4(CLIENT4, VIP4, 17, q));
+    assert_eq!(stat(&st.icmp_errors_translated), 1);
+}
+
+#[test]
+fn frag_needed_towards_the_vip_reaches_the_backend_translated() {
+    let (mut p, t, st) = setup();
+    let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(47100), NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let backend = parse(&out).dst.unwrap();
+    let bi = backend_index(backend);
+    let synack = b_tcp(bi, backend, 8080, 47100, SYN | ACK, 5000, 1001);
+    let (v, reply) = run(&mut p, &t, &st, 1, &synack, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    // A router on the client's side cannot forward our (VIP -> client)
+    // packet: fragmentation needed, MTU 1280, sent to the VIP. Only the
+    // first 28 bytes of the packet are quoted.
+    let router = [198, 18, 0, 254];
+    let err = icmp4_error(
+        CLIENT_MAC,
+        P0_MAC,
+        router,
+        VIP4,
+        3,
+        4,
+        [0, 0, 0x05, 0x00],
+        &reply[14..14 + 28],
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &err, NOW + 1, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    assert_eq!(o.src, Some(ip4(router)));
+    assert_eq!(o.dst, Some(backend), "delivered to the backend");
+    assert_eq!(o.icmp, Some((3, 4)));
+    assert_eq!(&o.icmp_msg[4..8], &[0, 0, 5, 0], "the MTU is kept");
+    let (s, d, sp, dp, ok) = quoted4(&o.icmp_msg);
+    assert_eq!(
+        (ip4(s), d, sp, dp),
+        (backend, CLIENT4, 8080, 47100),
+        "the backend sees its own packet quoted"
+    );
+    assert!(ok);
+}
+
+#[test]
+fn icmp_errors_are_steered_to_the_flow_owner_and_unknown_ones_routed() {
+    let (_, t, st) = setup();
+    let mut w = [
+        pipeline_with(0, 2, PipelineConfig::default(), &t),
+        pipeline_with(1, 2, PipelineConfig::default(), &t),
+    ];
+    let sport = 47200;
+    let owner = owner_of(&SockAddr::new(Addr::v4(CLIENT4), sport), 2) as usize;
+    let req = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(VIP4),
+        sport,
+        53,
+        64,
+        b"x",
+    );
+    let (v, out) = run(&mut w[owner], &t, &st, 0, &req, NOW, true);
+    assert_eq!(v, Verdict::Tx(1));
+    let bi = backend_index(parse(&out).dst.unwrap());
+    let err = icmp4_error(
+        backend_mac(bi),
+        P1_MAC,
+        BACKENDS4[bi],
+        CLIENT4,
+        3,
+        3,
+        [0; 4],
+        &out[14..],
+    );
+    let (v, _) = run(&mut w[1 - owner], &t, &st, 1, &err, NOW, false);
+    assert_eq!(v, Verdict::HandOff(owner as u16));
+    let (v, _) = run(&mut w[owner], &t, &st, 1, &err, NOW, true);
+    assert_eq!(v, Verdict::Tx(0));
+    // An error about a flow we never saw is just routed.
+    let stray = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(BACKENDS4[0]),
+        1,
+        2,
+        64,
+        b"x",
+    );
+    let err = icmp4_error(
+        backend_mac(0),
+        P1_MAC,
+        BACKENDS4[0],
+        CLIENT4,
+        3,
+        3,
+        [0; 4],
+        &stray[14..],
+    );
+    let (v, out) = run(&mut w[owner], &t, &st, 1, &err, NOW, true);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(parse(&out).src, Some(ip4(BACKENDS4[0])), "untranslated");
+}
