@@ -2944,6 +2944,7 @@ fn load_balancer_source_ranges_drop_other_clients() {
 // ICMP errors about translated flows
 
 /// An ICMPv4 error from `src` to `dst` quoting `quoted` (an IP packet).
+#[allow(clippy::too_many_arguments)]
 fn icmp4_error(
     smac: [u8; 6],
     dmac: [u8; 6],
