@@ -151,6 +151,19 @@ impl Topology {
             .sum::<f64>() as u64
     }
 
+    /// Non-zero drop counters, for failure messages.
+    fn drops(&self) -> String {
+        let m = self.try_get("/metrics").unwrap_or_default();
+        m.lines()
+            .filter(|l| {
+                (l.contains("dropped") || l.contains("port_rx_missed"))
+                    && !l.starts_with('#')
+                    && !l.ends_with(" 0")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn peer(&self, ns: &str, args: &[&str]) -> Value {
         let out = sh(Command::new("ip")
             .args(["netns", "exec", &self.ns(ns), "python3"])
@@ -425,7 +438,7 @@ fn e2e_af_packet_two_workers() {
     let s = clients(&t, "198.18.100.4", 60);
     for proto in ["tcp", "udp"] {
         let (c, errors) = counts(&s, proto);
-        assert_eq!(errors, 0, "{s}");
+        assert_eq!(errors, 0, "{s}\n{}", t.drops());
         assert_eq!(c.len(), 1, "{proto}: affinity broken: {s}");
         assert_eq!(c[0].1, 60, "{s}");
     }
@@ -465,6 +478,38 @@ fn e2e_af_packet_two_workers() {
     let r = t.peer("client", &["reject", "--vip", "2001:2:0:100::2"]);
     assert_eq!(r["tcp"], "refused", "{r}");
     assert_eq!(r["udp"], "refused", "{r}");
+
+    // `inspect`: the Services as published, and the choice for a 5-tuple.
+    let inspect = |args: &[&str]| {
+        sh(Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &t.ns("proxy"),
+                BIN,
+                "inspect",
+                "--admin",
+                &t.admin,
+            ])
+            .args(args))
+    };
+    let list = inspect(&[]);
+    assert!(list.contains("198.18.100.1:80/tcp"), "{list}");
+    assert!(list.contains("  -> 198.18.1.12:8080"), "{list}");
+    assert!(list.contains("(no endpoints: REJECT)"), "{list}");
+    assert!(list.contains("affinity ClientIP 600s"), "{list}");
+    let l = inspect(&["lookup", "198.18.0.2:40000", "198.18.100.1:80"]);
+    let lv: Value = serde_json::from_str(&l).unwrap();
+    assert_eq!(lv["verdict"], "DNAT", "{l}");
+    assert!(
+        lv["backend"].as_str().unwrap().starts_with("198.18.1.1"),
+        "{l}"
+    );
+    let l = inspect(&["lookup", "198.18.0.2:40000", "198.18.100.2:53", "udp"]);
+    assert!(
+        l.contains("rejected: no usable endpoints (ICMP port unreachable)"),
+        "{l}"
+    );
 
     // A Service without endpoints: RST and ICMP port unreachable, fast.
     let r = t.peer("client", &["reject", "--vip", "198.18.100.2"]);

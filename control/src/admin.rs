@@ -1,16 +1,20 @@
 //! Admin HTTP server: `/proxyMode`, `/healthz`, `/livez`, `/metrics`.
 use crate::publisher::ControlMetrics;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use dataplane::addr::{Addr, FlowKey, Proto, SockAddr};
+use dataplane::dpdk::rcu::{Rcu, Reader};
 use dataplane::stats::{DropReason, WorkerStats};
+use dataplane::table::{Frontend, ServiceTable};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -26,6 +30,144 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Ports: (device name, DPDK port id), by port number.
     pub ports: Arc<Vec<(String, u16)>>,
+    /// An RCU reader of the published table for `/debug/*` (kept offline
+    /// between requests so it never delays a publish).
+    pub table: Option<Arc<std::sync::Mutex<Reader<ServiceTable>>>>,
+}
+
+/// Registers an admin reader on `rcu` at slot `id` (offline until used).
+pub fn table_reader(
+    rcu: &Arc<Rcu<ServiceTable>>,
+    id: usize,
+) -> Option<Arc<std::sync::Mutex<Reader<ServiceTable>>>> {
+    let mut r = rcu.reader(id)?;
+    r.offline();
+    Some(Arc::new(std::sync::Mutex::new(r)))
+}
+
+/// Runs `f` on the current table (online only for the duration).
+fn with_table<R>(s: &AdminState, f: impl FnOnce(&ServiceTable) -> R) -> Option<R> {
+    let m = s.table.as_ref()?;
+    let mut r = m.lock().unwrap_or_else(|e| e.into_inner());
+    r.online();
+    let out = f(r.read());
+    r.offline();
+    Some(out)
+}
+
+fn services_json(t: &ServiceTable) -> serde_json::Value {
+    let list: Vec<serde_json::Value> = t
+        .services()
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "name": s.name,
+                "frontend": format!("{}/{}", s.frontend.addr, s.frontend.proto.as_str()),
+                "backends": s.backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+                "masquerade": s.masquerade,
+                "sessionAffinityTimeoutSeconds": s.affinity_timeout,
+                "sourceRanges": s.source_ranges.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({"tableVersion": t.version, "services": list})
+}
+
+/// Which backend a new connection would get, and why (no session state:
+/// an existing session, or a remembered ClientIP choice, takes precedence).
+pub fn explain(
+    t: &ServiceTable,
+    src: SocketAddr,
+    dst: SocketAddr,
+    proto: Proto,
+) -> serde_json::Value {
+    let key = FlowKey {
+        src: Addr::from(src.ip()),
+        dst: Addr::from(dst.ip()),
+        sport: src.port(),
+        dport: dst.port(),
+        proto,
+    };
+    let fe = Frontend {
+        addr: SockAddr::new(key.dst, key.dport),
+        proto,
+    };
+    let Some(svc) = t.frontend(&fe).and_then(|i| t.service(i)) else {
+        let route = t.route(&key.dst);
+        return serde_json::json!({
+            "service": null,
+            "verdict": if route.is_some() { "routed (not a Service frontend)" } else { "dropped: no route" },
+        });
+    };
+    if !svc.allows(&key.src) {
+        return serde_json::json!({"service": svc.name, "verdict": "dropped: client outside loadBalancerSourceRanges"});
+    }
+    let (backend, how) = match svc.affinity_timeout {
+        Some(_) => (
+            svc.pick(dataplane::affinity::client_hash(&key.src)),
+            "Maglev over the client IP (sessionAffinity ClientIP)",
+        ),
+        None => (
+            svc.pick(dataplane::addr::flow_hash(&key)),
+            "Maglev over the 5-tuple",
+        ),
+    };
+    let Some(b) = backend else {
+        let how = if proto == Proto::Tcp {
+            "TCP RST"
+        } else {
+            "ICMP port unreachable"
+        };
+        return serde_json::json!({"service": svc.name, "verdict": format!("rejected: no usable endpoints ({how})")});
+    };
+    let masq = t.needs_masquerade(svc, &key.src, &b.addr);
+    serde_json::json!({
+        "service": svc.name,
+        "backend": b.to_string(),
+        "verdict": "DNAT",
+        "masquerade": masq,
+        "why": how,
+        "candidates": svc.backends.len(),
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct LookupQuery {
+    src: String,
+    dst: String,
+    #[serde(default = "default_proto")]
+    proto: String,
+}
+
+fn default_proto() -> String {
+    "tcp".into()
+}
+
+async fn debug_services(State(s): State<AdminState>) -> Response {
+    match with_table(&s, services_json) {
+        Some(v) => axum::Json(v).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no table").into_response(),
+    }
+}
+
+async fn debug_lookup(State(s): State<AdminState>, Query(q): Query<LookupQuery>) -> Response {
+    let parse = |v: &str| v.parse::<SocketAddr>();
+    let (Ok(src), Ok(dst)) = (parse(&q.src), parse(&q.dst)) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "src and dst must be IP:PORT ([IPv6]:PORT)",
+        )
+            .into_response();
+    };
+    let proto = match q.proto.to_ascii_lowercase().as_str() {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        _ => return (StatusCode::BAD_REQUEST, "proto must be tcp or udp").into_response(),
+    };
+    match with_table(&s, |t| explain(t, src, dst, proto)) {
+        Some(v) => axum::Json(v).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no table").into_response(),
+    }
 }
 
 /// The router (exposed for tests).
@@ -35,6 +177,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .route("/livez", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/debug/services", get(debug_services))
+        .route("/debug/lookup", get(debug_lookup))
         .with_state(state)
 }
 
@@ -204,6 +348,12 @@ impl prometheus_client::collector::Collector for Collector {
             "ICMP errors about translated flows, translated (inner headers too) and forwarded",
             Counter,
             icmp_errors_translated
+        );
+        per_worker!(
+            "dpdk_kube_proxy_sessions_clash_masqueraded",
+            "New sessions masqueraded to resolve a reply-tuple clash (same client port, same backend, two frontends)",
+            Counter,
+            sessions_clash_masqueraded
         );
         per_worker!(
             "dpdk_kube_proxy_sessions_masqueraded",
@@ -448,6 +598,7 @@ mod tests {
             control: Arc::new(ControlMetrics::default()),
             ready: Arc::new(AtomicBool::new(false)),
             ports: Arc::new(vec![]),
+            table: None,
         };
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();

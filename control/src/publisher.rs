@@ -60,7 +60,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// A publisher whose RCU cell starts with an empty table, for `readers` workers.
+    /// A publisher whose RCU cell starts with an empty table, for `readers`
+    /// readers (the workers, plus one for the admin server).
     pub fn new(readers: usize) -> Self {
         Publisher {
             rcu: Rcu::new(ServiceTable::new(TableSpec::default(), 0), readers.max(1)),

@@ -518,9 +518,28 @@ impl Pipeline {
             service: svc_idx,
             validated: t.version,
         };
+        let mut session = session;
+        let mut snat = snat;
         match self.sessions.insert(session) {
             Ok(_) => {}
             Err(InsertError::Full) => return Verdict::Drop(DropReason::SessionTableFull),
+            Err(InsertError::Conflict) if snat.is_none() => {
+                // The reply tuple (backend -> client) is taken: the same client
+                // port reached the same backend through another frontend.
+                // conntrack drops such a packet (insert_failed); we resolve
+                // the clash by masquerading this one flow.
+                match self.snat_port(t, &key, backend) {
+                    Ok(s) => {
+                        session.snat = Some(s);
+                        snat = Some(s);
+                        if self.sessions.insert(session).is_err() {
+                            return Verdict::Drop(DropReason::SessionConflict);
+                        }
+                        WorkerStats::add(&st.sessions_clash_masqueraded, 1);
+                    }
+                    Err(_) => return Verdict::Drop(DropReason::SessionConflict),
+                }
+            }
             Err(InsertError::Conflict) => return Verdict::Drop(DropReason::SessionConflict),
         }
         WorkerStats::add(&st.sessions_created, 1);

@@ -3125,3 +3125,50 @@ fn icmp_errors_are_steered_to_the_flow_owner_and_unknown_ones_routed() {
     assert_eq!(v, Verdict::Tx(0));
     assert_eq!(parse(&out).src, Some(ip4(BACKENDS4[0])), "untranslated");
 }
+
+#[test]
+fn reply_tuple_clash_is_resolved_by_masquerading() {
+    // Two frontends with the same single backend: the same client port to
+    // both gives the same reply tuple (backend -> client:port).
+    let mut s = spec();
+    let b = vec![sa(ip4(BACKENDS4[0]), 8080)];
+    s.services = vec![
+        svc("a", ip4(VIP4), 80, Proto::Tcp, b.clone()),
+        svc("b", ip4([198, 18, 100, 9]), 80, Proto::Tcp, b),
+    ];
+    let t = ServiceTable::new(s, 1);
+    let st = WorkerStats::default();
+    let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+    let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(48000), NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(parse(&out).src, Some(ip4(CLIENT4)));
+    let (v, out) = run(
+        &mut p,
+        &t,
+        &st,
+        0,
+        &c_tcp(ip4([198, 18, 100, 9]), 48000, 80, SYN, 1, 0),
+        NOW,
+        false,
+    );
+    assert_eq!(v, Verdict::Tx(1), "the second flow is not dropped");
+    let o = parse(&out);
+    assert_eq!(o.src, Some(ip4(NODE1)), "... but masqueraded");
+    assert_eq!(stat(&st.sessions_clash_masqueraded), 1);
+    // Its reply finds its way back to the client from the second VIP.
+    let (v, out) = run(
+        &mut p,
+        &t,
+        &st,
+        1,
+        &b_tcp_to(0, ip4(NODE1), o.sport, SYN | ACK),
+        NOW,
+        false,
+    );
+    assert_eq!(v, Verdict::Tx(0));
+    let r = parse(&out);
+    assert_eq!(
+        (r.src, r.sport, r.dport),
+        (Some(ip4([198, 18, 100, 9])), 80, 48000)
+    );
+}
