@@ -323,9 +323,7 @@ impl Pipeline {
         }
         match ethertype {
             ethernet::ethertype::IPV4 | ethernet::ethertype::IPV6 => {}
-            ethernet::ethertype::ARP => {
-                return self.arp(t, st, in_port, pinfo, pkt, l2, src_mac, now)
-            }
+            ethernet::ethertype::ARP => return self.arp(t, st, in_port, pinfo, pkt, l2, now),
             _ => return Verdict::Drop(DropReason::UnknownEthertype),
         }
         let ip = match parse_ip(pkt.data(), l2, ethertype == ethernet::ethertype::IPV4) {
@@ -423,7 +421,7 @@ impl Pipeline {
                     if let Some(n) = s.snat {
                         rewrite_src(pkt.data_mut(), &ip, proto, n);
                     }
-                    self.forward(t, st, in_port, pkt, &ip, l2, now)
+                    self.forward(t, pkt, &ip, l2, now)
                 }
                 Dir::Reply => {
                     WorkerStats::add(&st.nat_reverse, 1);
@@ -431,7 +429,7 @@ impl Pipeline {
                     if s.snat.is_some() {
                         rewrite_dst(pkt.data_mut(), &ip, proto, s.client);
                     }
-                    self.forward(t, st, in_port, pkt, &ip, l2, now)
+                    self.forward(t, pkt, &ip, l2, now)
                 }
             };
         }
@@ -462,7 +460,7 @@ impl Pipeline {
             // Not a Service: plain routing.
             WorkerStats::add(&st.routed, 1);
             let l2 = l2_len(pkt.data());
-            return self.forward(t, st, in_port, pkt, ip, l2, now);
+            return self.forward(t, pkt, ip, l2, now);
         };
         if key.proto == Proto::Tcp && flags & tcp::RST != 0 {
             return Verdict::Drop(DropReason::OrphanRst);
@@ -550,7 +548,7 @@ impl Pipeline {
             rewrite_src(pkt.data_mut(), ip, key.proto, s);
         }
         let l2 = l2_len(pkt.data());
-        self.forward(t, st, in_port, pkt, ip, l2, now)
+        self.forward(t, pkt, ip, l2, now)
     }
 
     /// Picks the masquerade source for a new flow to `backend`: the node
@@ -585,18 +583,14 @@ impl Pipeline {
     }
 
     /// Routes a (possibly rewritten) IP packet: TTL, next hop, L2 header.
-    #[allow(clippy::too_many_arguments)]
     fn forward<B: PacketBuf>(
         &mut self,
         t: &ServiceTable,
-        st: &WorkerStats,
-        _in_port: u16,
         pkt: &mut B,
         ip: &Ip,
         l2: usize,
         now: u64,
     ) -> Verdict {
-        let _ = st;
         // The destination may have been rewritten: read it back.
         let dst = read_dst(pkt.data(), ip);
         if dst.is_multicast_or_broadcast() {
@@ -771,7 +765,7 @@ impl Pipeline {
         }
         WorkerStats::add(&st.icmp_errors_translated, 1);
         let l2 = l2_len(pkt.data());
-        Some(self.forward(t, st, 0, pkt, ip, l2, now))
+        Some(self.forward(t, pkt, ip, l2, now))
     }
 
     /// ICMP and other non-port protocols: answer echo to node addresses, route the rest.
@@ -827,7 +821,7 @@ impl Pipeline {
         }
         WorkerStats::add(&st.routed, 1);
         let l2 = l2_len(pkt.data());
-        self.forward(t, st, in_port, pkt, ip, l2, now)
+        self.forward(t, pkt, ip, l2, now)
     }
 
     /// Answers a connection to a Service without endpoints the way kube-proxy's
@@ -998,7 +992,6 @@ impl Pipeline {
         pinfo: PortInfo,
         pkt: &mut B,
         l2: usize,
-        src_mac: MacAddr,
         now: u64,
     ) -> Verdict {
         let d = pkt.data_mut();
@@ -1011,7 +1004,6 @@ impl Pipeline {
             ),
             Err(e) => return Verdict::Drop(pkt_drop(e)),
         };
-        let _ = src_mac;
         let sender = Addr::from(spa);
         let target = Addr::from(tpa);
         let for_us = t.owns(&target);
