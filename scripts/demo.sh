@@ -51,6 +51,10 @@ echo "== the same over IPv6 to [2001:2:0:100::1] (100 each)"
 ip netns exec "$P-client" $PEER clients --vip 2001:2:0:100::1 --count 100 --concurrency 12 --human
 echo "== a Service with no endpoints (198.18.100.2) is rejected like kube-proxy does"
 ip netns exec "$P-client" $PEER reject --vip 198.18.100.2 --human
+echo "== what the proxy programmed (dpdk-kube-proxy inspect), first Services"
+ip netns exec "$P-proxy" "$BIN" inspect --admin "$ADMIN" | head -12 | sed 's/^/   /'
+echo "== which backend would 198.18.0.2:40000 -> 198.18.100.1:80/tcp get?"
+ip netns exec "$P-proxy" "$BIN" inspect --admin "$ADMIN" lookup 198.18.0.2:40000 198.18.100.1:80 | sed 's/^/   /'
 echo "== key metrics (http://$ADMIN/metrics inside the proxy namespace)"
 admin /metrics | grep -E '^(dpdk_kube_proxy_(rx_packets|tx_packets|sessions_created|handoff_out_packets|rejected_connections|nat_forward_packets|nat_reverse_packets)_total|dpdk_kube_proxy_dropped_packets_total.* [1-9])' | sed 's/^/   /'
 echo "== done; cleaning up"

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod k8s;
 pub mod publisher;
 
 /// Errors of the control crate.
