@@ -56,20 +56,12 @@ impl<T> Rcu<T> {
         if c.swap(1, Ordering::AcqRel) != 0 {
             return None;
         }
-        self.readers[id].store(self.epoch.load(Ordering::Acquire), Ordering::Release);
+        self.readers[id].store(self.epoch.load(Ordering::Acquire), Ordering::SeqCst);
+        core::sync::atomic::fence(Ordering::SeqCst);
         Some(Reader {
             rcu: self.clone(),
             id,
         })
-    }
-
-    /// Reads the current value from the control side (not a worker). The
-    /// caller must be the only writer (it is: publishing takes `&mut`-like
-    /// discipline through [`Rcu::publish`] being called from one thread).
-    pub fn with_current<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        // SAFETY: the writer is the only one that frees values, and it is the
-        // caller of this method (control thread), so the value stays alive.
-        f(unsafe { &*self.ptr.load(Ordering::Acquire) })
     }
 
     /// Publishes `new`, waits until no reader can still see the old value
@@ -83,6 +75,9 @@ impl<T> Rcu<T> {
             .ptr
             .swap(Box::into_raw(Box::new(new)), Ordering::AcqRel);
         let target = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        // Pairs with the fence in `Reader::online`: either a reader coming
+        // online sees the new pointer, or we see it online (and wait).
+        core::sync::atomic::fence(Ordering::SeqCst);
         loop {
             if self.all_passed(target) {
                 // SAFETY: every reader has announced a quiescent state after the
@@ -174,6 +169,9 @@ impl<T> Reader<T> {
     /// Comes back online after [`Reader::offline`].
     pub fn online(&mut self) {
         self.rcu.readers[self.id].store(self.rcu.epoch.load(Ordering::Acquire), Ordering::SeqCst);
+        // Store-load ordering against the writer's pointer swap (see `publish`),
+        // as DPDK's rte_rcu_qsbr_thread_online does.
+        core::sync::atomic::fence(Ordering::SeqCst);
     }
 }
 
