@@ -475,6 +475,11 @@ fn e2e_af_packet_two_workers() {
     let v6 = clients(&t, "2001:2:0:100::1", 150);
     assert_spread_within(&v6, "tcp", 150, &["be1", "be2", "be3"], 0.15..=0.55);
     assert_spread_within(&v6, "udp", 150, &["be1", "be2", "be3"], 0.15..=0.55);
+    assert_sources(&v6, &["2001:2::2"]);
+    let m6 = clients(&t, "2001:2:0:100::3", 90);
+    assert_spread_within(&m6, "tcp", 90, &["be1", "be2", "be3"], 0.10..=0.60);
+    assert_spread_within(&m6, "udp", 90, &["be1", "be2", "be3"], 0.10..=0.60);
+    assert_sources(&m6, &["2001:2:0:1::1"]);
     let r = t.peer("client", &["reject", "--vip", "2001:2:0:100::2"]);
     assert_eq!(r["tcp"], "refused", "{r}");
     assert_eq!(r["udp"], "refused", "{r}");
