@@ -91,10 +91,12 @@ fn pipeline(sessions: usize) -> Pipeline {
             PortInfo {
                 mac: P0,
                 vlan: None,
+                mtu: 1500,
             },
             PortInfo {
                 mac: P1,
                 vlan: None,
+                mtu: 1500,
             },
         ],
         PipelineConfig {

@@ -48,6 +48,9 @@ up() {
   ip -n "$P-client" route add 2001:2:0:100::/64 via 2001:2::1
   ip -n "$P-client" route add 2001:2:0:1::/64 via 2001:2::1
   off "$P-client" "${P}c"
+  # P0_MTU: a smaller MTU on the proxy's end of the client link only (the
+  # client still sends MSS for 1500): a path MTU the proxy must report.
+  [ -n "${P0_MTU:-}" ] && ip -n "$P-proxy" link set "${P}0" mtu "$P0_MTU"
   ip -n "$P-proxy" link set "${P}0" up
   off "$P-proxy" "${P}0"
   # proxy port 1 <-> bridge <-> backends

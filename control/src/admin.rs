@@ -344,6 +344,12 @@ impl prometheus_client::collector::Collector for Collector {
             sessions_expired
         );
         per_worker!(
+            "dpdk_kube_proxy_icmp_too_big_sent",
+            "ICMP fragmentation-needed / packet-too-big sent for packets over an egress port's MTU",
+            Counter,
+            too_big_sent
+        );
+        per_worker!(
             "dpdk_kube_proxy_icmp_errors_translated",
             "ICMP errors about translated flows, translated (inner headers too) and forwarded",
             Counter,

@@ -112,6 +112,14 @@ pub struct PortConfig {
     /// 802.1Q VLAN id.
     #[serde(default)]
     pub vlan: Option<u16>,
+    /// Largest IP packet sent on this port (default 1500). Larger packets
+    /// get ICMP fragmentation-needed / packet-too-big (PMTU discovery).
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+}
+
+fn default_mtu() -> u16 {
+    1500
 }
 
 /// A static route.
@@ -449,6 +457,12 @@ impl Config {
             if p.device.is_empty() {
                 return Err(invalid(format!("ports[{i}].device"), "must not be empty"));
             }
+            if !(576..=9600).contains(&p.mtu) {
+                return Err(invalid(
+                    format!("ports[{i}].mtu"),
+                    format!("{} is not in 576..=9600", p.mtu),
+                ));
+            }
             if let Some(v) = p.vlan {
                 if v == 0 || v > 4094 {
                     return Err(invalid(
@@ -729,6 +743,7 @@ impl Config {
                 .map(|p| PortSpec {
                     device: p.device.clone(),
                     vlan: p.vlan,
+                    mtu: p.mtu,
                 })
                 .collect(),
             lcores,

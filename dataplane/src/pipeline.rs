@@ -140,6 +140,8 @@ pub struct PortInfo {
     pub mac: MacAddr,
     /// 802.1Q VLAN id the port sends and expects, if any.
     pub vlan: Option<u16>,
+    /// Largest IP packet the port sends (bytes, L3).
+    pub mtu: u16,
 }
 
 /// Sizing and timers of a pipeline.
@@ -197,6 +199,8 @@ pub fn snat_owner(port: u16, n_workers: u16) -> u16 {
 }
 const DEFAULT_TTL: u8 = 64;
 const ICMP4_ERR_MAX: usize = 576;
+/// Packets up to this size fit every port (the IPv4 minimum MTU): no MTU check.
+const MIN_MTU: usize = 576;
 const ICMP6_ERR_MAX: usize = 1280;
 
 /// One worker's translation state. See the module docs.
@@ -416,6 +420,11 @@ impl Pipeline {
             self.sessions.touch(idx, dir, flags, now);
             return match dir {
                 Dir::Original => {
+                    if let Some(v) =
+                        self.check_mtu(t, st, pkt, &ip, &s.backend.addr, pinfo, src_mac, in_port)
+                    {
+                        return v;
+                    }
                     WorkerStats::add(&st.nat_forward, 1);
                     rewrite_dst(pkt.data_mut(), &ip, proto, s.backend);
                     if let Some(n) = s.snat {
@@ -424,6 +433,11 @@ impl Pipeline {
                     self.forward(t, pkt, &ip, l2, now)
                 }
                 Dir::Reply => {
+                    if let Some(v) =
+                        self.check_mtu(t, st, pkt, &ip, &s.client.addr, pinfo, src_mac, in_port)
+                    {
+                        return v;
+                    }
                     WorkerStats::add(&st.nat_reverse, 1);
                     rewrite_src(pkt.data_mut(), &ip, proto, s.frontend);
                     if s.snat.is_some() {
@@ -493,6 +507,9 @@ impl Pipeline {
             WorkerStats::add(&st.rejected, 1);
             return self.reject(pkt, ip, key, flags, pinfo, src_mac, in_port);
         };
+        if let Some(v) = self.check_mtu(t, st, pkt, ip, &backend.addr, pinfo, src_mac, in_port) {
+            return v;
+        }
         let snat = if t.needs_masquerade(svc, &key.src, &backend.addr) {
             match self.snat_port(t, &key, backend) {
                 Ok(s) => Some(s),
@@ -652,6 +669,54 @@ impl Pipeline {
             self.learned[self.n_learned] = u;
             self.n_learned += 1;
         }
+    }
+
+    /// When a packet headed for `dst` is larger than its egress port's MTU:
+    /// ICMP fragmentation-needed (IPv4 with DF) / packet-too-big (IPv6) to
+    /// its sender, from our address on the ingress port, quoting the packet
+    /// as received — before any translation, so the sender's PMTU discovery
+    /// works. IPv4 without DF: dropped and counted (we do not fragment).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn check_mtu<B: PacketBuf>(
+        &self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        pkt: &mut B,
+        ip: &Ip,
+        dst: &Addr,
+        pinfo: PortInfo,
+        src_mac: MacAddr,
+        in_port: u16,
+    ) -> Option<Verdict> {
+        let len = ip.end - ip.l3;
+        if len <= MIN_MTU {
+            return None;
+        }
+        let mtu = self.ports.get(t.route(dst)?.port as usize)?.mtu as usize;
+        if len <= mtu {
+            return None;
+        }
+        if ip.v4 && pkt.data()[ip.l3 + 6] & 0x40 == 0 {
+            return Some(Verdict::Drop(DropReason::TooBig));
+        }
+        let Some(from) = t.port_addr(in_port, ip.v4) else {
+            return Some(Verdict::Drop(DropReason::TooBig));
+        };
+        let (ty, code, rest) = if ip.v4 {
+            let m = (mtu as u16).to_be_bytes();
+            (
+                icmp::v4::DEST_UNREACHABLE,
+                icmp::v4::FRAG_NEEDED,
+                [0, 0, m[0], m[1]],
+            )
+        } else {
+            (icmp::v6::PACKET_TOO_BIG, 0, (mtu as u32).to_be_bytes())
+        };
+        WorkerStats::add(&st.too_big_sent, 1);
+        Some(icmp_error_reply(
+            pkt, ip, from, ip.src, ty, code, rest, pinfo, src_mac, in_port,
+        ))
     }
 
     /// The worker owning a packet with tuple `k` (see [`Pipeline::process`]).
@@ -901,86 +966,14 @@ impl Pipeline {
             return Verdict::Tx(in_port);
         }
         // UDP: ICMP port unreachable quoting the offending packet.
-        let (hdr, max) = if ip.v4 {
-            (28, ICMP4_ERR_MAX)
+        let (ty, code) = if ip.v4 {
+            (icmp::v4::DEST_UNREACHABLE, icmp::v4::PORT_UNREACHABLE)
         } else {
-            (48, ICMP6_ERR_MAX)
+            (icmp::v6::DEST_UNREACHABLE, icmp::v6::PORT_UNREACHABLE)
         };
-        let l2 = ip.l3;
-        let orig_len = ip.end - ip.l3;
-        if !pkt.prepend(hdr) {
-            return Verdict::Drop(DropReason::NoMbuf);
-        }
-        let quote = orig_len.min(max - hdr);
-        let d = pkt.data_mut();
-        // Old L2 header now sits at [hdr, hdr + l2): move it to the front.
-        d.copy_within(hdr..hdr + l2, 0);
-        reply_l2(d, pinfo.mac, src_mac);
-        let icmp_at = l2 + hdr - 8;
-        if ip.v4 {
-            if Ipv4Packet::emit_header(
-                &mut d[l2..],
-                key.dst.ipv4(),
-                key.src.ipv4(),
-                ip_proto::ICMP,
-                8 + quote,
-                DEFAULT_TTL,
-            )
-            .is_err()
-            {
-                return Verdict::Drop(DropReason::Truncated);
-            }
-            // set_l2 ethertype stays IPv4.
-            let m = &mut d[icmp_at..icmp_at + 8];
-            m.copy_from_slice(&[
-                icmp::v4::DEST_UNREACHABLE,
-                icmp::v4::PORT_UNREACHABLE,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-            ]);
-            let c = checksum::finish(checksum::sum(&d[icmp_at..icmp_at + 8 + quote], 0));
-            IcmpPacket::new_unchecked(&mut d[icmp_at..icmp_at + 8]).set_checksum(c);
-        } else {
-            if Ipv6Packet::emit_header(
-                &mut d[l2..],
-                key.dst.ipv6(),
-                key.src.ipv6(),
-                ip_proto::ICMPV6,
-                8 + quote,
-                DEFAULT_TTL,
-            )
-            .is_err()
-            {
-                return Verdict::Drop(DropReason::Truncated);
-            }
-            let m = &mut d[icmp_at..icmp_at + 8];
-            m.copy_from_slice(&[
-                icmp::v6::DEST_UNREACHABLE,
-                icmp::v6::PORT_UNREACHABLE,
-                0,
-                0,
-                0,
-                0,
-                0,
-                0,
-            ]);
-            let c = l4_checksum(
-                d,
-                false,
-                &key.dst,
-                &key.src,
-                ip_proto::ICMPV6,
-                icmp_at,
-                icmp_at + 8 + quote,
-            );
-            IcmpPacket::new_unchecked(&mut d[icmp_at..icmp_at + 8]).set_checksum(c);
-        }
-        pkt.truncate(icmp_at + 8 + quote);
-        Verdict::Tx(in_port)
+        icmp_error_reply(
+            pkt, ip, key.dst, key.src, ty, code, [0; 4], pinfo, src_mac, in_port,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1307,6 +1300,79 @@ fn l4_ports(d: &[u8], ip: &Ip) -> Result<Option<(Proto, u16, u16, u8)>, DropReas
         }
         _ => Ok(None),
     }
+}
+
+/// Turns the received packet, in place, into an ICMP(v6) error from `from`
+/// to `to` that quotes it (as much as fits in 576 / 1280 bytes), sent back
+/// out of the ingress port to the sender's MAC.
+#[allow(clippy::too_many_arguments)]
+fn icmp_error_reply<B: PacketBuf>(
+    pkt: &mut B,
+    ip: &Ip,
+    from: Addr,
+    to: Addr,
+    ty: u8,
+    code: u8,
+    rest: [u8; 4],
+    pinfo: PortInfo,
+    src_mac: MacAddr,
+    in_port: u16,
+) -> Verdict {
+    let (hdr, max) = if ip.v4 {
+        (28, ICMP4_ERR_MAX)
+    } else {
+        (48, ICMP6_ERR_MAX)
+    };
+    let l2 = ip.l3;
+    let orig_len = ip.end - ip.l3;
+    if !pkt.prepend(hdr) {
+        return Verdict::Drop(DropReason::NoMbuf);
+    }
+    let quote = orig_len.min(max - hdr);
+    let d = pkt.data_mut();
+    // The old L2 header now sits at [hdr, hdr + l2): move it to the front.
+    d.copy_within(hdr..hdr + l2, 0);
+    reply_l2(d, pinfo.mac, src_mac);
+    let icmp_at = l2 + hdr - 8;
+    let emitted = if ip.v4 {
+        Ipv4Packet::emit_header(
+            &mut d[l2..],
+            from.ipv4(),
+            to.ipv4(),
+            ip_proto::ICMP,
+            8 + quote,
+            DEFAULT_TTL,
+        )
+    } else {
+        Ipv6Packet::emit_header(
+            &mut d[l2..],
+            from.ipv6(),
+            to.ipv6(),
+            ip_proto::ICMPV6,
+            8 + quote,
+            DEFAULT_TTL,
+        )
+    };
+    if emitted.is_err() {
+        return Verdict::Drop(DropReason::Truncated);
+    }
+    d[icmp_at..icmp_at + 8].copy_from_slice(&[ty, code, 0, 0, rest[0], rest[1], rest[2], rest[3]]);
+    let c = if ip.v4 {
+        checksum::finish(checksum::sum(&d[icmp_at..icmp_at + 8 + quote], 0))
+    } else {
+        l4_checksum(
+            d,
+            false,
+            &from,
+            &to,
+            ip_proto::ICMPV6,
+            icmp_at,
+            icmp_at + 8 + quote,
+        )
+    };
+    IcmpPacket::new_unchecked(&mut d[icmp_at..icmp_at + 8]).set_checksum(c);
+    pkt.truncate(icmp_at + 8 + quote);
+    Verdict::Tx(in_port)
 }
 
 /// A quoted IP header inside an ICMP error whose lengths describe the

@@ -54,6 +54,9 @@ reasons! {
     NoRoute => "no_route",
     /// Next hop MAC did not resolve in time, or too many packets waited for it.
     NeighborMiss => "neighbor_miss",
+    /// Larger than the egress port's MTU and not fragmentable (IPv4 without
+    /// DF is not fragmented either; an ICMP "too big" is sent when possible).
+    TooBig => "too_big",
     /// A client outside the Service's `loadBalancerSourceRanges`.
     SourceRange => "source_range",
     /// No free masquerade port in this worker's partition.
@@ -114,6 +117,8 @@ pub struct WorkerStats {
     pub nat_reverse: AtomicU64,
     /// ICMP errors about translated flows, translated and forwarded.
     pub icmp_errors_translated: AtomicU64,
+    /// ICMP fragmentation-needed / packet-too-big sent for oversized packets.
+    pub too_big_sent: AtomicU64,
     /// Connections rejected because their Service has no endpoints.
     pub rejected: AtomicU64,
     /// Packets routed without translation.

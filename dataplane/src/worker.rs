@@ -36,6 +36,8 @@ pub struct PortSpec {
     pub device: String,
     /// 802.1Q VLAN id, if the port is a tagged interface.
     pub vlan: Option<u16>,
+    /// Largest IP packet the port sends; larger ones get ICMP "too big".
+    pub mtu: u16,
 }
 
 /// How to build the dataplane.
@@ -194,6 +196,7 @@ pub fn start(
         port_info.push(PortInfo {
             mac: p.mac()?,
             vlan: cfg.ports[i].vlan,
+            mtu: cfg.ports[i].mtu,
         });
     }
     let port_ids: Vec<u16> = ports.iter().map(|p| p.id()).collect();

@@ -30,8 +30,11 @@ def serve(a):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
-            # "NAME SOURCE": the backend reports the source address it saw.
+            # "NAME SOURCE": the backend reports the source address it saw;
+            # /big?n=N returns N bytes (bulk transfers, PMTU tests).
             body = name + b" " + unmap(self.client_address[0]).encode()
+            if self.path.startswith("/big?n="):
+                body = b"x" * int(self.path[len("/big?n="):])
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -158,6 +161,24 @@ def longlived(a):
     print(json.dumps({"requests": n, "backends": sorted(set(names)), "errors": errors[:10], "n_errors": len(errors)}), flush=True)
 
 
+def download(a):
+    """Fetches /big?n=SIZE COUNT times over fresh connections; prints JSON."""
+    ok, errors, t = 0, [], time.monotonic()
+    for _ in range(a.count):
+        try:
+            c = http.client.HTTPConnection(a.vip, a.tcp_port, timeout=a.timeout)
+            c.request("GET", f"/big?n={a.size}", headers={"Connection": "close"})
+            body = c.getresponse().read()
+            c.close()
+            if len(body) == a.size and body == b"x" * a.size:
+                ok += 1
+            else:
+                errors.append(f"got {len(body)} bytes")
+        except OSError as e:
+            errors.append(str(e))
+    print(json.dumps({"ok": ok, "errors": errors[:5], "seconds": time.monotonic() - t}), flush=True)
+
+
 def reject(a):
     out = {}
     t = time.monotonic()
@@ -246,7 +267,7 @@ def main():
     s.add_argument("--name", required=True)
     s.add_argument("--tcp", type=int, default=8080)
     s.add_argument("--udp", type=int, default=5353)
-    for cmd in ("clients", "longlived", "reject"):
+    for cmd in ("clients", "longlived", "reject", "download"):
         c = sub.add_parser(cmd)
         c.add_argument("--vip", required=True)
         c.add_argument("--tcp-port", type=int, default=80)
@@ -257,6 +278,9 @@ def main():
             c.add_argument("--count", type=int, default=300)
             c.add_argument("--concurrency", type=int, default=8)
             c.add_argument("--proto", nargs="+", default=["tcp", "udp"])
+        if cmd == "download":
+            c.add_argument("--size", type=int, default=300_000)
+            c.add_argument("--count", type=int, default=3)
         if cmd == "longlived":
             c.add_argument("--duration", type=float, default=10)
             c.add_argument("--interval", type=float, default=0.1)
@@ -270,7 +294,8 @@ def main():
     i.add_argument("--dst", default="198.18.100.1")
     i.add_argument("--count", type=int, default=10)
     a = p.parse_args()
-    {"serve": serve, "clients": clients, "longlived": longlived, "reject": reject, "http-get": http_get, "inject": inject}[a.cmd](a)
+    {"serve": serve, "clients": clients, "longlived": longlived, "reject": reject, "download": download,
+     "http-get": http_get, "inject": inject}[a.cmd](a)
 
 
 if __name__ == "__main__":

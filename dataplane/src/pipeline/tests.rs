@@ -188,10 +188,12 @@ fn ports() -> Vec<PortInfo> {
         PortInfo {
             mac: MacAddr(P0_MAC),
             vlan: None,
+            mtu: 1500,
         },
         PortInfo {
             mac: MacAddr(P1_MAC),
             vlan: None,
+            mtu: 1500,
         },
     ]
 }
@@ -3170,5 +3172,116 @@ fn reply_tuple_clash_is_resolved_by_masquerading() {
     assert_eq!(
         (r.src, r.sport, r.dport),
         (Some(ip4([198, 18, 100, 9])), 80, 48000)
+    );
+}
+
+// ---------------------------------------------------------------------------
+// MTU: ICMP fragmentation needed / packet too big
+
+#[test]
+fn oversized_reply_gets_frag_needed_quoting_the_original_packet() {
+    let t = table();
+    let st = WorkerStats::default();
+    let mut ports = ports();
+    ports[0].mtu = 1280; // the client side
+    let mut p = Pipeline::new(0, 1, ports, PipelineConfig::default());
+    p.on_table(&t);
+    let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(49000), NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let backend = parse(&out).dst.unwrap();
+    let bi = backend_index(backend);
+    // A 1400-byte data segment from the backend (DF set by etherparse).
+    let big = tcp_frame(
+        backend_mac(bi),
+        P1_MAC,
+        backend,
+        ip4(CLIENT4),
+        8080,
+        49000,
+        ACK,
+        1,
+        1001,
+        64,
+        &[7u8; 1360],
+    );
+    let (v, out) = run(&mut p, &t, &st, 1, &big, NOW, false);
+    assert_eq!(v, Verdict::Tx(1), "the error goes back to the backend");
+    let o = parse(&out);
+    assert_eq!(o.src, Some(ip4(NODE1)));
+    assert_eq!(o.dst, Some(backend));
+    assert_eq!(o.dst_mac, backend_mac(bi));
+    assert_eq!(o.icmp, Some((3, 4)));
+    assert_eq!(
+        u16::from_be_bytes([o.icmp_msg[6], o.icmp_msg[7]]),
+        1280,
+        "next-hop MTU"
+    );
+    let (s, d, sp, dp, ok) = quoted4(&o.icmp_msg);
+    assert_eq!(
+        (ip4(s), d, sp, dp),
+        (backend, CLIENT4, 8080, 49000),
+        "quotes the packet as sent"
+    );
+    assert!(ok);
+    assert!(o.ip_total_len <= 576);
+    // A packet that fits still goes through.
+    let fits = tcp_frame(
+        backend_mac(bi),
+        P1_MAC,
+        backend,
+        ip4(CLIENT4),
+        8080,
+        49000,
+        ACK,
+        1,
+        1001,
+        64,
+        &[7u8; 1200],
+    );
+    let (v, _) = run(&mut p, &t, &st, 1, &fits, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    // Without DF we do not fragment: dropped and counted.
+    let mut nodf = big.clone();
+    nodf[14 + 6] &= !0x40;
+    fix_ip4_csum(&mut nodf);
+    let (v, _) = run(&mut p, &t, &st, 1, &nodf, NOW, false);
+    assert_eq!(v, Verdict::Drop(DropReason::TooBig));
+}
+
+#[test]
+fn oversized_ipv6_gets_packet_too_big() {
+    let t = table();
+    let st = WorkerStats::default();
+    let mut ports = ports();
+    ports[1].mtu = 1280; // the backend side
+    let mut p = Pipeline::new(0, 1, ports, PipelineConfig::default());
+    p.on_table(&t);
+    let big = tcp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip6(client6()),
+        ip6(vip6()),
+        49100,
+        80,
+        ACK,
+        1,
+        1,
+        64,
+        &[1u8; 1300],
+    );
+    let (v, out) = run(&mut p, &t, &st, 0, &big, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let o = parse(&out); // verifies the ICMPv6 checksum
+    assert_eq!(o.src, Some(ip6(node6_0())));
+    assert_eq!(o.dst, Some(ip6(client6())));
+    assert_eq!(o.icmp, Some((2, 0)));
+    assert_eq!(
+        u32::from_be_bytes(o.icmp_msg[4..8].try_into().unwrap()),
+        1280
+    );
+    assert!(o.ip_total_len <= 1280);
+    assert!(
+        p.sessions.is_empty(),
+        "no session for a packet that was not forwarded"
     );
 }
