@@ -163,7 +163,7 @@ def phase_create(c, ck, cidr):
     code, s = c.req("POST", f"/api/v1/namespaces/{NS}/services", service("fixed", fixed))
     ck.check("create Service with a chosen ClusterIP", code == 201 and s["spec"]["clusterIP"] == fixed, f"HTTP {code}, {fixed}")
 
-    code, s = c.req("POST", f"/api/v1/namespaces/{NS}/services", service("outside", "10.96.0.10"))
+    code, s = c.req("POST", f"/api/v1/namespaces/{NS}/services", service("outside", "198.19.0.10"))  # inside 198.18.0.0/15, outside the Service range
     ck.check("ClusterIP outside the range is rejected", code == 422, f"HTTP {code}")
 
     code, _ = c.req("POST", f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices", endpoint_slice(["198.18.0.10"]))

@@ -323,11 +323,11 @@ mod tests {
 
     #[test]
     fn dnat_port_and_addr_incremental() {
-        // Rewrite dst 192.0.2.1:8081 -> 10.0.0.7:80 incrementally; result must verify.
+        // Rewrite dst 192.0.2.1:8081 -> 198.18.1.7:80 incrementally; result must verify.
         let mut frame = TCP4_SYN;
         let mut ip = Ipv4Packet::new_checked(&mut frame[14..]).unwrap();
         let old_dst = ip.dst_bytes();
-        let new_dst = [10, 0, 0, 7];
+        let new_dst = [198, 18, 1, 7];
         ip.set_dst_addr(new_dst.into());
         let c = checksum::adjust(ip.checksum(), &old_dst, &new_dst);
         ip.set_checksum(c);
