@@ -285,6 +285,14 @@ fn clients(t: &Topology, vip: &str, count: u32) -> Value {
     )
 }
 
+/// TCP to `vip` is refused (RST) and UDP gets ECONNREFUSED (ICMP unreachable).
+fn assert_refused(t: &Topology, vip: &str) -> Value {
+    let r = t.peer("client", &["reject", "--vip", vip]);
+    assert_eq!(r["tcp"], "refused", "{r}");
+    assert_eq!(r["udp"], "refused", "{r}");
+    r
+}
+
 /// Every backend saw only the given source addresses.
 fn assert_sources(v: &Value, want: &[&str]) {
     for proto in ["tcp", "udp"] {
@@ -436,9 +444,7 @@ fn e2e_af_packet_two_workers() {
     // The backend's own ICMP port unreachable reaches the client translated
     // (outer source and quoted packet rewritten to the VIP), so the client's
     // connected UDP socket sees ECONNREFUSED; TCP gets the backend's RST.
-    let r = t.peer("client", &["reject", "--vip", "198.18.100.7"]);
-    assert_eq!(r["tcp"], "refused", "{r}");
-    assert_eq!(r["udp"], "refused", "{r}");
+    assert_refused(&t, "198.18.100.7");
     assert!(t.metric_sum("dpdk_kube_proxy_icmp_errors_translated_total", "") >= 1);
 
     // PMTU: the client link's proxy end has MTU 1280 while the client
@@ -512,9 +518,7 @@ fn e2e_af_packet_two_workers() {
     assert_spread_within(&m6, "tcp", 90, &["be1", "be2", "be3"], 0.10..=0.60);
     assert_spread_within(&m6, "udp", 90, &["be1", "be2", "be3"], 0.10..=0.60);
     assert_sources(&m6, &["2001:2:0:1::1"]);
-    let r = t.peer("client", &["reject", "--vip", "2001:2:0:100::2"]);
-    assert_eq!(r["tcp"], "refused", "{r}");
-    assert_eq!(r["udp"], "refused", "{r}");
+    assert_refused(&t, "2001:2:0:100::2");
 
     // `inspect`: the Services as published, and the choice for a 5-tuple.
     let inspect = |args: &[&str]| {
@@ -549,9 +553,7 @@ fn e2e_af_packet_two_workers() {
     );
 
     // A Service without endpoints: RST and ICMP port unreachable, fast.
-    let r = t.peer("client", &["reject", "--vip", "198.18.100.2"]);
-    assert_eq!(r["tcp"], "refused", "{r}");
-    assert_eq!(r["udp"], "refused", "{r}");
+    let r = assert_refused(&t, "198.18.100.2");
     assert!(r["tcp_ms"].as_f64().unwrap() < 100.0, "{r}");
     assert!(r["udp_ms"].as_f64().unwrap() < 100.0, "{r}");
     assert!(t.metric_sum("dpdk_kube_proxy_rejected_connections_total", "") >= 2);

@@ -353,28 +353,6 @@ impl Pipeline {
             // Not TCP/UDP: local (echo) or routed statelessly.
             return self.stateless(t, st, in_port, pinfo, pkt, &ip, src_mac, now);
         };
-        let frontend = Frontend {
-            addr: SockAddr::new(ip.dst, dport),
-            proto,
-        };
-        let fe = t.frontend(&frontend);
-        if !handed_off && self.n_workers > 1 {
-            // The owner is the client endpoint's worker: the source of
-            // packets to a (live or recently removed) frontend, else the
-            // destination (replies from backends).
-            let owner = if fe.is_some() || t.is_retired(&frontend) {
-                owner_of(&SockAddr::new(ip.src, sport), self.n_workers)
-            } else if t.local_port(&ip.dst).is_some() {
-                // To a node address: a reply to a masqueraded flow, owned by
-                // the worker whose partition holds the SNAT port.
-                snat_owner(dport, self.n_workers)
-            } else {
-                owner_of(&SockAddr::new(ip.dst, dport), self.n_workers)
-            };
-            if owner != self.id {
-                return Verdict::HandOff(owner);
-            }
-        }
         let key = FlowKey {
             src: ip.src,
             dst: ip.dst,
@@ -382,6 +360,12 @@ impl Pipeline {
             dport,
             proto,
         };
+        if !handed_off && self.n_workers > 1 {
+            let owner = self.owner_for(t, &key);
+            if owner != self.id {
+                return Verdict::HandOff(owner);
+            }
+        }
         if let Some((idx, dir)) = self.sessions.lookup(&key) {
             let s = *self.sessions.get(idx);
             if s.validated != t.version {
@@ -397,9 +381,8 @@ impl Pipeline {
                     // endpoints left); the packet is handled as new.
                     self.sessions.remove(idx);
                     WorkerStats::add(&st.sessions_flushed, 1);
-                    return self.new_flow(
-                        t, st, in_port, pinfo, pkt, &ip, key, fe, flags, src_mac, now,
-                    );
+                    return self
+                        .new_flow(t, st, in_port, pinfo, pkt, &ip, key, flags, src_mac, now);
                 }
                 self.sessions.get_mut(idx).validated = t.version;
             }
@@ -413,9 +396,7 @@ impl Pipeline {
             {
                 // A new connection reusing the tuple of a closing one: start afresh.
                 self.sessions.remove(idx);
-                return self.new_flow(
-                    t, st, in_port, pinfo, pkt, &ip, key, fe, flags, src_mac, now,
-                );
+                return self.new_flow(t, st, in_port, pinfo, pkt, &ip, key, flags, src_mac, now);
             }
             self.sessions.touch(idx, dir, flags, now);
             return match dir {
@@ -447,9 +428,7 @@ impl Pipeline {
                 }
             };
         }
-        self.new_flow(
-            t, st, in_port, pinfo, pkt, &ip, key, fe, flags, src_mac, now,
-        )
+        self.new_flow(t, st, in_port, pinfo, pkt, &ip, key, flags, src_mac, now)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -462,11 +441,14 @@ impl Pipeline {
         pkt: &mut B,
         ip: &Ip,
         key: FlowKey,
-        fe: Option<u32>,
         flags: u8,
         src_mac: MacAddr,
         now: u64,
     ) -> Verdict {
+        let fe = t.frontend(&Frontend {
+            addr: SockAddr::new(key.dst, key.dport),
+            proto: key.proto,
+        });
         let Some(svc_idx) = fe else {
             if t.local_port(&ip.dst).is_some() {
                 return Verdict::Drop(DropReason::LocalUnhandled);
@@ -519,7 +501,7 @@ impl Pipeline {
             None
         };
         let (tcp_state, expires) = self.sessions.initial_state(key.proto, flags, now);
-        let session = Session {
+        let mut session = Session {
             client: SockAddr::new(key.src, key.sport),
             frontend: SockAddr::new(key.dst, key.dport),
             backend,
@@ -527,14 +509,9 @@ impl Pipeline {
             proto: key.proto,
             tcp: tcp_state,
             replied: false,
-            out_port: 0,
-            in_port,
             expires,
-            service: svc_idx,
             validated: t.version,
         };
-        let mut session = session;
-        let mut snat = snat;
         match self.sessions.insert(session) {
             Ok(_) => {}
             Err(InsertError::Full) => return Verdict::Drop(DropReason::SessionTableFull),
@@ -546,7 +523,6 @@ impl Pipeline {
                 match self.snat_port(t, &key, backend) {
                     Ok(s) => {
                         session.snat = Some(s);
-                        snat = Some(s);
                         if self.sessions.insert(session).is_err() {
                             return Verdict::Drop(DropReason::SessionConflict);
                         }
@@ -560,7 +536,7 @@ impl Pipeline {
         WorkerStats::add(&st.sessions_created, 1);
         WorkerStats::add(&st.nat_forward, 1);
         rewrite_dst(pkt.data_mut(), ip, key.proto, backend);
-        if let Some(s) = snat {
+        if let Some(s) = session.snat {
             WorkerStats::add(&st.sessions_masqueraded, 1);
             rewrite_src(pkt.data_mut(), ip, key.proto, s);
         }
@@ -719,7 +695,11 @@ impl Pipeline {
         ))
     }
 
-    /// The worker owning a packet with tuple `k` (see [`Pipeline::process`]).
+    /// The worker owning a packet with tuple `k`: the client endpoint's
+    /// worker — the source of packets to a (live or recently removed)
+    /// frontend, else the destination (replies from backends); for packets to
+    /// a node address (replies to masqueraded flows), the worker whose
+    /// partition holds the SNAT port.
     fn owner_for(&self, t: &ServiceTable, k: &FlowKey) -> u16 {
         let fe = Frontend {
             addr: SockAddr::new(k.dst, k.dport),

@@ -86,14 +86,8 @@ pub struct Session {
     pub tcp: TcpState,
     /// Whether a reply has been seen.
     pub replied: bool,
-    /// Egress port for the original direction (towards the backend).
-    pub out_port: u16,
-    /// Egress port for replies (towards the client).
-    pub in_port: u16,
     /// Expiry time (ms, worker clock).
     pub expires: u64,
-    /// Index of the Service in the table that created it (stats, flushing).
-    pub service: u32,
     /// Table version against which the backend was last known to be valid.
     pub validated: u64,
 }
@@ -213,11 +207,6 @@ impl SessionTable {
         &mut self.slots[idx as usize].session
     }
 
-    /// True when a new session could be inserted now.
-    pub fn has_room(&self) -> bool {
-        self.active < self.capacity
-    }
-
     /// Inserts a new session under both keys; `session.expires` should be set.
     pub fn insert(&mut self, session: Session) -> Result<u32, InsertError> {
         if self.active >= self.capacity {
@@ -332,19 +321,6 @@ impl SessionTable {
         removed
     }
 
-    /// Removes every session for which `f` returns true; returns how many.
-    /// Walks the whole table: for control operations, not the packet path.
-    pub fn remove_where(&mut self, mut f: impl FnMut(&Session) -> bool) -> usize {
-        let mut removed = 0;
-        for i in 0..self.slots.len() {
-            if self.slots[i].live && f(&self.slots[i].session) {
-                self.remove(i as u32);
-                removed += 1;
-            }
-        }
-        removed
-    }
-
     /// Iterates over live sessions.
     pub fn iter(&self) -> impl Iterator<Item = &Session> {
         self.slots.iter().filter(|s| s.live).map(|s| &s.session)
@@ -401,10 +377,7 @@ mod tests {
             proto,
             tcp: TcpState::SynSent,
             replied: false,
-            out_port: 1,
-            in_port: 0,
             expires: 0,
-            service: 0,
             validated: 0,
         }
     }
