@@ -36,7 +36,12 @@ struct Topology {
 }
 
 impl Topology {
-    fn up(prefix: &str, admin_port: u16) -> Topology {
+    fn up(prefix: &str) -> Topology {
+        // A free port, so concurrent runs (other checkouts) do not clash.
+        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free admin port")
+            .port();
         sh(Command::new(root().join("scripts/netns.sh"))
             .env("P0_MTU", "1280")
             .args(["up", prefix]));
@@ -316,7 +321,7 @@ fn require_root() {
 fn e2e_af_packet_two_workers() {
     require_root();
     let prefix = format!("dk{}", std::process::id() % 100_000);
-    let mut t = Topology::up(&prefix, 19_249);
+    let mut t = Topology::up(&prefix);
     t.write_config(&[1, 2, 3], &[1, 2, 3]);
     t.start_proxy();
     t.wait_version(1);
