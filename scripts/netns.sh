@@ -44,6 +44,8 @@ up() {
   ip -n "$P-client" link set "${P}c" up
   ip -n "$P-client" route add 198.18.100.0/24 via 198.18.0.1
   ip -n "$P-client" route add 198.18.1.0/24 via 198.18.0.1
+  # The Service CIDR of the test kube-apiserver (scripts/k8s-test-env.sh).
+  ip -n "$P-client" route add 198.18.128.0/17 via 198.18.0.1
   ip -n "$P-client" addr add 2001:2::2/64 dev "${P}c" nodad
   ip -n "$P-client" route add 2001:2:0:100::/64 via 2001:2::1
   ip -n "$P-client" route add 2001:2:0:1::/64 via 2001:2::1
@@ -81,6 +83,7 @@ up() {
     ip -n "$ns" route add 2001:2::/64 via 2001:2:0:1::1
     # Pods reach Services through the node (hairpin included).
     ip -n "$ns" route add 198.18.100.0/24 via 198.18.1.1
+    ip -n "$ns" route add 198.18.128.0/17 via 198.18.1.1
     ip -n "$ns" route add 2001:2:0:100::/64 via 2001:2:0:1::1
     off "$ns" "${P}e$i"
   done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is needed and runs every test: unit (no DPDK), DPDK
 # integration (EAL in-process on ring PMDs), end-to-end (the real binary on
-# af_packet ports in network namespaces with kernel peers).
+# af_packet ports in network namespaces with kernel peers), cluster (a real
+# kube-apiserver + etcd driving the real binary).
 # Needs root (network namespaces, af_packet, EAL).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,10 @@ fi
 export CARGO_TERM_COLOR=never
 echo "== build" >&2
 cargo build --workspace --all-targets --locked
+# kube-apiserver + etcd for the cluster tests (built from the Go module proxy
+# once, then cached in /var/cache/dpdk-kube-proxy/k8s).
+echo "== kube-apiserver and etcd" >&2
+scripts/k8s-test-env.sh build >/dev/null
 echo "== tests" >&2
 # Each integration/e2e test file is its own process (one EAL per process).
 log=$(mktemp)

@@ -3,7 +3,10 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use control::admin::{self, AdminState};
 use control::config::Config;
+use control::healthcheck::HealthServers;
+use control::k8s::NodeInfo;
 use control::publisher::Publisher;
+use control::watch::{self, Change, Model};
 use dataplane::dpdk::Eal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +28,54 @@ struct Cli {
     /// How often to look for changes to the configuration file.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     reload_interval: Duration,
+    /// kubeconfig of the cluster to watch. Without it, the proxy watches the
+    /// cluster only when it runs in a pod (in-cluster config); otherwise it
+    /// serves the Services of the configuration file alone.
+    #[arg(long)]
+    kubeconfig: Option<String>,
+    /// This node's name (default: $NODE_NAME, else the host name).
+    #[arg(long)]
+    hostname_override: Option<String>,
+    /// Changes are coalesced: at most one table publication per period.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    min_sync_period: Duration,
+    /// Every Service is rebuilt this often, whether it changed or not.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    sync_period: Duration,
+    /// CIDRs of the node addresses NodePorts are served on (comma separated;
+    /// default: every address of the dataplane's ports).
+    #[arg(long, value_delimiter = ',')]
+    nodeport_addresses: Vec<String>,
+    /// Address of the `/healthz` + `/livez` server (kube-proxy's 10256).
+    /// Default: 0.0.0.0:10256 when watching a cluster, off otherwise.
+    #[arg(long)]
+    healthz_bind_address: Option<std::net::SocketAddr>,
+    /// Overrides `admin.bind`: `/metrics`, `/proxyMode`, `/debug/*`.
+    #[arg(long)]
+    metrics_bind_address: Option<std::net::SocketAddr>,
+    /// Address the `healthCheckNodePort` servers listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    health_check_bind_address: std::net::IpAddr,
+}
+
+impl Cli {
+    /// True when Services come from a Kubernetes API server.
+    fn watches_cluster(&self) -> bool {
+        self.kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+    }
+
+    fn node_name(&self) -> String {
+        self.hostname_override
+            .clone()
+            .or_else(|| std::env::var("NODE_NAME").ok())
+            .filter(|n| !n.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_lowercase())
+            })
+            .unwrap_or_default()
+    }
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -161,7 +212,9 @@ fn main() -> Result<()> {
     }
     tracing::info!(workers = lcores.len(), ?lcores, "dataplane running");
 
-    let ready = Arc::new(AtomicBool::new(true));
+    // Watching a cluster: not ready until Services and EndpointSlices are
+    // listed and programmed.
+    let ready = Arc::new(AtomicBool::new(!cli.watches_cluster()));
     let state = AdminState {
         workers: Arc::new(running.stats.clone()),
         control: publisher.metrics.clone(),
@@ -193,6 +246,48 @@ fn main() -> Result<()> {
     result
 }
 
+/// The node addresses NodePorts are served on: the dataplane's addresses,
+/// filtered by `--nodeport-addresses` when given.
+fn nodeport_addresses(cfg: &Config, cidrs: &[String]) -> Result<Vec<std::net::IpAddr>> {
+    let mut filter = Vec::new();
+    for (i, c) in cidrs.iter().enumerate() {
+        filter.push(control::config::parse_prefix(
+            c.trim(),
+            &format!("--nodeport-addresses[{i}]"),
+        )?);
+    }
+    Ok(cfg
+        .table_spec()?
+        .interfaces
+        .iter()
+        .map(|i| i.addr)
+        .filter(|a| filter.is_empty() || filter.iter().any(|(p, l)| a.in_prefix(p, *l)))
+        .map(|a| a.ip())
+        .collect())
+}
+
+async fn kube_client(kubeconfig: Option<&str>) -> Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("--kubeconfig {path}"))?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("--kubeconfig {path}"))?
+        }
+        None => kube::Config::incluster().context("in-cluster Kubernetes config")?,
+    };
+    kube::Client::try_from(config).context("Kubernetes client")
+}
+
+/// The cluster side of the control loop.
+struct Cluster {
+    model: Model,
+    changes: tokio::sync::mpsc::Receiver<Change>,
+    health: HealthServers,
+    nodeport_cidrs: Vec<String>,
+}
+
 async fn control_loop(
     cli: Cli,
     mut cfg: Config,
@@ -200,24 +295,108 @@ async fn control_loop(
     publisher: Arc<Mutex<Publisher>>,
 ) -> Result<()> {
     let path = cli.config.clone().unwrap_or_default();
-    let listener = tokio::net::TcpListener::bind(cfg.admin.bind)
+    let metrics_addr = cli.metrics_bind_address.unwrap_or(cfg.admin.bind);
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
-        .with_context(|| format!("admin.bind {}", cfg.admin.bind))?;
-    tracing::info!(addr = %cfg.admin.bind, "admin server listening");
+        .with_context(|| format!("metrics/admin address {metrics_addr}"))?;
+    tracing::info!(addr = %metrics_addr, "admin server listening");
     let metrics = state.control.clone();
-    let server = tokio::spawn(admin::serve(listener, state));
+    let ready = state.ready.clone();
+    let mut servers = vec![tokio::spawn(admin::serve(listener, state.clone()))];
+    let healthz = cli.healthz_bind_address.or_else(|| {
+        cli.watches_cluster()
+            .then(|| std::net::SocketAddr::from(([0, 0, 0, 0], 10256)))
+    });
+    if let Some(addr) = healthz {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("healthz address {addr}"))?;
+        tracing::info!(%addr, "healthz server listening");
+        servers.push(tokio::spawn(admin::serve(l, state)));
+    }
+    let mut cluster = if cli.watches_cluster() {
+        let node = cli.node_name();
+        let client = kube_client(cli.kubeconfig.as_deref()).await?;
+        let info = NodeInfo {
+            name: node.clone(),
+            zone: None,
+            node_addresses: nodeport_addresses(&cfg, &cli.nodeport_addresses)?,
+        };
+        tracing::info!(node, nodeport_addresses = ?info.node_addresses, "watching the cluster");
+        Some(Cluster {
+            model: Model::new(info),
+            changes: watch::watch(client, &node),
+            health: HealthServers::new(cli.health_check_bind_address, ready.clone()),
+            nodeport_cidrs: cli.nodeport_addresses.clone(),
+        })
+    } else {
+        None
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(cli.reload_interval);
+    let mut full = tokio::time::interval(cli.sync_period);
     let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
+    // Something changed that is not published yet.
+    let mut pending = false;
+    let mut last_publish = tokio::time::Instant::now();
     loop {
-        let forced = tokio::select! {
+        // Coalesce bursts: at most one publication per min_sync_period, and
+        // nothing from the cluster before both lists are in.
+        let can = cluster.as_ref().is_none_or(|c| c.model.synced());
+        let due = (pending && can).then(|| last_publish + cli.min_sync_period);
+        let mut forced = false;
+        tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM"); break; }
             _ = int.recv() => { tracing::info!("SIGINT"); break; }
-            _ = hup.recv() => true,
-            _ = tick.tick() => false,
-        };
+            _ = hup.recv() => forced = true,
+            _ = tick.tick() => {}
+            _ = full.tick(), if cluster.is_some() => {
+                if let Some(c) = cluster.as_mut() {
+                    c.model.mark_all();
+                    pending = true;
+                }
+                continue;
+            }
+            Some(ch) = async { cluster.as_mut()?.changes.recv().await }, if cluster.is_some() => {
+                match &ch {
+                    Change::Service(_) => metrics.service_changes.fetch_add(1, Ordering::Relaxed),
+                    Change::Slice(_) => metrics.endpoint_changes.fetch_add(1, Ordering::Relaxed),
+                    Change::Node(_) => 0,
+                    Change::Error(what, e) => {
+                        tracing::warn!("watch {what}: {e} (retrying)");
+                        metrics.watch_errors.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                if let Some(c) = cluster.as_mut() {
+                    c.model.apply(ch);
+                    metrics.node_eligible.store(c.model.node_eligible(), Ordering::Relaxed);
+                    pending |= c.model.has_changes() || (c.model.synced() && !ready.load(Ordering::Relaxed));
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                match sync(&mut cfg, cluster.as_mut(), &publisher).await {
+                    Ok(()) => {
+                        if cluster.is_some() && !ready.swap(true, Ordering::SeqCst) {
+                            tracing::info!("cluster state programmed: ready");
+                        }
+                    }
+                    Err(e) => {
+                        metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!("sync failed, keeping the current table: {e:#}");
+                        if let Some(c) = cluster.as_mut() {
+                            c.model.mark_all();
+                        }
+                    }
+                }
+                pending = false;
+                last_publish = tokio::time::Instant::now();
+                continue;
+            }
+        }
+        // The configuration file.
         let Ok(text) = tokio::fs::read_to_string(&path).await else {
             continue;
         };
@@ -225,7 +404,7 @@ async fn control_loop(
             continue;
         }
         last_text = text.clone();
-        let new = match Config::parse(&text, &path) {
+        let new = match Config::parse(&text, &path).and_then(|n| n.table_spec().map(|_| n)) {
             Ok(c) => c,
             Err(e) => {
                 metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
@@ -236,30 +415,63 @@ async fn control_loop(
         if let Some(part) = cfg.restart_needed(&new) {
             tracing::warn!("config section {part:?} changed: takes effect after a restart; services/routes are applied now");
         }
-        let spec = match new.table_spec() {
-            Ok(s) => s,
-            Err(e) => {
-                metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("config reload rejected: {e}");
-                continue;
+        if let Some(c) = cluster.as_mut() {
+            match nodeport_addresses(&new, &c.nodeport_cidrs) {
+                Ok(a) => c.model.set_node_addresses(a),
+                Err(e) => tracing::error!("{e:#}"),
             }
-        };
-        let p = publisher.clone();
-        let version = tokio::task::spawn_blocking(move || {
-            p.lock().unwrap_or_else(|e| e.into_inner()).publish(spec)
-        })
-        .await?;
-        tracing::info!(
-            version,
-            services = new.services.len(),
-            "published new service table"
-        );
+        }
         cfg = new;
-        if server.is_finished() {
+        pending = true;
+        if servers.iter().any(|s| s.is_finished()) {
             bail!("admin server stopped");
         }
     }
-    server.abort();
+    for s in servers {
+        s.abort();
+    }
+    Ok(())
+}
+
+/// Rebuilds what changed and publishes: the configuration file's table plus
+/// the cluster's Services.
+async fn sync(
+    cfg: &mut Config,
+    mut cluster: Option<&mut Cluster>,
+    publisher: &Arc<Mutex<Publisher>>,
+) -> Result<()> {
+    let mut spec = cfg.table_spec()?;
+    let report = cluster.as_deref_mut().map(|c| {
+        let r = c.model.sync();
+        spec.services.extend(c.model.entries().cloned());
+        r
+    });
+    let entries = spec.services.len();
+    let p = publisher.clone();
+    let (version, metrics) = tokio::task::spawn_blocking(move || {
+        let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
+        (p.publish(spec), p.metrics.clone())
+    })
+    .await?;
+    // The publish returned: every worker is on the new table.
+    let now = std::time::SystemTime::now();
+    if let (Some(c), Some(r)) = (cluster, &report) {
+        for t in &r.triggers {
+            if let Ok(d) = now.duration_since(*t) {
+                metrics.network_programming.observe(d.as_secs_f64());
+            }
+        }
+        metrics
+            .translate_errors
+            .store(c.model.translate_errors, Ordering::Relaxed);
+        c.health.update(c.model.health_checks()).await;
+    }
+    tracing::info!(
+        version,
+        entries,
+        rebuilt = report.as_ref().map_or(0, |r| r.rebuilt),
+        "published new service table"
+    );
     Ok(())
 }
 

@@ -175,7 +175,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/proxyMode", get(|| async { "dpdk" }))
         .route("/healthz", get(healthz))
-        .route("/livez", get(healthz))
+        .route("/livez", get(livez))
         .route("/metrics", get(metrics))
         .route("/debug/services", get(debug_services))
         .route("/debug/lookup", get(debug_lookup))
@@ -210,19 +210,30 @@ fn rfc3339_ms(ms: u64) -> String {
 }
 
 async fn healthz(State(s): State<AdminState>) -> Response {
+    health(s, false)
+}
+
+async fn livez(State(s): State<AdminState>) -> Response {
+    health(s, true)
+}
+
+/// kube-proxy's `/healthz` and `/livez`: healthy once a table is programmed
+/// (and, for `/healthz` only, while the node is eligible for traffic).
+fn health(s: AdminState, livez: bool) -> Response {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64;
     let last = s.control.last_sync_ms.load(Relaxed);
     let ready = s.ready.load(Relaxed);
+    let eligible = s.control.node_eligible.load(Relaxed);
     // Same shape as kube-proxy's healthz answer.
     let body = serde_json::json!({
         "lastUpdated": if last > 0 { rfc3339_ms(last) } else { String::new() },
         "currentTime": rfc3339_ms(now),
-        "nodeEligible": true,
+        "nodeEligible": eligible,
     });
-    let code = if ready {
+    let code = if ready && (eligible || livez) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -539,6 +550,34 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         family(
             &mut enc,
+            "kubeproxy_sync_proxy_rules_service_changes_total",
+            "Service events received from the API server",
+            Counter,
+            one(c.service_changes.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+            "EndpointSlice events received from the API server",
+            Counter,
+            one(c.endpoint_changes.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_watch_errors",
+            "Watch errors (each retried with backoff)",
+            Counter,
+            one(c.watch_errors.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_translate_errors",
+            "Kubernetes objects that could not be translated (skipped)",
+            Counter,
+            one(c.translate_errors.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
             "The last time proxy rules were successfully synced",
             Gauge,
@@ -554,6 +593,11 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         "kubeproxy_sync_proxy_rules_duration_seconds",
         "SyncProxyRules latency in seconds (build + publish of a service table)",
         s.control.sync_duration.clone(),
+    );
+    reg.register(
+        "kubeproxy_network_programming_duration_seconds",
+        "From an EndpointSlice change (last-change-trigger-time) to every worker using it",
+        s.control.network_programming.clone(),
     );
     reg.register_collector(Box::new(Collector {
         workers: s.workers.clone(),
@@ -624,6 +668,14 @@ mod tests {
             "{r}"
         );
         assert!(r.contains(r#""nodeEligible":true"#), "{r}");
+        // A node being removed: /healthz fails, /livez does not.
+        control.node_eligible.store(false, Relaxed);
+        let r = get(addr, "/healthz").await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(r.contains(r#""nodeEligible":false"#), "{r}");
+        let r = get(addr, "/livez").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        control.network_programming.observe(0.3);
         let r = get(addr, "/metrics").await;
         assert!(
             r.contains(r#"dpdk_kube_proxy_dropped_packets_total{worker="1",reason="no_route"} 1"#),
@@ -635,6 +687,10 @@ mod tests {
         );
         assert!(
             r.contains("kubeproxy_sync_proxy_rules_last_timestamp_seconds 1700000000"),
+            "{r}"
+        );
+        assert!(
+            r.contains(r#"kubeproxy_network_programming_duration_seconds_bucket{le="0.5"} 1"#),
             "{r}"
         );
     }

@@ -4,8 +4,10 @@
 
 pub mod admin;
 pub mod config;
+pub mod healthcheck;
 pub mod k8s;
 pub mod publisher;
+pub mod watch;
 
 /// Errors of the control crate.
 #[derive(Debug, thiserror::Error)]

@@ -29,6 +29,30 @@ pub struct ControlMetrics {
     pub reload_errors: AtomicU64,
     /// Services in the current table.
     pub services: AtomicU64,
+    /// kube-proxy's `network_programming_duration_seconds`: from an
+    /// EndpointSlice change (its `last-change-trigger-time`) to every worker
+    /// using the table with it.
+    pub network_programming: Histogram,
+    /// Service events received from the API server.
+    pub service_changes: AtomicU64,
+    /// EndpointSlice events received from the API server.
+    pub endpoint_changes: AtomicU64,
+    /// Watch errors (each is retried with backoff).
+    pub watch_errors: AtomicU64,
+    /// Kubernetes objects that could not be translated (logged, skipped).
+    pub translate_errors: AtomicU64,
+    /// False when the node is being deleted or about to be removed by the
+    /// cluster autoscaler (`/healthz` then answers 503, like kube-proxy).
+    pub node_eligible: std::sync::atomic::AtomicBool,
+}
+
+/// kube-proxy's buckets for `network_programming_duration_seconds`.
+fn programming_buckets() -> Vec<f64> {
+    let mut b = vec![0.25, 0.5];
+    b.extend((1..=59).map(f64::from));
+    b.extend((0..12).map(|i| 60.0 + 5.0 * f64::from(i)));
+    b.extend((0..7).map(|i| 120.0 + 30.0 * f64::from(i)));
+    b
 }
 
 impl Default for ControlMetrics {
@@ -43,6 +67,12 @@ impl Default for ControlMetrics {
             last_grace_us: AtomicU64::new(0),
             reload_errors: AtomicU64::new(0),
             services: AtomicU64::new(0),
+            network_programming: Histogram::new(programming_buckets()),
+            service_changes: AtomicU64::new(0),
+            endpoint_changes: AtomicU64::new(0),
+            watch_errors: AtomicU64::new(0),
+            translate_errors: AtomicU64::new(0),
+            node_eligible: std::sync::atomic::AtomicBool::new(true),
         }
     }
 }

@@ -214,9 +214,17 @@ def reject(a):
 
 
 def http_get(a):
+    """GET URL; prints the body (exit 1 unless 200), or with --status "CODE BODY" whatever the code."""
+    import urllib.error
     import urllib.request
-    with urllib.request.urlopen(a.url, timeout=a.timeout) as r:
-        sys.stdout.write(r.read().decode())
+    try:
+        with urllib.request.urlopen(a.url, timeout=a.timeout) as r:
+            code, body = r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        if not a.status:
+            raise
+        code, body = e.code, e.read().decode()
+    sys.stdout.write(f"{code} {body}" if a.status else body)
 
 
 def inject(a):
@@ -287,6 +295,7 @@ def main():
     g = sub.add_parser("http-get")
     g.add_argument("url")
     g.add_argument("--timeout", type=float, default=2.0)
+    g.add_argument("--status", action="store_true", help='print "CODE BODY", also for errors')
     i = sub.add_parser("inject")
     i.add_argument("--iface", required=True)
     i.add_argument("--dst-mac", required=True)

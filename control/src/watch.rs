@@ -1,0 +1,534 @@
+//! Watching the cluster: Services, EndpointSlices and this node's Node, as
+//! kube-proxy does, turned into dataplane table entries.
+//!
+//! [`watch`] runs one `kube` watcher per kind (list + watch, relist after
+//! "410 Gone" or an outage, exponential backoff) and sends every event to one
+//! channel. [`Model`] is the pure part: it keeps the objects, tracks which
+//! Services changed (keyed by Service, so a change to one Service or one of
+//! its EndpointSlices rebuilds that Service's entries only — DESIGN.md
+//! decision 3) and answers whether both kinds have synced (nothing from the
+//! cluster is programmed before that).
+//!
+//! A relist (the watcher's `Init` … `InitDone`) replaces the whole set of
+//! objects of that kind, so objects deleted while the watch was down are
+//! dropped and everything that changed is marked for a rebuild.
+use crate::k8s::{self, NodeInfo, LABEL_SERVICE_NAME};
+use dataplane::table::ServiceSpec;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+/// The EndpointSlice annotation the EndpointSlice controller sets to the time
+/// of the change that caused the slice's update (kube-proxy's
+/// network-programming latency starts there).
+pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+/// Label of the Node giving its zone.
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+/// The cluster autoscaler's taint on a node it is about to remove.
+pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// `namespace/name` of a Service (the key of the change tracking).
+pub type Key = String;
+
+/// One event from one of the watches. (Events are moved once, through a
+/// channel; boxing the large variants would only add an allocation.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Change {
+    /// A Service event.
+    Service(Event<Service>),
+    /// An EndpointSlice event.
+    Slice(Event<EndpointSlice>),
+    /// An event of this node's Node object.
+    Node(Event<Node>),
+    /// A watch failed (it retries with backoff); the message says why.
+    Error(&'static str, String),
+}
+
+/// A `healthCheckNodePort` to serve: kube-proxy answers it with the number of
+/// ready endpoints of the Service on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Service namespace.
+    pub namespace: String,
+    /// Service name.
+    pub name: String,
+    /// Ready endpoints on this node.
+    pub local_endpoints: usize,
+}
+
+fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Key {
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or("")
+    )
+}
+
+/// The Service an EndpointSlice belongs to (`kubernetes.io/service-name`).
+fn slice_owner(s: &EndpointSlice) -> Option<Key> {
+    let name = s.metadata.labels.as_ref()?.get(LABEL_SERVICE_NAME)?;
+    Some(format!(
+        "{}/{}",
+        s.metadata.namespace.as_deref().unwrap_or(""),
+        name
+    ))
+}
+
+fn trigger_time(s: &EndpointSlice) -> Option<SystemTime> {
+    let v = s
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_TRIGGER_TIME)?;
+    let t: jiff::Timestamp = v.parse().ok()?;
+    Some(SystemTime::from(t))
+}
+
+/// The cluster as this node sees it, and which Services must be rebuilt.
+#[derive(Debug, Default)]
+pub struct Model {
+    node: NodeInfo,
+    node_name_set: bool,
+    node_eligible: bool,
+    services: HashMap<Key, Service>,
+    slices: HashMap<Key, EndpointSlice>,
+    /// Service key → keys of its slices.
+    by_service: HashMap<Key, BTreeSet<Key>>,
+    service_relist: Option<HashMap<Key, Service>>,
+    slice_relist: Option<HashMap<Key, EndpointSlice>>,
+    services_synced: bool,
+    slices_synced: bool,
+    dirty: HashSet<Key>,
+    /// Built entries, by Service (ordered: deterministic tables).
+    entries: BTreeMap<Key, Vec<ServiceSpec>>,
+    health: BTreeMap<u16, HealthCheck>,
+    /// Oldest not yet programmed EndpointSlice change per Service.
+    pending_triggers: HashMap<Key, SystemTime>,
+    /// Objects that could not be translated (logged and skipped), total.
+    pub translate_errors: u64,
+}
+
+/// What a [`Model::sync`] did.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    /// Services rebuilt.
+    pub rebuilt: usize,
+    /// Services whose objects could not be translated (their last good
+    /// entries, if any, stay).
+    pub errors: usize,
+    /// Trigger times of the EndpointSlice changes this sync programs.
+    pub triggers: Vec<SystemTime>,
+}
+
+impl Model {
+    /// An empty model for the node `node` (its `name` selects node-local
+    /// endpoints; `node_addresses` are where NodePorts are served).
+    pub fn new(node: NodeInfo) -> Self {
+        Model {
+            node_name_set: !node.name.is_empty(),
+            node,
+            node_eligible: true,
+            ..Default::default()
+        }
+    }
+
+    /// True once Services and EndpointSlices have both been listed.
+    pub fn synced(&self) -> bool {
+        self.services_synced && self.slices_synced
+    }
+
+    /// True when some Service must be rebuilt.
+    pub fn has_changes(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// False when the node is being deleted or the cluster autoscaler is
+    /// about to remove it (kube-proxy's `nodeEligible`).
+    pub fn node_eligible(&self) -> bool {
+        self.node_eligible
+    }
+
+    /// The node as last seen.
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+
+    /// Number of Services known (including skipped kinds).
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Service(ev) => self.apply_service(ev),
+            Change::Slice(ev) => self.apply_slice(ev),
+            Change::Node(ev) => self.apply_node(ev),
+            Change::Error(..) => {}
+        }
+    }
+
+    fn apply_service(&mut self, ev: Event<Service>) {
+        match ev {
+            Event::Init => self.service_relist = Some(HashMap::new()),
+            Event::InitApply(s) => {
+                let k = key_of(&s.metadata);
+                self.service_relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(k, s);
+            }
+            Event::InitDone => {
+                let new = self.service_relist.take().unwrap_or_default();
+                for (k, old) in &self.services {
+                    if new.get(k) != Some(old) {
+                        self.dirty.insert(k.clone());
+                    }
+                }
+                for k in new.keys() {
+                    if !self.services.contains_key(k) {
+                        self.dirty.insert(k.clone());
+                    }
+                }
+                self.services = new;
+                self.services_synced = true;
+            }
+            Event::Apply(s) => {
+                let k = key_of(&s.metadata);
+                if self.services.get(&k) != Some(&s) {
+                    self.services.insert(k.clone(), s);
+                    self.dirty.insert(k);
+                }
+            }
+            Event::Delete(s) => {
+                let k = key_of(&s.metadata);
+                self.services.remove(&k);
+                self.dirty.insert(k);
+            }
+        }
+    }
+
+    fn note_trigger(&mut self, owner: &Key, s: &EndpointSlice) {
+        if let Some(t) = trigger_time(s) {
+            let e = self.pending_triggers.entry(owner.clone()).or_insert(t);
+            if t < *e {
+                *e = t;
+            }
+        }
+    }
+
+    fn put_slice(&mut self, k: Key, s: EndpointSlice) {
+        if let Some(old) = self.slices.get(&k) {
+            if *old == s {
+                return;
+            }
+            if let Some(o) = slice_owner(old) {
+                self.unlink(&o, &k);
+            }
+        }
+        if let Some(o) = slice_owner(&s) {
+            self.note_trigger(&o, &s);
+            self.by_service
+                .entry(o.clone())
+                .or_default()
+                .insert(k.clone());
+            self.dirty.insert(o);
+        }
+        self.slices.insert(k, s);
+    }
+
+    fn unlink(&mut self, owner: &Key, slice: &Key) {
+        if let Some(set) = self.by_service.get_mut(owner) {
+            set.remove(slice);
+            if set.is_empty() {
+                self.by_service.remove(owner);
+            }
+        }
+        self.dirty.insert(owner.clone());
+    }
+
+    fn remove_slice(&mut self, k: &Key) {
+        if let Some(old) = self.slices.remove(k) {
+            if let Some(o) = slice_owner(&old) {
+                self.unlink(&o, k);
+            }
+        }
+    }
+
+    fn apply_slice(&mut self, ev: Event<EndpointSlice>) {
+        match ev {
+            Event::Init => self.slice_relist = Some(HashMap::new()),
+            Event::InitApply(s) => {
+                let k = key_of(&s.metadata);
+                self.slice_relist
+                    .get_or_insert_with(HashMap::new)
+                    .insert(k, s);
+            }
+            Event::InitDone => {
+                let new = self.slice_relist.take().unwrap_or_default();
+                let gone: Vec<Key> = self
+                    .slices
+                    .keys()
+                    .filter(|k| !new.contains_key(*k))
+                    .cloned()
+                    .collect();
+                for k in gone {
+                    self.remove_slice(&k);
+                }
+                for (k, s) in new {
+                    self.put_slice(k, s);
+                }
+                self.slices_synced = true;
+            }
+            Event::Apply(s) => {
+                let k = key_of(&s.metadata);
+                self.put_slice(k, s);
+            }
+            Event::Delete(s) => {
+                let k = key_of(&s.metadata);
+                self.remove_slice(&k);
+            }
+        }
+    }
+
+    fn apply_node(&mut self, ev: Event<Node>) {
+        let node = match ev {
+            Event::Apply(n) | Event::InitApply(n) => n,
+            Event::Delete(_) => {
+                self.node_eligible = false;
+                return;
+            }
+            Event::Init | Event::InitDone => return,
+        };
+        if self.node_name_set && node.metadata.name.as_deref() != Some(self.node.name.as_str()) {
+            return;
+        }
+        let zone = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_ZONE))
+            .filter(|z| !z.is_empty())
+            .cloned();
+        let tainted = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| t.iter().any(|t| t.key == TAINT_TO_BE_DELETED));
+        self.node_eligible = node.metadata.deletion_timestamp.is_none() && !tainted;
+        if zone != self.node.zone {
+            // Zone hints of every Service may now select other endpoints.
+            self.node.zone = zone;
+            self.dirty.extend(self.services.keys().cloned());
+        }
+    }
+
+    /// Sets the addresses NodePorts are served on; a change rebuilds every
+    /// Service.
+    pub fn set_node_addresses(&mut self, a: Vec<std::net::IpAddr>) {
+        if a != self.node.node_addresses {
+            self.node.node_addresses = a;
+            self.mark_all();
+        }
+    }
+
+    /// Marks every Service for a rebuild (periodic `syncPeriod` resync, or
+    /// after a failed publish).
+    pub fn mark_all(&mut self) {
+        self.dirty.extend(self.services.keys().cloned());
+        self.dirty.extend(self.entries.keys().cloned());
+    }
+
+    /// Rebuilds the entries of every changed Service.
+    pub fn sync(&mut self) -> SyncReport {
+        let mut r = SyncReport::default();
+        let dirty: Vec<Key> = self.dirty.drain().collect();
+        for k in dirty {
+            r.rebuilt += 1;
+            if let Some(t) = self.pending_triggers.remove(&k) {
+                r.triggers.push(t);
+            }
+            self.health
+                .retain(|_, h| format!("{}/{}", h.namespace, h.name) != k);
+            let Some(svc) = self.services.get(&k) else {
+                self.entries.remove(&k);
+                continue;
+            };
+            let slices: Vec<EndpointSlice> = self
+                .by_service
+                .get(&k)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| self.slices.get(s).cloned())
+                .collect();
+            match k8s::service_specs(svc, &slices, &self.node) {
+                Ok(v) if v.is_empty() => {
+                    self.entries.remove(&k);
+                }
+                Ok(v) => {
+                    self.entries.insert(k.clone(), v);
+                    if let Some(h) = health_check(svc, &slices, &self.node) {
+                        self.health.insert(h.0, h.1);
+                    }
+                }
+                Err(e) => {
+                    r.errors += 1;
+                    self.translate_errors += 1;
+                    tracing::warn!("skipping {k}: {e} (its last good entries, if any, stay)");
+                }
+            }
+        }
+        r
+    }
+
+    /// Every built entry, Services in key order.
+    pub fn entries(&self) -> impl Iterator<Item = &ServiceSpec> {
+        self.entries.values().flatten()
+    }
+
+    /// Number of built entries.
+    pub fn entry_count(&self) -> usize {
+        self.entries.values().map(Vec::len).sum()
+    }
+
+    /// The `healthCheckNodePort`s to serve, by port.
+    pub fn health_checks(&self) -> &BTreeMap<u16, HealthCheck> {
+        &self.health
+    }
+}
+
+/// The `healthCheckNodePort` of an `externalTrafficPolicy: Local`
+/// LoadBalancer Service, with its node-local ready endpoint count.
+fn health_check(
+    svc: &Service,
+    slices: &[EndpointSlice],
+    node: &NodeInfo,
+) -> Option<(u16, HealthCheck)> {
+    let spec = svc.spec.as_ref()?;
+    if spec.external_traffic_policy.as_deref() != Some("Local") {
+        return None;
+    }
+    let port = u16::try_from(spec.health_check_node_port?)
+        .ok()
+        .filter(|p| *p != 0)?;
+    let mut local = HashSet::new();
+    for s in slices {
+        for ep in s.endpoints.iter().flatten() {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            if ready && ep.node_name.as_deref() == Some(node.name.as_str()) {
+                if let Some(a) = ep.addresses.first() {
+                    local.insert(a.clone());
+                }
+            }
+        }
+    }
+    Some((
+        port,
+        HealthCheck {
+            namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+            name: svc.metadata.name.clone().unwrap_or_default(),
+            local_endpoints: local.len(),
+        },
+    ))
+}
+
+/// Reconnect backoff of the watches: 200 ms doubling to 5 s (client-go uses
+/// 800 ms to 30 s; the dataplane keeps forwarding meanwhile, and a quick
+/// reconnect shortens the time on a stale table).
+#[derive(Debug, Clone)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff {
+            next: Duration::from_millis(200),
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        Some(d)
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        *self = WatchBackoff::default();
+    }
+}
+
+/// Starts the three watches; their events arrive on the returned channel.
+/// `node` is this node's name (its Node object is watched by field selector).
+/// The tasks end when the receiver is dropped.
+pub fn watch(client: Client, node: &str) -> mpsc::Receiver<Change> {
+    let (tx, rx) = mpsc::channel(4096);
+    // kube-proxy's selectors: Services not owned by another proxy and not
+    // headless; EndpointSlices of those (the Model matches them by label).
+    let svc_cfg = watcher::Config::default().labels(&format!(
+        "!{},!{}",
+        k8s::LABEL_SERVICE_PROXY_NAME,
+        k8s::LABEL_HEADLESS
+    ));
+    let slice_cfg = watcher::Config::default().labels(&format!("!{}", k8s::LABEL_HEADLESS));
+    spawn_watch(
+        "services",
+        watcher::watcher(Api::<Service>::all(client.clone()), svc_cfg),
+        tx.clone(),
+        Change::Service,
+    );
+    spawn_watch(
+        "endpointslices",
+        watcher::watcher(Api::<EndpointSlice>::all(client.clone()), slice_cfg),
+        tx.clone(),
+        Change::Slice,
+    );
+    if !node.is_empty() {
+        let cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
+        spawn_watch(
+            "node",
+            watcher::watcher(Api::<Node>::all(client), cfg),
+            tx,
+            Change::Node,
+        );
+    }
+    rx
+}
+
+fn spawn_watch<K, S>(
+    what: &'static str,
+    stream: S,
+    tx: mpsc::Sender<Change>,
+    wrap: fn(Event<K>) -> Change,
+) where
+    K: Send + 'static,
+    S: futures::Stream<Item = watcher::Result<Event<K>>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(stream.backoff(WatchBackoff::default()));
+        while let Some(ev) = s.next().await {
+            let c = match ev {
+                Ok(ev) => wrap(ev),
+                Err(e) => Change::Error(what, e.to_string()),
+            };
+            if tx.send(c).await.is_err() {
+                break;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests;
