@@ -16,6 +16,20 @@ pub struct Frontend {
     pub proto: Proto,
 }
 
+/// What a new connection to a frontend without backends gets (kube-proxy's
+/// REJECT vs DROP).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NoBackends {
+    /// The Service has no usable endpoints at all: REJECT (TCP RST, ICMP(v6)
+    /// port unreachable), counted as `rejected`.
+    #[default]
+    Reject,
+    /// The Service has endpoints, but none this frontend's `Local` traffic
+    /// policy may use (no endpoint on this node): DROP, counted as
+    /// [`crate::stats::DropReason::NoLocalEndpoints`].
+    Drop,
+}
+
 /// What the control plane says about one Service port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -23,11 +37,18 @@ pub struct ServiceSpec {
     pub name: String,
     /// The frontend.
     pub frontend: Frontend,
-    /// Ready backends. Empty means the Service rejects connections.
+    /// Ready backends. Empty: new connections get [`ServiceSpec::no_backends`].
     pub backends: Vec<SockAddr>,
+    /// What new connections get when `backends` is empty.
+    pub no_backends: NoBackends,
     /// Always masquerade (SNAT to the node) new connections, e.g. external
     /// frontends under `externalTrafficPolicy: Cluster`.
     pub masquerade: bool,
+    /// An external frontend (NodePort, externalIP, load-balancer IP), not a
+    /// ClusterIP: `masqueradeAll` and the off-cluster-client rule, which
+    /// kube-proxy applies to ClusterIP traffic only, do not apply; only
+    /// `masquerade` (and hairpin) does.
+    pub external: bool,
     /// `sessionAffinity: ClientIP` with this `timeoutSeconds`.
     pub affinity_timeout: Option<u32>,
     /// `loadBalancerSourceRanges`: when non-empty, new connections from other
@@ -108,8 +129,12 @@ pub struct Service {
     pub frontend: Frontend,
     /// Ready backends.
     pub backends: Vec<SockAddr>,
+    /// What new connections get when `backends` is empty.
+    pub no_backends: NoBackends,
     /// Always masquerade new connections.
     pub masquerade: bool,
+    /// An external frontend (see [`ServiceSpec::external`]).
+    pub external: bool,
     /// ClientIP affinity timeout in seconds.
     pub affinity_timeout: Option<u32>,
     /// Allowed client prefixes (empty: all).
@@ -141,7 +166,9 @@ impl Service {
                 .map(crate::affinity::backend_key)
                 .collect(),
             backends: spec.backends,
+            no_backends: spec.no_backends,
             masquerade: spec.masquerade,
+            external: spec.external,
             affinity_timeout: spec.affinity_timeout,
             source_ranges: spec.source_ranges,
         }
@@ -245,16 +272,18 @@ impl ServiceTable {
     }
 
     /// True when a new connection from `client` to `svc`'s `backend` must be
-    /// masqueraded: the Service says so, `masqueradeAll`, hairpin (a backend
-    /// reaching itself), or an off-cluster client.
+    /// masqueraded: the Service says so, hairpin (a backend reaching itself,
+    /// or one on the client's link), or, for a ClusterIP frontend,
+    /// `masqueradeAll` or an off-cluster client.
     #[inline]
     pub fn needs_masquerade(&self, svc: &Service, client: &Addr, backend: &Addr) -> bool {
         let m = &self.masquerade;
         svc.masquerade
-            || m.all
             || client == backend
-            || (!m.cluster_cidrs.is_empty()
-                && !m.cluster_cidrs.iter().any(|(p, l)| client.in_prefix(p, *l)))
+            || (!svc.external
+                && (m.all
+                    || (!m.cluster_cidrs.is_empty()
+                        && !m.cluster_cidrs.iter().any(|(p, l)| client.in_prefix(p, *l)))))
             || self.same_link(client, backend)
     }
 
@@ -357,6 +386,8 @@ mod tests {
                 source_ranges: vec![],
                 affinity_timeout: None,
                 masquerade: false,
+                external: false,
+                no_backends: NoBackends::Reject,
                 name: "default/web:http".into(),
                 frontend: Frontend {
                     addr: SockAddr::new(v4(198, 18, 100, 1), 80),
