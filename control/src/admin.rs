@@ -66,6 +66,7 @@ fn services_json(t: &ServiceTable) -> serde_json::Value {
                 "backends": s.backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
                 "masquerade": s.masquerade,
                 "external": s.external,
+                "shortCircuit": s.short_circuit.iter().flat_map(|c| c.backends.iter().map(|b| b.to_string())).collect::<Vec<_>>(),
                 "noEndpoints": match s.no_backends {
                     NoBackends::Reject => "reject",
                     NoBackends::Drop => "drop",
@@ -107,6 +108,7 @@ pub fn explain(
     if !svc.allows(&key.src) {
         return serde_json::json!({"service": svc.name, "verdict": "dropped: client outside loadBalancerSourceRanges"});
     }
+    let svc = t.service_for(svc, &key.src);
     let (backend, how) = match svc.affinity_timeout {
         Some(_) => (
             svc.pick(dataplane::affinity::client_hash(&key.src)),

@@ -685,6 +685,7 @@ impl Config {
                     // Static backends have no node locality: an empty list
                     // is a Service without endpoints.
                     no_backends: NoBackends::Reject,
+                    short_circuit: vec![],
                     source_ranges,
                     name: format!("{}{kind}", s.name),
                     frontend,

@@ -27,7 +27,10 @@
 //!   `terminating` (nil: false) select ready endpoints, else serving and
 //!   terminating ones ([`usable_endpoints`]);
 //! - `externalTrafficPolicy: Local`: external frontends use only endpoints on
-//!   this node and are not masqueraded (the client IP is preserved; they are
+//!   this node and are not masqueraded, except kube-proxy's short-circuit
+//!   ([`ServiceSpec::short_circuit`]): clients in the cluster CIDRs (pods)
+//!   and on a node address (the host, masqueraded) get the cluster-wide
+//!   endpoints. Other clients keep their IP (the frontends are
 //!   [`ServiceSpec::external`], so neither `masqueradeAll` nor the
 //!   off-cluster-client rule applies to them, as in kube-proxy, where both
 //!   match ClusterIP traffic only). `Cluster` (default): external frontends
@@ -37,7 +40,8 @@
 //! - REJECT vs DROP ([`ServiceSpec::no_backends`]): a Service with no usable
 //!   endpoint anywhere REJECTs (TCP RST, ICMP(v6) port unreachable); one
 //!   with endpoints, but none on this node for a frontend whose policy is
-//!   `Local`, DROPs (counted as `no_local_endpoints`), as kube-proxy does;
+//!   `Local`, DROPs (counted as `no_local_endpoints`; short-circuited
+//!   clients still reach the endpoints elsewhere), as kube-proxy does;
 //! - `sessionAffinity: ClientIP` with `timeoutSeconds` (default 10800);
 //! - `loadBalancerSourceRanges` apply to LoadBalancer frontends only. All
 //!   ranges are passed on unfiltered: a range of the other family never
@@ -50,11 +54,10 @@
 //!   Applied to the cluster-wide endpoint set (not to `Local` policies).
 //!
 //! Not done: SCTP ports are skipped without an error (the dataplane has no
-//! SCTP); FQDN slices are ignored (as kube-proxy does); kube-proxy's
-//! short-circuit of in-cluster traffic to `externalTrafficPolicy: Local`
-//! LoadBalancer/external IPs (pods on this node get the cluster endpoints,
-//! masqueraded) cannot be expressed per frontend and is not done;
-//! `healthCheckNodePort` serving is the caller's.
+//! SCTP); FQDN slices are ignored (as kube-proxy does); pods are told apart
+//! by the cluster CIDRs only (kube-proxy's `ClusterCIDR` local-traffic
+//! detector; no `NodeCIDR`/interface detectors); `healthCheckNodePort`
+//! serving is the caller's.
 use crate::config::{usable_endpoints, EndpointConditions};
 use dataplane::addr::{Addr, Proto, SockAddr};
 use dataplane::table::{Frontend, NoBackends, ServiceSpec};
@@ -506,6 +509,11 @@ pub fn service_specs(
                         external,
                         affinity_timeout,
                         source_ranges: ranges,
+                        short_circuit: if external && ext_local {
+                            cluster.clone()
+                        } else {
+                            vec![]
+                        },
                     });
                 };
             push(*cip, port, false, vec![], "");
@@ -910,6 +918,9 @@ mod tests {
         // The Service has endpoints elsewhere: those frontends drop.
         assert!(out.iter().all(|s| s.no_backends == NoBackends::Drop));
         assert!(!out[0].external);
+        // In-cluster clients short-circuit to every endpoint.
+        assert!(out[0].short_circuit.is_empty());
+        assert!(out[1..].iter().all(|s| s.short_circuit.len() == 2));
         // No endpoint anywhere: every frontend rejects.
         let out = service_specs(&s, &[], &other).unwrap();
         assert!(out

@@ -162,6 +162,7 @@ mod tests {
                 masquerade: false,
                 external: false,
                 no_backends: Default::default(),
+                short_circuit: vec![],
                 name: "a".into(),
                 frontend: Frontend {
                     addr: SockAddr::new(Addr::v4([198, 18, 100, 1]), 80),

@@ -467,6 +467,7 @@ impl Pipeline {
         if !svc.allows(&key.src) {
             return Verdict::Drop(DropReason::SourceRange);
         }
+        let svc = t.service_for(svc, &key.src);
         let picked = match svc.affinity_timeout {
             None => svc.pick(flow_hash(&key)),
             Some(timeout) => {

@@ -96,6 +96,7 @@ fn svc(name: &str, vip: IpAddr, port: u16, proto: Proto, backends: Vec<SockAddr>
         masquerade: false,
         external: false,
         no_backends: NoBackends::Reject,
+        short_circuit: vec![],
         name: name.into(),
         frontend: Frontend {
             addr: sa(vip, port),
@@ -2737,6 +2738,7 @@ fn snat_exhaustion_is_counted_never_reusing_a_live_tuple() {
         masquerade: true,
         external: false,
         no_backends: NoBackends::Reject,
+        short_circuit: vec![],
         name: "one".into(),
         frontend: Frontend {
             addr: sa(ip4(VIP4), 80),
@@ -2801,6 +2803,7 @@ fn affinity_spec(backends: usize, timeout: u32) -> TableSpec {
         masquerade: false,
         external: false,
         no_backends: NoBackends::Reject,
+        short_circuit: vec![],
         name: "aff".into(),
         frontend: Frontend {
             addr: sa(ip4(VIP4), 80),
@@ -3359,4 +3362,36 @@ fn external_frontends_skip_masquerade_all_and_off_cluster_rules() {
         assert_eq!(first_src(policy.clone(), false), Some(ip4(NODE1)));
         assert_eq!(first_src(policy, true), Some(ip4(CLIENT4)));
     }
+}
+
+#[test]
+fn short_circuit_serves_in_cluster_clients_only() {
+    use crate::table::MasqueradePolicy;
+    let st = WorkerStats::default();
+    let landings = |cluster_cidrs: Vec<(Addr, u8)>| {
+        let mut s = spec();
+        s.masquerade = MasqueradePolicy {
+            all: false,
+            cluster_cidrs,
+        };
+        let web = &mut s.services[0];
+        web.external = true;
+        web.backends = vec![sa(ip4(BACKENDS4[0]), 8080)];
+        web.short_circuit = BACKENDS4[1..].iter().map(|b| sa(ip4(*b), 8080)).collect();
+        let t = ServiceTable::new(s, 1);
+        let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+        let mut seen = std::collections::BTreeSet::new();
+        for sport in 40400..40464u16 {
+            let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(sport), NOW, false);
+            assert_eq!(v, Verdict::Tx(1));
+            let o = parse(&out);
+            assert_eq!(o.src, Some(ip4(CLIENT4)), "not masqueraded");
+            seen.insert(backend_index(o.dst.unwrap()));
+        }
+        seen.into_iter().collect::<Vec<_>>()
+    };
+    // The client is in the cluster CIDRs: the short-circuit set.
+    assert_eq!(landings(vec![(Addr::v4([198, 18, 0, 0]), 24)]), [1, 2]);
+    // Outside them: the frontend's own backends.
+    assert_eq!(landings(vec![(Addr::v4([198, 19, 0, 0]), 16)]), [0]);
 }
