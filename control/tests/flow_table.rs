@@ -509,6 +509,7 @@ fn check(t: &ServiceTable, f: &Flow) {
     let src = ip(f.src);
     let dst = sock(f.dst);
     let mut landed = BTreeSet::new();
+    let mut masqueraded_landings = 0;
     for sport in SPORTS {
         let (in_port, fr) = frame(src, sport, dst, f.proto);
         let mut b = VecBuf::new(&fr);
@@ -524,7 +525,9 @@ fn check(t: &ServiceTable, f: &Flow) {
                     "{}: landed on {backend}, not in {set:?}",
                     ctx()
                 );
-                let masqueraded = o.src.ip() != src;
+                // The host's own address may be the SNAT address: compare
+                // address and port.
+                let masqueraded = o.src != SocketAddr::new(src, sport);
                 let want = match masq {
                     Masq::No => false,
                     Masq::Yes => true,
@@ -538,6 +541,7 @@ fn check(t: &ServiceTable, f: &Flow) {
                     o.src
                 );
                 if masqueraded {
+                    masqueraded_landings += 1;
                     // SNAT to the node address of the egress port.
                     let node_addr = t.port_addr(port, src.is_ipv4()).map(|a| a.ip());
                     assert_eq!(Some(o.src.ip()), node_addr, "{}", ctx());
@@ -594,6 +598,12 @@ fn check(t: &ServiceTable, f: &Flow) {
         Reject => assert_eq!(st.rejected.load(Relaxed), SPORTS.len() as u64),
         _ => assert_eq!(st.rejected.load(Relaxed), 0),
     }
+    assert_eq!(
+        st.sessions_masqueraded.load(Relaxed),
+        masqueraded_landings,
+        "flow {:?}: masqueraded sessions",
+        f.name
+    );
 }
 
 fn run_flows(t: &ServiceTable, flows: &[Flow]) {
@@ -860,17 +870,27 @@ fn off_cluster_clients_and_masquerade_all() {
         ],
     );
 
-    // No cluster CIDRs known: no off-cluster detection.
+    // No cluster CIDRs known: no off-cluster detection, and pods are not
+    // told apart (no short-circuit for them).
     let t = table(&objects, MasqueradePolicy::default());
     run_flows(
         &t,
-        &[Flow {
-            name: "no cluster CIDRs: off-cluster client to ClusterIP",
-            src: EXT4,
-            dst: "198.18.128.1:80",
-            proto: TCP,
-            expect: all(THREE4, Masq::No),
-        }],
+        &[
+            Flow {
+                name: "no cluster CIDRs: off-cluster client to ClusterIP",
+                src: EXT4,
+                dst: "198.18.128.1:80",
+                proto: TCP,
+                expect: all(THREE4, Masq::No),
+            },
+            Flow {
+                name: "no cluster CIDRs: pod to eTP:Local LB IP, local endpoint only",
+                src: POD6,
+                dst: "[2001:2:0:301::2]:80",
+                proto: TCP,
+                expect: all(local6, Masq::IfSameLink),
+            },
+        ],
     );
 }
 
@@ -1597,6 +1617,74 @@ fn external_traffic_policy() {
                 proto: UDP,
                 expect: Reject,
             },
+            // kube-proxy's short-circuit: pods (cluster CIDRs) and the host
+            // get every endpoint; the host is masqueraded.
+            Flow {
+                name: "eTP Local short-circuit: pod to LB IP",
+                src: POD4,
+                dst: "198.18.130.20:80",
+                proto: TCP,
+                expect: all(both4, Masq::IfSameLink),
+            },
+            Flow {
+                name: "eTP Local short-circuit: pod to NodePort, IPv6",
+                src: POD6,
+                dst: "[2001:2::1]:30020",
+                proto: TCP,
+                expect: all(both6, Masq::IfSameLink),
+            },
+            Flow {
+                name: "eTP Local short-circuit: pod to externalIP, UDP",
+                src: POD4,
+                dst: "198.18.129.20:53",
+                proto: UDP,
+                expect: all(
+                    &["198.18.64.12:5353", "198.18.65.12:5353"],
+                    Masq::IfSameLink,
+                ),
+            },
+            Flow {
+                name: "eTP Local short-circuit: host to LB IP",
+                src: "198.18.0.1",
+                dst: "198.18.130.20:80",
+                proto: TCP,
+                expect: all(both4, Masq::Yes),
+            },
+            Flow {
+                name: "eTP Local short-circuit: host to LB IP, IPv6",
+                src: "2001:2::1",
+                dst: "[2001:2:0:301::20]:80",
+                proto: TCP,
+                expect: all(both6, Masq::Yes),
+            },
+            Flow {
+                name: "eTP Local short-circuit, no local endpoint: pod to NodePort",
+                src: POD4,
+                dst: "198.18.0.1:30021",
+                proto: TCP,
+                expect: all(&["198.18.65.12:8080"], Masq::No),
+            },
+            Flow {
+                name: "eTP Local short-circuit, no local endpoint: pod to LB IP, IPv6",
+                src: POD6,
+                dst: "[2001:2:0:301::21]:80",
+                proto: TCP,
+                expect: all(&["[2001:2:0:101::12]:8080"], Masq::No),
+            },
+            Flow {
+                name: "eTP Local short-circuit, no local endpoint: host to externalIP",
+                src: "198.18.0.1",
+                dst: "198.18.129.21:80",
+                proto: TCP,
+                expect: all(&["198.18.65.12:8080"], Masq::Yes),
+            },
+            Flow {
+                name: "eTP Local short-circuit, no endpoints: pod to LB IP rejects",
+                src: POD6,
+                dst: "[2001:2:0:301::22]:80",
+                proto: TCP,
+                expect: Reject,
+            },
             // eTP Cluster: every endpoint, masqueraded.
             Flow {
                 name: "eTP Cluster: NodePort",
@@ -2141,4 +2229,62 @@ fn stale_udp_flows_are_flushed_tcp_flows_stay() {
         "2001:2:0:200::60",
         ["2001:2:0:101::21", "2001:2:0:101::22", "2001:2:0:101::23"],
     );
+}
+
+#[test]
+fn short_circuited_udp_flows_survive_unrelated_table_changes() {
+    // A pod's UDP flows to an eTP:Local LB IP reach remote endpoints (not
+    // in the frontend's local set); a new table that keeps them must not
+    // flush them, and one that removes one flushes only its flows.
+    let objects = |eps4: Vec<Endpoint>| {
+        [etp_local(
+            "sc",
+            23,
+            eps4,
+            vec![ready("2001:2:0:101::12", "node-b")],
+        )]
+    };
+    let eps = |with_c: bool| {
+        let mut v = vec![
+            ready("198.18.64.12", "node-a"),
+            ready("198.18.65.12", "node-b"),
+        ];
+        if with_c {
+            v.push(ready("198.18.66.12", "node-c"));
+        }
+        v
+    };
+    let st = WorkerStats::default();
+    let t1 = table_v(&objects(eps(true)), cluster_cidrs(), 1);
+    let mut p = pipeline(&t1);
+    let src = ip(POD4);
+    let vip = "198.18.130.23:53";
+    let ports: Vec<u16> = (42_000..42_048).collect();
+    let first: Vec<_> = ports
+        .iter()
+        .map(|&sp| send(&mut p, &t1, &st, src, sp, vip, UDP).expect("lands"))
+        .collect();
+    let remote_b = sock("198.18.65.12:5353");
+    let remote_c = sock("198.18.66.12:5353");
+    assert!(first.contains(&remote_b) && first.contains(&remote_c));
+    // Same endpoints, new table: nothing moves, nothing is flushed.
+    let t2 = table_v(&objects(eps(true)), cluster_cidrs(), 2);
+    p.on_table(&t2);
+    for (i, &sp) in ports.iter().enumerate() {
+        assert_eq!(send(&mut p, &t2, &st, src, sp, vip, UDP), Ok(first[i]));
+    }
+    assert_eq!(st.sessions_flushed.load(Relaxed), 0);
+    // node-c's endpoint goes: only its flows are flushed.
+    let t3 = table_v(&objects(eps(false)), cluster_cidrs(), 3);
+    p.on_table(&t3);
+    for (i, &sp) in ports.iter().enumerate() {
+        let now = send(&mut p, &t3, &st, src, sp, vip, UDP).expect("lands");
+        if first[i] == remote_c {
+            assert_ne!(now, remote_c);
+        } else {
+            assert_eq!(now, first[i]);
+        }
+    }
+    let gone = first.iter().filter(|b| **b == remote_c).count() as u64;
+    assert_eq!(st.sessions_flushed.load(Relaxed), gone);
 }
