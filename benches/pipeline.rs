@@ -35,6 +35,9 @@ fn table(services: usize, backends: usize) -> ServiceTable {
             source_ranges: vec![],
             affinity_timeout: None,
             masquerade: false,
+            external: false,
+            no_backends: Default::default(),
+            short_circuit: vec![],
             name: format!("bench/svc{s}"),
             frontend: Frontend {
                 addr: SockAddr::new(Addr::v4([198, 18, 200 + (s >> 8) as u8, s as u8]), 80),

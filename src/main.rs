@@ -143,7 +143,9 @@ fn inspect(admin: &str, what: Option<Inspect>) -> Result<()> {
                 let name = s["name"].as_str().unwrap_or("?");
                 println!("{fe:<28} {name}  {}", flags.join("  "));
                 let backends = s["backends"].as_array().cloned().unwrap_or_default();
-                if backends.is_empty() {
+                if backends.is_empty() && s["noEndpoints"] == "drop" {
+                    println!("  -> (no local endpoints: DROP)");
+                } else if backends.is_empty() {
                     println!("  -> (no endpoints: REJECT)");
                 }
                 for b in backends {

@@ -8,7 +8,7 @@ use axum::Router;
 use dataplane::addr::{Addr, FlowKey, Proto, SockAddr};
 use dataplane::dpdk::rcu::{Rcu, Reader};
 use dataplane::stats::{DropReason, WorkerStats};
-use dataplane::table::{Frontend, ServiceTable};
+use dataplane::table::{Frontend, NoBackends, ServiceTable};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -65,6 +65,12 @@ fn services_json(t: &ServiceTable) -> serde_json::Value {
                 "frontend": format!("{}/{}", s.frontend.addr, s.frontend.proto.as_str()),
                 "backends": s.backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
                 "masquerade": s.masquerade,
+                "external": s.external,
+                "shortCircuit": s.short_circuit.iter().flat_map(|c| c.backends.iter().map(|b| b.to_string())).collect::<Vec<_>>(),
+                "noEndpoints": match s.no_backends {
+                    NoBackends::Reject => "reject",
+                    NoBackends::Drop => "drop",
+                },
                 "sessionAffinityTimeoutSeconds": s.affinity_timeout,
                 "sourceRanges": s.source_ranges.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>(),
             })
@@ -102,6 +108,7 @@ pub fn explain(
     if !svc.allows(&key.src) {
         return serde_json::json!({"service": svc.name, "verdict": "dropped: client outside loadBalancerSourceRanges"});
     }
+    let svc = t.service_for(svc, &key.src);
     let (backend, how) = match svc.affinity_timeout {
         Some(_) => (
             svc.pick(dataplane::affinity::client_hash(&key.src)),
@@ -113,6 +120,9 @@ pub fn explain(
         ),
     };
     let Some(b) = backend else {
+        if svc.no_backends == NoBackends::Drop {
+            return serde_json::json!({"service": svc.name, "verdict": "dropped: no endpoint on this node (traffic policy Local)"});
+        }
         let how = if proto == Proto::Tcp {
             "TCP RST"
         } else {

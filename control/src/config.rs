@@ -7,7 +7,9 @@ use dataplane::addr::{Addr, Proto, SockAddr};
 use dataplane::packet::MacAddr;
 use dataplane::pipeline::PipelineConfig;
 use dataplane::session::Timeouts;
-use dataplane::table::{Frontend, Interface, Route, ServiceSpec, StaticNeighbor, TableSpec};
+use dataplane::table::{
+    Frontend, Interface, NoBackends, Route, ServiceSpec, StaticNeighbor, TableSpec,
+};
 use dataplane::worker::{DataplaneConfig, PortSpec};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
@@ -678,6 +680,12 @@ impl Config {
                 spec.services.push(ServiceSpec {
                     affinity_timeout,
                     masquerade,
+                    // Every frontend but the VIP has a kind label.
+                    external: !kind.is_empty(),
+                    // Static backends have no node locality: an empty list
+                    // is a Service without endpoints.
+                    no_backends: NoBackends::Reject,
+                    short_circuit: vec![],
                     source_ranges,
                     name: format!("{}{kind}", s.name),
                     frontend,

@@ -27,14 +27,21 @@
 //!   `terminating` (nil: false) select ready endpoints, else serving and
 //!   terminating ones ([`usable_endpoints`]);
 //! - `externalTrafficPolicy: Local`: external frontends use only endpoints on
-//!   this node and are not masqueraded (the client IP is preserved). With no
-//!   local endpoint those frontends get an empty backend list. kube-proxy
-//!   DROPs such traffic; our dataplane's behaviour for an empty backend list
-//!   is its "no endpoints" action (it rejects), so the difference is the
-//!   dataplane's to make, not this module's. `Cluster` (default): external
-//!   frontends masquerade;
+//!   this node and are not masqueraded, except kube-proxy's short-circuit
+//!   ([`ServiceSpec::short_circuit`]): clients in the cluster CIDRs (pods)
+//!   and on a node address (the host, masqueraded) get the cluster-wide
+//!   endpoints. Other clients keep their IP (the frontends are
+//!   [`ServiceSpec::external`], so neither `masqueradeAll` nor the
+//!   off-cluster-client rule applies to them, as in kube-proxy, where both
+//!   match ClusterIP traffic only). `Cluster` (default): external frontends
+//!   masquerade;
 //! - `internalTrafficPolicy: Local`: ClusterIP frontends use only node-local
 //!   endpoints;
+//! - REJECT vs DROP ([`ServiceSpec::no_backends`]): a Service with no usable
+//!   endpoint anywhere REJECTs (TCP RST, ICMP(v6) port unreachable); one
+//!   with endpoints, but none on this node for a frontend whose policy is
+//!   `Local`, DROPs (counted as `no_local_endpoints`; short-circuited
+//!   clients still reach the endpoints elsewhere), as kube-proxy does;
 //! - `sessionAffinity: ClientIP` with `timeoutSeconds` (default 10800);
 //! - `loadBalancerSourceRanges` apply to LoadBalancer frontends only. All
 //!   ranges are passed on unfiltered: a range of the other family never
@@ -47,14 +54,13 @@
 //!   Applied to the cluster-wide endpoint set (not to `Local` policies).
 //!
 //! Not done: SCTP ports are skipped without an error (the dataplane has no
-//! SCTP); FQDN slices are ignored (as kube-proxy does); kube-proxy's
-//! short-circuit of in-cluster traffic to `externalTrafficPolicy: Local`
-//! LoadBalancer/external IPs (pods on this node get the cluster endpoints,
-//! masqueraded) cannot be expressed per frontend and is not done;
-//! `healthCheckNodePort` serving is the caller's.
+//! SCTP); FQDN slices are ignored (as kube-proxy does); pods are told apart
+//! by the cluster CIDRs only (kube-proxy's `ClusterCIDR` local-traffic
+//! detector; no `NodeCIDR`/interface detectors); `healthCheckNodePort`
+//! serving is the caller's.
 use crate::config::{usable_endpoints, EndpointConditions};
 use dataplane::addr::{Addr, Proto, SockAddr};
-use dataplane::table::{Frontend, ServiceSpec};
+use dataplane::table::{Frontend, NoBackends, ServiceSpec};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use std::collections::HashMap;
@@ -297,7 +303,8 @@ fn conditions(ep: &Endpoint) -> EndpointConditions {
 }
 
 /// kube-proxy's `CategorizeEndpoints`: (cluster-wide endpoints with topology
-/// applied, node-local endpoints).
+/// applied, node-local endpoints). The first is empty only when the Service
+/// has no usable endpoint at all (kube-proxy's `!hasAnyEndpoints`).
 fn categorize(eps: &[Ep], node: &NodeInfo) -> (Vec<SockAddr>, Vec<SockAddr>) {
     let ready = || eps.iter().filter(|e| e.cond.ready);
     let all_node_hints = ready().all(|e| !e.nodes.is_empty());
@@ -477,6 +484,13 @@ pub fn service_specs(
             let (cluster, local) = categorize(&eps, node);
             let internal = if int_local { &local } else { &cluster };
             let ext_eps = if ext_local { &local } else { &cluster };
+            // kube-proxy REJECTs only when the Service has no usable endpoint
+            // anywhere; a `Local` policy without a local endpoint DROPs.
+            let no_backends = if cluster.is_empty() {
+                NoBackends::Reject
+            } else {
+                NoBackends::Drop
+            };
             let mut push =
                 |addr: IpAddr, port: u16, external: bool, ranges: Vec<(Addr, u8)>, kind: &str| {
                     out.push(ServiceSpec {
@@ -490,9 +504,16 @@ pub fn service_specs(
                         } else {
                             internal.clone()
                         },
+                        no_backends,
                         masquerade: external && !ext_local,
+                        external,
                         affinity_timeout,
                         source_ranges: ranges,
+                        short_circuit: if external && ext_local {
+                            cluster.clone()
+                        } else {
+                            vec![]
+                        },
                     });
                 };
             push(*cip, port, false, vec![], "");
@@ -893,7 +914,18 @@ mod tests {
         assert_eq!(out[0].backends.len(), 2);
         assert!(out[1..]
             .iter()
-            .all(|s| s.backends.is_empty() && !s.masquerade));
+            .all(|s| s.backends.is_empty() && !s.masquerade && s.external));
+        // The Service has endpoints elsewhere: those frontends drop.
+        assert!(out.iter().all(|s| s.no_backends == NoBackends::Drop));
+        assert!(!out[0].external);
+        // In-cluster clients short-circuit to every endpoint.
+        assert!(out[0].short_circuit.is_empty());
+        assert!(out[1..].iter().all(|s| s.short_circuit.len() == 2));
+        // No endpoint anywhere: every frontend rejects.
+        let out = service_specs(&s, &[], &other).unwrap();
+        assert!(out
+            .iter()
+            .all(|s| s.backends.is_empty() && s.no_backends == NoBackends::Reject));
     }
 
     #[test]
@@ -903,6 +935,15 @@ mod tests {
         let out = service_specs(&s, &sl, &node()).unwrap();
         assert_eq!(out[0].backends, sas(&["198.18.2.1:8080"]));
         // External frontends (eTP Cluster) still use every endpoint.
+        assert_eq!(out[1].backends.len(), 2);
+        // No local endpoint: the ClusterIP drops, the others keep all.
+        let other = NodeInfo {
+            name: "node-c".into(),
+            ..node()
+        };
+        let out = service_specs(&s, &sl, &other).unwrap();
+        assert!(out[0].backends.is_empty());
+        assert_eq!(out[0].no_backends, NoBackends::Drop);
         assert_eq!(out[1].backends.len(), 2);
     }
 

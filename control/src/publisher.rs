@@ -190,6 +190,9 @@ mod tests {
                 source_ranges: vec![],
                 affinity_timeout: None,
                 masquerade: false,
+                external: false,
+                no_backends: Default::default(),
+                short_circuit: vec![],
                 name: "a".into(),
                 frontend: Frontend {
                     addr: SockAddr::new(Addr::v4([198, 18, 100, 1]), 80),

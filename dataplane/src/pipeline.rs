@@ -15,7 +15,7 @@ use crate::packet::{
 };
 use crate::session::{tcp, Dir, InsertError, Session, SessionTable, Timeouts};
 use crate::stats::{DropReason, WorkerStats};
-use crate::table::{Frontend, ServiceTable};
+use crate::table::{Frontend, NoBackends, ServiceTable};
 use std::sync::Arc;
 
 /// A packet buffer with head- and tailroom (an mbuf, or a `Vec` in tests).
@@ -467,6 +467,7 @@ impl Pipeline {
         if !svc.allows(&key.src) {
             return Verdict::Drop(DropReason::SourceRange);
         }
+        let svc = t.service_for(svc, &key.src);
         let picked = match svc.affinity_timeout {
             None => svc.pick(flow_hash(&key)),
             Some(timeout) => {
@@ -486,6 +487,9 @@ impl Pipeline {
             }
         };
         let Some(backend) = picked else {
+            if svc.no_backends == NoBackends::Drop {
+                return Verdict::Drop(DropReason::NoLocalEndpoints);
+            }
             WorkerStats::add(&st.rejected, 1);
             return self.reject(pkt, ip, key, flags, pinfo, src_mac, in_port);
         };

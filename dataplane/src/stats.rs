@@ -59,6 +59,9 @@ reasons! {
     TooBig => "too_big",
     /// A client outside the Service's `loadBalancerSourceRanges`.
     SourceRange => "source_range",
+    /// A Service with endpoints, none on this node, reached through a
+    /// frontend whose traffic policy is `Local` (kube-proxy drops these).
+    NoLocalEndpoints => "no_local_endpoints",
     /// No free masquerade port in this worker's partition.
     SnatExhausted => "snat_exhausted",
     /// The session table is full.

@@ -16,6 +16,20 @@ pub struct Frontend {
     pub proto: Proto,
 }
 
+/// What a new connection to a frontend without backends gets (kube-proxy's
+/// REJECT vs DROP).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NoBackends {
+    /// The Service has no usable endpoints at all: REJECT (TCP RST, ICMP(v6)
+    /// port unreachable), counted as `rejected`.
+    #[default]
+    Reject,
+    /// The Service has endpoints, but none this frontend's `Local` traffic
+    /// policy may use (no endpoint on this node): DROP, counted as
+    /// [`crate::stats::DropReason::NoLocalEndpoints`].
+    Drop,
+}
+
 /// What the control plane says about one Service port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -23,16 +37,28 @@ pub struct ServiceSpec {
     pub name: String,
     /// The frontend.
     pub frontend: Frontend,
-    /// Ready backends. Empty means the Service rejects connections.
+    /// Ready backends. Empty: new connections get [`ServiceSpec::no_backends`].
     pub backends: Vec<SockAddr>,
+    /// What new connections get when `backends` is empty.
+    pub no_backends: NoBackends,
     /// Always masquerade (SNAT to the node) new connections, e.g. external
     /// frontends under `externalTrafficPolicy: Cluster`.
     pub masquerade: bool,
+    /// An external frontend (NodePort, externalIP, load-balancer IP), not a
+    /// ClusterIP: `masqueradeAll` and the off-cluster-client rule, which
+    /// kube-proxy applies to ClusterIP traffic only, do not apply; only
+    /// `masquerade` (and hairpin) does.
+    pub external: bool,
     /// `sessionAffinity: ClientIP` with this `timeoutSeconds`.
     pub affinity_timeout: Option<u32>,
     /// `loadBalancerSourceRanges`: when non-empty, new connections from other
     /// clients are dropped.
     pub source_ranges: Vec<(Addr, u8)>,
+    /// kube-proxy's short-circuit for an external frontend under
+    /// `externalTrafficPolicy: Local`: the cluster-wide endpoints, used
+    /// instead of `backends` by clients in the cluster CIDRs (pods) and on a
+    /// node address (the host, which is masqueraded). Empty: none.
+    pub short_circuit: Vec<SockAddr>,
 }
 
 /// When kube-proxy would masquerade traffic to ClusterIPs.
@@ -108,12 +134,19 @@ pub struct Service {
     pub frontend: Frontend,
     /// Ready backends.
     pub backends: Vec<SockAddr>,
+    /// What new connections get when `backends` is empty.
+    pub no_backends: NoBackends,
     /// Always masquerade new connections.
     pub masquerade: bool,
+    /// An external frontend (see [`ServiceSpec::external`]).
+    pub external: bool,
     /// ClientIP affinity timeout in seconds.
     pub affinity_timeout: Option<u32>,
     /// Allowed client prefixes (empty: all).
     pub source_ranges: Vec<(Addr, u8)>,
+    /// The same frontend over the cluster-wide endpoints, for in-cluster and
+    /// host clients (see [`ServiceSpec::short_circuit`]).
+    pub short_circuit: Option<Box<Service>>,
     keys: Vec<u16>,
     maglev: Maglev,
 }
@@ -126,6 +159,19 @@ impl Service {
         // checks are a binary search.
         spec.backends.sort_unstable();
         spec.backends.dedup();
+        let short_circuit = (!spec.short_circuit.is_empty()).then(|| {
+            Box::new(Service::new(ServiceSpec {
+                name: spec.name.clone(),
+                frontend: spec.frontend,
+                backends: core::mem::take(&mut spec.short_circuit),
+                no_backends: NoBackends::Reject,
+                masquerade: false,
+                external: spec.external,
+                affinity_timeout: spec.affinity_timeout,
+                source_ranges: vec![],
+                short_circuit: vec![],
+            }))
+        });
         let keys: Vec<u64> = spec
             .backends
             .iter()
@@ -141,9 +187,12 @@ impl Service {
                 .map(crate::affinity::backend_key)
                 .collect(),
             backends: spec.backends,
+            no_backends: spec.no_backends,
             masquerade: spec.masquerade,
+            external: spec.external,
             affinity_timeout: spec.affinity_timeout,
             source_ranges: spec.source_ranges,
+            short_circuit,
         }
     }
     /// The backend whose [`crate::affinity::backend_key`] is `key`, if any.
@@ -245,16 +294,20 @@ impl ServiceTable {
     }
 
     /// True when a new connection from `client` to `svc`'s `backend` must be
-    /// masqueraded: the Service says so, `masqueradeAll`, hairpin (a backend
-    /// reaching itself), or an off-cluster client.
+    /// masqueraded: the Service says so, hairpin (a backend reaching itself,
+    /// or one on the client's link), for an external frontend a client on a
+    /// node address, or, for a ClusterIP frontend, `masqueradeAll` or an
+    /// off-cluster client.
     #[inline]
     pub fn needs_masquerade(&self, svc: &Service, client: &Addr, backend: &Addr) -> bool {
         let m = &self.masquerade;
         svc.masquerade
-            || m.all
             || client == backend
-            || (!m.cluster_cidrs.is_empty()
-                && !m.cluster_cidrs.iter().any(|(p, l)| client.in_prefix(p, *l)))
+            || (svc.external && self.local.contains_key(client))
+            || (!svc.external
+                && (m.all
+                    || (!m.cluster_cidrs.is_empty()
+                        && !m.cluster_cidrs.iter().any(|(p, l)| client.in_prefix(p, *l)))))
             || self.same_link(client, backend)
     }
 
@@ -267,6 +320,25 @@ impl ServiceTable {
         self.interfaces
             .iter()
             .any(|i| a.in_prefix(&i.addr, i.prefix_len) && b.in_prefix(&i.addr, i.prefix_len))
+    }
+
+    /// The Service a new connection from `client` uses: `svc`, or its
+    /// short-circuit for clients in the cluster CIDRs or on a node address.
+    #[inline]
+    pub fn service_for<'a>(&self, svc: &'a Service, client: &Addr) -> &'a Service {
+        match &svc.short_circuit {
+            Some(sc)
+                if self.local.contains_key(client)
+                    || self
+                        .masquerade
+                        .cluster_cidrs
+                        .iter()
+                        .any(|(p, l)| client.in_prefix(p, *l)) =>
+            {
+                sc
+            }
+            _ => svc,
+        }
     }
 
     /// True when `f` is a recently removed frontend (see [`TableSpec::retired`]).
@@ -289,7 +361,12 @@ impl ServiceTable {
     pub fn backend_valid(&self, frontend: &Frontend, backend: &SockAddr) -> bool {
         self.frontend(frontend)
             .and_then(|i| self.service(i))
-            .is_some_and(|s| s.has_backend(backend))
+            .is_some_and(|s| {
+                s.has_backend(backend)
+                    || s.short_circuit
+                        .as_ref()
+                        .is_some_and(|c| c.has_backend(backend))
+            })
     }
 
     /// The Service at `idx`.
@@ -357,6 +434,9 @@ mod tests {
                 source_ranges: vec![],
                 affinity_timeout: None,
                 masquerade: false,
+                external: false,
+                no_backends: NoBackends::Reject,
+                short_circuit: vec![],
                 name: "default/web:http".into(),
                 frontend: Frontend {
                     addr: SockAddr::new(v4(198, 18, 100, 1), 80),

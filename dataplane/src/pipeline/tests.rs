@@ -13,7 +13,9 @@ use crate::addr::{owner_of, Addr, Proto, SockAddr};
 use crate::packet::MacAddr;
 use crate::session::{TcpState, Timeouts};
 use crate::stats::{DropReason, WorkerStats};
-use crate::table::{Frontend, Interface, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec};
+use crate::table::{
+    Frontend, Interface, NoBackends, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec,
+};
 use core::sync::atomic::Ordering::Relaxed;
 use etherparse::{
     IpHeaders, Ipv4HeaderSlice, LinkSlice, NetSlice, PacketBuilder, PacketBuilderStep,
@@ -92,6 +94,9 @@ fn svc(name: &str, vip: IpAddr, port: u16, proto: Proto, backends: Vec<SockAddr>
         source_ranges: vec![],
         affinity_timeout: None,
         masquerade: false,
+        external: false,
+        no_backends: NoBackends::Reject,
+        short_circuit: vec![],
         name: name.into(),
         frontend: Frontend {
             addr: sa(vip, port),
@@ -2731,6 +2736,9 @@ fn snat_exhaustion_is_counted_never_reusing_a_live_tuple() {
         source_ranges: vec![],
         affinity_timeout: None,
         masquerade: true,
+        external: false,
+        no_backends: NoBackends::Reject,
+        short_circuit: vec![],
         name: "one".into(),
         frontend: Frontend {
             addr: sa(ip4(VIP4), 80),
@@ -2793,6 +2801,9 @@ fn affinity_spec(backends: usize, timeout: u32) -> TableSpec {
         source_ranges: vec![],
         affinity_timeout: Some(timeout),
         masquerade: false,
+        external: false,
+        no_backends: NoBackends::Reject,
+        short_circuit: vec![],
         name: "aff".into(),
         frontend: Frontend {
             addr: sa(ip4(VIP4), 80),
@@ -3284,4 +3295,103 @@ fn oversized_ipv6_gets_packet_too_big() {
         p.sessions.is_empty(),
         "no session for a packet that was not forwarded"
     );
+}
+
+// ---------------------------------------------------------------------------
+// REJECT vs DROP, external frontends and the masquerade rules
+
+#[test]
+fn empty_local_policy_frontend_drops_instead_of_rejecting() {
+    let mut s = spec();
+    for sv in &mut s.services {
+        if sv.backends.is_empty() {
+            sv.no_backends = NoBackends::Drop;
+        }
+    }
+    let t = ServiceTable::new(s, 1);
+    let st = WorkerStats::default();
+    let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+    let tcp4 = c_tcp(ip4(EMPTY4), 40100, 80, SYN, 1, 0);
+    let tcp6 = c_tcp(ip6(empty6()), 40101, 80, SYN, 1, 0);
+    let udp6 = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip6(client6()),
+        ip6(empty6()),
+        40102,
+        53,
+        64,
+        b"x",
+    );
+    for f in [&tcp4, &tcp6, &udp6] {
+        let (v, _) = run(&mut p, &t, &st, 0, f, NOW, false);
+        assert_eq!(v, Verdict::Drop(DropReason::NoLocalEndpoints));
+    }
+    assert_eq!(stat(&st.rejected), 0);
+    assert_eq!(p.sessions.len(), 0);
+    // Frontends with backends are unaffected.
+    let (v, _) = run(&mut p, &t, &st, 0, &c_syn4(40103), NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+}
+
+#[test]
+fn external_frontends_skip_masquerade_all_and_off_cluster_rules() {
+    use crate::table::MasqueradePolicy;
+    let st = WorkerStats::default();
+    let first_src = |policy: MasqueradePolicy, external: bool| {
+        let mut s = spec();
+        s.masquerade = policy;
+        for sv in &mut s.services {
+            sv.external = external;
+        }
+        let t = ServiceTable::new(s, 1);
+        let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+        let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(40300), NOW, false);
+        assert_eq!(v, Verdict::Tx(1));
+        parse(&out).src
+    };
+    let all = MasqueradePolicy {
+        all: true,
+        cluster_cidrs: vec![],
+    };
+    let off_cluster = MasqueradePolicy {
+        all: false,
+        cluster_cidrs: vec![(Addr::v4([198, 19, 0, 0]), 16)],
+    };
+    for policy in [all, off_cluster] {
+        assert_eq!(first_src(policy.clone(), false), Some(ip4(NODE1)));
+        assert_eq!(first_src(policy, true), Some(ip4(CLIENT4)));
+    }
+}
+
+#[test]
+fn short_circuit_serves_in_cluster_clients_only() {
+    use crate::table::MasqueradePolicy;
+    let st = WorkerStats::default();
+    let landings = |cluster_cidrs: Vec<(Addr, u8)>| {
+        let mut s = spec();
+        s.masquerade = MasqueradePolicy {
+            all: false,
+            cluster_cidrs,
+        };
+        let web = &mut s.services[0];
+        web.external = true;
+        web.backends = vec![sa(ip4(BACKENDS4[0]), 8080)];
+        web.short_circuit = BACKENDS4[1..].iter().map(|b| sa(ip4(*b), 8080)).collect();
+        let t = ServiceTable::new(s, 1);
+        let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+        let mut seen = std::collections::BTreeSet::new();
+        for sport in 40400..40464u16 {
+            let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(sport), NOW, false);
+            assert_eq!(v, Verdict::Tx(1));
+            let o = parse(&out);
+            assert_eq!(o.src, Some(ip4(CLIENT4)), "not masqueraded");
+            seen.insert(backend_index(o.dst.unwrap()));
+        }
+        seen.into_iter().collect::<Vec<_>>()
+    };
+    // The client is in the cluster CIDRs: the short-circuit set.
+    assert_eq!(landings(vec![(Addr::v4([198, 18, 0, 0]), 24)]), [1, 2]);
+    // Outside them: the frontend's own backends.
+    assert_eq!(landings(vec![(Addr::v4([198, 19, 0, 0]), 16)]), [0]);
 }
