@@ -442,17 +442,18 @@ async fn sync(
     mut cluster: Option<&mut Cluster>,
     publisher: &Arc<Mutex<Publisher>>,
 ) -> Result<()> {
-    let mut spec = cfg.table_spec()?;
+    let spec = cfg.table_spec()?;
+    let mut built = Vec::new();
     let report = cluster.as_deref_mut().map(|c| {
         let r = c.model.sync();
-        spec.services.extend(c.model.entries().cloned());
+        built.extend(c.model.entries().cloned());
         r
     });
-    let entries = spec.services.len();
+    let entries = spec.services.len() + built.len();
     let p = publisher.clone();
     let (version, metrics) = tokio::task::spawn_blocking(move || {
         let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
-        (p.publish(spec), p.metrics.clone())
+        (p.publish_with(spec, built), p.metrics.clone())
     })
     .await?;
     // The publish returned: every worker is on the new table.

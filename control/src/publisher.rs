@@ -1,6 +1,6 @@
 //! Builds service tables and publishes them to the workers (RCU swap).
 use dataplane::dpdk::rcu::{Leaked, Rcu};
-use dataplane::table::{Frontend, ServiceTable, TableSpec};
+use dataplane::table::{Frontend, Service, ServiceTable, TableSpec};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,9 +118,20 @@ impl Publisher {
     /// Builds a table from `spec` and publishes it; blocks until the old table
     /// is unreachable (or the grace period times out, in which case the old
     /// table is kept alive and freed on a later publish). Returns the new version.
-    pub fn publish(&mut self, mut spec: TableSpec) -> u64 {
+    pub fn publish(&mut self, spec: TableSpec) -> u64 {
+        self.publish_with(spec, Vec::new())
+    }
+
+    /// Like [`Publisher::publish`], with Services built earlier added to the
+    /// table as they are (see [`ServiceTable::with_services`]).
+    pub fn publish_with(&mut self, mut spec: TableSpec, built: Vec<Arc<Service>>) -> u64 {
         let start = Instant::now();
-        let live: HashSet<Frontend> = spec.services.iter().map(|s| s.frontend).collect();
+        let live: HashSet<Frontend> = spec
+            .services
+            .iter()
+            .map(|s| s.frontend)
+            .chain(built.iter().map(|s| s.frontend))
+            .collect();
         for gone in self.live.difference(&live) {
             self.retired.insert(*gone, start);
         }
@@ -130,8 +141,8 @@ impl Publisher {
         spec.retired.extend(self.retired.keys().copied());
         self.live = live;
         self.version += 1;
-        let n = spec.services.len() as u64;
-        let table = ServiceTable::new(spec, self.version);
+        let n = (spec.services.len() + built.len()) as u64;
+        let table = ServiceTable::with_services(spec, built, self.version);
         let grace = match self
             .rcu
             .publish(table, Duration::from_micros(20), GRACE_TIMEOUT)

@@ -13,7 +13,7 @@
 //! objects of that kind, so objects deleted while the watch was down are
 //! dropped and everything that changed is marked for a rebuild.
 use crate::k8s::{self, NodeInfo, LABEL_SERVICE_NAME};
-use dataplane::table::ServiceSpec;
+use dataplane::table::Service as Built;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -22,6 +22,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
@@ -107,8 +108,9 @@ pub struct Model {
     services_synced: bool,
     slices_synced: bool,
     dirty: HashSet<Key>,
-    /// Built entries, by Service (ordered: deterministic tables).
-    entries: BTreeMap<Key, Vec<ServiceSpec>>,
+    /// Built entries (Maglev tables included), by Service, ordered for
+    /// deterministic tables; shared with the published tables.
+    entries: BTreeMap<Key, Vec<Arc<Built>>>,
     health: BTreeMap<u16, HealthCheck>,
     /// Oldest not yet programmed EndpointSlice change per Service.
     pending_triggers: HashMap<Key, SystemTime>,
@@ -373,7 +375,8 @@ impl Model {
                     self.entries.remove(&k);
                 }
                 Ok(v) => {
-                    self.entries.insert(k.clone(), v);
+                    let built = v.into_iter().map(|s| Arc::new(Built::new(s))).collect();
+                    self.entries.insert(k.clone(), built);
                     if let Some(h) = health_check(svc, &slices, &self.node) {
                         self.health.insert(h.0, h.1);
                     }
@@ -389,7 +392,7 @@ impl Model {
     }
 
     /// Every built entry, Services in key order.
-    pub fn entries(&self) -> impl Iterator<Item = &ServiceSpec> {
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<Built>> {
         self.entries.values().flatten()
     }
 

@@ -6,6 +6,7 @@ use crate::addr::{Addr, Proto, SockAddr};
 use crate::maglev::{stable_key, Maglev};
 use crate::packet::ethernet::MacAddr;
 use hashbrown::HashMap;
+use std::sync::Arc;
 
 /// A Service frontend: the address, port and protocol clients connect to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -243,7 +244,7 @@ pub struct ServiceTable {
     /// Monotonic version, set by the publisher.
     pub version: u64,
     frontends: HashMap<Frontend, u32>,
-    services: Vec<Service>,
+    services: Vec<Arc<Service>>,
     local: HashMap<Addr, u16>,
     vips: HashMap<Addr, ()>,
     routes: Vec<Route>,
@@ -256,17 +257,29 @@ pub struct ServiceTable {
 impl ServiceTable {
     /// Builds a table. Duplicate frontends: the first one wins.
     pub fn new(spec: TableSpec, version: u64) -> Self {
+        Self::with_services(spec, Vec::new(), version)
+    }
+
+    /// Builds a table from `spec` plus Services built earlier (after those of
+    /// `spec`). Built Services are shared with the previous table, not rebuilt:
+    /// a change to one Service costs its own Maglev build, and publishing
+    /// touches every other Service only to index it (DESIGN.md decision 3).
+    pub fn with_services(spec: TableSpec, built: Vec<Arc<Service>>, version: u64) -> Self {
         let mut t = ServiceTable {
             version,
             ..Default::default()
         };
-        for s in spec.services {
+        let n = spec.services.len() + built.len();
+        t.frontends.reserve(n);
+        t.services.reserve(n);
+        let fresh = spec.services.into_iter().map(|s| Arc::new(Service::new(s)));
+        for s in fresh.chain(built) {
             if t.frontends.contains_key(&s.frontend) {
                 continue;
             }
             t.vips.insert(s.frontend.addr.addr, ());
             t.frontends.insert(s.frontend, t.services.len() as u32);
-            t.services.push(Service::new(s));
+            t.services.push(s);
         }
         t.interfaces = spec.interfaces.clone();
         for i in &spec.interfaces {
@@ -372,11 +385,11 @@ impl ServiceTable {
     /// The Service at `idx`.
     #[inline]
     pub fn service(&self, idx: u32) -> Option<&Service> {
-        self.services.get(idx as usize)
+        self.services.get(idx as usize).map(|s| &**s)
     }
 
     /// All Services.
-    pub fn services(&self) -> &[Service] {
+    pub fn services(&self) -> &[Arc<Service>] {
         &self.services
     }
 
@@ -503,6 +516,22 @@ mod tests {
             })
         );
         assert_eq!(t.route(&v4(203, 0, 113, 1)), None);
+    }
+
+    #[test]
+    fn built_services_are_shared_not_rebuilt() {
+        let mut other = spec().services[0].clone();
+        other.frontend.addr = SockAddr::new(v4(198, 18, 100, 2), 80);
+        let built = Arc::new(Service::new(other));
+        let t = ServiceTable::with_services(spec(), vec![built.clone()], 1);
+        assert_eq!(t.services().len(), 2);
+        assert!(Arc::ptr_eq(&t.services()[1], &built));
+        assert_eq!(t.frontend(&built.frontend), Some(1));
+        // A built Service with a frontend already in the spec loses (first wins).
+        let dup = Arc::new(Service::new(spec().services[0].clone()));
+        let t = ServiceTable::with_services(spec(), vec![dup.clone()], 2);
+        assert_eq!(t.services().len(), 1);
+        assert!(!Arc::ptr_eq(&t.services()[0], &dup));
     }
 
     #[test]

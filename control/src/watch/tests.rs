@@ -128,6 +128,7 @@ fn one_change_rebuilds_one_service() {
             .collect(),
     );
     assert_eq!(m.sync().rebuilt, 50);
+    let before: Vec<Arc<Built>> = m.entries().cloned().collect();
     // The slice of s7 gains an endpoint: only s7 is rebuilt.
     m.apply(Change::Slice(Event::Apply(slice(
         "s7-1",
@@ -143,6 +144,14 @@ fn one_change_rebuilds_one_service() {
         backends_of(&m, "s7"),
         ["198.18.1.11:8080", "198.18.1.12:8080"]
     );
+    // Every other Service's built entry (Maglev table) is the same object.
+    let after: Vec<Arc<Built>> = m.entries().cloned().collect();
+    let same = before
+        .iter()
+        .zip(&after)
+        .filter(|(a, b)| Arc::ptr_eq(a, b))
+        .count();
+    assert_eq!((after.len(), same), (50, 49));
     // An identical re-delivery (e.g. a resync) rebuilds nothing.
     m.apply(Change::Slice(Event::Apply(slice(
         "s7-1",
