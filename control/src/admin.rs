@@ -377,10 +377,10 @@ impl prometheus_client::collector::Collector for Collector {
             icmp_errors_translated
         );
         per_worker!(
-            "dpdk_kube_proxy_sessions_clash_masqueraded",
-            "New sessions masqueraded to resolve a reply-tuple clash (same client port, same backend, two frontends)",
+            "dpdk_kube_proxy_sessions_clash_remapped",
+            "New DNAT-only sessions whose client port was remapped (client address kept) to resolve a reply-tuple clash",
             Counter,
-            sessions_clash_masqueraded
+            sessions_clash_remapped
         );
         per_worker!(
             "dpdk_kube_proxy_sessions_masqueraded",

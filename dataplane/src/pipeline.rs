@@ -522,17 +522,18 @@ impl Pipeline {
             Err(InsertError::Conflict) if snat.is_none() => {
                 // The reply tuple (backend -> client) is taken: the same client
                 // port reached the same backend through another frontend.
-                // conntrack drops such a packet (insert_failed); we resolve
-                // the clash by masquerading this one flow.
-                match self.snat_port(t, &key, backend) {
+                // Like nf_nat's unique-tuple search, remap the client port
+                // and keep the client address (the backend still sees who
+                // connects: eTP Local's source preservation holds).
+                match self.remap_port(&key, backend) {
                     Ok(s) => {
                         session.snat = Some(s);
                         if self.sessions.insert(session).is_err() {
                             return Verdict::Drop(DropReason::SessionConflict);
                         }
-                        WorkerStats::add(&st.sessions_clash_masqueraded, 1);
+                        WorkerStats::add(&st.sessions_clash_remapped, 1);
                     }
-                    Err(_) => return Verdict::Drop(DropReason::SessionConflict),
+                    Err(r) => return Verdict::Drop(r),
                 }
             }
             Err(InsertError::Conflict) => return Verdict::Drop(DropReason::SessionConflict),
@@ -541,11 +542,41 @@ impl Pipeline {
         WorkerStats::add(&st.nat_forward, 1);
         rewrite_dst(pkt.data_mut(), ip, key.proto, backend);
         if let Some(s) = session.snat {
-            WorkerStats::add(&st.sessions_masqueraded, 1);
+            if s.addr != key.src {
+                WorkerStats::add(&st.sessions_masqueraded, 1);
+            }
             rewrite_src(pkt.data_mut(), ip, key.proto, s);
         }
         let l2 = l2_len(pkt.data());
         self.forward(t, pkt, ip, l2, now)
+    }
+
+    /// A new source port for the client of a DNAT-only flow whose reply
+    /// tuple is taken: a port of 1024..=65535 whose reply tuple is free and
+    /// whose endpoint (client address, port) this worker owns, so replies
+    /// are steered here like any DNAT-only flow's.
+    fn remap_port(&self, key: &FlowKey, backend: SockAddr) -> Result<SockAddr, DropReason> {
+        const FIRST: u32 = 1024;
+        const LEN: u32 = 65536 - FIRST;
+        let start = (flow_hash(key) >> 32) as u32 % LEN;
+        for i in 0..SNAT_TRIES * u32::from(self.n_workers.max(1)) {
+            let port = (FIRST + (start + i) % LEN) as u16;
+            let cand = SockAddr::new(key.src, port);
+            if owner_of(&cand, self.n_workers) != self.id {
+                continue;
+            }
+            let reply = FlowKey {
+                src: backend.addr,
+                dst: key.src,
+                sport: backend.port,
+                dport: port,
+                proto: key.proto,
+            };
+            if self.sessions.lookup(&reply).is_none() {
+                return Ok(cand);
+            }
+        }
+        Err(DropReason::SessionConflict)
     }
 
     /// Picks the masquerade source for a new flow to `backend`: the node

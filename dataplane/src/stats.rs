@@ -108,8 +108,9 @@ pub struct WorkerStats {
     pub sessions_expired: AtomicU64,
     /// New sessions that were masqueraded (SNAT to a node address).
     pub sessions_masqueraded: AtomicU64,
-    /// New sessions masqueraded only to resolve a reply-tuple clash.
-    pub sessions_clash_masqueraded: AtomicU64,
+    /// New DNAT-only sessions whose client port was remapped to resolve a
+    /// reply-tuple clash (the client address is kept).
+    pub sessions_clash_remapped: AtomicU64,
     /// UDP sessions flushed because their backend was removed.
     pub sessions_flushed: AtomicU64,
     /// Sessions live now.

@@ -3140,7 +3140,7 @@ fn icmp_errors_are_steered_to_the_flow_owner_and_unknown_ones_routed() {
 }
 
 #[test]
-fn reply_tuple_clash_is_resolved_by_masquerading() {
+fn reply_tuple_clash_is_resolved_by_remapping_the_client_port() {
     // Two frontends with the same single backend: the same client port to
     // both gives the same reply tuple (backend -> client:port).
     let mut s = spec();
@@ -3150,9 +3150,13 @@ fn reply_tuple_clash_is_resolved_by_masquerading() {
         svc("b", ip4([198, 18, 100, 9]), 80, Proto::Tcp, b),
     ];
     let t = ServiceTable::new(s, 1);
+    // Worker 1 of 2, with a client port it owns.
+    let port = (40000..)
+        .find(|p| owner_of(&sa(ip4(CLIENT4), *p), 2) == 1)
+        .unwrap();
     let st = WorkerStats::default();
-    let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
-    let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(48000), NOW, false);
+    let mut p = pipeline_with(1, 2, PipelineConfig::default(), &t);
+    let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(port), NOW, false);
     assert_eq!(v, Verdict::Tx(1));
     assert_eq!(parse(&out).src, Some(ip4(CLIENT4)));
     let (v, out) = run(
@@ -3160,21 +3164,28 @@ fn reply_tuple_clash_is_resolved_by_masquerading() {
         &t,
         &st,
         0,
-        &c_tcp(ip4([198, 18, 100, 9]), 48000, 80, SYN, 1, 0),
+        &c_tcp(ip4([198, 18, 100, 9]), port, 80, SYN, 1, 0),
         NOW,
         false,
     );
     assert_eq!(v, Verdict::Tx(1), "the second flow is not dropped");
     let o = parse(&out);
-    assert_eq!(o.src, Some(ip4(NODE1)), "... but masqueraded");
-    assert_eq!(stat(&st.sessions_clash_masqueraded), 1);
+    assert_eq!(o.src, Some(ip4(CLIENT4)), "the client address is kept");
+    assert_ne!(o.sport, port, "... with another port");
+    assert_eq!(
+        owner_of(&sa(ip4(CLIENT4), o.sport), 2),
+        1,
+        "replies come here"
+    );
+    assert_eq!(stat(&st.sessions_clash_remapped), 1);
+    assert_eq!(stat(&st.sessions_masqueraded), 0);
     // Its reply finds its way back to the client from the second VIP.
     let (v, out) = run(
         &mut p,
         &t,
         &st,
         1,
-        &b_tcp_to(0, ip4(NODE1), o.sport, SYN | ACK),
+        &b_tcp_to(0, ip4(CLIENT4), o.sport, SYN | ACK),
         NOW,
         false,
     );
@@ -3182,7 +3193,7 @@ fn reply_tuple_clash_is_resolved_by_masquerading() {
     let r = parse(&out);
     assert_eq!(
         (r.src, r.sport, r.dport),
-        (Some(ip4([198, 18, 100, 9])), 80, 48000)
+        (Some(ip4([198, 18, 100, 9])), 80, port)
     );
 }
 
