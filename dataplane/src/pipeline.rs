@@ -542,7 +542,7 @@ impl Pipeline {
         WorkerStats::add(&st.nat_forward, 1);
         rewrite_dst(pkt.data_mut(), ip, key.proto, backend);
         if let Some(s) = session.snat {
-            if s.addr != key.src {
+            if snat.is_some() {
                 WorkerStats::add(&st.sessions_masqueraded, 1);
             }
             rewrite_src(pkt.data_mut(), ip, key.proto, s);
