@@ -3920,6 +3920,39 @@ mod sctp_flows {
     }
 
     #[test]
+    fn sctp_associations_keep_a_removed_backend_like_tcp() {
+        // kube-proxy flushes stale conntrack entries for UDP only: an SCTP
+        // association to a removed endpoint stays, new ones avoid it.
+        let (mut p, t, st) = setup();
+        let mut by_port = StdHashMap::new();
+        for sport in 30000..30060u16 {
+            let f = c_sctp(ip4(VIP4), sport, 0, &[(chunk::INIT, &init_value(1))]);
+            let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+            assert_eq!(v, Verdict::Tx(1));
+            by_port.insert(sport, backend_index(parse_sctp(&out).dst));
+        }
+        assert!(by_port.values().any(|&b| b == 0));
+        let mut spec2 = spec();
+        for s in &mut spec2.services {
+            s.backends.retain(|b| b.addr != Addr::v4(BACKENDS4[0]));
+        }
+        let t2 = ServiceTable::new(spec2, 2);
+        p.on_table(&t2);
+        for (&sport, &bi) in &by_port {
+            let f = c_sctp(ip4(VIP4), sport, 2, &[(chunk::DATA, b"more")]);
+            let (v, out) = run(&mut p, &t2, &st, 0, &f, NOW + 10, false);
+            assert_eq!(v, Verdict::Tx(1));
+            assert_eq!(backend_index(parse_sctp(&out).dst), bi, "{sport} moved");
+        }
+        assert_eq!(stat(&st.sessions_flushed), 0);
+        for sport in 31000..31100u16 {
+            let f = c_sctp(ip4(VIP4), sport, 0, &[(chunk::INIT, &init_value(1))]);
+            let (_, out) = run(&mut p, &t2, &st, 0, &f, NOW + 20, false);
+            assert_ne!(backend_index(parse_sctp(&out).dst), 0);
+        }
+    }
+
+    #[test]
     fn chunk_bits_reach_the_state_machine_from_bundles() {
         // COOKIE ECHO bundled with DATA (as Linux sends it) counts as COOKIE ECHO.
         let (mut p, t, st) = setup();
