@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The demo: real TCP (HTTP) and UDP connections to a Service VIP, load-balanced
+# The demo: real TCP (HTTP), UDP and SCTP connections to a Service VIP, load-balanced
 # by the DPDK dataplane (af_packet ports, 2 workers) across three backend
 # "pods" in network namespaces. Installs what it needs, builds, runs, prints
 # how the connections spread and the key metrics, then removes everything.
@@ -49,6 +49,8 @@ echo "== 300 HTTP requests and 300 UDP requests from the client to 198.18.100.1"
 ip netns exec "$P-client" $PEER clients --vip 198.18.100.1 --count 300 --concurrency 12 --human
 echo "== the same over IPv6 to [2001:2:0:100::1] (100 each)"
 ip netns exec "$P-client" $PEER clients --vip 2001:2:0:100::1 --count 100 --concurrency 12 --human
+echo "== 60 SCTP associations (raw-socket peers) to 198.18.100.1:3868 (backends on 9999)"
+ip netns exec "$P-client" $PEER sctp-clients --vip 198.18.100.1 --port 3868 --count 60 --human
 echo "== a Service with no endpoints (198.18.100.2) is rejected like kube-proxy does"
 ip netns exec "$P-client" $PEER reject --vip 198.18.100.2 --human
 echo "== what the proxy programmed (dpdk-kube-proxy inspect), first Services"

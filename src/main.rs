@@ -100,7 +100,7 @@ enum Inspect {
         src: String,
         /// Destination `IP:PORT`.
         dst: String,
-        /// `tcp` or `udp`.
+        /// `tcp`, `udp` or `sctp`.
         #[arg(default_value = "tcp")]
         proto: String,
     },

@@ -1,5 +1,7 @@
 //! End-to-end: the real binary on af_packet ports in network namespaces,
-//! with kernel TCP/UDP peers (scripts/netns.sh topology), two workers.
+//! with kernel TCP/UDP peers and raw-socket SCTP peers (the kernels have no
+//! SCTP module; tests/e2e/peer.py speaks SCTP over IP protocol 132 with its
+//! own CRC32c), scripts/netns.sh topology, two workers.
 //!
 //! Needs root (namespaces, veth, af_packet). Everything is created with a
 //! per-run prefix and removed on drop, also when an assertion fails.
@@ -9,6 +11,29 @@ use std::time::{Duration, Instant};
 
 mod support;
 use support::*;
+
+/// `total` SCTP associations all completed, spread over the three backends
+/// within `bounds`, every received packet with a valid CRC32c and the VIP as
+/// source, and the backends saw only `sources`.
+fn assert_sctp(
+    v: &Value,
+    total: u64,
+    sources: &[&str],
+    bounds: std::ops::RangeInclusive<f64>,
+    t: &Topology,
+) {
+    let s = &v["sctp"];
+    assert_eq!(s["errors"], 0, "{v}\n{}", t.drops());
+    assert_eq!(s["bad_crc"], 0, "{v}");
+    assert_eq!(s["bad_source"], 0, "{v}");
+    // INIT ACK, COOKIE ACK, SACK+DATA, SHUTDOWN ACK: at least 4 per association.
+    assert!(s["packets"].as_u64().unwrap() >= 4 * total, "{v}");
+    assert_spread_within(v, "sctp", total, &["be1", "be2", "be3"], bounds);
+    for (name, per) in s["sources"].as_object().unwrap() {
+        let got: Vec<&String> = per.as_object().unwrap().keys().collect();
+        assert_eq!(got, sources, "sctp {name}: {v}");
+    }
+}
 
 #[test]
 fn e2e_af_packet_two_workers() {
@@ -218,6 +243,108 @@ fn e2e_af_packet_two_workers() {
     assert_sources(&m6, &["2001:2:0:1::1"]);
     assert_refused(&t, "2001:2:0:100::2");
 
+    // SCTP over raw sockets: associations (INIT, INIT ACK with a state
+    // cookie, COOKIE ECHO/ACK, DATA both ways, SHUTDOWN) from distinct
+    // source ports, spread over the backends by both workers. The client
+    // checks every packet it gets: CRC32c (its own implementation) and the
+    // VIP:3868 as source — the backends answer from port 9999, so each reply
+    // had its CRC recomputed by the proxy.
+    let sctp_before: Vec<u64> = ["0", "1"]
+        .iter()
+        .map(|w| {
+            t.metric_sum(
+                "dpdk_kube_proxy_sessions_created_total",
+                &format!("worker=\"{w}\""),
+            )
+        })
+        .collect();
+    let sc = t.peer(
+        "client",
+        &[
+            "sctp-clients",
+            "--vip",
+            vip,
+            "--port",
+            "3868",
+            "--count",
+            "90",
+        ],
+    );
+    assert_sctp(&sc, 90, &["198.18.0.2"], 0.15..=0.55, &t);
+    for (w, before) in ["0", "1"].iter().zip(sctp_before) {
+        let after = t.metric_sum(
+            "dpdk_kube_proxy_sessions_created_total",
+            &format!("worker=\"{w}\""),
+        );
+        assert!(after > before, "worker {w} created no SCTP session");
+    }
+    // Masqueraded: backends see the node address (SNAT port from the
+    // owning worker's partition, CRC recomputed both ways).
+    let sm = t.peer(
+        "client",
+        &[
+            "sctp-clients",
+            "--vip",
+            "198.18.100.3",
+            "--port",
+            "3868",
+            "--count",
+            "45",
+        ],
+    );
+    assert_sctp(&sm, 45, &["198.18.1.1"], 0.10..=0.65, &t);
+    // Hairpin: pod be1 to the SCTP Service, masqueraded wherever it lands.
+    let sh1 = t.peer(
+        "be1",
+        &[
+            "sctp-clients",
+            "--vip",
+            vip,
+            "--port",
+            "3868",
+            "--count",
+            "45",
+        ],
+    );
+    assert_sctp(&sh1, 45, &["198.18.1.1"], 0.10..=0.65, &t);
+    // IPv6.
+    let s6 = t.peer(
+        "client",
+        &[
+            "sctp-clients",
+            "--vip",
+            "2001:2:0:100::1",
+            "--port",
+            "3868",
+            "--count",
+            "45",
+        ],
+    );
+    assert_sctp(&s6, 45, &["2001:2::2"], 0.10..=0.65, &t);
+    // No endpoints: ICMP / ICMPv6 port unreachable from the VIP, quoting our INIT.
+    for empty in ["198.18.100.2", "2001:2:0:100::2"] {
+        let r = t.peer("client", &["sctp-reject", "--vip", empty, "--port", "3868"]);
+        assert_eq!(r["sctp"], "unreachable", "{empty}: {r}");
+        assert_eq!(r["from"], empty, "{r}");
+    }
+    let l = {
+        sh(Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &t.ns("proxy"),
+                BIN,
+                "inspect",
+                "--admin",
+                &t.admin,
+            ])
+            .args(["lookup", "198.18.0.2:40000", "198.18.100.2:3868", "sctp"]))
+    };
+    assert!(
+        l.contains("rejected: no usable endpoints (ICMP port unreachable)"),
+        "{l}"
+    );
+
     // `inspect`: the Services as published, and the choice for a 5-tuple.
     let inspect = |args: &[&str]| {
         sh(Command::new("ip")
@@ -310,7 +437,15 @@ fn e2e_af_packet_two_workers() {
         .nth(1)
         .expect("proxy MAC in client neighbour table")
         .to_string();
-    let before: u64 = ["truncated", "bad_header_len", "bad_total_len", "bad_l4_len"]
+    let malformed = [
+        "truncated",
+        "bad_header_len",
+        "bad_total_len",
+        "bad_l4_len",
+        "bad_sctp_checksum",
+        "bad_sctp_chunk",
+    ];
+    let before: u64 = malformed
         .iter()
         .map(|r| {
             t.metric_sum(
@@ -355,7 +490,7 @@ fn e2e_af_packet_two_workers() {
         .sum();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let after: u64 = ["truncated", "bad_header_len", "bad_total_len", "bad_l4_len"]
+        let after: u64 = malformed
             .iter()
             .map(|r| {
                 t.metric_sum(

@@ -172,7 +172,8 @@ async fn debug_lookup(State(s): State<AdminState>, Query(q): Query<LookupQuery>)
     let proto = match q.proto.to_ascii_lowercase().as_str() {
         "tcp" => Proto::Tcp,
         "udp" => Proto::Udp,
-        _ => return (StatusCode::BAD_REQUEST, "proto must be tcp or udp").into_response(),
+        "sctp" => Proto::Sctp,
+        _ => return (StatusCode::BAD_REQUEST, "proto must be tcp, udp or sctp").into_response(),
     };
     match with_table(&s, |t| explain(t, src, dst, proto)) {
         Some(v) => axum::Json(v).into_response(),

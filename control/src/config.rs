@@ -222,6 +222,18 @@ pub struct TimeoutsConfig {
     /// ICMP echo.
     #[serde(with = "humantime_serde")]
     pub icmp: Duration,
+    /// SCTP during association setup (INIT, COOKIE ECHO).
+    #[serde(with = "humantime_serde")]
+    pub sctp_init: Duration,
+    /// Established SCTP association.
+    #[serde(with = "humantime_serde")]
+    pub sctp_established: Duration,
+    /// SCTP after SHUTDOWN / SHUTDOWN ACK.
+    #[serde(with = "humantime_serde")]
+    pub sctp_closing: Duration,
+    /// SCTP after ABORT / SHUTDOWN COMPLETE.
+    #[serde(with = "humantime_serde")]
+    pub sctp_closed: Duration,
 }
 
 impl Default for TimeoutsConfig {
@@ -236,6 +248,10 @@ impl Default for TimeoutsConfig {
             udp: d(t.udp),
             udp_stream: d(t.udp_stream),
             icmp: d(t.icmp),
+            sctp_init: d(t.sctp_init),
+            sctp_established: d(t.sctp_established),
+            sctp_closing: d(t.sctp_closing),
+            sctp_closed: d(t.sctp_closed),
         }
     }
 }
@@ -271,7 +287,7 @@ pub struct ServiceConfig {
     pub vip: IpAddr,
     /// The Service port.
     pub port: u16,
-    /// `TCP` or `UDP`.
+    /// `TCP`, `UDP` or `SCTP` (any case).
     #[serde(default = "default_protocol")]
     pub protocol: String,
     /// Endpoints: `IP:PORT` (`[IPv6]:PORT`) for a ready endpoint, or
@@ -559,10 +575,11 @@ impl Config {
             let proto = match s.protocol.to_ascii_uppercase().as_str() {
                 "TCP" => Proto::Tcp,
                 "UDP" => Proto::Udp,
+                "SCTP" => Proto::Sctp,
                 other => {
                     return Err(invalid(
                         format!("{f}.protocol"),
-                        format!("{other:?} is not TCP or UDP"),
+                        format!("{other:?} is not TCP, UDP or SCTP"),
                     ))
                 }
             };
@@ -738,6 +755,10 @@ impl Config {
             udp: ms(t.udp),
             udp_stream: ms(t.udp_stream),
             icmp: ms(t.icmp),
+            sctp_init: ms(t.sctp_init),
+            sctp_established: ms(t.sctp_established),
+            sctp_closing: ms(t.sctp_closing),
+            sctp_closed: ms(t.sctp_closed),
         }
     }
 
@@ -818,6 +839,7 @@ neighbors:
     port: 0
 timeouts:
   udp: 10s
+  sctp_init: 5s
 services:
   - name: default/web
     vip: 198.18.100.1
@@ -829,14 +851,27 @@ services:
     port: 53
     protocol: udp
     backends: ["[2001:2::11]:5353"]
+  - name: default/sig
+    vip: 198.18.100.1
+    port: 80
+    protocol: sctp
+    backends: ["198.18.0.11:9999"]
 "#;
 
     #[test]
     fn parses_a_full_config() {
         let c = Config::parse(GOOD, "test").unwrap();
         let spec = c.table_spec().unwrap();
-        assert_eq!(spec.services.len(), 2);
+        assert_eq!(spec.services.len(), 3);
         assert_eq!(spec.services[1].frontend.proto, Proto::Udp);
+        // Same VIP and port as the TCP Service: another frontend.
+        assert_eq!(spec.services[2].frontend.proto, Proto::Sctp);
+        assert_eq!(spec.services[2].frontend.addr.port, 80);
+        assert_eq!(c.timeouts().sctp_init, 5_000);
+        assert_eq!(
+            c.timeouts().sctp_established,
+            Timeouts::default().sctp_established
+        );
         assert_eq!(spec.interfaces.len(), 2);
         assert_eq!(spec.routes[0].via, Some(Addr::v4([198, 18, 0, 254])));
         assert_eq!(c.timeouts().udp, 10_000);

@@ -53,9 +53,11 @@
 //!   node's zone, only the ready endpoints hinted for that zone; else all.
 //!   Applied to the cluster-wide endpoint set (not to `Local` policies).
 //!
-//! Not done: SCTP ports are skipped without an error (the dataplane has no
-//! SCTP); FQDN slices are ignored (as kube-proxy does); pods are told apart
-//! by the cluster CIDRs only (kube-proxy's `ClusterCIDR` local-traffic
+//! - protocols `TCP`, `UDP` and `SCTP` (the Kubernetes default is `TCP`);
+//!   an SCTP port and a TCP port with the same number are distinct frontends.
+//!
+//! Not done: FQDN slices are ignored (as kube-proxy does); pods are told
+//! apart by the cluster CIDRs only (kube-proxy's `ClusterCIDR` local-traffic
 //! detector; no `NodeCIDR`/interface detectors); `healthCheckNodePort`
 //! serving is the caller's.
 use crate::config::{usable_endpoints, EndpointConditions};
@@ -156,12 +158,11 @@ fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta
     )
 }
 
-fn parse_proto(p: Option<&str>) -> Result<Option<Proto>, String> {
+fn parse_proto(p: Option<&str>) -> Result<Proto, String> {
     match p.unwrap_or("TCP") {
-        "TCP" => Ok(Some(Proto::Tcp)),
-        "UDP" => Ok(Some(Proto::Udp)),
-        // not yet: the dataplane has no SCTP; such ports are skipped.
-        "SCTP" => Ok(None),
+        "TCP" => Ok(Proto::Tcp),
+        "UDP" => Ok(Proto::Udp),
+        "SCTP" => Ok(Proto::Sctp),
         o => Err(format!("{o:?} is not TCP, UDP or SCTP")),
     }
 }
@@ -234,7 +235,7 @@ fn slice_endpoints(
             }
             let pr = parse_proto(p.protocol.as_deref())
                 .map_err(|m| serr(format!("ports[{i}].protocol"), m))?;
-            if pr != Some(proto) {
+            if pr != proto {
                 continue;
             }
             // A slice port without a number: the target port could not be
@@ -452,11 +453,8 @@ pub fn service_specs(
 
     let mut out = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
-        let Some(proto) = parse_proto(p.protocol.as_deref())
-            .map_err(|m| err(&format!("spec.ports[{i}].protocol"), m))?
-        else {
-            continue; // SCTP
-        };
+        let proto = parse_proto(p.protocol.as_deref())
+            .map_err(|m| err(&format!("spec.ports[{i}].protocol"), m))?;
         let port = parse_port(p.port).map_err(|m| err(&format!("spec.ports[{i}].port"), m))?;
         let node_port = match p.node_port {
             Some(np) if node_ports_on && np != 0 => {
@@ -1174,14 +1172,65 @@ mod tests {
                 "{label}"
             );
         }
+    }
 
-        // SCTP ports are skipped, the others kept.
-        let mut s = base.clone();
-        spec_mut(&mut s).ports.as_mut().unwrap().push(ServicePort {
-            protocol: Some("SCTP".into()),
-            ..port(Some("sctp"), 90, IntOrString::Int(90))
-        });
-        assert_eq!(service_specs(&s, &sl, &node()).unwrap().len(), 1);
+    #[test]
+    fn sctp_ports_are_translated_with_their_own_endpoints() {
+        // A TCP and an SCTP port with the same number and name-less twin
+        // ports in the slice, told apart by protocol.
+        let s = svc(
+            &["198.18.100.1", "2001:2::100"],
+            vec![
+                port(Some("http"), 80, IntOrString::Int(8080)),
+                ServicePort {
+                    protocol: Some("SCTP".into()),
+                    ..port(Some("sig"), 80, IntOrString::Int(9999))
+                },
+            ],
+        );
+        let mut sl = slice(
+            "web-1",
+            "IPv4",
+            &[(Some("http"), 8080), (Some("sig"), 9999)],
+            vec![ep("198.18.2.1", "node-a", ready())],
+        );
+        sl.ports.as_mut().unwrap()[1].protocol = Some("SCTP".into());
+        let out = service_specs(&s, &[sl.clone()], &node()).unwrap();
+        let got: Vec<_> = out
+            .iter()
+            .map(|o| (o.frontend.proto, o.frontend.addr, o.backends.clone()))
+            .collect();
+        assert!(
+            got.contains(&(
+                Proto::Sctp,
+                sa("198.18.100.1:80"),
+                sas(&["198.18.2.1:9999"])
+            )),
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&(Proto::Tcp, sa("198.18.100.1:80"), sas(&["198.18.2.1:8080"]))),
+            "{got:?}"
+        );
+        // The IPv6 frontend exists too (no IPv6 slice: no endpoints).
+        assert!(
+            got.contains(&(Proto::Sctp, sa("[2001:2::100]:80"), vec![])),
+            "{got:?}"
+        );
+        // A slice port of the wrong protocol does not serve the SCTP port.
+        let mut tcp_only = sl;
+        tcp_only.ports.as_mut().unwrap()[1].protocol = Some("TCP".into());
+        let out = service_specs(&s, &[tcp_only], &node()).unwrap();
+        let sctp = out
+            .iter()
+            .find(|o| o.frontend.proto == Proto::Sctp && o.frontend.addr.addr.is_v4())
+            .expect("SCTP frontend");
+        assert!(sctp.backends.is_empty(), "{sctp:?}");
+        // Unknown protocols are errors, named by field.
+        let mut bad = s.clone();
+        spec_mut(&mut bad).ports.as_mut().unwrap()[1].protocol = Some("DCCP".into());
+        let e = service_specs(&bad, &[], &node()).unwrap_err().to_string();
+        assert!(e.contains("spec.ports[1].protocol"), "{e}");
     }
 
     #[test]

@@ -134,6 +134,9 @@ pub enum Proto {
     Udp = 17,
     /// ICMPv6 echo.
     Icmp6 = 58,
+    /// SCTP (RFC 9260): ports like TCP/UDP, a CRC32c instead of a
+    /// pseudo-header checksum.
+    Sctp = 132,
 }
 
 impl Proto {
@@ -145,6 +148,7 @@ impl Proto {
             17 => Some(Proto::Udp),
             1 => Some(Proto::Icmp),
             58 => Some(Proto::Icmp6),
+            132 => Some(Proto::Sctp),
             _ => None,
         }
     }
@@ -155,6 +159,7 @@ impl Proto {
             Proto::Udp => "udp",
             Proto::Icmp => "icmp",
             Proto::Icmp6 => "icmpv6",
+            Proto::Sctp => "sctp",
         }
     }
 }
@@ -295,5 +300,21 @@ mod tests {
         }
         assert!(counts.iter().all(|&c| c > 4_500), "{counts:?}");
         assert_eq!(owner_of(&SockAddr::default(), 1), 0);
+    }
+
+    #[test]
+    fn protocol_numbers_round_trip() {
+        for p in [
+            Proto::Icmp,
+            Proto::Tcp,
+            Proto::Udp,
+            Proto::Icmp6,
+            Proto::Sctp,
+        ] {
+            assert_eq!(Proto::from_ip(p as u8), Some(p));
+        }
+        assert_eq!(Proto::from_ip(132), Some(Proto::Sctp));
+        assert_eq!(Proto::Sctp.as_str(), "sctp");
+        assert_eq!(Proto::from_ip(50), None);
     }
 }

@@ -9,11 +9,12 @@
 use crate::addr::{flow_hash, owner_of, Addr, FlowKey, Proto, SockAddr};
 use crate::affinity::{backend_key, client_hash, AffinityTable};
 use crate::neigh::{NeighborTimers, NeighborUpdate, Neighbors, Resolution};
+use crate::packet::sctp;
 use crate::packet::{
     arp, checksum, ethernet, icmp, ip_proto, ArpPacket, Error as PktError, EthernetFrame,
-    IcmpPacket, Ipv4Packet, Ipv6Packet, MacAddr, TcpPacket, UdpPacket,
+    IcmpPacket, Ipv4Packet, Ipv6Packet, MacAddr, SctpPacket, TcpPacket, UdpPacket,
 };
-use crate::session::{tcp, Dir, InsertError, Session, SessionTable, Timeouts};
+use crate::session::{tcp, Dir, InsertError, SctpState, Session, SessionTable, Timeouts};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::{Frontend, NoBackends, ServiceTable};
 use std::sync::Arc;
@@ -366,6 +367,15 @@ impl Pipeline {
                 return Verdict::HandOff(owner);
             }
         }
+        // SCTP: the CRC32c is checked on every packet, as conntrack does by
+        // default (nf_conntrack_checksum=1 marks bad ones INVALID). A port
+        // rewrite recomputes the CRC, so without this check a corrupted
+        // packet would leave here with a valid checksum.
+        if proto == Proto::Sctp
+            && !SctpPacket::new_unchecked(&pkt.data()[ip.l4..ip.end]).verify_checksum()
+        {
+            return Verdict::Drop(DropReason::BadSctpChecksum);
+        }
         if let Some((idx, dir)) = self.sessions.lookup(&key) {
             let s = *self.sessions.get(idx);
             if s.validated != t.version {
@@ -398,6 +408,15 @@ impl Pipeline {
                 self.sessions.remove(idx);
                 return self.new_flow(t, st, in_port, pinfo, pkt, &ip, key, flags, src_mac, now);
             }
+            if proto == Proto::Sctp
+                && dir == Dir::Original
+                && flags & sctp::bits::INIT != 0
+                && matches!(s.sctp, SctpState::Closed | SctpState::Closing)
+            {
+                // A new association on the tuple of a closing one: start afresh.
+                self.sessions.remove(idx);
+                return self.new_flow(t, st, in_port, pinfo, pkt, &ip, key, flags, src_mac, now);
+            }
             self.sessions.touch(idx, dir, flags, now);
             return match dir {
                 Dir::Original => {
@@ -407,10 +426,7 @@ impl Pipeline {
                         return v;
                     }
                     WorkerStats::add(&st.nat_forward, 1);
-                    rewrite_dst(pkt.data_mut(), &ip, proto, s.backend);
-                    if let Some(n) = s.snat {
-                        rewrite_src(pkt.data_mut(), &ip, proto, n);
-                    }
+                    nat(pkt.data_mut(), &ip, proto, s.snat, Some(s.backend));
                     self.forward(t, pkt, &ip, l2, now)
                 }
                 Dir::Reply => {
@@ -420,10 +436,8 @@ impl Pipeline {
                         return v;
                     }
                     WorkerStats::add(&st.nat_reverse, 1);
-                    rewrite_src(pkt.data_mut(), &ip, proto, s.frontend);
-                    if s.snat.is_some() {
-                        rewrite_dst(pkt.data_mut(), &ip, proto, s.client);
-                    }
+                    let to_client = s.snat.map(|_| s.client);
+                    nat(pkt.data_mut(), &ip, proto, Some(s.frontend), to_client);
                     self.forward(t, pkt, &ip, l2, now)
                 }
             };
@@ -460,6 +474,15 @@ impl Pipeline {
         };
         if key.proto == Proto::Tcp && flags & tcp::RST != 0 {
             return Verdict::Drop(DropReason::OrphanRst);
+        }
+        if key.proto == Proto::Sctp
+            && flags
+                & (sctp::bits::ABORT | sctp::bits::SHUTDOWN_ACK | sctp::bits::SHUTDOWN_COMPLETE)
+                != 0
+        {
+            // "Out of the blue" packets that end an association we do not
+            // know: they must neither open a session nor be rejected.
+            return Verdict::Drop(DropReason::OrphanSctp);
         }
         let Some(svc) = t.service(svc_idx) else {
             return Verdict::Drop(DropReason::NoRoute);
@@ -504,16 +527,17 @@ impl Pipeline {
         } else {
             None
         };
-        let (tcp_state, expires) = self.sessions.initial_state(key.proto, flags, now);
+        let init = self.sessions.initial_state(key.proto, flags, now);
         let mut session = Session {
             client: SockAddr::new(key.src, key.sport),
             frontend: SockAddr::new(key.dst, key.dport),
             backend,
             snat,
             proto: key.proto,
-            tcp: tcp_state,
+            tcp: init.tcp,
+            sctp: init.sctp,
             replied: false,
-            expires,
+            expires: init.expires,
             validated: t.version,
         };
         match self.sessions.insert(session) {
@@ -540,13 +564,10 @@ impl Pipeline {
         }
         WorkerStats::add(&st.sessions_created, 1);
         WorkerStats::add(&st.nat_forward, 1);
-        rewrite_dst(pkt.data_mut(), ip, key.proto, backend);
-        if let Some(s) = session.snat {
-            if snat.is_some() {
-                WorkerStats::add(&st.sessions_masqueraded, 1);
-            }
-            rewrite_src(pkt.data_mut(), ip, key.proto, s);
+        if snat.is_some() {
+            WorkerStats::add(&st.sessions_masqueraded, 1);
         }
+        nat(pkt.data_mut(), ip, key.proto, session.snat, Some(backend));
         let l2 = l2_len(pkt.data());
         self.forward(t, pkt, ip, l2, now)
     }
@@ -780,6 +801,7 @@ impl Pipeline {
         let proto = match inner.proto {
             ip_proto::TCP => Proto::Tcp,
             ip_proto::UDP => Proto::Udp,
+            ip_proto::SCTP => Proto::Sctp,
             _ => return None,
         };
         if ip.end < inner.l4 + 4 {
@@ -905,7 +927,8 @@ impl Pipeline {
     }
 
     /// Answers a connection to a Service without endpoints the way kube-proxy's
-    /// REJECT does: TCP RST for TCP, ICMP(v6) port unreachable for UDP.
+    /// REJECT does: TCP RST for TCP, ICMP(v6) port unreachable for UDP and
+    /// SCTP (iptables' REJECT default, `icmp-port-unreachable`).
     #[allow(clippy::too_many_arguments)]
     fn reject<B: PacketBuf>(
         &mut self,
@@ -980,7 +1003,7 @@ impl Pipeline {
             pkt.truncate(l4 + 20);
             return Verdict::Tx(in_port);
         }
-        // UDP: ICMP port unreachable quoting the offending packet.
+        // UDP, SCTP: ICMP port unreachable quoting the offending packet.
         let (ty, code) = if ip.v4 {
             (icmp::v4::DEST_UNREACHABLE, icmp::v4::PORT_UNREACHABLE)
         } else {
@@ -1245,6 +1268,7 @@ fn pkt_drop(e: PktError) -> DropReason {
         PktError::BadTotalLen => DropReason::BadTotalLen,
         PktError::BadLength => DropReason::BadL4Len,
         PktError::TooManyExtHeaders => DropReason::TooManyExtHeaders,
+        PktError::BadChunk => DropReason::BadSctpChunk,
         PktError::Unsupported | PktError::BadAddress => DropReason::Unsupported,
     }
 }
@@ -1267,8 +1291,10 @@ fn parse_ip(d: &[u8], l2: usize, v4: bool) -> Result<Ip, DropReason> {
             return Err(DropReason::BadChecksum);
         }
         let proto = p.protocol();
-        if p.is_fragment() && (proto == ip_proto::TCP || proto == ip_proto::UDP) {
-            // Fragments of TCP/UDP datagrams are not reassembled: dropped and
+        if p.is_fragment()
+            && (proto == ip_proto::TCP || proto == ip_proto::UDP || proto == ip_proto::SCTP)
+        {
+            // Fragments of TCP/UDP/SCTP packets are not reassembled: dropped and
             // counted (documented rule; ICMP fragments are routed as they are).
             return Err(DropReason::Fragment);
         }
@@ -1299,7 +1325,8 @@ fn parse_ip(d: &[u8], l2: usize, v4: bool) -> Result<Ip, DropReason> {
     }
 }
 
-/// `(proto, sport, dport, tcp flags)` for TCP and UDP; `None` for other protocols.
+/// `(proto, sport, dport, flags)` for TCP, UDP and SCTP (flags: TCP flags,
+/// SCTP chunk bits, 0 for UDP); `None` for other protocols.
 #[inline]
 #[allow(clippy::type_complexity)]
 fn l4_ports(d: &[u8], ip: &Ip) -> Result<Option<(Proto, u16, u16, u8)>, DropReason> {
@@ -1312,6 +1339,15 @@ fn l4_ports(d: &[u8], ip: &Ip) -> Result<Option<(Proto, u16, u16, u8)>, DropReas
         ip_proto::UDP => {
             let u = UdpPacket::new_checked(b).map_err(pkt_drop)?;
             Ok(Some((Proto::Udp, u.src_port(), u.dst_port(), 0)))
+        }
+        ip_proto::SCTP => {
+            let p = SctpPacket::new_checked(b).map_err(pkt_drop)?;
+            Ok(Some((
+                Proto::Sctp,
+                p.src_port(),
+                p.dst_port(),
+                p.chunk_bits(),
+            )))
         }
         _ => Ok(None),
     }
@@ -1445,7 +1481,11 @@ fn write_addr(d: &mut [u8], ip: &Ip, dst: bool, a: Addr) {
 }
 
 /// Rewrites the quoted packet of an ICMP error to `src` -> `dst`, keeping its
-/// IPv4 header checksum and (when quoted) its TCP/UDP checksum valid.
+/// IPv4 header checksum and (when quoted) its TCP/UDP checksum valid. A
+/// quoted SCTP packet's CRC32c is recomputed only when the whole packet is
+/// quoted (a CRC over a truncated packet cannot be updated; conntrack does
+/// the same), and only when a port changed (no pseudo-header: addresses do
+/// not enter it).
 fn rewrite_quoted(
     d: &mut [u8],
     inner: &Ip,
@@ -1465,6 +1505,19 @@ fn rewrite_quoted(
     if inner.v4 {
         let c = checksum::ipv4_header(&d[inner.l3..inner.l4]);
         d[inner.l3 + 10..inner.l3 + 12].copy_from_slice(&c.to_be_bytes());
+    }
+    if proto == Proto::Sctp {
+        // The quoted packet's own length says where it ends.
+        let full = if inner.v4 {
+            inner.l3 + usize::from(u16::from_be_bytes([d[inner.l3 + 2], d[inner.l3 + 3]]))
+        } else {
+            inner.l3 + 40 + usize::from(u16::from_be_bytes([d[inner.l3 + 4], d[inner.l3 + 5]]))
+        };
+        let ports_changed = old_sport != src.port || old_dport != dst.port;
+        if ports_changed && full <= end && full >= inner.l4 + sctp::HEADER_LEN {
+            sctp::fill_checksum(&mut d[inner.l4..full]);
+        }
+        return;
     }
     let at = inner.l4 + if proto == Proto::Tcp { 16 } else { 6 };
     if at + 2 <= end {
@@ -1518,8 +1571,19 @@ fn l4_csum_at(ip: &Ip, proto: Proto) -> usize {
     }
 }
 
+/// Rewrites one address and port; TCP/UDP checksums are adjusted
+/// incrementally, an SCTP CRC32c is left to the caller ([`nat`]). Returns
+/// whether the port changed.
 #[inline]
-fn rewrite_addr_port(d: &mut [u8], ip: &Ip, proto: Proto, new: SockAddr, is_dst: bool) {
+fn rewrite_addr_port(d: &mut [u8], ip: &Ip, proto: Proto, new: SockAddr, is_dst: bool) -> bool {
+    if proto == Proto::Sctp {
+        let port_at = if is_dst { ip.l4 + 2 } else { ip.l4 };
+        let old_port = u16::from_be_bytes([d[port_at], d[port_at + 1]]);
+        // IPv4 header checksum via the same path as TCP/UDP; no L4 pseudo-header.
+        write_addr_adjusting_ip(d, ip, new.addr, is_dst);
+        d[port_at..port_at + 2].copy_from_slice(&new.port.to_be_bytes());
+        return old_port != new.port;
+    }
     let csum_at = l4_csum_at(ip, proto);
     let port_at = if is_dst { ip.l4 + 2 } else { ip.l4 };
     let mut l4c = u16::from_be_bytes([d[csum_at], d[csum_at + 1]]);
@@ -1557,18 +1621,44 @@ fn rewrite_addr_port(d: &mut [u8], ip: &Ip, proto: Proto, new: SockAddr, is_dst:
     };
     d[port_at..port_at + 2].copy_from_slice(&new.port.to_be_bytes());
     d[csum_at..csum_at + 2].copy_from_slice(&l4c.to_be_bytes());
+    old_port != new.port
 }
 
-/// DNAT: destination address and port become `new`; checksums updated incrementally.
+/// Writes a source or destination address, adjusting the IPv4 header
+/// checksum incrementally (IPv6 has none).
 #[inline]
-fn rewrite_dst(d: &mut [u8], ip: &Ip, proto: Proto, new: SockAddr) {
-    rewrite_addr_port(d, ip, proto, new, true)
+fn write_addr_adjusting_ip(d: &mut [u8], ip: &Ip, new: Addr, is_dst: bool) {
+    if ip.v4 {
+        let at = ip.l3 + if is_dst { 16 } else { 12 };
+        let mut old = [0u8; 4];
+        old.copy_from_slice(&d[at..at + 4]);
+        let new4 = new.v4_octets();
+        d[at..at + 4].copy_from_slice(&new4);
+        let ipc = u16::from_be_bytes([d[ip.l3 + 10], d[ip.l3 + 11]]);
+        let ipc = checksum::adjust(ipc, &old, &new4);
+        d[ip.l3 + 10..ip.l3 + 12].copy_from_slice(&ipc.to_be_bytes());
+    } else {
+        write_addr(d, ip, is_dst, new);
+    }
 }
 
-/// Reverse NAT: source address and port become `new`.
+/// Translates a packet: the source becomes `src` and/or the destination
+/// `dst` (address and port). TCP/UDP checksums are updated incrementally; an
+/// SCTP packet's CRC32c is recomputed over the packet once, and only when a
+/// port changed — SCTP has no pseudo-header, so an address-only rewrite
+/// leaves its CRC valid.
 #[inline]
-fn rewrite_src(d: &mut [u8], ip: &Ip, proto: Proto, new: SockAddr) {
-    rewrite_addr_port(d, ip, proto, new, false)
+fn nat(d: &mut [u8], ip: &Ip, proto: Proto, src: Option<SockAddr>, dst: Option<SockAddr>) {
+    let mut ports_changed = false;
+    if let Some(n) = dst {
+        ports_changed |= rewrite_addr_port(d, ip, proto, n, true);
+    }
+    if let Some(n) = src {
+        ports_changed |= rewrite_addr_port(d, ip, proto, n, false);
+    }
+    if proto == Proto::Sctp && ports_changed {
+        sctp::fill_checksum(&mut d[ip.l4..ip.end]);
+    }
 }
 
 /// Decrements TTL / hop limit; false when it would reach zero.

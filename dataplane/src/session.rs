@@ -28,6 +28,14 @@ pub struct Timeouts {
     pub udp_stream: u64,
     /// ICMP echo.
     pub icmp: u64,
+    /// SCTP during association setup (INIT / COOKIE phases).
+    pub sctp_init: u64,
+    /// SCTP once the association is up (COOKIE ACK seen, or picked up mid-association).
+    pub sctp_established: u64,
+    /// SCTP after a SHUTDOWN or SHUTDOWN ACK.
+    pub sctp_closing: u64,
+    /// SCTP after an ABORT or SHUTDOWN COMPLETE.
+    pub sctp_closed: u64,
 }
 
 impl Default for Timeouts {
@@ -41,6 +49,13 @@ impl Default for Timeouts {
             udp: 30_000,
             udp_stream: 120_000,
             icmp: 30_000,
+            // conntrack's SCTP values (COOKIE_WAIT/ECHOED 3 s, SHUTDOWN_*
+            // 3 s, CLOSED 10 s); established as long as TCP's (SCTP
+            // heartbeats keep idle associations alive anyway).
+            sctp_init: 3_000,
+            sctp_established: 86_400_000,
+            sctp_closing: 3_000,
+            sctp_closed: 10_000,
         }
     }
 }
@@ -56,6 +71,23 @@ pub enum TcpState {
     /// A FIN was seen.
     Closing,
     /// An RST was seen.
+    Closed,
+}
+
+/// SCTP association tracking state (a simplified conntrack machine: the
+/// timeouts, not the protocol, are its purpose).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SctpState {
+    /// INIT seen (and maybe INIT ACK): the cookie wait phase.
+    CookieWait,
+    /// COOKIE ECHO seen, no COOKIE ACK yet.
+    CookieEchoed,
+    /// COOKIE ACK seen, or the association was picked up mid-way.
+    Established,
+    /// SHUTDOWN or SHUTDOWN ACK seen.
+    Closing,
+    /// ABORT or SHUTDOWN COMPLETE seen.
     Closed,
 }
 
@@ -84,6 +116,8 @@ pub struct Session {
     pub proto: Proto,
     /// TCP state (unused for other protocols).
     pub tcp: TcpState,
+    /// SCTP state (unused for other protocols).
+    pub sctp: SctpState,
     /// Whether a reply has been seen.
     pub replied: bool,
     /// Expiry time (ms, worker clock).
@@ -255,7 +289,8 @@ impl SessionTable {
     }
 
     /// Updates state and expiry of session `idx` for a packet travelling in
-    /// `dir` with TCP `flags` (0 for other protocols) at time `now` (ms).
+    /// `dir` with `flags` — TCP flags, the SCTP chunk summary
+    /// ([`crate::packet::sctp::bits`]), 0 for other protocols — at time `now` (ms).
     #[inline]
     pub fn touch(&mut self, idx: u32, dir: Dir, tcp_flags: u8, now: u64) {
         let t = self.timeouts;
@@ -277,24 +312,38 @@ impl SessionTable {
                     }
                 }
                 Proto::Icmp | Proto::Icmp6 => t.icmp,
+                Proto::Sctp => {
+                    s.sctp = next_sctp_state(s.sctp, tcp_flags);
+                    sctp_timeout(&t, s.sctp)
+                }
             };
     }
 
-    /// The initial timeout for a new session of `proto` opened with `tcp_flags`.
-    pub fn initial_state(&self, proto: Proto, tcp_flags: u8, now: u64) -> (TcpState, u64) {
+    /// The initial state and expiry of a new session of `proto` opened with
+    /// `flags` (TCP flags or SCTP chunk bits, as for [`SessionTable::touch`]).
+    pub fn initial_state(&self, proto: Proto, flags: u8, now: u64) -> InitialState {
         let t = &self.timeouts;
-        match proto {
+        let (tcp, sctp, timeout) = match proto {
             Proto::Tcp => {
-                let st = if tcp_flags & tcp::SYN != 0 && tcp_flags & tcp::ACK == 0 {
+                let st = if flags & tcp::SYN != 0 && flags & tcp::ACK == 0 {
                     TcpState::SynSent
                 } else {
                     // Picked up mid-stream (conntrack's liberal pickup).
                     TcpState::Established
                 };
-                (st, now + tcp_timeout(t, st))
+                (st, SctpState::Closed, tcp_timeout(t, st))
             }
-            Proto::Udp => (TcpState::Closed, now + t.udp),
-            Proto::Icmp | Proto::Icmp6 => (TcpState::Closed, now + t.icmp),
+            Proto::Udp => (TcpState::Closed, SctpState::Closed, t.udp),
+            Proto::Icmp | Proto::Icmp6 => (TcpState::Closed, SctpState::Closed, t.icmp),
+            Proto::Sctp => {
+                let st = next_sctp_state(SctpState::Established, flags);
+                (TcpState::Closed, st, sctp_timeout(t, st))
+            }
+        };
+        InitialState {
+            tcp,
+            sctp,
+            expires: now + timeout,
         }
     }
 
@@ -327,6 +376,17 @@ impl SessionTable {
     }
 }
 
+/// State and expiry of a new session ([`SessionTable::initial_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitialState {
+    /// TCP state.
+    pub tcp: TcpState,
+    /// SCTP state.
+    pub sctp: SctpState,
+    /// Expiry time (ms).
+    pub expires: u64,
+}
+
 /// TCP flag bits used by the state machine.
 pub mod tcp {
     /// FIN.
@@ -353,6 +413,52 @@ fn next_tcp_state(cur: TcpState, dir: Dir, flags: u8) -> TcpState {
     }
 }
 
+/// The next SCTP state after a packet whose chunks are summarised by
+/// `chunks` ([`crate::packet::sctp::bits`]), in either direction. A new
+/// session starts from `Established`, so INIT opens the cookie phase and a
+/// packet of a running association (DATA, SACK, HEARTBEAT) is picked up as
+/// established, like TCP's liberal mid-stream pickup.
+#[inline]
+pub fn next_sctp_state(cur: SctpState, chunks: u8) -> SctpState {
+    use crate::packet::sctp::bits;
+    if chunks & (bits::ABORT | bits::SHUTDOWN_COMPLETE) != 0 {
+        return SctpState::Closed;
+    }
+    if chunks & (bits::SHUTDOWN | bits::SHUTDOWN_ACK) != 0 {
+        return SctpState::Closing;
+    }
+    if chunks & bits::COOKIE_ACK != 0 {
+        return match cur {
+            SctpState::Closing | SctpState::Closed => cur,
+            _ => SctpState::Established,
+        };
+    }
+    if chunks & bits::COOKIE_ECHO != 0 {
+        return match cur {
+            SctpState::CookieWait | SctpState::Established => SctpState::CookieEchoed,
+            _ => cur,
+        };
+    }
+    if chunks & (bits::INIT | bits::INIT_ACK) != 0 {
+        // A new association (or a restart of this one) on the tuple.
+        return match cur {
+            SctpState::CookieEchoed => cur,
+            _ => SctpState::CookieWait,
+        };
+    }
+    cur
+}
+
+#[inline]
+fn sctp_timeout(t: &Timeouts, s: SctpState) -> u64 {
+    match s {
+        SctpState::CookieWait | SctpState::CookieEchoed => t.sctp_init,
+        SctpState::Established => t.sctp_established,
+        SctpState::Closing => t.sctp_closing,
+        SctpState::Closed => t.sctp_closed,
+    }
+}
+
 #[inline]
 fn tcp_timeout(t: &Timeouts, s: TcpState) -> u64 {
     match s {
@@ -376,6 +482,7 @@ mod tests {
             snat: None,
             proto,
             tcp: TcpState::SynSent,
+            sctp: SctpState::Closed,
             replied: false,
             expires: 0,
             validated: 0,
@@ -388,9 +495,10 @@ mod tests {
 
     fn open(t: &mut SessionTable, cport: u16, proto: Proto, flags: u8, now: u64) -> u32 {
         let mut s = sess(cport, proto);
-        let (st, exp) = t.initial_state(proto, flags, now);
-        s.tcp = st;
-        s.expires = exp;
+        let i = t.initial_state(proto, flags, now);
+        s.tcp = i.tcp;
+        s.sctp = i.sctp;
+        s.expires = i.expires;
         t.insert(s).unwrap()
     }
 
@@ -425,6 +533,46 @@ mod tests {
         assert_eq!(t.expire(4000 + to.tcp_closed - 1, 100), 0);
         assert_eq!(t.expire(4000 + to.tcp_closed, 100), 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn sctp_timeouts_follow_the_association() {
+        use crate::packet::sctp::bits;
+        let to = Timeouts::default();
+        let mut t = table(16);
+        let i = open(&mut t, 40000, Proto::Sctp, bits::INIT, 1000);
+        let st = |t: &SessionTable| (t.get(i).sctp, t.get(i).expires);
+        assert_eq!(st(&t), (SctpState::CookieWait, 1000 + to.sctp_init));
+        t.touch(i, Dir::Reply, bits::INIT_ACK, 1001);
+        assert_eq!(st(&t), (SctpState::CookieWait, 1001 + to.sctp_init));
+        t.touch(i, Dir::Original, bits::COOKIE_ECHO, 1002);
+        assert_eq!(st(&t), (SctpState::CookieEchoed, 1002 + to.sctp_init));
+        t.touch(i, Dir::Reply, bits::COOKIE_ACK, 1003);
+        assert_eq!(st(&t), (SctpState::Established, 1003 + to.sctp_established));
+        // DATA / SACK / HEARTBEAT (no tracked bits) keep it established.
+        t.touch(i, Dir::Original, 0, 1004);
+        assert_eq!(st(&t), (SctpState::Established, 1004 + to.sctp_established));
+        t.touch(i, Dir::Original, bits::SHUTDOWN, 1005);
+        assert_eq!(st(&t), (SctpState::Closing, 1005 + to.sctp_closing));
+        t.touch(i, Dir::Reply, bits::SHUTDOWN_ACK, 1006);
+        assert_eq!(st(&t), (SctpState::Closing, 1006 + to.sctp_closing));
+        // A late COOKIE ACK does not reopen a closing association.
+        t.touch(i, Dir::Reply, bits::COOKIE_ACK, 1007);
+        assert_eq!(st(&t).0, SctpState::Closing);
+        t.touch(i, Dir::Original, bits::SHUTDOWN_COMPLETE, 1008);
+        assert_eq!(st(&t), (SctpState::Closed, 1008 + to.sctp_closed));
+        assert_eq!(t.expire(1008 + to.sctp_closed - 1, 100), 0);
+        assert_eq!(t.expire(1008 + to.sctp_closed, 100), 1);
+
+        // ABORT closes from any state; a DATA pickup is established.
+        let j = open(&mut t, 40001, Proto::Sctp, 0, 0);
+        assert_eq!(t.get(j).sctp, SctpState::Established);
+        t.touch(j, Dir::Reply, bits::ABORT, 5);
+        assert_eq!(t.get(j).sctp, SctpState::Closed);
+        assert_eq!(t.get(j).expires, 5 + to.sctp_closed);
+        // A new INIT on the closed tuple starts the cookie phase again.
+        t.touch(j, Dir::Original, bits::INIT, 6);
+        assert_eq!(t.get(j).sctp, SctpState::CookieWait);
     }
 
     #[test]

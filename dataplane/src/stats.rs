@@ -72,6 +72,14 @@ reasons! {
     Fragment => "fragment",
     /// A TCP RST that matches no session.
     OrphanRst => "orphan_rst",
+    /// An SCTP packet with an invalid CRC32c (checked as conntrack does by
+    /// default, `nf_conntrack_checksum=1`).
+    BadSctpChecksum => "bad_sctp_checksum",
+    /// An SCTP packet without chunks, or with a chunk length below 4 or past the packet.
+    BadSctpChunk => "bad_sctp_chunk",
+    /// An SCTP ABORT / SHUTDOWN ACK / SHUTDOWN COMPLETE that matches no
+    /// session ("out of the blue"; it must not open one).
+    OrphanSctp => "orphan_sctp",
     /// Hand-off ring to the owning worker is full.
     HandoffFull => "handoff_full",
     /// The transmit queue did not take the packet.

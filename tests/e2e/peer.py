@@ -2,16 +2,27 @@
 """Kernel-side test peers for the end-to-end tests and the demo.
 
 Runs inside network namespaces (ip netns exec NS python3 peer.py ...):
-  serve      an HTTP server (TCP) and a UDP responder, both answering NAME
+  serve      an HTTP server (TCP), a UDP responder and a raw-socket SCTP
+             responder, all answering NAME
   clients    N TCP (HTTP) and N UDP requests to a VIP; prints JSON counts per backend
   longlived  one keep-alive HTTP connection used repeatedly; prints JSON
   reject     expects TCP RST / ICMP port unreachable; prints JSON with latencies
+  sctp-clients  N SCTP associations (raw IP sockets) to VIP:PORT; prints JSON
+  sctp-reject   an SCTP INIT to a VIP without endpoints; expects ICMP port unreachable
+
+SCTP is spoken over raw IP sockets (protocol 132): the kernels here have no
+SCTP module. A raw socket open for protocol 132 also keeps the kernel from
+answering SCTP packets with ICMP protocol unreachable.
 """
 import argparse
 import http.client
 import http.server
 import json
+import os
+import random
+import select
 import socket
+import struct
 import socketserver
 import sys
 import threading
@@ -21,6 +32,281 @@ from concurrent.futures import ThreadPoolExecutor
 
 def unmap(addr):
     return addr[7:] if addr.startswith("::ffff:") else addr
+
+
+# ---------------------------------------------------------------------------
+# SCTP over raw sockets (RFC 9260), just enough for the proxy's tests.
+
+IPPROTO_SCTP = 132
+INIT, INIT_ACK, SACK, HEARTBEAT, HEARTBEAT_ACK, ABORT = 1, 2, 3, 4, 5, 6
+SHUTDOWN, SHUTDOWN_ACK, COOKIE_ECHO, COOKIE_ACK, SHUTDOWN_COMPLETE = 7, 8, 10, 11, 14
+DATA = 0
+PARAM_STATE_COOKIE = 7
+
+
+def _crc32c_table():
+    t = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        t.append(c)
+    return t
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data):
+    """CRC32c (Castagnoli), table-driven: independent of the proxy's."""
+    c = 0xFFFFFFFF
+    for b in data:
+        c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def sctp_packet(sport, dport, vtag, chunks):
+    """Common header + chunks [(type, flags, value)], padded, CRC32c filled in."""
+    body = b""
+    for ty, flags, value in chunks:
+        c = struct.pack("!BBH", ty, flags, 4 + len(value)) + value
+        body += c + b"\0" * (-len(c) % 4)
+    pkt = struct.pack("!HHII", sport, dport, vtag, 0) + body
+    return pkt[:8] + struct.pack("<I", crc32c(pkt)) + pkt[12:]
+
+
+def sctp_parse(pkt):
+    """(sport, dport, vtag, crc_ok, [(type, flags, value)]) or None if malformed."""
+    if len(pkt) < 12:
+        return None
+    sport, dport, vtag = struct.unpack("!HHI", pkt[:8])
+    (crc,) = struct.unpack("<I", pkt[8:12])
+    crc_ok = crc == crc32c(pkt[:8] + b"\0\0\0\0" + pkt[12:])
+    chunks, off = [], 12
+    while off + 4 <= len(pkt):
+        ty, flags, ln = struct.unpack("!BBH", pkt[off:off + 4])
+        if ln < 4 or off + ln > len(pkt):
+            return None
+        chunks.append((ty, flags, pkt[off + 4:off + ln]))
+        off += (ln + 3) & ~3
+    return sport, dport, vtag, crc_ok, chunks
+
+
+def params(value):
+    out, off = {}, 0
+    while off + 4 <= len(value):
+        ty, ln = struct.unpack("!HH", value[off:off + 4])
+        if ln < 4:
+            break
+        out[ty] = value[off + 4:off + ln]
+        off += (ln + 3) & ~3
+    return out
+
+
+def raw_sockets(families):
+    return [socket.socket(f, socket.SOCK_RAW, IPPROTO_SCTP) for f in families]
+
+
+def raw_recv(s):
+    """One SCTP packet from a raw socket: (source address, SCTP bytes).
+    IPv4 raw sockets deliver the IP header, IPv6 ones do not."""
+    data, peer = s.recvfrom(65535)
+    if s.family == socket.AF_INET:
+        ihl = (data[0] & 0x0F) * 4
+        return socket.inet_ntop(socket.AF_INET, data[12:16]), data[ihl:]
+    return peer[0], data
+
+
+def sctp_serve(name, port):
+    """Answers SCTP on `port` over IPv4 and IPv6: INIT -> INIT ACK with a state
+    cookie, COOKIE ECHO -> COOKIE ACK, DATA -> SACK + DATA "NAME SOURCE PAYLOAD",
+    HEARTBEAT -> HEARTBEAT ACK, SHUTDOWN -> SHUTDOWN ACK. Packets with a bad
+    CRC32c are ignored, as a real SCTP stack does."""
+    socks = raw_sockets([socket.AF_INET, socket.AF_INET6])
+    assoc = {}  # (peer addr, peer port) -> [peer tag, our tag, our next TSN]
+    while True:
+        ready, _, _ = select.select(socks, [], [])
+        for s in ready:
+            src, pkt = raw_recv(s)
+            p = sctp_parse(pkt)
+            if p is None:
+                continue
+            sport, dport, vtag, crc_ok, chunks = p
+            if dport != port or not crc_ok:
+                continue
+            key = (src, sport)
+            out = []
+            for ty, flags, value in chunks:
+                if ty == INIT and len(value) >= 16:
+                    peer_tag, _, _, _, peer_tsn = struct.unpack("!IIHHI", value[:16])
+                    my_tag = random.getrandbits(32) or 1
+                    my_tsn = random.getrandbits(32)
+                    cookie = struct.pack("!III", peer_tag, my_tag, my_tsn) + os.urandom(8)
+                    v = struct.pack("!IIHHI", my_tag, 65536, 1, 1, my_tsn)
+                    v += struct.pack("!HH", PARAM_STATE_COOKIE, 4 + len(cookie)) + cookie
+                    # The INIT ACK carries the client's tag; no state kept yet.
+                    s.sendto(sctp_packet(port, sport, peer_tag, [(INIT_ACK, 0, v)]), (src, 0))
+                elif ty == COOKIE_ECHO and len(value) >= 12:
+                    peer_tag, my_tag, my_tsn = struct.unpack("!III", value[:12])
+                    if vtag != my_tag:
+                        continue
+                    assoc[key] = [peer_tag, my_tag, my_tsn]
+                    out.append((COOKIE_ACK, 0, b""))
+                elif key not in assoc or vtag != assoc[key][1]:
+                    continue
+                elif ty == DATA and len(value) >= 12:
+                    tsn, sid, _, ppid = struct.unpack("!IHHI", value[:12])
+                    out.append((SACK, 0, struct.pack("!IIHH", tsn, 65536, 0, 0)))
+                    body = name + b" " + src.encode() + b" " + value[12:]
+                    st = assoc[key]
+                    out.append((DATA, 0x03, struct.pack("!IHHI", st[2], sid, 0, ppid) + body))
+                    st[2] = (st[2] + 1) & 0xFFFFFFFF
+                elif ty == HEARTBEAT:
+                    out.append((HEARTBEAT_ACK, 0, value))
+                elif ty == SHUTDOWN:
+                    out.append((SHUTDOWN_ACK, 0, b""))
+                elif ty in (SHUTDOWN_COMPLETE, ABORT):
+                    assoc.pop(key, None)
+            if out:
+                peer_tag = assoc[key][0] if key in assoc else vtag
+                s.sendto(sctp_packet(port, sport, peer_tag, out), (src, 0))
+
+
+class SctpClient:
+    """A client endpoint on one source port; checks every packet it receives."""
+
+    def __init__(self, sock, vip, port, sport, timeout, stats):
+        self.s, self.vip, self.port, self.sport = sock, vip, port, sport
+        self.timeout, self.stats = timeout, stats
+
+    def send(self, vtag, chunks):
+        self.s.sendto(sctp_packet(self.sport, self.port, vtag, chunks), (self.vip, 0))
+
+    def recv(self, want):
+        """The chunks of the next packet of this association that holds a chunk
+        of type `want`; None on timeout. Counts CRC and source errors."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.s], [], [], left)[0]:
+                return None
+            src, pkt = raw_recv(self.s)
+            p = sctp_parse(pkt)
+            if p is None or p[1] != self.sport:
+                continue
+            sport, _, vtag, crc_ok, chunks = p
+            self.stats["packets"] += 1
+            self.stats["bad_crc"] += 0 if crc_ok else 1
+            if src != self.vip or sport != self.port:
+                self.stats["bad_source"] += 1
+                self.stats.setdefault("bad_sources", []).append(f"{src}:{sport}")
+            if any(c[0] == want for c in chunks):
+                return vtag, chunks
+
+    def associate(self, i):
+        """INIT, COOKIE ECHO + DATA, SHUTDOWN: returns (name, source) or raises."""
+        my_tag = random.getrandbits(32) or 1
+        init = struct.pack("!IIHHI", my_tag, 65536, 1, 1, 1000)
+        for attempt in range(3):
+            self.send(0, [(INIT, 0, init)])
+            r = self.recv(INIT_ACK)
+            if r is not None:
+                break
+        else:
+            raise TimeoutError("no INIT ACK")
+        vtag, chunks = r
+        if vtag != my_tag:
+            raise ValueError(f"INIT ACK with tag {vtag:#x}, want {my_tag:#x}")
+        value = next(v for t, _, v in chunks if t == INIT_ACK)
+        peer_tag = struct.unpack("!I", value[:4])[0]
+        cookie = params(value[16:]).get(PARAM_STATE_COOKIE)
+        if cookie is None:
+            raise ValueError("INIT ACK without a state cookie")
+        payload = f"req {i}".encode()
+        data = struct.pack("!IHHI", 1000, 0, 0, 0) + payload
+        self.send(peer_tag, [(COOKIE_ECHO, 0, cookie)])
+        if self.recv(COOKIE_ACK) is None:
+            raise TimeoutError("no COOKIE ACK")
+        self.send(peer_tag, [(DATA, 0x03, data)])
+        r = self.recv(DATA)
+        if r is None:
+            raise TimeoutError("no DATA answer")
+        body = next(v for t, _, v in r[1] if t == DATA)[12:].decode()
+        name, src, echo = body.split(" ", 2)
+        if echo != payload.decode():
+            raise ValueError(f"bad echo {echo!r}")
+        tsn = struct.unpack("!I", next(v for t, _, v in r[1] if t == DATA)[:4])[0]
+        self.send(peer_tag, [(SHUTDOWN, 0, struct.pack("!I", tsn))])
+        if self.recv(SHUTDOWN_ACK) is None:
+            raise TimeoutError("no SHUTDOWN ACK")
+        self.send(peer_tag, [(SHUTDOWN_COMPLETE, 0, b"")])
+        return name, src, attempt
+
+
+def sctp_clients(a):
+    s = socket.socket(family(a.vip), socket.SOCK_RAW, IPPROTO_SCTP)
+    stats = {"packets": 0, "bad_crc": 0, "bad_source": 0}
+    counts, sources, errors, retries = {}, {}, [], 0
+    base = random.randrange(20000, 60000 - a.count)
+    for i in range(a.count):
+        c = SctpClient(s, a.vip, a.port, base + i, a.timeout, stats)
+        try:
+            name, src, attempt = c.associate(i)
+            counts[name] = counts.get(name, 0) + 1
+            per = sources.setdefault(name, {})
+            per[src] = per.get(src, 0) + 1
+            retries += attempt
+        except (OSError, ValueError, StopIteration) as e:
+            errors.append(f"{base + i}: {e!r}")
+    out = {"sctp": {"counts": counts, "sources": sources, "errors": len(errors), "retries": retries,
+                    "first_errors": errors[:5], **stats}}
+    if a.human:
+        total = sum(counts.values())
+        print(f"   SCTP (:{a.port}): {total} associations, {len(errors)} failed, "
+              f"{stats['packets']} packets received, {stats['bad_crc']} bad CRC32c")
+        for n in sorted(counts):
+            print(f"      {n}: {counts[n]:4d}  {100 * counts[n] / max(total, 1):5.1f}%")
+    else:
+        print(json.dumps(out), flush=True)
+
+
+def sctp_reject(a):
+    """INIT to a Service without endpoints: expects ICMP(v6) port unreachable
+    quoting our packet, from the VIP."""
+    v6 = ":" in a.vip
+    s = socket.socket(family(a.vip), socket.SOCK_RAW, IPPROTO_SCTP)
+    icmp = socket.socket(family(a.vip), socket.SOCK_RAW,
+                         socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP)
+    sport = random.randrange(20000, 60000)
+    init = struct.pack("!IIHHI", 0x12345678, 65536, 1, 1, 1)
+    t = time.monotonic()
+    s.sendto(sctp_packet(sport, a.port, 0, [(INIT, 0, init)]), (a.vip, 0))
+    out = {"sctp": "timeout"}
+    deadline = t + a.timeout
+    while time.monotonic() < deadline:
+        if not select.select([icmp], [], [], max(0, deadline - time.monotonic()))[0]:
+            break
+        data, peer = icmp.recvfrom(65535)
+        if not v6:
+            data = data[(data[0] & 0x0F) * 4:]
+        ty, code = data[0], data[1]
+        q = data[8:]
+        if v6:
+            if len(q) < 44 or q[6] != IPPROTO_SCTP:
+                continue
+            qs = q[40:]
+        else:
+            if len(q) < 24 or q[9] != IPPROTO_SCTP:
+                continue
+            qs = q[(q[0] & 0x0F) * 4:]
+        qsport, qdport = struct.unpack("!HH", qs[:4])
+        if (qsport, qdport) != (sport, a.port):
+            continue
+        unreach = (1, 4) if v6 else (3, 3)
+        out = {"sctp": "unreachable" if (ty, code) == unreach else f"icmp {ty}/{code}",
+               "from": peer[0], "ms": (time.monotonic() - t) * 1000}
+        break
+    print(json.dumps(out), flush=True)
 
 
 def serve(a):
@@ -60,7 +346,8 @@ def serve(a):
             s.sendto(name + b" " + unmap(peer[0]).encode() + b" " + data[:64], peer)
 
     threading.Thread(target=udp, daemon=True).start()
-    print(f"{a.name} serving tcp:{a.tcp} udp:{a.udp}", flush=True)
+    threading.Thread(target=sctp_serve, args=(name, a.sctp), daemon=True).start()
+    print(f"{a.name} serving tcp:{a.tcp} udp:{a.udp} sctp:{a.sctp}", flush=True)
     httpd.serve_forever()
 
 
@@ -260,6 +547,14 @@ def inject(a):
         "udp_bad_len": eth + ip(proto=17, payload=udp_bad_len),
     }
     frames["truncated_ip"] = eth + bytes([0x45, 0, 0, 40, 0, 1, 0x40, 0])  # only 8 bytes of IPv4 header
+    # SCTP to the SCTP Service: a corrupted CRC32c, and a chunk longer than the packet.
+    init = struct.pack("!BBHIIHHI", INIT, 0, 20, 1, 65536, 1, 1, 1)
+    bad_crc = bytearray(sctp_packet(40000, 3868, 0, [(INIT, 0, init[4:])]))
+    bad_crc[8] ^= 0xFF
+    bad_chunk = sctp_packet(40000, 3868, 0, [(INIT, 0, init[4:])])
+    bad_chunk = bad_chunk[:14] + struct.pack("!H", 200) + bad_chunk[16:]
+    frames["sctp_bad_crc"] = eth + ip(proto=IPPROTO_SCTP, payload=bytes(bad_crc))
+    frames["sctp_bad_chunk"] = eth + ip(proto=IPPROTO_SCTP, payload=bad_chunk)
     sent = {}
     for _ in range(a.count):
         for k, f in frames.items():
@@ -275,6 +570,15 @@ def main():
     s.add_argument("--name", required=True)
     s.add_argument("--tcp", type=int, default=8080)
     s.add_argument("--udp", type=int, default=5353)
+    s.add_argument("--sctp", type=int, default=9999)
+    for cmd in ("sctp-clients", "sctp-reject"):
+        c = sub.add_parser(cmd)
+        c.add_argument("--vip", required=True)
+        c.add_argument("--port", type=int, default=3868)
+        c.add_argument("--timeout", type=float, default=1.0)
+        c.add_argument("--human", action="store_true", help="print a summary instead of JSON")
+        if cmd == "sctp-clients":
+            c.add_argument("--count", type=int, default=60)
     for cmd in ("clients", "longlived", "reject", "download"):
         c = sub.add_parser(cmd)
         c.add_argument("--vip", required=True)
@@ -304,7 +608,8 @@ def main():
     i.add_argument("--count", type=int, default=10)
     a = p.parse_args()
     {"serve": serve, "clients": clients, "longlived": longlived, "reject": reject, "download": download,
-     "http-get": http_get, "inject": inject}[a.cmd](a)
+     "http-get": http_get, "inject": inject, "sctp-clients": sctp_clients,
+     "sctp-reject": sctp_reject}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ pub mod ethernet;
 pub mod icmp;
 pub mod ipv4;
 pub mod ipv6;
+pub mod sctp;
 pub mod tcp;
 pub mod udp;
 
@@ -24,6 +25,7 @@ pub use ethernet::{EthernetFrame, MacAddr};
 pub use icmp::IcmpPacket;
 pub use ipv4::Ipv4Packet;
 pub use ipv6::{Fragment, Ipv6Packet, UpperLayer};
+pub use sctp::SctpPacket;
 pub use tcp::TcpPacket;
 pub use udp::UdpPacket;
 
@@ -82,6 +84,9 @@ pub enum Error {
     /// A textual address could not be parsed.
     #[error("bad address syntax")]
     BadAddress,
+    /// An SCTP packet without chunks, or a chunk length below 4 or past the packet.
+    #[error("bad SCTP chunk")]
+    BadChunk,
 }
 
 impl Error {
@@ -96,11 +101,12 @@ impl Error {
             Error::Unsupported => "unsupported",
             Error::TooManyExtHeaders => "too_many_ext_headers",
             Error::BadAddress => "bad_address",
+            Error::BadChunk => "bad_chunk",
         }
     }
 
     /// All variants, e.g. to pre-register metric label values.
-    pub const ALL: [Error; 8] = [
+    pub const ALL: [Error; 9] = [
         Error::Truncated,
         Error::BadVersion,
         Error::BadHeaderLen,
@@ -109,6 +115,7 @@ impl Error {
         Error::Unsupported,
         Error::TooManyExtHeaders,
         Error::BadAddress,
+        Error::BadChunk,
     ];
 }
 

@@ -154,6 +154,17 @@ fn spec() -> TableSpec {
             svc("default/dns6:dns", ip6(vip6()), 53, Proto::Udp, b6(5353)),
             svc("default/empty6:http", ip6(empty6()), 80, Proto::Tcp, vec![]),
             svc("default/empty6:dns", ip6(empty6()), 53, Proto::Udp, vec![]),
+            // SCTP on the same VIPs and port number as the TCP Services.
+            svc("default/sig:sctp", ip4(VIP4), 80, Proto::Sctp, b4(9999)),
+            svc("default/empty:sctp", ip4(EMPTY4), 80, Proto::Sctp, vec![]),
+            svc("default/sig6:sctp", ip6(vip6()), 80, Proto::Sctp, b6(9999)),
+            svc(
+                "default/empty6:sctp",
+                ip6(empty6()),
+                80,
+                Proto::Sctp,
+                vec![],
+            ),
         ],
         interfaces: vec![
             Interface {
@@ -2412,6 +2423,9 @@ fn base_frames() -> Vec<Vec<u8>> {
         echo_frame(CLIENT_MAC, P0_MAC, ip4(CLIENT4), ip4(NODE0), 1, 1, 64),
         echo_frame(CLIENT_MAC, P0_MAC, ip6(client6()), ip6(node6_0()), 1, 1, 64),
         arp_frame(1, [0xff; 6], OTHER_MAC, [198, 18, 0, 3], [0; 6], NODE0),
+        sctp_flows::c_sctp(ip4(VIP4), 45006, 0, &[(1, &[0; 16])]),
+        sctp_flows::c_sctp(ip6(empty6()), 45007, 0, &[(1, &[0; 16])]),
+        sctp_flows::c_sctp(ip4(VIP4), 45008, 9, &[(10, b"cookie"), (0, b"data")]),
     ]
 }
 
@@ -2457,7 +2471,7 @@ proptest! {
 
     #[test]
     fn mutated_valid_frames_never_panic(
-        which in 0usize..9,
+        which in 0usize..12,
         muts in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in proptest::option::of(any::<prop::sample::Index>()),
         handed_off: bool,
@@ -2911,12 +2925,20 @@ fn the_packet_path_never_allocates() {
         b"x",
     );
     let arp = arp_frame(1, [0xff; 6], CLIENT_MAC, CLIENT4, [0; 6], NODE0);
+    // SCTP: new associations (CRC check + recompute), one continued, a reject.
+    let sctp_inits: Vec<Vec<u8>> = (45000..45050u16)
+        .map(|p| sctp_flows::c_sctp(ip4(VIP4), p, 0, &[(1, &[1; 16])]))
+        .collect();
+    let sctp_data = sctp_flows::c_sctp(ip4(VIP4), 45000, 1, &[(0, &[2; 100])]);
+    let sctp_reject = sctp_flows::c_sctp(ip4(EMPTY4), 45000, 0, &[(1, &[1; 16])]);
     let mut buf = VecBuf::new(&[0u8; 1600]);
     let (n, _) = crate::dpdk::alloc_count::allocations(|| {
         for f in syns
             .iter()
             .skip(1)
             .chain([&data, &reject, &udp_reject, &arp])
+            .chain(sctp_inits.iter())
+            .chain([&sctp_data, &sctp_reject])
         {
             for _ in 0..3 {
                 buf.reset(f);
@@ -3405,4 +3427,704 @@ fn short_circuit_serves_in_cluster_clients_only() {
     assert_eq!(landings(vec![(Addr::v4([198, 18, 0, 0]), 24)]), [1, 2]);
     // Outside them: the frontend's own backends.
     assert_eq!(landings(vec![(Addr::v4([198, 19, 0, 0]), 16)]), [0]);
+}
+
+// ---------------------------------------------------------------------------
+// SCTP
+//
+// Frames are built here with the CRC32c of the `crc` crate (CRC-32/ISCSI, an
+// independent implementation), and every SCTP packet the pipeline emits is
+// checked against it.
+
+mod sctp_flows {
+    use super::*;
+    use crate::packet::sctp::{bits, chunk};
+    use crate::session::SctpState;
+    use etherparse::IpNumber;
+
+    /// The oracle: CRC32c of an SCTP packet with its checksum field zeroed.
+    fn oracle_crc(pkt: &[u8]) -> u32 {
+        let mut z = pkt.to_vec();
+        z[8..12].fill(0);
+        crc::Crc::<u32>::new(&crc::CRC_32_ISCSI).checksum(&z)
+    }
+
+    /// An SCTP packet: common header, the chunks (padded), CRC32c by the oracle.
+    pub(super) fn sctp_pkt(sport: u16, dport: u16, vtag: u32, chunks: &[(u8, &[u8])]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&sport.to_be_bytes());
+        v.extend_from_slice(&dport.to_be_bytes());
+        v.extend_from_slice(&vtag.to_be_bytes());
+        v.extend_from_slice(&[0; 4]);
+        for (ty, value) in chunks {
+            v.extend_from_slice(&[*ty, 0]);
+            v.extend_from_slice(&((4 + value.len()) as u16).to_be_bytes());
+            v.extend_from_slice(value);
+            while v.len() % 4 != 0 {
+                v.push(0);
+            }
+        }
+        let c = oracle_crc(&v);
+        v[8..12].copy_from_slice(&c.to_le_bytes());
+        v
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn sctp_frame(
+        smac: [u8; 6],
+        dmac: [u8; 6],
+        src: IpAddr,
+        dst: IpAddr,
+        sport: u16,
+        dport: u16,
+        vtag: u32,
+        chunks: &[(u8, &[u8])],
+    ) -> Vec<u8> {
+        let mut v = Vec::new();
+        ip_step(smac, dmac, src, dst, 64)
+            .write(&mut v, IpNumber(132), &sctp_pkt(sport, dport, vtag, chunks))
+            .unwrap();
+        v
+    }
+
+    /// INIT value: initiate tag, a_rwnd, streams, initial TSN.
+    fn init_value(tag: u32) -> Vec<u8> {
+        let mut v = tag.to_be_bytes().to_vec();
+        v.extend_from_slice(&[0, 1, 0, 0, 0, 10, 0, 10, 0, 0, 0, 1]);
+        v
+    }
+
+    fn client(v6: bool) -> IpAddr {
+        if v6 {
+            ip6(client6())
+        } else {
+            ip4(CLIENT4)
+        }
+    }
+
+    fn vip(v6: bool) -> IpAddr {
+        if v6 {
+            ip6(vip6())
+        } else {
+            ip4(VIP4)
+        }
+    }
+
+    /// Client (port 0) SCTP packet to `dst:80`.
+    pub(super) fn c_sctp(dst: IpAddr, sport: u16, vtag: u32, chunks: &[(u8, &[u8])]) -> Vec<u8> {
+        let src = if dst.is_ipv4() {
+            ip4(CLIENT4)
+        } else {
+            ip6(client6())
+        };
+        sctp_frame(CLIENT_MAC, P0_MAC, src, dst, sport, 80, vtag, chunks)
+    }
+
+    #[derive(Debug)]
+    pub(super) struct SctpOut {
+        pub dst_mac: [u8; 6],
+        pub src: IpAddr,
+        pub dst: IpAddr,
+        pub ttl: u8,
+        pub sport: u16,
+        pub dport: u16,
+        pub vtag: u32,
+        pub crc: [u8; 4],
+        pub chunks: Vec<(u8, Vec<u8>)>,
+    }
+
+    /// Parses an emitted SCTP frame (IP layer by etherparse, which also
+    /// checks the IPv4 header checksum) and asserts its CRC32c with the oracle.
+    pub(super) fn parse_sctp(frame: &[u8]) -> SctpOut {
+        let p = SlicedPacket::from_ethernet(frame).expect("etherparse rejects output");
+        let Some(LinkSlice::Ethernet2(e)) = &p.link else {
+            panic!("no ethernet")
+        };
+        let dst_mac = e.destination();
+        let (src, dst, ttl, payload) = match p.net.as_ref().expect("no IP") {
+            NetSlice::Ipv4(ip) => {
+                let h = ip.header();
+                assert_eq!(
+                    h.header_checksum(),
+                    h.to_header().calc_header_checksum(),
+                    "IPv4 header checksum"
+                );
+                assert_eq!(ip.payload().ip_number, IpNumber(132));
+                (
+                    ip4(h.source()),
+                    ip4(h.destination()),
+                    h.ttl(),
+                    ip.payload().payload,
+                )
+            }
+            NetSlice::Ipv6(ip) => {
+                let h = ip.header();
+                assert_eq!(ip.payload().ip_number, IpNumber(132));
+                (
+                    ip6(h.source_addr()),
+                    ip6(h.destination_addr()),
+                    h.hop_limit(),
+                    ip.payload().payload,
+                )
+            }
+        };
+        let crc: [u8; 4] = payload[8..12].try_into().unwrap();
+        assert_eq!(
+            crc,
+            oracle_crc(payload).to_le_bytes(),
+            "SCTP CRC32c (oracle) of {payload:02x?}"
+        );
+        let mut chunks = vec![];
+        let mut off = 12;
+        while off + 4 <= payload.len() {
+            let len = u16::from_be_bytes([payload[off + 2], payload[off + 3]]) as usize;
+            chunks.push((payload[off], payload[off + 4..off + len].to_vec()));
+            off += (len + 3) & !3;
+        }
+        SctpOut {
+            dst_mac,
+            src,
+            dst,
+            ttl,
+            sport: u16::from_be_bytes([payload[0], payload[1]]),
+            dport: u16::from_be_bytes([payload[2], payload[3]]),
+            vtag: u32::from_be_bytes(payload[4..8].try_into().unwrap()),
+            crc,
+            chunks,
+        }
+    }
+
+    fn state(p: &Pipeline) -> (SctpState, u64) {
+        let s = p.sessions.iter().next().expect("a session");
+        (s.sctp, s.expires)
+    }
+
+    /// A whole association through the proxy: INIT, INIT ACK, COOKIE ECHO,
+    /// COOKIE ACK, DATA both ways, SHUTDOWN, SHUTDOWN ACK, SHUTDOWN COMPLETE.
+    fn association(v6: bool) {
+        let (mut p, t, st) = setup();
+        let to = Timeouts::default();
+        let sport = 40000;
+        let init = c_sctp(
+            vip(v6),
+            sport,
+            0,
+            &[(chunk::INIT, &init_value(0x1122_3344))],
+        );
+        let (v, out) = run(&mut p, &t, &st, 0, &init, NOW, false);
+        assert_eq!(v, Verdict::Tx(1));
+        let o = parse_sctp(&out);
+        let backend = o.dst;
+        let bi = backend_index(backend);
+        assert_eq!((o.src, o.sport, o.dport), (client(v6), sport, 9999));
+        assert_eq!(o.dst_mac, backend_mac(bi));
+        assert_eq!(o.ttl, 63);
+        assert_eq!(o.vtag, 0);
+        assert_eq!(o.chunks, [(chunk::INIT, init_value(0x1122_3344))]);
+        // The port changed: so did the CRC (recomputed, not carried over).
+        let l4 = if v6 { 14 + 40 } else { 14 + 20 };
+        assert_ne!(o.crc, init[l4 + 8..l4 + 12]);
+        assert_eq!(state(&p), (SctpState::CookieWait, NOW + to.sctp_init));
+
+        // INIT ACK from the backend: reverse NAT to VIP:80, tag kept.
+        let init_ack = sctp_frame(
+            backend_mac(bi),
+            P1_MAC,
+            backend,
+            client(v6),
+            9999,
+            sport,
+            0x1122_3344,
+            &[(chunk::INIT_ACK, &init_value(0x5566_7788))],
+        );
+        let (v, out) = run(&mut p, &t, &st, 1, &init_ack, NOW + 1, false);
+        assert_eq!(v, Verdict::Tx(0));
+        let r = parse_sctp(&out);
+        assert_eq!((r.src, r.sport), (vip(v6), 80));
+        assert_eq!((r.dst, r.dport), (client(v6), sport));
+        assert_eq!(r.dst_mac, CLIENT_MAC);
+        assert_eq!(r.vtag, 0x1122_3344);
+        assert_eq!(r.chunks[0].0, chunk::INIT_ACK);
+
+        let steps: [(bool, u8, SctpState, u64); 6] = [
+            (
+                true,
+                chunk::COOKIE_ECHO,
+                SctpState::CookieEchoed,
+                to.sctp_init,
+            ),
+            (
+                false,
+                chunk::COOKIE_ACK,
+                SctpState::Established,
+                to.sctp_established,
+            ),
+            (
+                true,
+                chunk::DATA,
+                SctpState::Established,
+                to.sctp_established,
+            ),
+            (true, chunk::SHUTDOWN, SctpState::Closing, to.sctp_closing),
+            (
+                false,
+                chunk::SHUTDOWN_ACK,
+                SctpState::Closing,
+                to.sctp_closing,
+            ),
+            (
+                true,
+                chunk::SHUTDOWN_COMPLETE,
+                SctpState::Closed,
+                to.sctp_closed,
+            ),
+        ];
+        for (i, (from_client, ty, want, timeout)) in steps.into_iter().enumerate() {
+            let now = NOW + 2 + i as u64;
+            let value = b"payload-or-cookie";
+            let (port, f) = if from_client {
+                (0, c_sctp(vip(v6), sport, 0x5566_7788, &[(ty, &value[..])]))
+            } else {
+                (
+                    1,
+                    sctp_frame(
+                        backend_mac(bi),
+                        P1_MAC,
+                        backend,
+                        client(v6),
+                        9999,
+                        sport,
+                        0x1122_3344,
+                        &[(ty, &value[..])],
+                    ),
+                )
+            };
+            let (v, out) = run(&mut p, &t, &st, port, &f, now, false);
+            let o = parse_sctp(&out);
+            if from_client {
+                assert_eq!(v, Verdict::Tx(1), "chunk {ty}");
+                assert_eq!((o.dst, o.dport, o.sport), (backend, 9999, sport));
+            } else {
+                assert_eq!(v, Verdict::Tx(0), "chunk {ty}");
+                assert_eq!((o.src, o.sport, o.dport), (vip(v6), 80, sport));
+            }
+            assert_eq!(o.chunks, [(ty, value.to_vec())]);
+            assert_eq!(state(&p), (want, now + timeout), "after chunk {ty}");
+        }
+        assert_eq!(stat(&st.sessions_created), 1);
+        assert_eq!(st.total_drops(), 0);
+
+        // A new association on the closed tuple starts a fresh session.
+        let again = c_sctp(vip(v6), sport, 0, &[(chunk::INIT, &init_value(9))]);
+        let (v, _) = run(&mut p, &t, &st, 0, &again, NOW + 100, false);
+        assert_eq!(v, Verdict::Tx(1));
+        assert_eq!(stat(&st.sessions_created), 2);
+        assert_eq!(p.sessions.len(), 1);
+        assert_eq!(state(&p), (SctpState::CookieWait, NOW + 100 + to.sctp_init));
+    }
+
+    #[test]
+    fn sctp_association_is_natted_with_valid_crc32c() {
+        association(false);
+    }
+
+    #[test]
+    fn ipv6_sctp_association_is_natted_with_valid_crc32c() {
+        association(true);
+    }
+
+    #[test]
+    fn sctp_and_tcp_on_one_vip_port_are_distinct_services() {
+        let (mut p, t, st) = setup();
+        let (_, out) = run(&mut p, &t, &st, 0, &c_syn4(40010), NOW, false);
+        assert_eq!(parse(&out).dport, 8080);
+        let init = c_sctp(ip4(VIP4), 40010, 0, &[(chunk::INIT, &init_value(1))]);
+        let (_, out) = run(&mut p, &t, &st, 0, &init, NOW, false);
+        assert_eq!(parse_sctp(&out).dport, 9999);
+        assert_eq!(p.sessions.len(), 2);
+    }
+
+    #[test]
+    fn sctp_address_only_rewrite_keeps_the_crc() {
+        // Backend port == Service port: only addresses change, and SCTP has
+        // no pseudo-header, so the CRC bytes pass unchanged (and stay valid).
+        let mut s = spec();
+        s.services = vec![svc(
+            "default/same:sctp",
+            ip4(VIP4),
+            80,
+            Proto::Sctp,
+            vec![sa(ip4(BACKENDS4[0]), 80)],
+        )];
+        let t = ServiceTable::new(s, 1);
+        let st = WorkerStats::default();
+        let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+        let init = c_sctp(ip4(VIP4), 40020, 0, &[(chunk::INIT, &init_value(3))]);
+        let (v, out) = run(&mut p, &t, &st, 0, &init, NOW, false);
+        assert_eq!(v, Verdict::Tx(1));
+        let o = parse_sctp(&out);
+        assert_eq!((o.dst, o.dport), (ip4(BACKENDS4[0]), 80));
+        assert_eq!(o.crc, init[14 + 20 + 8..14 + 20 + 12]);
+    }
+
+    #[test]
+    fn sctp_with_a_bad_crc_is_dropped_before_nat() {
+        let (mut p, t, st) = setup();
+        let mut init = c_sctp(ip4(VIP4), 40030, 0, &[(chunk::INIT, &init_value(3))]);
+        init[14 + 20 + 8] ^= 0x01;
+        let (v, _) = run(&mut p, &t, &st, 0, &init, NOW, false);
+        assert_eq!(v, Verdict::Drop(DropReason::BadSctpChecksum));
+        assert!(p.sessions.is_empty());
+        // A corrupted payload byte (checksum field intact) is caught too:
+        // recomputing the CRC after the port rewrite would have hidden it.
+        let mut init = c_sctp(ip4(VIP4), 40031, 0, &[(chunk::INIT, &init_value(3))]);
+        let n = init.len();
+        init[n - 1] ^= 0x40;
+        let (v, _) = run(&mut p, &t, &st, 0, &init, NOW, false);
+        assert_eq!(v, Verdict::Drop(DropReason::BadSctpChecksum));
+        assert!(p.sessions.is_empty());
+    }
+
+    #[test]
+    fn malformed_sctp_is_dropped_with_the_right_reason() {
+        let good = c_sctp(ip4(VIP4), 40040, 0, &[(chunk::INIT, &init_value(3))]);
+        let l4 = 14 + 20;
+        // Sets the SCTP length (IP total length) and fixes the IPv4 checksum.
+        let with_len = |f: &[u8], sctp_len: usize| {
+            let mut f = f[..l4 + sctp_len].to_vec();
+            f[16..18].copy_from_slice(&((20 + sctp_len) as u16).to_be_bytes());
+            fix_ip4_csum(&mut f);
+            f
+        };
+        let chunk_len = |len: u16| {
+            let mut f = good.clone();
+            f[l4 + 14..l4 + 16].copy_from_slice(&len.to_be_bytes());
+            f
+        };
+        let cases = [
+            (
+                "short common header",
+                with_len(&good, 8),
+                DropReason::Truncated,
+            ),
+            ("no chunk", with_len(&good, 12), DropReason::BadSctpChunk),
+            (
+                "partial chunk header",
+                with_len(&good, 14),
+                DropReason::BadSctpChunk,
+            ),
+            ("chunk length 0", chunk_len(0), DropReason::BadSctpChunk),
+            ("chunk length 3", chunk_len(3), DropReason::BadSctpChunk),
+            (
+                "chunk past the packet",
+                chunk_len(200),
+                DropReason::BadSctpChunk,
+            ),
+        ];
+        for (name, f, want) in cases {
+            for handed_off in [false, true] {
+                let (mut p, t, st) = setup();
+                let (v, _) = run(&mut p, &t, &st, 0, &f, NOW, handed_off);
+                assert_eq!(v, Verdict::Drop(want), "{name}");
+                assert!(p.sessions.is_empty(), "{name}");
+            }
+        }
+        // IPv4 fragments of SCTP are not reassembled.
+        let mut f = good.clone();
+        f[14 + 6] |= 0x20;
+        fix_ip4_csum(&mut f);
+        let (mut p, t, st) = setup();
+        let (v, _) = run(&mut p, &t, &st, 0, &f, NOW, false);
+        assert_eq!(v, Verdict::Drop(DropReason::Fragment));
+    }
+
+    #[test]
+    fn orphan_abort_opens_no_session() {
+        let (mut p, t, st) = setup();
+        for ty in [chunk::ABORT, chunk::SHUTDOWN_ACK, chunk::SHUTDOWN_COMPLETE] {
+            let f = c_sctp(ip4(VIP4), 40050, 7, &[(ty, &[])]);
+            let (v, _) = run(&mut p, &t, &st, 0, &f, NOW, false);
+            assert_eq!(v, Verdict::Drop(DropReason::OrphanSctp), "chunk {ty}");
+            // Not even to a Service without endpoints.
+            let f = c_sctp(ip4(EMPTY4), 40050, 7, &[(ty, &[])]);
+            let (v, _) = run(&mut p, &t, &st, 0, &f, NOW, false);
+            assert_eq!(v, Verdict::Drop(DropReason::OrphanSctp), "chunk {ty}");
+        }
+        assert!(p.sessions.is_empty());
+        assert_eq!(stat(&st.rejected), 0);
+        // A DATA chunk is picked up mid-association (like TCP's liberal pickup).
+        let f = c_sctp(ip4(VIP4), 40051, 7, &[(chunk::DATA, b"mid")]);
+        let (v, _) = run(&mut p, &t, &st, 0, &f, NOW, false);
+        assert_eq!(v, Verdict::Tx(1));
+        assert_eq!(state(&p).0, SctpState::Established);
+    }
+
+    #[test]
+    fn sctp_to_empty_service_gets_port_unreachable() {
+        for v6 in [false, true] {
+            let (mut p, t, st) = setup();
+            let empty = if v6 { ip6(empty6()) } else { ip4(EMPTY4) };
+            let f = c_sctp(empty, 40060, 0, &[(chunk::INIT, &init_value(5))]);
+            let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+            assert_eq!(v, Verdict::Tx(0));
+            let o = parse(&out); // verifies the ICMP(v6) checksum
+            assert_eq!(o.icmp, Some(if v6 { (1, 4) } else { (3, 3) }));
+            assert_eq!((o.src, o.dst), (Some(empty), Some(client(v6))));
+            assert_eq!(o.dst_mac, CLIENT_MAC);
+            // The offending packet is quoted whole and unchanged.
+            assert_eq!(o.payload, &f[14..]);
+            assert_eq!(stat(&st.rejected), 1);
+            assert!(p.sessions.is_empty());
+        }
+    }
+
+    #[test]
+    fn backend_icmp_error_about_sctp_reaches_the_client_translated() {
+        let (mut p, t, st) = setup();
+        let init = c_sctp(ip4(VIP4), 40070, 0, &[(chunk::INIT, &init_value(6))]);
+        let (v, out) = run(&mut p, &t, &st, 0, &init, NOW, false);
+        assert_eq!(v, Verdict::Tx(1));
+        let bi = backend_index(parse_sctp(&out).dst);
+        // The backend's kernel has nothing on 9999: protocol/port unreachable,
+        // quoting the whole (translated) packet.
+        let err = icmp4_error(
+            backend_mac(bi),
+            P1_MAC,
+            BACKENDS4[bi],
+            CLIENT4,
+            3,
+            3,
+            [0; 4],
+            &out[14..],
+        );
+        let (v, out) = run(&mut p, &t, &st, 1, &err, NOW + 1, false);
+        assert_eq!(v, Verdict::Tx(0));
+        let o = parse(&out);
+        assert_eq!((o.src, o.dst), (Some(ip4(VIP4)), Some(ip4(CLIENT4))));
+        let (s, d, sp, dp, ok) = quoted4(&o.icmp_msg);
+        assert_eq!((s, d, sp, dp), (CLIENT4, VIP4, 40070, 80));
+        assert!(ok, "quoted IPv4 header checksum");
+        // The client sees its own SCTP packet again, byte for byte — CRC
+        // included (the quoted IP header differs only in the TTL it had).
+        assert_eq!(&o.icmp_msg[8 + 20..], &init[14 + 20..]);
+        let q = &o.icmp_msg[8 + 20..];
+        assert_eq!(q[8..12], oracle_crc(q).to_le_bytes());
+        assert_eq!(stat(&st.icmp_errors_translated), 1);
+    }
+
+    #[test]
+    fn truncated_sctp_quote_is_translated_without_touching_the_crc() {
+        let (mut p, t, st) = setup();
+        let init = c_sctp(ip4(VIP4), 40080, 0, &[(chunk::INIT, &init_value(6))]);
+        let (_, out) = run(&mut p, &t, &st, 0, &init, NOW, false);
+        let backend = parse_sctp(&out).dst;
+        let bi = backend_index(backend);
+        let ack = sctp_frame(
+            backend_mac(bi),
+            P1_MAC,
+            backend,
+            ip4(CLIENT4),
+            9999,
+            40080,
+            6,
+            &[(chunk::INIT_ACK, &init_value(8))],
+        );
+        let (v, reply) = run(&mut p, &t, &st, 1, &ack, NOW, false);
+        assert_eq!(v, Verdict::Tx(0));
+        // A router towards the client quotes only IP header + 8 bytes.
+        let router = [198, 18, 0, 254];
+        let err = icmp4_error(
+            CLIENT_MAC,
+            P0_MAC,
+            router,
+            VIP4,
+            3,
+            4,
+            [0, 0, 0x05, 0x00],
+            &reply[14..14 + 28],
+        );
+        let (v, out) = run(&mut p, &t, &st, 0, &err, NOW + 1, false);
+        assert_eq!(v, Verdict::Tx(1));
+        let o = parse(&out);
+        assert_eq!(o.dst, Some(backend));
+        let (s, d, sp, dp, ok) = quoted4(&o.icmp_msg);
+        assert_eq!((ip4(s), d, sp, dp), (backend, CLIENT4, 9999, 40080));
+        assert!(ok);
+        // Only 8 SCTP bytes are quoted: no checksum field to recompute.
+        assert_eq!(o.icmp_msg.len(), 8 + 28);
+    }
+
+    #[test]
+    fn masqueraded_sctp_uses_the_workers_snat_partition() {
+        let t = masq_table(Default::default(), true);
+        let st = WorkerStats::default();
+        let mut w = [
+            pipeline_with(0, 2, PipelineConfig::default(), &t),
+            pipeline_with(1, 2, PipelineConfig::default(), &t),
+        ];
+        for sport in 42100..42120u16 {
+            let init = c_sctp(ip4(VIP4), sport, 0, &[(chunk::INIT, &init_value(1))]);
+            let owner = owner_of(&SockAddr::new(Addr::v4(CLIENT4), sport), 2) as usize;
+            let (v, _) = run(&mut w[1 - owner], &t, &st, 0, &init, NOW, false);
+            assert_eq!(v, Verdict::HandOff(owner as u16));
+            let (v, out) = run(&mut w[owner], &t, &st, 0, &init, NOW, true);
+            assert_eq!(v, Verdict::Tx(1));
+            let o = parse_sctp(&out);
+            assert_eq!(o.src, ip4(NODE1));
+            assert_eq!(snat_owner(o.sport, 2) as usize, owner);
+            let bi = backend_index(o.dst);
+            let ack = sctp_frame(
+                backend_mac(bi),
+                P1_MAC,
+                o.dst,
+                ip4(NODE1),
+                9999,
+                o.sport,
+                1,
+                &[(chunk::INIT_ACK, &init_value(2))],
+            );
+            let (v, _) = run(&mut w[1 - owner], &t, &st, 1, &ack, NOW, false);
+            assert_eq!(v, Verdict::HandOff(owner as u16));
+            let (v, out) = run(&mut w[owner], &t, &st, 1, &ack, NOW, true);
+            assert_eq!(v, Verdict::Tx(0));
+            let r = parse_sctp(&out);
+            assert_eq!((r.src, r.sport), (ip4(VIP4), 80));
+            assert_eq!((r.dst, r.dport), (ip4(CLIENT4), sport));
+        }
+        assert_eq!(stat(&st.sessions_masqueraded), 20);
+    }
+
+    #[test]
+    fn sctp_hairpin_is_masqueraded() {
+        let t = masq_table(Default::default(), false);
+        let st = WorkerStats::default();
+        let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+        let mut hairpins = 0;
+        for sport in 41000..41060u16 {
+            let f = sctp_frame(
+                backend_mac(0),
+                P1_MAC,
+                ip4(BACKENDS4[0]),
+                ip4(VIP4),
+                sport,
+                80,
+                0,
+                &[(chunk::INIT, &init_value(1))],
+            );
+            let (v, out) = run(&mut p, &t, &st, 1, &f, NOW, false);
+            assert_eq!(v, Verdict::Tx(1));
+            let o = parse_sctp(&out);
+            hairpins += usize::from(o.dst == ip4(BACKENDS4[0]));
+            assert_eq!(o.src, ip4(NODE1));
+            assert!(SNAT_PORTS.contains(&o.sport));
+        }
+        assert!(hairpins > 5, "{hairpins}");
+    }
+
+    #[test]
+    fn oversized_sctp_gets_frag_needed() {
+        let mut pp = ports();
+        pp[1].mtu = 1000;
+        let t = table();
+        let st = WorkerStats::default();
+        let mut p = Pipeline::new(0, 1, pp, PipelineConfig::default());
+        p.on_table(&t);
+        let mut f = c_sctp(ip4(VIP4), 40090, 0, &[(chunk::DATA, &[7u8; 1200])]);
+        f[14 + 6] |= 0x40; // DF
+        fix_ip4_csum(&mut f);
+        let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+        assert_eq!(v, Verdict::Tx(0));
+        let o = parse(&out);
+        assert_eq!(o.icmp, Some((3, 4)));
+        assert_eq!(&o.icmp_msg[6..8], &1000u16.to_be_bytes());
+        assert_eq!(stat(&st.too_big_sent), 1);
+    }
+
+    #[test]
+    fn sctp_associations_keep_a_removed_backend_like_tcp() {
+        // kube-proxy flushes stale conntrack entries for UDP only: an SCTP
+        // association to a removed endpoint stays, new ones avoid it.
+        let (mut p, t, st) = setup();
+        let mut by_port = StdHashMap::new();
+        for sport in 30000..30060u16 {
+            let f = c_sctp(ip4(VIP4), sport, 0, &[(chunk::INIT, &init_value(1))]);
+            let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+            assert_eq!(v, Verdict::Tx(1));
+            by_port.insert(sport, backend_index(parse_sctp(&out).dst));
+        }
+        assert!(by_port.values().any(|&b| b == 0));
+        let mut spec2 = spec();
+        for s in &mut spec2.services {
+            s.backends.retain(|b| b.addr != Addr::v4(BACKENDS4[0]));
+        }
+        let t2 = ServiceTable::new(spec2, 2);
+        p.on_table(&t2);
+        for (&sport, &bi) in &by_port {
+            let f = c_sctp(ip4(VIP4), sport, 2, &[(chunk::DATA, b"more")]);
+            let (v, out) = run(&mut p, &t2, &st, 0, &f, NOW + 10, false);
+            assert_eq!(v, Verdict::Tx(1));
+            assert_eq!(backend_index(parse_sctp(&out).dst), bi, "{sport} moved");
+        }
+        assert_eq!(stat(&st.sessions_flushed), 0);
+        for sport in 31000..31100u16 {
+            let f = c_sctp(ip4(VIP4), sport, 0, &[(chunk::INIT, &init_value(1))]);
+            let (_, out) = run(&mut p, &t2, &st, 0, &f, NOW + 20, false);
+            assert_ne!(backend_index(parse_sctp(&out).dst), 0);
+        }
+    }
+
+    #[test]
+    fn chunk_bits_reach_the_state_machine_from_bundles() {
+        // COOKIE ECHO bundled with DATA (as Linux sends it) counts as COOKIE ECHO.
+        let (mut p, t, st) = setup();
+        let f = c_sctp(ip4(VIP4), 40095, 0, &[(chunk::INIT, &init_value(1))]);
+        run(&mut p, &t, &st, 0, &f, NOW, false);
+        let f = c_sctp(
+            ip4(VIP4),
+            40095,
+            1,
+            &[(chunk::COOKIE_ECHO, b"cookie"), (chunk::DATA, b"data")],
+        );
+        let (v, _) = run(&mut p, &t, &st, 0, &f, NOW + 1, false);
+        assert_eq!(v, Verdict::Tx(1));
+        assert_eq!(state(&p).0, SctpState::CookieEchoed);
+        assert_eq!(bits::of(chunk::COOKIE_ECHO), bits::COOKIE_ECHO);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Any client endpoint and DATA payload: the SCTP packet reaches a
+    /// backend on 9999 and the answer comes back from VIP:80, both with the
+    /// CRC32c the independent oracle computes, payload untouched.
+    #[test]
+    fn sctp_forward_then_reverse_restores_the_tuple_and_crc(
+        host in 3u8..=254,
+        sport in 1024u16..=65535,
+        vtag: u32,
+        payload in proptest::collection::vec(any::<u8>(), 1..200),
+        reply_payload in proptest::collection::vec(any::<u8>(), 1..200),
+    ) {
+        use sctp_flows::{parse_sctp, sctp_frame};
+        let t = prop_table();
+        let st = WorkerStats::default();
+        let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+        let client = ip4([198, 18, 0, host]);
+        let cmac = [2, 0, 0, 0, 0xc0, host];
+        let f = sctp_frame(cmac, P0_MAC, client, ip4(VIP4), sport, 80, vtag, &[(0, &payload)]);
+        let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+        prop_assert_eq!(v, Verdict::Tx(1));
+        let o = parse_sctp(&out);
+        prop_assert_eq!((o.src, o.sport, o.dport, o.vtag), (client, sport, 9999, vtag));
+        prop_assert_eq!(&o.chunks, &vec![(0u8, payload.clone())]);
+        let bi = backend_index(o.dst);
+        let r = sctp_frame(backend_mac(bi), P1_MAC, o.dst, client, 9999, sport, !vtag, &[(0, &reply_payload)]);
+        let (v, out) = run(&mut p, &t, &st, 1, &r, NOW + 1, false);
+        prop_assert_eq!(v, Verdict::Tx(0));
+        let r = parse_sctp(&out);
+        prop_assert_eq!((r.src, r.sport, r.dst, r.dport), (ip4(VIP4), 80, client, sport));
+        prop_assert_eq!(r.dst_mac, cmac);
+        prop_assert_eq!(&r.chunks, &vec![(0u8, reply_payload.clone())]);
+    }
 }
