@@ -493,21 +493,12 @@ fn default_protocol() -> String {
     "TCP".into()
 }
 
-/// Deserializes YAML; a structural error (unknown field, wrong type) is
-/// prefixed with the path of the field, e.g. `conntrack.udpTimeoutt: unknown field`.
+/// Deserializes YAML. serde_yaml's errors name the path of the field
+/// (`conntrack: unknown field `udpTimeoutt``, `ports[0].mtu: invalid type`).
 pub(crate) fn from_yaml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T> {
-    let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let msg = e.into_inner().to_string();
-        Error::Parse {
-            path: origin.into(),
-            msg: if path == "." || path.is_empty() {
-                msg
-            } else {
-                format!("{path}: {msg}")
-            },
-        }
+    serde_yaml::from_str(text).map_err(|e| Error::Parse {
+        path: origin.into(),
+        msg: e.to_string(),
     })
 }
 

@@ -302,12 +302,14 @@ impl KubeProxyConfiguration {
                     format!("{m:?} is not supported by the DPDK dataplane: use \"ClusterCIDR\""),
                 ))
             }
-            Some(m) => return Err(invalid(
-                "detectLocalMode",
-                format!(
+            Some(m) => {
+                return Err(invalid(
+                    "detectLocalMode",
+                    format!(
                     "{m:?} is not ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix"
                 ),
-            )),
+                ))
+            }
         }
         let Some(dpdk) = self.dpdk else {
             return Err(invalid(
