@@ -337,12 +337,12 @@ fn main() -> Result<()> {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .with_context(|| format!("setting oom_score_adj to {adj}"))?;
     }
-    let args = cfg.eal_args();
+    let args = cfg.eal_args_resolved()?;
     tracing::info!(?args, "initialising EAL ({})", Eal::version());
     let eal = Eal::init(&args).context("EAL initialisation failed")?;
     let lcores = eal.worker_lcores();
     if lcores.is_empty() {
-        bail!("eal.lcores {:?} leaves no worker lcore: list the main lcore first, then one per worker", cfg.eal.lcores);
+        bail!("eal.lcores {:?} leaves no worker lcore: list the main lcore first, then one per worker", args[1]);
     }
     // One RCU reader per worker, plus one for the admin server's /debug views.
     let mut publisher = Publisher::new(lcores.len() + 1);

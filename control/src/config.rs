@@ -157,7 +157,10 @@ pub fn parse_nodeport_address(s: &str, field: &str) -> Result<NodePortAddress> {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EalConfig {
-    /// `--lcores` map; the first lcore is the main (control) lcore, every other one runs a worker.
+    /// `--lcores` map; the first lcore is the main (control) lcore, every
+    /// other one runs a worker. `auto`: one lcore per CPU this process may
+    /// run on (its cpuset, e.g. the exclusive CPUs the kubelet's static CPU
+    /// manager gives a Guaranteed pod), the first for the main lcore.
     #[serde(default = "default_lcores")]
     pub lcores: String,
     /// Run without hugepages.
@@ -527,6 +530,34 @@ pub fn parse_prefix(s: &str, field: &str) -> Result<(Addr, u8)> {
     Ok((Addr::from(ip), len))
 }
 
+/// `eal.lcores: auto`: lcore i on the i-th CPU of a Linux CPU list
+/// (`2-4,7` → `0@2,1@3,2@4,3@7`).
+pub fn lcores_from_cpu_list(list: &str) -> Result<String> {
+    let bad = || invalid("eal.lcores", format!("auto: {list:?} is not a CPU list"));
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let lo: u32 = lo.parse().map_err(|_| bad())?;
+        let hi: u32 = hi.parse().map_err(|_| bad())?;
+        if lo > hi || hi - lo > 4096 {
+            return Err(bad());
+        }
+        cpus.extend(lo..=hi);
+    }
+    if cpus.len() < 2 {
+        return Err(invalid(
+            "eal.lcores",
+            format!("auto: CPUs {list:?} leave no worker (the first CPU runs the main lcore)"),
+        ));
+    }
+    Ok(cpus
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{i}@{c}"))
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
 fn parse_mac(s: &str, field: &str) -> Result<MacAddr> {
     let parts: Vec<&str> = s.split(':').collect();
     let bad = || invalid(field, format!("{s:?} is not a MAC address"));
@@ -858,6 +889,30 @@ impl Config {
         Ok(spec)
     }
 
+    /// The EAL command line with `eal.lcores: auto` resolved against this
+    /// process's CPU affinity (`Cpus_allowed_list` of /proc/self/status).
+    pub fn eal_args_resolved(&self) -> Result<Vec<String>> {
+        let mut a = self.eal_args();
+        if self.eal.lcores == "auto" {
+            let path = "/proc/self/status";
+            let status = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                path: path.into(),
+                source,
+            })?;
+            let list = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .ok_or_else(|| {
+                    invalid(
+                        "eal.lcores",
+                        format!("auto: no Cpus_allowed_list in {path}"),
+                    )
+                })?;
+            a[1] = lcores_from_cpu_list(list.trim())?;
+        }
+        Ok(a)
+    }
+
     /// The EAL command line (without argv[0]).
     pub fn eal_args(&self) -> Vec<String> {
         let e = &self.eal;
@@ -1173,6 +1228,23 @@ services:
         assert_eq!(c.restart_needed(&b), None);
         b.kubernetes.min_sync_period = Duration::from_secs(2);
         assert_eq!(c.restart_needed(&b), Some("kubernetes"));
+    }
+
+    #[test]
+    fn auto_lcores_follow_the_cpuset() {
+        assert_eq!(lcores_from_cpu_list("2-4,7").unwrap(), "0@2,1@3,2@4,3@7");
+        assert_eq!(lcores_from_cpu_list("0,1").unwrap(), "0@0,1@1");
+        for bad in ["3", "", "a-b", "4-2"] {
+            let e = lcores_from_cpu_list(bad).unwrap_err().to_string();
+            assert!(e.contains("eal.lcores: auto"), "{bad}: {e}");
+        }
+        let c = Config::parse("eal: {lcores: auto}\nports: [{device: a}]\n", "t").unwrap();
+        assert_eq!(c.eal_args()[1], "auto");
+        // This process's own affinity (at least one CPU; two for a worker).
+        match c.eal_args_resolved() {
+            Ok(a) => assert!(a[1].starts_with("0@"), "{a:?}"),
+            Err(e) => assert!(e.to_string().contains("leave no worker"), "{e}"),
+        }
     }
 
     #[test]
