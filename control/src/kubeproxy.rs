@@ -286,29 +286,22 @@ impl KubeProxyConfiguration {
         match set(&self.mode) {
             None | Some("dpdk") => {}
             Some(m) => {
-                return Err(invalid(
-                    "mode",
-                    format!(
-                        "{m:?} is not supported: this proxy is the DPDK dataplane (set \"dpdk\" or leave it empty)"
-                    ),
-                ))
+                let why = "this proxy is the DPDK dataplane (set \"dpdk\" or leave it empty)";
+                return Err(invalid("mode", format!("{m:?} is not supported: {why}")));
             }
         }
         match set(&self.detect_local_mode) {
             None | Some("ClusterCIDR") => {}
             Some(m @ ("NodeCIDR" | "BridgeInterface" | "InterfaceNamePrefix")) => {
+                let why = "by the DPDK dataplane: use \"ClusterCIDR\"";
                 return Err(invalid(
                     "detectLocalMode",
-                    format!("{m:?} is not supported by the DPDK dataplane: use \"ClusterCIDR\""),
-                ))
+                    format!("{m:?} is not supported {why}"),
+                ));
             }
             Some(m) => {
-                return Err(invalid(
-                    "detectLocalMode",
-                    format!(
-                    "{m:?} is not ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix"
-                ),
-                ))
+                let modes = "ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix";
+                return Err(invalid("detectLocalMode", format!("{m:?} is not {modes}")));
             }
         }
         let Some(dpdk) = self.dpdk else {
@@ -892,7 +885,7 @@ dpdk:
     #[test]
     fn client_connection_hostname_oom_and_accepted_fields() {
         let c = parse_ok(&minimal(
-            "clientConnection: {kubeconfig: /k, qps: 50, burst: 100, contentType: application/json, acceptContentTypes: application/json}\nhostnameOverride: node-a\noomScoreAdj: -999\nfeatureGates: {SomeGate: true}\nenableProfiling: true\nshowHiddenMetricsForVersion: \"1.30\"\nportRange: \"\"\nwindowsRunAsService: false\nlogging: {format: text, flushFrequency: 5s, verbosity: 2, vmodule: [{filePattern: proxier, verbosity: 4}], options: {json: {infoBufferSize: \"0\"}}}\ndetectLocal: {bridgeInterface: cbr0}\nwinkernel: {networkName: x, sourceVip: 198.18.0.9}",
+            "clientConnection: {kubeconfig: /k, qps: 50, burst: 100, contentType: application/json, acceptContentTypes: application/json}\niptables: {snatNodeInternalIP: true, localhostNodePorts: false}\nipvs: {scheduler: rr, excludeCIDRs: [198.18.9.0/24], strictARP: true}\nhostnameOverride: node-a\noomScoreAdj: -999\nfeatureGates: {SomeGate: true}\nenableProfiling: true\nshowHiddenMetricsForVersion: \"1.30\"\nportRange: \"\"\nwindowsRunAsService: false\nlogging: {format: text, flushFrequency: 5s, verbosity: 2, vmodule: [{filePattern: proxier, verbosity: 4}], options: {json: {infoBufferSize: \"0\"}}}\ndetectLocal: {bridgeInterface: cbr0}\nwinkernel: {networkName: x, sourceVip: 198.18.0.9}",
         ));
         assert_eq!(c.kubernetes.kubeconfig.as_deref(), Some("/k"));
         assert_eq!(c.kubernetes.hostname_override.as_deref(), Some("node-a"));
