@@ -323,7 +323,7 @@ fn main() -> Result<()> {
     if cli.check {
         let k = &cfg.kubernetes;
         println!(
-            "{path}: OK ({} services, {} ports; kubeconfig {}, metrics {}, sync {:?}/{:?})",
+            "{path}: OK ({} services, {} ports; kubeconfig {}, metrics {}, min sync period {:?}, sync period {:?})",
             cfg.services.len(),
             cfg.ports.len(),
             k.kubeconfig.as_deref().unwrap_or("-"),

@@ -81,11 +81,12 @@ struct KubeProxyConfiguration {
     config_sync_period: Option<String>,
     port_range: Option<String>,
     windows_run_as_service: Option<bool>,
-    /// Top-level in newer kube-proxy (v1alpha2 moved them here); older files
-    /// have them under `iptables`/`ipvs`/`nftables`.
+    /// Top-level, as in kube-proxy's internal configuration; v1alpha1 files
+    /// have them under `iptables`/`ipvs`/`nftables` (read there too).
     sync_period: Option<String>,
     min_sync_period: Option<String>,
-    /// Top-level in newer kube-proxy; older files: `iptables.masqueradeAll`.
+    /// Top-level, as in kube-proxy's internal configuration; v1alpha1
+    /// files: `iptables.masqueradeAll` / `nftables.masqueradeAll`.
     masquerade_all: Option<bool>,
     /// This proxy's dataplane.
     dpdk: Option<DpdkConfiguration>,
