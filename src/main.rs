@@ -3,6 +3,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use control::admin::{self, AdminState};
 use control::config::Config;
+use control::duration::parse_flag as duration;
 use control::healthcheck::HealthServers;
 use control::k8s::NodeInfo;
 use control::publisher::Publisher;
@@ -14,68 +15,200 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Kubernetes service proxy with a DPDK poll-mode dataplane.
+///
+/// Settings come from, in order of precedence: these flags, then the
+/// `--config` file (native YAML or a KubeProxyConfiguration), then the
+/// defaults shown here. A flag that is not given leaves the file's value.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// YAML configuration file (EAL, ports, routes, services).
+    /// Configuration file: the native YAML (eal, ports, routes, services,
+    /// kubernetes, ...) or a KubeProxyConfiguration
+    /// (kubeproxy.config.k8s.io/v1alpha1) with a `dpdk:` section.
     #[arg(long)]
     config: Option<String>,
-    /// Validate the configuration and exit.
+    /// Validate the configuration (file and flags) and exit.
     #[arg(long)]
     check: bool,
     /// How often to look for changes to the configuration file.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = duration)]
     reload_interval: Duration,
-    /// kubeconfig of the cluster to watch. Without it, the proxy watches the
-    /// cluster only when it runs in a pod (in-cluster config); otherwise it
-    /// serves the Services of the configuration file alone.
+    /// kubeconfig of the cluster to watch [file: clientConnection.kubeconfig].
+    /// Without one, the proxy watches the cluster only when it runs in a pod
+    /// (in-cluster config); otherwise it serves the file's Services alone.
     #[arg(long)]
     kubeconfig: Option<String>,
-    /// This node's name (default: $NODE_NAME, else the host name).
+    /// This node's name [file: hostnameOverride; default: $NODE_NAME, else
+    /// the host name].
     #[arg(long)]
     hostname_override: Option<String>,
-    /// Changes are coalesced: at most one table publication per period.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    min_sync_period: Duration,
-    /// Every Service is rebuilt this often, whether it changed or not.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    sync_period: Duration,
-    /// CIDRs of the node addresses NodePorts are served on (comma separated;
-    /// default: every address of the dataplane's ports).
+    /// At most one table publication per period [file: minSyncPeriod;
+    /// default 1s]. Go durations: 200ms, 1m0s.
+    #[arg(long, value_parser = duration)]
+    min_sync_period: Option<Duration>,
+    /// Every Service is rebuilt this often, changed or not [file:
+    /// syncPeriod; default 30s].
+    #[arg(long, value_parser = duration)]
+    sync_period: Option<Duration>,
+    /// Node addresses NodePorts are served on: CIDRs, `primary` or `all`,
+    /// comma separated [file: nodePortAddresses; default: every address of
+    /// the dataplane's ports].
     #[arg(long, value_delimiter = ',')]
     nodeport_addresses: Vec<String>,
-    /// Address of the `/healthz` + `/livez` server (kube-proxy's 10256).
-    /// Default: 0.0.0.0:10256 when watching a cluster, off otherwise.
+    /// Address of the `/healthz` + `/livez` server [file: healthzBindAddress;
+    /// default: 0.0.0.0:10256 when watching a cluster, off otherwise].
     #[arg(long)]
     healthz_bind_address: Option<std::net::SocketAddr>,
-    /// Overrides `admin.bind`: `/metrics`, `/proxyMode`, `/debug/*`.
+    /// Address of `/metrics`, `/proxyMode`, `/debug/*` [file:
+    /// metricsBindAddress or admin.bind; default 127.0.0.1:10249].
     #[arg(long)]
     metrics_bind_address: Option<std::net::SocketAddr>,
     /// Address the `healthCheckNodePort` servers listen on.
     #[arg(long, default_value = "0.0.0.0")]
     health_check_bind_address: std::net::IpAddr,
+    /// Pod CIDRs, comma separated (dual-stack: one of each family); clients
+    /// outside them are masqueraded [file: clusterCIDR / cluster_cidrs].
+    #[arg(long, value_delimiter = ',')]
+    cluster_cidr: Vec<String>,
+    /// SNAT all Service traffic [file: masqueradeAll / masquerade_all;
+    /// default false]. `--masquerade-all=false` overrides a file's true.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    masquerade_all: Option<bool>,
+    /// Idle timeout of established TCP sessions [file:
+    /// conntrack.tcpEstablishedTimeout / timeouts.tcp_established; default 24h].
+    #[arg(long, value_parser = duration)]
+    conntrack_tcp_timeout_established: Option<Duration>,
+    /// Idle timeout of TCP sessions after a FIN (CLOSE_WAIT) [file:
+    /// conntrack.tcpCloseWaitTimeout / timeouts.tcp_fin; default 2m].
+    #[arg(long, value_parser = duration)]
+    conntrack_tcp_timeout_close_wait: Option<Duration>,
+    /// Idle timeout of UDP sessions with traffic in one direction [file:
+    /// conntrack.udpTimeout / timeouts.udp; default 30s].
+    #[arg(long, value_parser = duration)]
+    conntrack_udp_timeout: Option<Duration>,
+    /// Idle timeout of UDP sessions with replies [file:
+    /// conntrack.udpStreamTimeout / timeouts.udp_stream; default 2m].
+    #[arg(long, value_parser = duration)]
+    conntrack_udp_timeout_stream: Option<Duration>,
+}
+
+/// An invalid flag value, named like a configuration field.
+fn bad_flag(flag: &str, msg: String) -> control::Error {
+    control::Error::Invalid {
+        field: flag.into(),
+        msg,
+    }
 }
 
 impl Cli {
-    /// True when Services come from a Kubernetes API server.
-    fn watches_cluster(&self) -> bool {
-        self.kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+    /// Loads the configuration file and lays the flags over it.
+    fn load(&self, path: &str) -> control::Result<Config> {
+        let mut cfg = Config::load(path)?;
+        self.apply(&mut cfg)?;
+        Ok(cfg)
     }
 
-    fn node_name(&self) -> String {
-        self.hostname_override
-            .clone()
-            .or_else(|| std::env::var("NODE_NAME").ok())
-            .filter(|n| !n.is_empty())
-            .or_else(|| {
-                std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .ok()
-                    .map(|h| h.trim().to_lowercase())
-            })
-            .unwrap_or_default()
+    /// Flags override the file: every flag that is given replaces the
+    /// file's value. The result is validated again.
+    fn apply(&self, cfg: &mut Config) -> control::Result<()> {
+        let k = &mut cfg.kubernetes;
+        if let Some(v) = &self.kubeconfig {
+            k.kubeconfig = Some(v.clone());
+        }
+        if let Some(v) = &self.hostname_override {
+            k.hostname_override = Some(v.clone());
+        }
+        if let Some(v) = self.sync_period {
+            if v.is_zero() {
+                return Err(bad_flag("--sync-period", "must be > 0".into()));
+            }
+            k.sync_period = v;
+        }
+        if let Some(v) = self.min_sync_period {
+            k.min_sync_period = v;
+        }
+        if !self.nodeport_addresses.is_empty() {
+            for (i, a) in self.nodeport_addresses.iter().enumerate() {
+                control::config::parse_nodeport_address(a, &format!("--nodeport-addresses[{i}]"))?;
+            }
+            k.nodeport_addresses = self.nodeport_addresses.clone();
+        }
+        if let Some(v) = self.healthz_bind_address {
+            k.healthz_bind_address = Some(v);
+        }
+        if let Some(v) = self.metrics_bind_address {
+            cfg.admin.bind = v;
+        }
+        if !self.cluster_cidr.is_empty() {
+            cfg.cluster_cidrs.clear();
+            for c in self
+                .cluster_cidr
+                .iter()
+                .map(|c| c.trim())
+                .filter(|c| !c.is_empty())
+            {
+                control::config::parse_prefix(c, "--cluster-cidr")?;
+                cfg.cluster_cidrs.push(c.to_string());
+            }
+        }
+        if let Some(v) = self.masquerade_all {
+            cfg.masquerade_all = v;
+        }
+        let t = &mut cfg.timeouts;
+        for (flag, v, slot) in [
+            (
+                "--conntrack-tcp-timeout-established",
+                self.conntrack_tcp_timeout_established,
+                &mut t.tcp_established,
+            ),
+            (
+                "--conntrack-tcp-timeout-close-wait",
+                self.conntrack_tcp_timeout_close_wait,
+                &mut t.tcp_fin,
+            ),
+            (
+                "--conntrack-udp-timeout",
+                self.conntrack_udp_timeout,
+                &mut t.udp,
+            ),
+            (
+                "--conntrack-udp-timeout-stream",
+                self.conntrack_udp_timeout_stream,
+                &mut t.udp_stream,
+            ),
+        ] {
+            match v {
+                Some(d) if d.is_zero() => return Err(bad_flag(flag, "must be > 0".into())),
+                Some(d) => *slot = d,
+                None => {}
+            }
+        }
+        cfg.validate()
     }
+}
+
+/// True when Services come from a Kubernetes API server.
+fn watches_cluster(cfg: &Config) -> bool {
+    cfg.kubernetes.kubeconfig.is_some() || std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+}
+
+/// This node's name: `--hostname-override` / `hostnameOverride`, else
+/// `$NODE_NAME`, else the host name.
+fn node_name(cfg: &Config) -> String {
+    cfg.kubernetes
+        .hostname_override
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::env::var("NODE_NAME").ok())
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_lowercase())
+        })
+        .unwrap_or_default()
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -188,21 +321,30 @@ fn main() -> Result<()> {
         return inspect(&admin, what);
     }
     let path = cli.config.clone().context("--config is required")?;
-    let cfg = Config::load(&path)?;
+    let cfg = cli.load(&path)?;
     if cli.check {
+        let k = &cfg.kubernetes;
         println!(
-            "{path}: OK ({} services, {} ports)",
+            "{path}: OK ({} services, {} ports; kubeconfig {}, metrics {}, min sync period {:?}, sync period {:?})",
             cfg.services.len(),
-            cfg.ports.len()
+            cfg.ports.len(),
+            k.kubeconfig.as_deref().unwrap_or("-"),
+            cfg.admin.bind,
+            k.min_sync_period,
+            k.sync_period,
         );
         return Ok(());
     }
-    let args = cfg.eal_args();
+    if let Some(adj) = cfg.kubernetes.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .with_context(|| format!("setting oom_score_adj to {adj}"))?;
+    }
+    let args = cfg.eal_args_resolved()?;
     tracing::info!(?args, "initialising EAL ({})", Eal::version());
     let eal = Eal::init(&args).context("EAL initialisation failed")?;
     let lcores = eal.worker_lcores();
     if lcores.is_empty() {
-        bail!("eal.lcores {:?} leaves no worker lcore: list the main lcore first, then one per worker", cfg.eal.lcores);
+        bail!("eal.lcores {:?} leaves no worker lcore: list the main lcore first, then one per worker", args[1]);
     }
     // One RCU reader per worker, plus one for the admin server's /debug views.
     let mut publisher = Publisher::new(lcores.len() + 1);
@@ -216,7 +358,7 @@ fn main() -> Result<()> {
 
     // Watching a cluster: not ready until Services and EndpointSlices are
     // listed and programmed.
-    let ready = Arc::new(AtomicBool::new(!cli.watches_cluster()));
+    let ready = Arc::new(AtomicBool::new(!watches_cluster(&cfg)));
     let state = AdminState {
         workers: Arc::new(running.stats.clone()),
         control: publisher.metrics.clone(),
@@ -248,34 +390,14 @@ fn main() -> Result<()> {
     result
 }
 
-/// The node addresses NodePorts are served on: the dataplane's addresses,
-/// filtered by `--nodeport-addresses` when given.
-fn nodeport_addresses(cfg: &Config, cidrs: &[String]) -> Result<Vec<std::net::IpAddr>> {
-    let mut filter = Vec::new();
-    for (i, c) in cidrs.iter().enumerate() {
-        filter.push(control::config::parse_prefix(
-            c.trim(),
-            &format!("--nodeport-addresses[{i}]"),
-        )?);
-    }
-    Ok(cfg
-        .table_spec()?
-        .interfaces
-        .iter()
-        .map(|i| i.addr)
-        .filter(|a| filter.is_empty() || filter.iter().any(|(p, l)| a.in_prefix(p, *l)))
-        .map(|a| a.ip())
-        .collect())
-}
-
 async fn kube_client(kubeconfig: Option<&str>) -> Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("--kubeconfig {path}"))?;
+                .with_context(|| format!("kubeconfig {path}"))?;
             kube::Config::from_custom_kubeconfig(kc, &Default::default())
                 .await
-                .with_context(|| format!("--kubeconfig {path}"))?
+                .with_context(|| format!("kubeconfig {path}"))?
         }
         None => kube::Config::incluster().context("in-cluster Kubernetes config")?,
     };
@@ -287,7 +409,6 @@ struct Cluster {
     model: Model,
     changes: tokio::sync::mpsc::Receiver<Change>,
     health: HealthServers,
-    nodeport_cidrs: Vec<String>,
 }
 
 async fn control_loop(
@@ -297,7 +418,7 @@ async fn control_loop(
     publisher: Arc<Mutex<Publisher>>,
 ) -> Result<()> {
     let path = cli.config.clone().unwrap_or_default();
-    let metrics_addr = cli.metrics_bind_address.unwrap_or(cfg.admin.bind);
+    let metrics_addr = cfg.admin.bind;
     let listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
         .with_context(|| format!("metrics/admin address {metrics_addr}"))?;
@@ -305,9 +426,8 @@ async fn control_loop(
     let metrics = state.control.clone();
     let ready = state.ready.clone();
     let mut servers = vec![tokio::spawn(admin::serve(listener, state.clone()))];
-    let healthz = cli.healthz_bind_address.or_else(|| {
-        cli.watches_cluster()
-            .then(|| std::net::SocketAddr::from(([0, 0, 0, 0], 10256)))
+    let healthz = cfg.kubernetes.healthz_bind_address.or_else(|| {
+        watches_cluster(&cfg).then(|| std::net::SocketAddr::from(([0, 0, 0, 0], 10256)))
     });
     if let Some(addr) = healthz {
         let l = tokio::net::TcpListener::bind(addr)
@@ -316,20 +436,19 @@ async fn control_loop(
         tracing::info!(%addr, "healthz server listening");
         servers.push(tokio::spawn(admin::serve(l, state)));
     }
-    let mut cluster = if cli.watches_cluster() {
-        let node = cli.node_name();
-        let client = kube_client(cli.kubeconfig.as_deref()).await?;
+    let mut cluster = if watches_cluster(&cfg) {
+        let node = node_name(&cfg);
+        let client = kube_client(cfg.kubernetes.kubeconfig.as_deref()).await?;
         let info = NodeInfo {
             name: node.clone(),
             zone: None,
-            node_addresses: nodeport_addresses(&cfg, &cli.nodeport_addresses)?,
+            node_addresses: cfg.nodeport_addresses()?,
         };
         tracing::info!(node, nodeport_addresses = ?info.node_addresses, "watching the cluster");
         Some(Cluster {
             model: Model::new(info),
             changes: watch::watch(client, &node),
             health: HealthServers::new(cli.health_check_bind_address, ready.clone()),
-            nodeport_cidrs: cli.nodeport_addresses.clone(),
         })
     } else {
         None
@@ -338,7 +457,10 @@ async fn control_loop(
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(cli.reload_interval);
-    let mut full = tokio::time::interval(cli.sync_period);
+    // The sync periods in force since start (changes need a restart).
+    let (min_sync_period, sync_period) =
+        (cfg.kubernetes.min_sync_period, cfg.kubernetes.sync_period);
+    let mut full = tokio::time::interval(sync_period);
     let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
     // Something changed that is not published yet.
     let mut pending = false;
@@ -347,7 +469,7 @@ async fn control_loop(
         // Coalesce bursts: at most one publication per min_sync_period, and
         // nothing from the cluster before both lists are in.
         let can = cluster.as_ref().is_none_or(|c| c.model.synced());
-        let due = (pending && can).then(|| last_publish + cli.min_sync_period);
+        let due = (pending && can).then(|| last_publish + min_sync_period);
         let mut forced = false;
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM"); break; }
@@ -406,7 +528,10 @@ async fn control_loop(
             continue;
         }
         last_text = text.clone();
-        let new = match Config::parse(&text, &path).and_then(|n| n.table_spec().map(|_| n)) {
+        let new = match Config::parse(&text, &path).and_then(|mut n| {
+            cli.apply(&mut n)?;
+            n.table_spec().map(|_| n)
+        }) {
             Ok(c) => c,
             Err(e) => {
                 metrics.reload_errors.fetch_add(1, Ordering::Relaxed);
@@ -418,7 +543,7 @@ async fn control_loop(
             tracing::warn!("config section {part:?} changed: takes effect after a restart; services/routes are applied now");
         }
         if let Some(c) = cluster.as_mut() {
-            match nodeport_addresses(&new, &c.nodeport_cidrs) {
+            match new.nodeport_addresses() {
                 Ok(a) => c.model.set_node_addresses(a),
                 Err(e) => tracing::error!("{e:#}"),
             }
@@ -504,6 +629,132 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    const NATIVE: &str = "ports: [{device: a, addresses: [198.18.0.1/24, 2001:2::1/64]}]\ncluster_cidrs: [198.18.128.0/17]\ntimeouts: {udp: 10s}\nkubernetes: {kubeconfig: /file/kubeconfig, sync_period: 1m, min_sync_period: 2s}\n";
+    const KPC: &str = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclientConnection: {kubeconfig: /file/kubeconfig}\nhostnameOverride: file-node\nclusterCIDR: 198.18.128.0/17\nmasqueradeAll: true\nmetricsBindAddress: 127.0.0.1:20249\nhealthzBindAddress: 127.0.0.1:20256\nnodePortAddresses: [primary]\nconntrack: {udpTimeout: 10s, tcpEstablishedTimeout: 1h0m0s}\niptables: {syncPeriod: 1m0s, minSyncPeriod: 2s}\ndpdk:\n  ports: [{device: a, addresses: [198.18.0.1/24, 2001:2::1/64]}]\n";
+
+    /// Writes `text` to a file of this test process and loads it with `args`.
+    fn load(name: &str, text: &str, args: &[&str]) -> control::Result<Config> {
+        let path = std::env::temp_dir().join(format!("dkp-cli-{}-{name}.yaml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_string_lossy().into_owned();
+        let mut argv = vec!["dkp", "--config", &path];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let r = cli.load(&path);
+        std::fs::remove_file(&path).unwrap();
+        r
+    }
+
+    const ALL_FLAGS: [&str; 21] = [
+        "--kubeconfig=/flag/kubeconfig",
+        "--hostname-override=flag-node",
+        "--sync-period=5m0s",
+        "--min-sync-period=200ms",
+        "--nodeport-addresses=2001:2::/64",
+        "--healthz-bind-address=127.0.0.1:30256",
+        "--metrics-bind-address=127.0.0.1:30249",
+        "--cluster-cidr=198.18.64.0/18,2001:2:0:8000::/56",
+        "--masquerade-all=false",
+        "--conntrack-tcp-timeout-established",
+        "2h30m",
+        "--conntrack-tcp-timeout-close-wait",
+        "1h0m0s",
+        "--conntrack-udp-timeout",
+        "45s",
+        "--conntrack-udp-timeout-stream",
+        "5m",
+        "--health-check-bind-address",
+        "127.0.0.1",
+        "--reload-interval",
+        "2s",
+    ];
+
+    #[test]
+    fn flags_override_either_file_format() {
+        let s = Duration::from_secs;
+        for (name, text) in [("native", NATIVE), ("kpc", KPC)] {
+            // No flags: the file's values.
+            let c = load(name, text, &[]).unwrap();
+            let k = &c.kubernetes;
+            assert_eq!(k.kubeconfig.as_deref(), Some("/file/kubeconfig"), "{name}");
+            assert_eq!((k.sync_period, k.min_sync_period), (s(60), s(2)), "{name}");
+            assert_eq!(c.cluster_cidrs, ["198.18.128.0/17"], "{name}");
+            assert_eq!(c.timeouts.udp, s(10), "{name}");
+            // Every flag: the flags' values.
+            let c = load(name, text, &ALL_FLAGS).unwrap();
+            let k = &c.kubernetes;
+            assert_eq!(k.kubeconfig.as_deref(), Some("/flag/kubeconfig"), "{name}");
+            assert_eq!(k.hostname_override.as_deref(), Some("flag-node"), "{name}");
+            assert_eq!(node_name(&c), "flag-node");
+            assert!(watches_cluster(&c));
+            assert_eq!(
+                (k.sync_period, k.min_sync_period),
+                (s(300), Duration::from_millis(200))
+            );
+            assert_eq!(
+                c.nodeport_addresses().unwrap(),
+                ["2001:2::1".parse::<std::net::IpAddr>().unwrap()]
+            );
+            assert_eq!(
+                k.healthz_bind_address.unwrap().to_string(),
+                "127.0.0.1:30256"
+            );
+            assert_eq!(c.admin.bind.to_string(), "127.0.0.1:30249");
+            assert_eq!(c.cluster_cidrs, ["198.18.64.0/18", "2001:2:0:8000::/56"]);
+            assert!(!c.masquerade_all, "{name}");
+            let t = &c.timeouts;
+            assert_eq!(
+                (t.tcp_established, t.tcp_fin, t.udp, t.udp_stream),
+                (s(9000), s(3600), s(45), s(300))
+            );
+        }
+        let c = load("kpc-file", KPC, &[]).unwrap();
+        assert!(c.masquerade_all);
+        assert_eq!(node_name(&c), "file-node");
+        assert_eq!(c.admin.bind.to_string(), "127.0.0.1:20249");
+        assert_eq!(c.timeouts.tcp_established, s(3600));
+        assert!(
+            load("native-m", NATIVE, &["--masquerade-all"])
+                .unwrap()
+                .masquerade_all
+        );
+    }
+
+    #[test]
+    fn bad_flag_values_are_named() {
+        for (args, want) in [
+            (&["--cluster-cidr=198.18.0.0/33"][..], "--cluster-cidr"),
+            (
+                &["--nodeport-addresses=primary,localhost"],
+                "--nodeport-addresses[1]",
+            ),
+            (&["--sync-period=0s"], "--sync-period: must be > 0"),
+            (
+                &["--conntrack-udp-timeout=0s"],
+                "--conntrack-udp-timeout: must be > 0",
+            ),
+        ] {
+            let e = load("bad", NATIVE, args).unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let e = Cli::try_parse_from(["dkp", "--conntrack-udp-timeout", "3x"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"3x\" is not a duration"), "{e}");
+        let e = Cli::try_parse_from(["dkp", "--masquerade-all=maybe"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maybe"), "{e}");
+        // The file's own errors still name its fields.
+        let e = load("bad-file", &KPC.replace("10s", "3x"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("conntrack.udpTimeout: \"3x\" is not a duration"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -212,21 +212,32 @@ fn cluster_objects_drive_the_dataplane() {
     let mut t = Topology::up(&prefix);
     // Declared after the topology: dropped (stopped) before its namespace goes.
     let api = ApiServer::up(&t);
+    // kube-proxy's configuration file: the cluster settings in its fields,
+    // the demo's dataplane sections (without Services and admin) in `dpdk:`.
     let cfg = t.demo_config();
     let cfg = &cfg[..cfg.find("\nservices:").expect("demo.yaml has services")];
-    t.write_config_text(cfg);
+    let admin = format!("admin:\n  bind: {}", t.admin);
+    assert!(cfg.contains(&admin), "demo.yaml's admin section");
+    let dpdk: String = cfg
+        .replace(&admin, "")
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
     let healthz = format!("127.0.0.1:{}", free_port());
+    t.write_config_text(&format!(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: dpdk\n\
+         clientConnection:\n  kubeconfig: {}\nhostnameOverride: file-node\n\
+         metricsBindAddress: {}\nhealthzBindAddress: {healthz}\n\
+         iptables:\n  minSyncPeriod: 200ms\n  syncPeriod: 30s\ndpdk:\n{dpdk}",
+        api.kubeconfig(),
+        t.admin
+    ));
+    // The flag overrides the file (the Node of this test is node-a).
     t.start_proxy_with(&[
-        "--kubeconfig",
-        &api.kubeconfig(),
-        "--hostname-override",
-        "node-a",
-        "--healthz-bind-address",
-        &healthz,
         "--health-check-bind-address",
         "127.0.0.1",
-        "--min-sync-period",
-        "200ms",
+        "--hostname-override",
+        "node-a",
     ]);
     let get = |addr: &str, path: &str| {
         let out = Command::new("ip")

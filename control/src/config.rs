@@ -1,7 +1,12 @@
 //! The YAML configuration file (`dpdk-kube-proxy --config FILE`).
 //!
-//! Unknown fields are errors (`deny_unknown_fields`), and every semantic
-//! error names the offending field, e.g. `services[2].backends[0]`.
+//! Two formats map to the one [`Config`]: this crate's native YAML, and
+//! kube-proxy's `KubeProxyConfiguration` with a `dpdk:` section
+//! ([`crate::kubeproxy`]); [`Config::parse`] tells them apart by
+//! `apiVersion`/`kind`.
+//!
+//! Unknown fields are errors (`deny_unknown_fields`), and every error names
+//! the offending field, e.g. `services[2].backends[0]`.
 use crate::{Error, Result};
 use dataplane::addr::{Addr, Proto, SockAddr};
 use dataplane::packet::MacAddr;
@@ -11,6 +16,7 @@ use dataplane::table::{
     Frontend, Interface, NoBackends, Route, ServiceSpec, StaticNeighbor, TableSpec,
 };
 use dataplane::worker::{DataplaneConfig, PortSpec};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -49,14 +55,114 @@ pub struct Config {
     /// Service ports (static mode).
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// Cluster mode: where the API server is, who this node is, how often to
+    /// sync (kube-proxy's flags of the same names override these).
+    #[serde(default)]
+    pub kubernetes: KubernetesConfig,
 }
 
+/// Cluster-mode settings: kube-proxy's `--kubeconfig`, `--hostname-override`,
+/// `--sync-period`, `--min-sync-period`, `--nodeport-addresses`,
+/// `--bind-address`, `--healthz-bind-address` and `--oom-score-adj`, and the
+/// `KubeProxyConfiguration` fields they stand for.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// kubeconfig of the cluster to watch (`clientConnection.kubeconfig`).
+    /// Unset: in-cluster config when running in a pod, else no cluster.
+    #[serde(default)]
+    pub kubeconfig: Option<String>,
+    /// This node's name (`hostnameOverride`; default `$NODE_NAME`, else the
+    /// host name).
+    #[serde(default)]
+    pub hostname_override: Option<String>,
+    /// Every Service is rebuilt this often (`syncPeriod`, default 30s).
+    #[serde(default = "default_sync_period", with = "humantime_serde")]
+    pub sync_period: Duration,
+    /// At most one table publication per period (`minSyncPeriod`, default 1s).
+    #[serde(default = "default_min_sync_period", with = "humantime_serde")]
+    pub min_sync_period: Duration,
+    /// Where NodePorts are served (`nodePortAddresses`): CIDRs, `primary`
+    /// (the node's primary address of each family: `bind_address`, else the
+    /// first dataplane address of that family) or `all`. Empty: every
+    /// dataplane address.
+    #[serde(default)]
+    pub nodeport_addresses: Vec<String>,
+    /// The node's primary IP (`bindAddress`), for `primary` above.
+    #[serde(default)]
+    pub bind_address: Option<IpAddr>,
+    /// `/healthz` + `/livez` server (`healthzBindAddress`). Unset: 0.0.0.0:10256
+    /// when watching a cluster, off otherwise.
+    #[serde(default)]
+    pub healthz_bind_address: Option<SocketAddr>,
+    /// The process's `oom_score_adj` (`oomScoreAdj`, -1000..=1000). Unset:
+    /// left as is.
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+}
+
+fn default_sync_period() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_min_sync_period() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            kubeconfig: None,
+            hostname_override: None,
+            sync_period: default_sync_period(),
+            min_sync_period: default_min_sync_period(),
+            nodeport_addresses: vec![],
+            bind_address: None,
+            healthz_bind_address: None,
+            oom_score_adj: None,
+        }
+    }
+}
+
+/// A `nodePortAddresses` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodePortAddress {
+    /// Every node address.
+    All,
+    /// The node's primary address of each family.
+    Primary,
+    /// The node addresses inside `ADDR/LEN`.
+    Cidr(Addr, u8),
+}
+
+/// Parses a `nodePortAddresses` entry (`field` names it in the error).
+pub fn parse_nodeport_address(s: &str, field: &str) -> Result<NodePortAddress> {
+    match s.trim() {
+        "all" => Ok(NodePortAddress::All),
+        "primary" => Ok(NodePortAddress::Primary),
+        "localhost" => Err(invalid(
+            field,
+            "\"localhost\" is not supported: the DPDK dataplane has no loopback NodePorts",
+        )),
+        c => parse_prefix(c, field)
+            .map(|(a, l)| NodePortAddress::Cidr(a, l))
+            .map_err(|_| {
+                invalid(
+                    field,
+                    format!("{s:?} is not a CIDR, \"primary\" or \"all\""),
+                )
+            }),
+    }
+}
 /// EAL settings. The generated command line is `--lcores L [--no-huge] [-m M]
 /// --no-shconf [--no-pci | -a PCI...] [--vdev V...] ARGS...`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EalConfig {
-    /// `--lcores` map; the first lcore is the main (control) lcore, every other one runs a worker.
+    /// `--lcores` map; the first lcore is the main (control) lcore, every
+    /// other one runs a worker. `auto`: one lcore per CPU this process may
+    /// run on (its cpuset, e.g. the exclusive CPUs the kubelet's static CPU
+    /// manager gives a Guaranteed pod), the first for the main lcore.
     #[serde(default = "default_lcores")]
     pub lcores: String,
     /// Run without hugepages.
@@ -408,7 +514,16 @@ fn default_protocol() -> String {
     "TCP".into()
 }
 
-fn invalid(field: impl Into<String>, msg: impl Into<String>) -> Error {
+/// Deserializes YAML. serde_yaml's errors name the path of the field
+/// (`conntrack: unknown field `udpTimeoutt``, `ports[0].mtu: invalid type`).
+pub(crate) fn from_yaml<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T> {
+    serde_yaml::from_str(text).map_err(|e| Error::Parse {
+        path: origin.into(),
+        msg: e.to_string(),
+    })
+}
+
+pub(crate) fn invalid(field: impl Into<String>, msg: impl Into<String>) -> Error {
     Error::Invalid {
         field: field.into(),
         msg: msg.into(),
@@ -431,6 +546,34 @@ pub fn parse_prefix(s: &str, field: &str) -> Result<(Addr, u8)> {
         return Err(invalid(field, format!("prefix length {len} > {max}")));
     }
     Ok((Addr::from(ip), len))
+}
+
+/// `eal.lcores: auto`: lcore i on the i-th CPU of a Linux CPU list
+/// (`2-4,7` → `0@2,1@3,2@4,3@7`).
+pub fn lcores_from_cpu_list(list: &str) -> Result<String> {
+    let bad = || invalid("eal.lcores", format!("auto: {list:?} is not a CPU list"));
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let lo: u32 = lo.parse().map_err(|_| bad())?;
+        let hi: u32 = hi.parse().map_err(|_| bad())?;
+        if lo > hi || hi - lo > 4096 {
+            return Err(bad());
+        }
+        cpus.extend(lo..=hi);
+    }
+    if cpus.len() < 2 {
+        return Err(invalid(
+            "eal.lcores",
+            format!("auto: CPUs {list:?} leave no worker (the first CPU runs the main lcore)"),
+        ));
+    }
+    Ok(cpus
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{i}@{c}"))
+        .collect::<Vec<_>>()
+        .join(","))
 }
 
 fn parse_mac(s: &str, field: &str) -> Result<MacAddr> {
@@ -456,12 +599,15 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates YAML text (`origin` names it in errors).
+    /// Parses and validates YAML text (`origin` names it in errors): a
+    /// `KubeProxyConfiguration` when the document has `apiVersion` or `kind`,
+    /// else the native format.
     pub fn parse(text: &str, origin: &str) -> Result<Config> {
-        let c: Config = serde_yaml::from_str(text).map_err(|e| Error::Parse {
-            path: origin.into(),
-            msg: e.to_string(),
-        })?;
+        let doc: serde_yaml::Value = from_yaml(text, origin)?;
+        if crate::kubeproxy::is_kube_proxy_configuration(&doc) {
+            return crate::kubeproxy::parse(text, origin);
+        }
+        let c: Config = from_yaml(text, origin)?;
         c.validate()?;
         Ok(c)
     }
@@ -500,7 +646,62 @@ impl Config {
         if !self.workers.rx_desc.is_power_of_two() || !self.workers.tx_desc.is_power_of_two() {
             return Err(invalid("workers.rx_desc/tx_desc", "must be powers of two"));
         }
+        self.validate_kubernetes()?;
         self.table_spec().map(|_| ())
+    }
+
+    fn validate_kubernetes(&self) -> Result<()> {
+        let k = &self.kubernetes;
+        if k.sync_period.is_zero() {
+            return Err(invalid("kubernetes.sync_period", "must be > 0"));
+        }
+        for (i, a) in k.nodeport_addresses.iter().enumerate() {
+            parse_nodeport_address(a, &format!("kubernetes.nodeport_addresses[{i}]"))?;
+        }
+        if let Some(o) = k.oom_score_adj {
+            if !(-1000..=1000).contains(&o) {
+                return Err(invalid(
+                    "kubernetes.oom_score_adj",
+                    format!("{o} is not in -1000..=1000"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node addresses NodePorts are served on: the dataplane's
+    /// addresses, filtered by `kubernetes.nodeport_addresses` when given.
+    pub fn nodeport_addresses(&self) -> Result<Vec<IpAddr>> {
+        let k = &self.kubernetes;
+        let mut filter = Vec::new();
+        for (i, a) in k.nodeport_addresses.iter().enumerate() {
+            filter.push(parse_nodeport_address(
+                a,
+                &format!("kubernetes.nodeport_addresses[{i}]"),
+            )?);
+        }
+        let all: Vec<Addr> = self
+            .table_spec()?
+            .interfaces
+            .iter()
+            .map(|i| i.addr)
+            .collect();
+        let primary = |a: &Addr| match k.bind_address {
+            Some(b) if !b.is_unspecified() && b.is_ipv4() == a.is_v4() => Addr::from(b) == *a,
+            _ => all.iter().find(|x| x.is_v4() == a.is_v4()) == Some(a),
+        };
+        Ok(all
+            .iter()
+            .filter(|a| {
+                filter.is_empty()
+                    || filter.iter().any(|f| match f {
+                        NodePortAddress::All => true,
+                        NodePortAddress::Primary => primary(a),
+                        NodePortAddress::Cidr(p, l) => a.in_prefix(p, *l),
+                    })
+            })
+            .map(|a| a.ip())
+            .collect())
     }
 
     fn check_port_refs(&self) -> Result<()> {
@@ -713,6 +914,30 @@ impl Config {
         Ok(spec)
     }
 
+    /// The EAL command line with `eal.lcores: auto` resolved against this
+    /// process's CPU affinity (`Cpus_allowed_list` of /proc/self/status).
+    pub fn eal_args_resolved(&self) -> Result<Vec<String>> {
+        let mut a = self.eal_args();
+        if self.eal.lcores == "auto" {
+            let path = "/proc/self/status";
+            let status = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                path: path.into(),
+                source,
+            })?;
+            let list = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .ok_or_else(|| {
+                    invalid(
+                        "eal.lcores",
+                        format!("auto: no Cpus_allowed_list in {path}"),
+                    )
+                })?;
+            a[1] = lcores_from_cpu_list(list.trim())?;
+        }
+        Ok(a)
+    }
+
     /// The EAL command line (without argv[0]).
     pub fn eal_args(&self) -> Vec<String> {
         let e = &self.eal;
@@ -811,6 +1036,15 @@ impl Config {
         }
         if self.admin != new.admin {
             return Some("admin");
+        }
+        // NodePort addresses are applied at once; the rest needs a restart.
+        let k = |c: &Config| KubernetesConfig {
+            nodeport_addresses: vec![],
+            bind_address: None,
+            ..c.kubernetes.clone()
+        };
+        if k(self) != k(new) {
+            return Some("kubernetes");
         }
         None
     }
@@ -990,6 +1224,78 @@ services:
             .unwrap_err()
             .to_string()
             .contains("services[0].external_ips[0]"));
+    }
+
+    #[test]
+    fn kubernetes_section() {
+        let c = Config::parse(GOOD, "t").unwrap();
+        assert_eq!(c.kubernetes, KubernetesConfig::default());
+        assert_eq!(c.kubernetes.sync_period, Duration::from_secs(30));
+        assert_eq!(c.kubernetes.min_sync_period, Duration::from_secs(1));
+        assert_eq!(c.nodeport_addresses().unwrap().len(), 2);
+        let text = format!(
+            "{GOOD}kubernetes:\n  kubeconfig: /etc/k.conf\n  hostname_override: node-a\n  sync_period: 1m\n  min_sync_period: 200ms\n  nodeport_addresses: [2001:2::/48]\n  bind_address: 198.18.0.1\n  healthz_bind_address: 127.0.0.1:10256\n  oom_score_adj: -999\n"
+        );
+        let c = Config::parse(&text, "t").unwrap();
+        let k = &c.kubernetes;
+        assert_eq!(k.kubeconfig.as_deref(), Some("/etc/k.conf"));
+        assert_eq!(k.hostname_override.as_deref(), Some("node-a"));
+        assert_eq!(k.sync_period, Duration::from_secs(60));
+        assert_eq!(k.min_sync_period, Duration::from_millis(200));
+        assert_eq!(k.bind_address, Some("198.18.0.1".parse().unwrap()));
+        assert_eq!(
+            k.healthz_bind_address,
+            Some("127.0.0.1:10256".parse().unwrap())
+        );
+        assert_eq!(k.oom_score_adj, Some(-999));
+        assert_eq!(
+            c.nodeport_addresses().unwrap(),
+            ["2001:2::1".parse::<IpAddr>().unwrap()]
+        );
+        for (bad, field) in [
+            ("sync_period: 1m", "sync_period: 0s"),
+            (
+                "nodeport_addresses: [2001:2::/48]",
+                "nodeport_addresses: [2001:2::/48, lo]",
+            ),
+            ("oom_score_adj: -999", "oom_score_adj: -1001"),
+        ] {
+            let e = err(&text.replace(bad, field));
+            let name = field.split(':').next().unwrap();
+            assert!(e.contains(&format!("kubernetes.{name}")), "{e}");
+        }
+        let e = err(&text.replace("kubeconfig:", "kube_config:"));
+        assert!(e.contains("kubernetes: unknown field `kube_config`"), "{e}");
+        let mut b = c.clone();
+        b.kubernetes.nodeport_addresses.clear();
+        assert_eq!(c.restart_needed(&b), None);
+        b.kubernetes.min_sync_period = Duration::from_secs(2);
+        assert_eq!(c.restart_needed(&b), Some("kubernetes"));
+    }
+
+    #[test]
+    fn auto_lcores_follow_the_cpuset() {
+        assert_eq!(lcores_from_cpu_list("2-4,7").unwrap(), "0@2,1@3,2@4,3@7");
+        assert_eq!(lcores_from_cpu_list("0,1").unwrap(), "0@0,1@1");
+        for bad in ["3", "", "a-b", "4-2"] {
+            let e = lcores_from_cpu_list(bad).unwrap_err().to_string();
+            assert!(e.contains("eal.lcores: auto"), "{bad}: {e}");
+        }
+        let c = Config::parse("eal: {lcores: auto}\nports: [{device: a}]\n", "t").unwrap();
+        assert_eq!(c.eal_args()[1], "auto");
+        // This process's own affinity (at least one CPU; two for a worker).
+        match c.eal_args_resolved() {
+            Ok(a) => assert!(a[1].starts_with("0@"), "{a:?}"),
+            Err(e) => assert!(e.to_string().contains("leave no worker"), "{e}"),
+        }
+    }
+
+    #[test]
+    fn structural_errors_name_the_path() {
+        let e = err("ports: [{device: a, mtu: big}]\n");
+        assert!(e.contains("ports[0].mtu: invalid type"), "{e}");
+        let e = err("ports: [{device: a}]\ntimeouts: {udp: 3x}\n");
+        assert!(e.contains("timeouts.udp:"), "{e}");
     }
 
     #[test]

@@ -4,8 +4,10 @@
 
 pub mod admin;
 pub mod config;
+pub mod duration;
 pub mod healthcheck;
 pub mod k8s;
+pub mod kubeproxy;
 pub mod publisher;
 pub mod watch;
 
