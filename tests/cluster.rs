@@ -324,6 +324,48 @@ fn cluster_objects_drive_the_dataplane() {
     );
     eventually(&t, "after the restart", &args, |v| both(v, &["be3"]));
 
+    // Stale UDP: a UDP flow keeps its backend while it stays; when the
+    // EndpointSlice drops that backend (its process still answers), the flow
+    // is flushed and moves on, with no restart of the client.
+    api.put(
+        &path,
+        &slice("web-1", "web", WEB_PORTS, &[(3, "node-b", READY)]),
+    );
+    let stream = t.spawn_peer(
+        "client",
+        &[
+            "udp-stream",
+            "--vip",
+            &vip,
+            "--duration",
+            "5",
+            "--interval",
+            "0.05",
+            "--timeout",
+            "0.3",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    api.put(
+        &path,
+        &slice("web-1", "web", WEB_PORTS, &[(2, "node-b", READY)]),
+    );
+    let out = stream.wait_with_output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs: Vec<&str> = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        runs,
+        ["be3", "be2"],
+        "stale UDP flow: {v}\n{}",
+        t.log_text()
+    );
+    assert!(t.metric_sum("dpdk_kube_proxy_sessions_flushed_total", "") >= 1);
+
     // externalTrafficPolicy: Local LoadBalancer: node-local endpoints only,
     // client address preserved, healthCheckNodePort answers.
     let lb = api.create(

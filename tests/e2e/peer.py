@@ -448,6 +448,29 @@ def longlived(a):
     print(json.dumps({"requests": n, "backends": sorted(set(names)), "errors": errors[:10], "n_errors": len(errors)}), flush=True)
 
 
+def udp_stream(a):
+    """One UDP flow (one socket, one source port) to VIP:UDP_PORT for DURATION:
+    prints the backends that answered, in order, as runs [[name, count], ...]."""
+    s = socket.socket(family(a.vip), socket.SOCK_DGRAM)
+    s.settimeout(a.timeout)
+    s.connect((a.vip, a.udp_port))
+    runs, n_errors, i = [], 0, 0
+    deadline = time.time() + a.duration
+    while time.time() < deadline:
+        i += 1
+        try:
+            s.send(f"seq {i}".encode())
+            name = s.recv(2048).decode().split(" ", 1)[0]
+            if runs and runs[-1][0] == name:
+                runs[-1][1] += 1
+            else:
+                runs.append([name, 1])
+        except OSError:
+            n_errors += 1
+        time.sleep(a.interval)
+    print(json.dumps({"runs": runs, "n_errors": n_errors, "port": s.getsockname()[1]}), flush=True)
+
+
 def download(a):
     """Fetches /big?n=SIZE COUNT times over fresh connections; prints JSON."""
     ok, errors, t = 0, [], time.monotonic()
@@ -579,7 +602,7 @@ def main():
         c.add_argument("--human", action="store_true", help="print a summary instead of JSON")
         if cmd == "sctp-clients":
             c.add_argument("--count", type=int, default=60)
-    for cmd in ("clients", "longlived", "reject", "download"):
+    for cmd in ("clients", "longlived", "udp-stream", "reject", "download"):
         c = sub.add_parser(cmd)
         c.add_argument("--vip", required=True)
         c.add_argument("--tcp-port", type=int, default=80)
@@ -593,7 +616,7 @@ def main():
         if cmd == "download":
             c.add_argument("--size", type=int, default=300_000)
             c.add_argument("--count", type=int, default=3)
-        if cmd == "longlived":
+        if cmd in ("longlived", "udp-stream"):
             c.add_argument("--duration", type=float, default=10)
             c.add_argument("--interval", type=float, default=0.1)
     g = sub.add_parser("http-get")
@@ -607,7 +630,7 @@ def main():
     i.add_argument("--dst", default="198.18.100.1")
     i.add_argument("--count", type=int, default=10)
     a = p.parse_args()
-    {"serve": serve, "clients": clients, "longlived": longlived, "reject": reject, "download": download,
+    {"serve": serve, "clients": clients, "longlived": longlived, "udp-stream": udp_stream, "reject": reject, "download": download,
      "http-get": http_get, "inject": inject, "sctp-clients": sctp_clients,
      "sctp-reject": sctp_reject}[a.cmd](a)
 
