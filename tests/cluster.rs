@@ -228,6 +228,7 @@ fn cluster_objects_drive_the_dataplane() {
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: dpdk\n\
          clientConnection:\n  kubeconfig: {}\nhostnameOverride: file-node\n\
          metricsBindAddress: {}\nhealthzBindAddress: {healthz}\n\
+         clusterCIDR: 198.18.1.0/24,2001:2:0:1::/64\n\
          iptables:\n  minSyncPeriod: 200ms\n  syncPeriod: 30s\ndpdk:\n{dpdk}",
         api.kubeconfig(),
         t.admin
@@ -274,7 +275,10 @@ fn cluster_objects_drive_the_dataplane() {
         answered(v, "tcp").is_some_and(|b| b == want)
             && answered(v, "udp").is_some_and(|b| b == want)
     };
-    eventually(&t, "initial endpoints", &args, |v| both(v, &["be1", "be2"]));
+    let v = eventually(&t, "initial endpoints", &args, |v| both(v, &["be1", "be2"]));
+    // The client is outside clusterCIDR (the pods' 198.18.1.0/24): an
+    // off-cluster client reaching a ClusterIP is masqueraded to the node.
+    assert_sources(&v, &["198.18.1.1"]);
 
     // Scale up.
     let path = format!("{SLICES}/web-1");
