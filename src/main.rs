@@ -33,7 +33,7 @@ struct Cli {
     #[arg(long)]
     check: bool,
     /// How often to look for changes to the configuration file.
-    #[arg(long, default_value = "1s", value_parser = duration)]
+    #[arg(long, default_value = "1s", value_parser = positive_duration)]
     reload_interval: Duration,
     /// kubeconfig of the cluster to watch [file: clientConnection.kubeconfig].
     /// Without one, the proxy watches the cluster only when it runs in a pod
@@ -80,8 +80,8 @@ struct Cli {
     /// conntrack.tcpEstablishedTimeout / timeouts.tcp_established; default 24h].
     #[arg(long, value_parser = duration)]
     conntrack_tcp_timeout_established: Option<Duration>,
-    /// Idle timeout of TCP sessions after a FIN (CLOSE_WAIT) [file:
-    /// conntrack.tcpCloseWaitTimeout / timeouts.tcp_fin; default 2m].
+    /// Accepted for kube-proxy compatibility and ignored: there is no
+    /// CLOSE_WAIT state; `timeouts.tcp_fin` (default 2m) applies after a FIN.
     #[arg(long, value_parser = duration)]
     conntrack_tcp_timeout_close_wait: Option<Duration>,
     /// Idle timeout of UDP sessions with traffic in one direction [file:
@@ -156,17 +156,15 @@ impl Cli {
         if let Some(v) = self.masquerade_all {
             cfg.masquerade_all = v;
         }
+        if self.conntrack_tcp_timeout_close_wait.is_some() {
+            tracing::info!("--conntrack-tcp-timeout-close-wait is accepted and ignored (no CLOSE_WAIT state; timeouts.tcp_fin applies after a FIN)");
+        }
         let t = &mut cfg.timeouts;
         for (flag, v, slot) in [
             (
                 "--conntrack-tcp-timeout-established",
                 self.conntrack_tcp_timeout_established,
                 &mut t.tcp_established,
-            ),
-            (
-                "--conntrack-tcp-timeout-close-wait",
-                self.conntrack_tcp_timeout_close_wait,
-                &mut t.tcp_fin,
             ),
             (
                 "--conntrack-udp-timeout",
@@ -196,17 +194,27 @@ fn watches_cluster(cfg: &Config) -> bool {
 
 /// This node's name: `--hostname-override` / `hostnameOverride`, else
 /// `$NODE_NAME`, else the host name.
+/// A duration flag that must not be zero.
+fn positive_duration(s: &str) -> std::result::Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err("must be greater than zero".into()),
+        d => Ok(d),
+    }
+}
+
+/// kube-proxy's `GetHostname`: the override, else `$NODE_NAME`, else the
+/// host name; trimmed and lowercased (Node names are lowercase).
 fn node_name(cfg: &Config) -> String {
+    let norm = |n: String| Some(n.trim().to_lowercase()).filter(|n| !n.is_empty());
     cfg.kubernetes
         .hostname_override
         .clone()
-        .filter(|n| !n.is_empty())
-        .or_else(|| std::env::var("NODE_NAME").ok())
-        .filter(|n| !n.is_empty())
+        .and_then(norm)
+        .or_else(|| std::env::var("NODE_NAME").ok().and_then(norm))
         .or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .ok()
-                .map(|h| h.trim().to_lowercase())
+                .and_then(norm)
         })
         .unwrap_or_default()
 }
@@ -434,7 +442,7 @@ async fn control_loop(
             .await
             .with_context(|| format!("healthz address {addr}"))?;
         tracing::info!(%addr, "healthz server listening");
-        servers.push(tokio::spawn(admin::serve(l, state)));
+        servers.push(tokio::spawn(admin::serve_health(l, state)));
     }
     let mut cluster = if watches_cluster(&cfg) {
         let node = node_name(&cfg);
@@ -569,10 +577,14 @@ async fn sync(
 ) -> Result<()> {
     let spec = cfg.table_spec()?;
     let mut built = Vec::new();
+    // Rebuilding is CPU work (every Service on a full resync): off the
+    // async workers' hot path.
     let report = cluster.as_deref_mut().map(|c| {
-        let r = c.model.sync();
-        built.extend(c.model.entries().cloned());
-        r
+        tokio::task::block_in_place(|| {
+            let r = c.model.sync();
+            built.extend(c.model.entries().cloned());
+            r
+        })
     });
     let entries = spec.services.len() + built.len();
     let p = publisher.clone();
@@ -707,7 +719,12 @@ mod tests {
             let t = &c.timeouts;
             assert_eq!(
                 (t.tcp_established, t.tcp_fin, t.udp, t.udp_stream),
-                (s(9000), s(3600), s(45), s(300))
+                (
+                    s(9000),
+                    control::config::TimeoutsConfig::default().tcp_fin,
+                    s(45),
+                    s(300)
+                )
             );
         }
         let c = load("kpc-file", KPC, &[]).unwrap();
@@ -743,6 +760,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("\"3x\" is not a duration"), "{e}");
+        let e = Cli::try_parse_from(["dkp", "--reload-interval", "0s"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("must be greater than zero"), "{e}");
         let e = Cli::try_parse_from(["dkp", "--masquerade-all=maybe"])
             .unwrap_err()
             .to_string();

@@ -268,8 +268,17 @@ fn cluster_objects_drive_the_dataplane() {
             &[(1, "node-a", READY), (2, "node-b", READY)],
         ),
     );
-    let r = get(&healthz, "/healthz");
-    assert!(r.starts_with("200"), "healthz once synced: {r}");
+    // /healthz turns 200 once Services and EndpointSlices are listed and
+    // programmed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get(&healthz, "/healthz");
+        if r.starts_with("200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "healthz never became ready: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let args = ["--vip", &vip, "--count", "40", "--concurrency", "8"];
     let both = |v: &Value, want: &[&str]| {
         answered(v, "tcp").is_some_and(|b| b == want)

@@ -193,6 +193,24 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
+/// The health server's router (kube-proxy's `--healthz-bind-address`):
+/// `/healthz` and `/livez` only. It usually listens on every address, so it
+/// exposes neither metrics nor the `/debug` views of the table.
+pub fn health_router(state: AdminState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/livez", get(livez))
+        .with_state(state)
+}
+
+/// Serves the health router until the listener fails.
+pub async fn serve_health(
+    listener: tokio::net::TcpListener,
+    state: AdminState,
+) -> std::io::Result<()> {
+    axum::serve(listener, health_router(state)).await
+}
+
 /// Serves until the listener fails.
 pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) -> std::io::Result<()> {
     axum::serve(listener, router(state)).await
@@ -665,7 +683,19 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let ready = state.ready.clone();
         let control = state.control.clone();
-        tokio::spawn(serve(l, state));
+        tokio::spawn(serve(l, state.clone()));
+        let hl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let haddr = hl.local_addr().unwrap();
+        tokio::spawn(serve_health(hl, state.clone()));
+        let r = get(haddr, "/metrics").await;
+        assert!(
+            r.starts_with("HTTP/1.1 404"),
+            "health server exposes metrics: {r}"
+        );
+        let r = get(haddr, "/debug/services").await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+        let r = get(haddr, "/livez").await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
         let r = get(addr, "/proxyMode").await;
         assert!(r.starts_with("HTTP/1.1 200") && r.ends_with("dpdk"), "{r}");
         let r = get(addr, "/healthz").await;

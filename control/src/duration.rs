@@ -72,7 +72,8 @@ pub fn parse_go(s: &str) -> Result<Duration, &'static str> {
         // The fraction, to nanosecond precision (extra digits are dropped, as Go does).
         let mut div = 1u128;
         let mut f = 0u128;
-        for d in frac.bytes().take(30) {
+        // 18 digits: f * scale stays far below u128::MAX (scale <= 3.6e12).
+        for d in frac.bytes().take(18) {
             f = f * 10 + u128::from(d - b'0');
             div *= 10;
         }
@@ -134,6 +135,15 @@ pub fn field(s: &str, field: &str) -> crate::Result<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_fractions_do_not_overflow() {
+        let d = parse_go("1.99999999999999999999999999999h").unwrap();
+        assert!(
+            d > Duration::from_secs(7199) && d <= Duration::from_secs(7200),
+            "{d:?}"
+        );
+    }
 
     #[test]
     fn go_syntax() {

@@ -22,7 +22,7 @@
 //! | `masqueradeAll` (or `iptables.`/`nftables.masqueradeAll`) | `masquerade_all` |
 //! | `nodePortAddresses` | `kubernetes.nodeport_addresses` |
 //! | `oomScoreAdj` | `kubernetes.oom_score_adj` |
-//! | `conntrack.tcpEstablishedTimeout`, `tcpCloseWaitTimeout`, `udpTimeout`, `udpStreamTimeout` | `timeouts.tcp_established`, `tcp_fin`, `udp`, `udp_stream` |
+//! | `conntrack.tcpEstablishedTimeout`, `udpTimeout`, `udpStreamTimeout` | `timeouts.tcp_established`, `udp`, `udp_stream` (`tcpCloseWaitTimeout` is checked, not applied: no CLOSE_WAIT state) |
 //! | `dpdk.{eal,ports,routes,neighbors,workers,timeouts,services}` | the native sections of the same names |
 use crate::config::{
     from_yaml, invalid, parse_nodeport_address, parse_prefix, Config, EalConfig, KubernetesConfig,
@@ -423,16 +423,18 @@ impl KubeProxyConfiguration {
             }
         }
         let mut timeouts = dpdk.timeouts;
+        // Checked but not applied: conntrack's CLOSE_WAIT (one side closed)
+        // has no state of its own here; our `tcp_fin` covers every state
+        // after a FIN, where conntrack uses 2 minutes (FIN_WAIT, TIME_WAIT),
+        // so kube-proxy's 1 h default would hold closed sessions for an hour.
+        if dur(&ct.tcp_close_wait_timeout, "conntrack.tcpCloseWaitTimeout")?.is_some() {
+            tracing::info!("conntrack.tcpCloseWaitTimeout is accepted and ignored (no CLOSE_WAIT state; timeouts.tcp_fin applies after a FIN)");
+        }
         for (name, v, slot) in [
             (
                 "conntrack.tcpEstablishedTimeout",
                 &ct.tcp_established_timeout,
                 &mut timeouts.tcp_established,
-            ),
-            (
-                "conntrack.tcpCloseWaitTimeout",
-                &ct.tcp_close_wait_timeout,
-                &mut timeouts.tcp_fin,
             ),
             ("conntrack.udpTimeout", &ct.udp_timeout, &mut timeouts.udp),
             (
@@ -778,7 +780,13 @@ dpdk:
         ));
         let t = c.timeouts();
         assert_eq!(t.tcp_established, 9_000_000);
-        assert_eq!(t.tcp_fin, 60_000);
+        // tcpCloseWaitTimeout is checked but not applied (see above).
+        assert_eq!(
+            t.tcp_fin,
+            TimeoutsConfig::default().tcp_fin.as_millis() as u64
+        );
+        let e = err(&minimal("conntrack: {tcpCloseWaitTimeout: 1q}"));
+        assert!(e.contains("conntrack.tcpCloseWaitTimeout"), "{e}");
         assert_eq!(t.udp, 45_000);
         assert_eq!(t.udp_stream, 300_000);
         assert_eq!(

@@ -93,6 +93,21 @@ fn trigger_time(s: &EndpointSlice) -> Option<SystemTime> {
     Some(SystemTime::from(t))
 }
 
+/// Drops what the proxy never reads and the API server sends with every
+/// object: `managedFields` (often the largest part of an object) and
+/// `kubectl`'s last-applied copy. Also makes objects that differ only there
+/// compare equal (no rebuild).
+fn trim(meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) {
+    meta.managed_fields = None;
+    meta.resource_version = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if a.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
 /// The cluster as this node sees it, and which Services must be rebuilt.
 #[derive(Debug, Default)]
 pub struct Model {
@@ -112,6 +127,11 @@ pub struct Model {
     /// deterministic tables; shared with the published tables.
     entries: BTreeMap<Key, Vec<Arc<Built>>>,
     health: BTreeMap<u16, HealthCheck>,
+    /// Service key → its health-check port in `health`.
+    health_port: HashMap<Key, u16>,
+    /// When the model was made: older trigger times are not this proxy's
+    /// programming latency (kube-proxy's tracker start time).
+    started: Option<SystemTime>,
     /// Oldest not yet programmed EndpointSlice change per Service.
     pending_triggers: HashMap<Key, SystemTime>,
     /// Objects that could not be translated (logged and skipped), total.
@@ -138,6 +158,7 @@ impl Model {
             node_name_set: !node.name.is_empty(),
             node,
             node_eligible: true,
+            started: Some(SystemTime::now()),
             ..Default::default()
         }
     }
@@ -171,8 +192,8 @@ impl Model {
     /// Applies one event.
     pub fn apply(&mut self, change: Change) {
         match change {
-            Change::Service(ev) => self.apply_service(ev),
-            Change::Slice(ev) => self.apply_slice(ev),
+            Change::Service(ev) => self.apply_service(ev.modify(|s| trim(&mut s.metadata))),
+            Change::Slice(ev) => self.apply_slice(ev.modify(|s| trim(&mut s.metadata))),
             Change::Node(ev) => self.apply_node(ev),
             Change::Error(..) => {}
         }
@@ -218,7 +239,7 @@ impl Model {
     }
 
     fn note_trigger(&mut self, owner: &Key, s: &EndpointSlice) {
-        if let Some(t) = trigger_time(s) {
+        if let Some(t) = trigger_time(s).filter(|t| self.started.is_none_or(|s| *t >= s)) {
             let e = self.pending_triggers.entry(owner.clone()).or_insert(t);
             if t < *e {
                 *e = t;
@@ -357,10 +378,11 @@ impl Model {
             if let Some(t) = self.pending_triggers.remove(&k) {
                 r.triggers.push(t);
             }
-            self.health
-                .retain(|_, h| format!("{}/{}", h.namespace, h.name) != k);
             let Some(svc) = self.services.get(&k) else {
                 self.entries.remove(&k);
+                if let Some(p) = self.health_port.remove(&k) {
+                    self.health.remove(&p);
+                }
                 continue;
             };
             let slices: Vec<EndpointSlice> = self
@@ -371,14 +393,22 @@ impl Model {
                 .filter_map(|s| self.slices.get(s).cloned())
                 .collect();
             match k8s::service_specs(svc, &slices, &self.node) {
-                Ok(v) if v.is_empty() => {
-                    self.entries.remove(&k);
-                }
                 Ok(v) => {
-                    let built = v.into_iter().map(|s| Arc::new(Built::new(s))).collect();
-                    self.entries.insert(k.clone(), built);
-                    if let Some(h) = health_check(svc, &slices, &self.node) {
-                        self.health.insert(h.0, h.1);
+                    // The health check follows the new translation; on an
+                    // error both keep their last good state.
+                    let hc = health_check(svc, &slices, &self.node);
+                    if let Some(p) = self.health_port.remove(&k) {
+                        self.health.remove(&p);
+                    }
+                    if let Some((p, h)) = hc {
+                        self.health.insert(p, h);
+                        self.health_port.insert(k.clone(), p);
+                    }
+                    if v.is_empty() {
+                        self.entries.remove(&k);
+                    } else {
+                        let built = v.into_iter().map(|s| Arc::new(Built::new(s))).collect();
+                        self.entries.insert(k.clone(), built);
                     }
                 }
                 Err(e) => {

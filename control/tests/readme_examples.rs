@@ -27,6 +27,11 @@ fn kube_proxy_configuration_example_parses() {
     let c = Config::parse(&yaml_block_after("## KubeProxyConfiguration"), "README").unwrap();
     assert_eq!(c.eal.lcores, "auto");
     assert_eq!(c.cluster_cidrs.len(), 2);
-    assert_eq!(c.timeouts.tcp_fin, std::time::Duration::from_secs(3600));
+    // tcpCloseWaitTimeout (1h there) is checked, not applied.
+    assert_eq!(
+        c.timeouts.tcp_fin,
+        control::config::TimeoutsConfig::default().tcp_fin
+    );
+    assert_eq!(c.timeouts.udp, std::time::Duration::from_secs(30));
     assert_eq!(c.kubernetes.oom_score_adj, Some(-999));
 }

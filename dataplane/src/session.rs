@@ -336,7 +336,18 @@ impl SessionTable {
             Proto::Udp => (TcpState::Closed, SctpState::Closed, t.udp),
             Proto::Icmp | Proto::Icmp6 => (TcpState::Closed, SctpState::Closed, t.icmp),
             Proto::Sctp => {
-                let st = next_sctp_state(SctpState::Established, flags);
+                use crate::packet::sctp::bits;
+                // A new session: INIT / COOKIE ECHO start their phases;
+                // anything else is picked up mid-association.
+                let st = match next_sctp_state(SctpState::Established, flags) {
+                    SctpState::Established if flags & (bits::INIT | bits::INIT_ACK) != 0 => {
+                        SctpState::CookieWait
+                    }
+                    SctpState::Established if flags & bits::COOKIE_ECHO != 0 => {
+                        SctpState::CookieEchoed
+                    }
+                    s => s,
+                };
                 (TcpState::Closed, st, sctp_timeout(t, st))
             }
         };
@@ -435,14 +446,17 @@ pub fn next_sctp_state(cur: SctpState, chunks: u8) -> SctpState {
     }
     if chunks & bits::COOKIE_ECHO != 0 {
         return match cur {
-            SctpState::CookieWait | SctpState::Established => SctpState::CookieEchoed,
+            SctpState::CookieWait => SctpState::CookieEchoed,
             _ => cur,
         };
     }
     if chunks & (bits::INIT | bits::INIT_ACK) != 0 {
-        // A new association (or a restart of this one) on the tuple.
+        // A new association on the tuple. On an established one (a restart,
+        // an INIT collision, or a spoofed INIT: its verification tag is 0)
+        // the state stays, as in conntrack: a real restart completes with
+        // COOKIE ECHO / COOKIE ACK and stays established.
         return match cur {
-            SctpState::CookieEchoed => cur,
+            SctpState::CookieEchoed | SctpState::Established => cur,
             _ => SctpState::CookieWait,
         };
     }
@@ -552,6 +566,12 @@ mod tests {
         // DATA / SACK / HEARTBEAT (no tracked bits) keep it established.
         t.touch(i, Dir::Original, 0, 1004);
         assert_eq!(st(&t), (SctpState::Established, 1004 + to.sctp_established));
+        // A stray (or spoofed: verification tag 0) INIT, or a restart's INIT /
+        // COOKIE ECHO, does not drop it to the 3 s handshake timeout.
+        for c in [bits::INIT, bits::INIT_ACK, bits::COOKIE_ECHO] {
+            t.touch(i, Dir::Original, c, 1004);
+            assert_eq!(st(&t), (SctpState::Established, 1004 + to.sctp_established));
+        }
         t.touch(i, Dir::Original, bits::SHUTDOWN, 1005);
         assert_eq!(st(&t), (SctpState::Closing, 1005 + to.sctp_closing));
         t.touch(i, Dir::Reply, bits::SHUTDOWN_ACK, 1006);

@@ -330,7 +330,20 @@ fn node_eligibility() {
 #[test]
 fn trigger_times_are_reported_once() {
     let mut m = synced(vec![svc("a", "198.18.128.10", json!({}))], vec![]);
-    m.sync();
+    // Trigger times before the proxy started are not its latency.
+    let start: jiff::Timestamp = "2026-11-26T10:00:02Z".parse().unwrap();
+    m.started = Some(SystemTime::from(start));
+    let mut old = slice("a-0", "a", &[("198.18.1.10", "node-a", true, None)]);
+    old.metadata.annotations = Some(
+        [(
+            ANNOTATION_TRIGGER_TIME.to_string(),
+            "2026-11-26T10:00:01Z".to_string(),
+        )]
+        .into(),
+    );
+    m.apply(Change::Slice(Event::Apply(old)));
+    assert!(m.sync().triggers.is_empty());
+    m.started = Some(SystemTime::UNIX_EPOCH);
     let mut s = slice("a-1", "a", &[("198.18.1.11", "node-a", true, None)]);
     s.metadata.annotations = Some(
         [(
@@ -391,4 +404,49 @@ fn health_check_counts_local_ready_endpoints() {
     ))));
     m.sync();
     assert!(m.health_checks().is_empty());
+    // Back to Local; then a malformed update keeps the health check (and
+    // the entries) of the last good translation.
+    m.apply(Change::Service(Event::Apply(svc(
+        "lb",
+        "198.18.128.10",
+        lb,
+    ))));
+    m.sync();
+    assert_eq!(m.health_checks()[&30500].local_endpoints, 1);
+    m.apply(Change::Service(Event::Apply(svc(
+        "lb",
+        "198.18.128.10",
+        json!({"spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                        "healthCheckNodePort": 30500, "ports": [{"port": 0}]}}),
+    ))));
+    assert_eq!(m.sync().errors, 1);
+    assert_eq!(m.health_checks()[&30500].local_endpoints, 1);
+    // Deleted: gone.
+    m.apply(Change::Service(Event::Delete(svc(
+        "lb",
+        "198.18.128.10",
+        json!({}),
+    ))));
+    m.sync();
+    assert!(m.health_checks().is_empty());
+}
+
+#[test]
+fn bookkeeping_only_updates_rebuild_nothing_and_are_not_kept() {
+    let mut m = synced(vec![svc("a", "198.18.128.10", json!({}))], vec![]);
+    m.sync();
+    let mut s = svc("a", "198.18.128.10", json!({}));
+    s.metadata.resource_version = Some("42".into());
+    s.metadata.managed_fields = Some(vec![Default::default()]);
+    s.metadata.annotations = Some(
+        [(
+            "kubectl.kubernetes.io/last-applied-configuration".to_string(),
+            "{}".to_string(),
+        )]
+        .into(),
+    );
+    m.apply(Change::Service(Event::Apply(s)));
+    assert!(!m.has_changes(), "only bookkeeping changed");
+    let kept = &m.services["default/a"].metadata;
+    assert!(kept.managed_fields.is_none() && kept.resource_version.is_none());
 }
