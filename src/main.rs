@@ -53,8 +53,8 @@ struct Cli {
     #[arg(long, value_parser = duration)]
     sync_period: Option<Duration>,
     /// Node addresses NodePorts are served on: CIDRs, `primary` or `all`,
-    /// comma separated [file: nodePortAddresses; default: every address of
-    /// the dataplane's ports].
+    /// comma separated [file: nodePortAddresses; default: `primary`, the
+    /// first dataplane address of each family (or bindAddress), as kube-proxy's nftables mode].
     #[arg(long, value_delimiter = ',')]
     nodeport_addresses: Vec<String>,
     /// Address of the `/healthz` + `/livez` server [file: healthzBindAddress;

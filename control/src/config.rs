@@ -84,8 +84,8 @@ pub struct KubernetesConfig {
     pub min_sync_period: Duration,
     /// Where NodePorts are served (`nodePortAddresses`): CIDRs, `primary`
     /// (the node's primary address of each family: `bind_address`, else the
-    /// first dataplane address of that family) or `all`. Empty: every
-    /// dataplane address.
+    /// first dataplane address of that family) or `all`. Empty: `primary`
+    /// (kube-proxy's nftables-mode default).
     #[serde(default)]
     pub nodeport_addresses: Vec<String>,
     /// The node's primary IP (`bindAddress`), for `primary` above.
@@ -693,7 +693,9 @@ impl Config {
         Ok(all
             .iter()
             .filter(|a| {
-                filter.is_empty()
+                // Unset: the primary addresses, like kube-proxy's nftables
+                // mode (`--nodeport-addresses=primary` is its default).
+                (filter.is_empty() && primary(a))
                     || filter.iter().any(|f| match f {
                         NodePortAddress::All => true,
                         NodePortAddress::Primary => primary(a),

@@ -734,6 +734,15 @@ dpdk:
         assert_eq!(a, ["198.18.1.1", "2001:2::1"]);
         let c = parse_ok(&minimal("nodePortAddresses: [all]"));
         assert_eq!(c.nodeport_addresses().unwrap().len(), 3);
+        // Unset: primary, kube-proxy's nftables-mode default.
+        let c = parse_ok(&minimal(""));
+        let a: Vec<String> = c
+            .nodeport_addresses()
+            .unwrap()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(a, ["198.18.0.1", "2001:2::1"]);
         let c = parse_ok(&minimal("nodePortAddresses: [2001:2::/64]"));
         assert_eq!(c.nodeport_addresses().unwrap().len(), 1);
         let e = err(&minimal("nodePortAddresses: [198.18.1.0/24, localhost]"));
