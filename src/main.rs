@@ -473,7 +473,20 @@ async fn control_loop(
     // Something changed that is not published yet.
     let mut pending = false;
     let mut last_publish = tokio::time::Instant::now();
+    // kube-proxy's healthz: unhealthy when a change waits longer than
+    // 2 × syncPeriod to be programmed.
+    metrics.health_timeout_ms.store(
+        u64::try_from(2 * sync_period.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
     loop {
+        if !pending {
+            metrics.oldest_pending_ms.store(0, Ordering::Relaxed);
+        } else if metrics.oldest_pending_ms.load(Ordering::Relaxed) == 0 {
+            metrics
+                .oldest_pending_ms
+                .store(control::publisher::now_ms(), Ordering::Relaxed);
+        }
         // Coalesce bursts: at most one publication per min_sync_period, and
         // nothing from the cluster before both lists are in.
         let can = cluster.as_ref().is_none_or(|c| c.model.synced());

@@ -249,7 +249,12 @@ fn health(s: AdminState, livez: bool) -> Response {
         "currentTime": rfc3339_ms(now),
         "nodeEligible": eligible,
     });
-    let code = if ready && (eligible || livez) {
+    // Like kube-proxy's: unhealthy while a change has waited longer than
+    // the health timeout to be programmed (a stuck control loop).
+    let pending = s.control.oldest_pending_ms.load(Relaxed);
+    let timeout = s.control.health_timeout_ms.load(Relaxed);
+    let stale = pending > 0 && timeout > 0 && now.saturating_sub(pending) > timeout;
+    let code = if ready && !stale && (eligible || livez) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -704,6 +709,22 @@ mod tests {
         let r = get(addr, "/livez").await;
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
         control.network_programming.observe(0.3);
+        // A change queued longer than the health timeout: both fail.
+        control.node_eligible.store(true, Relaxed);
+        control.health_timeout_ms.store(60_000, Relaxed);
+        control
+            .oldest_pending_ms
+            .store(crate::publisher::now_ms() - 61_000, Relaxed);
+        for p in ["/healthz", "/livez"] {
+            let r = get(addr, p).await;
+            assert!(r.starts_with("HTTP/1.1 503"), "{p}: {r}");
+        }
+        control
+            .oldest_pending_ms
+            .store(crate::publisher::now_ms() - 1_000, Relaxed);
+        let r = get(addr, "/healthz").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "recent pending change: {r}");
+        control.oldest_pending_ms.store(0, Relaxed);
         let r = get(addr, "/metrics").await;
         assert!(
             r.contains(r#"dpdk_kube_proxy_dropped_packets_total{worker="1",reason="no_route"} 1"#),

@@ -44,6 +44,19 @@ pub struct ControlMetrics {
     /// False when the node is being deleted or about to be removed by the
     /// cluster autoscaler (`/healthz` then answers 503, like kube-proxy).
     pub node_eligible: std::sync::atomic::AtomicBool,
+    /// Unix time (ms) since which a change waits to be published; 0: none.
+    pub oldest_pending_ms: AtomicU64,
+    /// A change waiting longer than this (ms) makes the proxy unhealthy
+    /// (kube-proxy: 2 × syncPeriod); 0: never.
+    pub health_timeout_ms: AtomicU64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
 }
 
 /// kube-proxy's buckets for `network_programming_duration_seconds`.
@@ -73,6 +86,8 @@ impl Default for ControlMetrics {
             watch_errors: AtomicU64::new(0),
             translate_errors: AtomicU64::new(0),
             node_eligible: std::sync::atomic::AtomicBool::new(true),
+            oldest_pending_ms: AtomicU64::new(0),
+            health_timeout_ms: AtomicU64::new(0),
         }
     }
 }
