@@ -1470,6 +1470,7 @@ fn parse_quoted(d: &[u8], at: usize, end: usize, v4: bool) -> Option<Ip> {
 }
 
 /// Writes the source (`dst == false`) or destination address of a header.
+#[inline]
 fn write_addr(d: &mut [u8], ip: &Ip, dst: bool, a: Addr) {
     if ip.v4 {
         let o = ip.l3 + if dst { 16 } else { 12 };
@@ -1576,70 +1577,53 @@ fn l4_csum_at(ip: &Ip, proto: Proto) -> usize {
 /// whether the port changed.
 #[inline]
 fn rewrite_addr_port(d: &mut [u8], ip: &Ip, proto: Proto, new: SockAddr, is_dst: bool) -> bool {
-    if proto == Proto::Sctp {
-        let port_at = if is_dst { ip.l4 + 2 } else { ip.l4 };
-        let old_port = u16::from_be_bytes([d[port_at], d[port_at + 1]]);
-        // IPv4 header checksum via the same path as TCP/UDP; no L4 pseudo-header.
-        write_addr_adjusting_ip(d, ip, new.addr, is_dst);
-        d[port_at..port_at + 2].copy_from_slice(&new.port.to_be_bytes());
-        return old_port != new.port;
-    }
-    let csum_at = l4_csum_at(ip, proto);
     let port_at = if is_dst { ip.l4 + 2 } else { ip.l4 };
-    let mut l4c = u16::from_be_bytes([d[csum_at], d[csum_at + 1]]);
     let old_port = u16::from_be_bytes([d[port_at], d[port_at + 1]]);
-    let udp = proto == Proto::Udp;
-    if ip.v4 {
-        let at = ip.l3 + if is_dst { 16 } else { 12 };
-        let mut old = [0u8; 4];
-        old.copy_from_slice(&d[at..at + 4]);
-        let new4 = new.addr.v4_octets();
-        d[at..at + 4].copy_from_slice(&new4);
-        let ipc = u16::from_be_bytes([d[ip.l3 + 10], d[ip.l3 + 11]]);
-        let ipc = checksum::adjust(ipc, &old, &new4);
-        d[ip.l3 + 10..ip.l3 + 12].copy_from_slice(&ipc.to_be_bytes());
-        l4c = if udp {
-            checksum::adjust_udp(l4c, &old, &new4)
-        } else {
-            checksum::adjust(l4c, &old, &new4)
-        };
-    } else {
-        let at = ip.l3 + if is_dst { 24 } else { 8 };
-        let mut old = [0u8; 16];
-        old.copy_from_slice(&d[at..at + 16]);
-        d[at..at + 16].copy_from_slice(&new.addr.0);
-        l4c = if udp {
-            checksum::adjust_udp(l4c, &old, &new.addr.0)
-        } else {
-            checksum::adjust(l4c, &old, &new.addr.0)
-        };
-    }
-    l4c = if udp {
-        checksum::adjust_udp16(l4c, old_port, new.port)
-    } else {
-        checksum::adjust16(l4c, old_port, new.port)
-    };
+    let old = write_addr_adjusting_ip(d, ip, new.addr, is_dst);
     d[port_at..port_at + 2].copy_from_slice(&new.port.to_be_bytes());
-    d[csum_at..csum_at + 2].copy_from_slice(&l4c.to_be_bytes());
+    if proto != Proto::Sctp {
+        // SCTP has no pseudo-header; TCP/UDP checksums cover both changes.
+        let csum_at = l4_csum_at(ip, proto);
+        let udp = proto == Proto::Udp;
+        let adj = |c: u16, o: &[u8], n: &[u8]| {
+            if udp {
+                checksum::adjust_udp(c, o, n)
+            } else {
+                checksum::adjust(c, o, n)
+            }
+        };
+        let mut l4c = u16::from_be_bytes([d[csum_at], d[csum_at + 1]]);
+        l4c = if ip.v4 {
+            adj(l4c, &old.v4_octets(), &new.addr.v4_octets())
+        } else {
+            adj(l4c, &old.0, &new.addr.0)
+        };
+        l4c = if udp {
+            checksum::adjust_udp16(l4c, old_port, new.port)
+        } else {
+            checksum::adjust16(l4c, old_port, new.port)
+        };
+        d[csum_at..csum_at + 2].copy_from_slice(&l4c.to_be_bytes());
+    }
     old_port != new.port
 }
 
 /// Writes a source or destination address, adjusting the IPv4 header
-/// checksum incrementally (IPv6 has none).
+/// checksum incrementally (IPv6 has none); returns the old address.
 #[inline]
-fn write_addr_adjusting_ip(d: &mut [u8], ip: &Ip, new: Addr, is_dst: bool) {
-    if ip.v4 {
-        let at = ip.l3 + if is_dst { 16 } else { 12 };
-        let mut old = [0u8; 4];
-        old.copy_from_slice(&d[at..at + 4]);
-        let new4 = new.v4_octets();
-        d[at..at + 4].copy_from_slice(&new4);
-        let ipc = u16::from_be_bytes([d[ip.l3 + 10], d[ip.l3 + 11]]);
-        let ipc = checksum::adjust(ipc, &old, &new4);
-        d[ip.l3 + 10..ip.l3 + 12].copy_from_slice(&ipc.to_be_bytes());
+fn write_addr_adjusting_ip(d: &mut [u8], ip: &Ip, new: Addr, is_dst: bool) -> Addr {
+    let old = if is_dst {
+        read_dst(d, ip)
     } else {
-        write_addr(d, ip, is_dst, new);
+        read_src(d, ip)
+    };
+    write_addr(d, ip, is_dst, new);
+    if ip.v4 {
+        let ipc = u16::from_be_bytes([d[ip.l3 + 10], d[ip.l3 + 11]]);
+        let ipc = checksum::adjust(ipc, &old.v4_octets(), &new.v4_octets());
+        d[ip.l3 + 10..ip.l3 + 12].copy_from_slice(&ipc.to_be_bytes());
     }
+    old
 }
 
 /// Translates a packet: the source becomes `src` and/or the destination
