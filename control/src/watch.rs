@@ -179,16 +179,6 @@ impl Model {
         self.node_eligible
     }
 
-    /// The node as last seen.
-    pub fn node(&self) -> &NodeInfo {
-        &self.node
-    }
-
-    /// Number of Services known (including skipped kinds).
-    pub fn service_count(&self) -> usize {
-        self.services.len()
-    }
-
     /// Applies one event.
     pub fn apply(&mut self, change: Change) {
         match change {
