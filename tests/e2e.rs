@@ -63,6 +63,14 @@ fn e2e_af_packet_two_workers() {
     assert!(t.metric_sum("dpdk_kube_proxy_port_tx_packets_total", "port=\"1\"") >= 600);
     // Both workers did work and replies crossed cores.
     assert!(t.metric_sum("dpdk_kube_proxy_handoff_in_packets_total", "") > 0);
+    // Cycle accounting: both workers spent busy cycles on packets, and the
+    // TSC rate they count in is exported.
+    for w in ["0", "1"] {
+        let f = format!("worker=\"{w}\"");
+        assert!(t.metric_sum("dpdk_kube_proxy_worker_busy_cycles_total", &f) > 0);
+        assert!(t.metric_sum("dpdk_kube_proxy_worker_idle_cycles_total", &f) > 0);
+        assert!(t.metric_sum("dpdk_kube_proxy_worker_tsc_hz", &f) > 1_000_000);
+    }
     for w in ["0", "1"] {
         assert!(
             t.metric_sum(

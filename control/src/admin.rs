@@ -465,6 +465,24 @@ impl prometheus_client::collector::Collector for Collector {
             Counter,
             loops
         );
+        per_worker!(
+            "dpdk_kube_proxy_worker_busy_cycles",
+            "TSC cycles in poll loops that handled packets (cycles per packet = busy cycles / packets)",
+            Counter,
+            busy_cycles
+        );
+        per_worker!(
+            "dpdk_kube_proxy_worker_idle_cycles",
+            "TSC cycles in poll loops that found no packet",
+            Counter,
+            idle_cycles
+        );
+        per_worker!(
+            "dpdk_kube_proxy_worker_tsc_hz",
+            "TSC frequency of the cycle counters",
+            Gauge,
+            tsc_hz
+        );
         family(
             &mut enc,
             "dpdk_kube_proxy_dropped_packets",

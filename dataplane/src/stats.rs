@@ -145,6 +145,13 @@ pub struct WorkerStats {
     pub table_version: AtomicU64,
     /// Poll-loop iterations (liveness).
     pub loops: AtomicU64,
+    /// TSC cycles spent in poll-loop iterations that had packets to handle
+    /// (rx, hand-off, processing, tx flush, expiry of that iteration).
+    pub busy_cycles: AtomicU64,
+    /// TSC cycles spent in iterations that found no packet.
+    pub idle_cycles: AtomicU64,
+    /// The TSC frequency the cycle counters count in (Hz).
+    pub tsc_hz: AtomicU64,
     /// Drops by reason, indexed by `DropReason as usize`.
     pub drops: [AtomicU64; DropReason::COUNT],
 }

@@ -345,8 +345,12 @@ impl Worker {
         let mut idle = 0u32;
         let mut last_version = u64::MAX;
         let queue = self.id;
+        self.stats
+            .tsc_hz
+            .store(self.ticks_per_ms * 1000, Ordering::Relaxed);
+        let mut loop_start = start;
         while !self.stop.load(Ordering::Relaxed) {
-            let now = (dpdk::rdtsc() - start) / self.ticks_per_ms;
+            let now = (loop_start - start) / self.ticks_per_ms;
             let st = &*self.stats;
             while let Some(u) = self.neigh_rx.pop() {
                 self.pipeline.learn_from_peer(u, now);
@@ -476,6 +480,16 @@ impl Worker {
                 }
             } else {
                 idle = 0;
+            }
+            // Cycle accounting: one TSC read per loop, which also starts the
+            // next; an empty loop's pause or sleep counts as idle.
+            let loop_end = dpdk::rdtsc();
+            let spent = loop_end.wrapping_sub(loop_start);
+            loop_start = loop_end;
+            if work == 0 {
+                WorkerStats::add(&st.idle_cycles, spent);
+            } else {
+                WorkerStats::add(&st.busy_cycles, spent);
             }
         }
         self.table.offline();
