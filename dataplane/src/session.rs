@@ -211,6 +211,14 @@ impl SessionTable {
     pub fn is_empty(&self) -> bool {
         self.active == 0
     }
+    /// Bytes reserved for this table (index + session storage + free list),
+    /// all allocated up front: divide by [`SessionTable::capacity`] for the
+    /// memory one session costs (both directions included).
+    pub fn memory_bytes(&self) -> usize {
+        self.map.allocation_size()
+            + self.slots.capacity() * core::mem::size_of::<Slot>()
+            + self.free.capacity() * core::mem::size_of::<u32>()
+    }
     /// The timeouts in force.
     pub fn timeouts(&self) -> &Timeouts {
         &self.timeouts
