@@ -7,152 +7,14 @@
 //! carries a 100-byte DATA chunk: CRC32c check plus recomputation after the
 //! port rewrite.
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use dataplane::addr::{fmix64, Addr, Proto, SockAddr};
-use dataplane::packet::{checksum, sctp, EthernetFrame, MacAddr};
-use dataplane::pipeline::{PacketBuf, Pipeline, PipelineConfig, PortInfo, VecBuf, Verdict};
+use dataplane::addr::{fmix64, FlowKey};
+use dataplane::packet::{checksum, sctp, Ipv4Packet, UdpPacket};
+use dataplane::pipeline::{PacketBuf, VecBuf, Verdict};
+use dataplane::session::{key_hash, SessionTable};
 use dataplane::stats::WorkerStats;
-use dataplane::table::{Frontend, Interface, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec};
 
-const P0: MacAddr = MacAddr([2, 0, 0, 0, 0, 0]);
-const P1: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
-
-fn table(services: usize, backends: usize) -> ServiceTable {
-    let mut spec = TableSpec {
-        interfaces: vec![
-            Interface {
-                port: 0,
-                addr: Addr::v4([198, 18, 0, 1]),
-                prefix_len: 16,
-            },
-            Interface {
-                port: 1,
-                addr: Addr::v4([198, 19, 0, 1]),
-                prefix_len: 16,
-            },
-        ],
-        ..Default::default()
-    };
-    for s in 0..services {
-        spec.services.push(ServiceSpec {
-            source_ranges: vec![],
-            affinity_timeout: None,
-            masquerade: false,
-            external: false,
-            no_backends: Default::default(),
-            short_circuit: vec![],
-            name: format!("bench/svc{s}"),
-            frontend: Frontend {
-                addr: SockAddr::new(Addr::v4([198, 18, 200 + (s >> 8) as u8, s as u8]), 80),
-                proto: Proto::Udp,
-            },
-            backends: (0..backends)
-                .map(|b| SockAddr::new(Addr::v4([198, 19, (b >> 8) as u8, 10 + b as u8]), 8080))
-                .collect(),
-        });
-    }
-    // One SCTP Service on the first VIP (port 3868 -> 9999: a port rewrite).
-    spec.services.push(ServiceSpec {
-        source_ranges: vec![],
-        affinity_timeout: None,
-        masquerade: false,
-        external: false,
-        no_backends: Default::default(),
-        short_circuit: vec![],
-        name: "bench/sctp".into(),
-        frontend: Frontend {
-            addr: SockAddr::new(Addr::v4([198, 18, 200, 0]), 3868),
-            proto: Proto::Sctp,
-        },
-        backends: (0..backends)
-            .map(|b| SockAddr::new(Addr::v4([198, 19, (b >> 8) as u8, 10 + b as u8]), 9999))
-            .collect(),
-    });
-    for b in 0..backends {
-        spec.neighbors.push(StaticNeighbor {
-            addr: Addr::v4([198, 19, (b >> 8) as u8, 10 + b as u8]),
-            mac: MacAddr([2, 0, 0, 1, 0, b as u8]),
-            port: 1,
-        });
-    }
-    spec.neighbors.push(StaticNeighbor {
-        addr: Addr::v4([198, 18, 0, 2]),
-        mac: MacAddr([2, 0, 0, 0, 0, 0xaa]),
-        port: 0,
-    });
-    ServiceTable::new(spec, 1)
-}
-
-/// A 64-byte Ethernet + IPv4 + UDP frame (18 bytes of payload), checksums valid.
-fn udp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, dmac: MacAddr) -> Vec<u8> {
-    let mut f = vec![0u8; 60];
-    EthernetFrame::emit(&mut f, dmac, MacAddr([2, 0, 0, 0, 0, 0xaa]), 0x0800).unwrap();
-    let ip = &mut f[14..];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&46u16.to_be_bytes());
-    ip[6] = 0x40;
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let c = checksum::ipv4_header(&ip[..20]);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let u = &mut ip[20..];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&26u16.to_be_bytes());
-    let c = checksum::l4_v4(src, dst, 17, &u[..26]);
-    u[6..8].copy_from_slice(&c.to_be_bytes());
-    f
-}
-
-/// Ethernet + IPv4 + SCTP with one DATA chunk of `payload` bytes, CRC32c valid.
-fn sctp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: usize) -> Vec<u8> {
-    let sctp_len = 12 + 16 + payload.next_multiple_of(4);
-    let mut f = vec![0u8; 14 + 20 + sctp_len];
-    EthernetFrame::emit(&mut f, P0, MacAddr([2, 0, 0, 0, 0, 0xaa]), 0x0800).unwrap();
-    let ip = &mut f[14..];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + sctp_len) as u16).to_be_bytes());
-    ip[6] = 0x40;
-    ip[8] = 64;
-    ip[9] = 132;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let c = checksum::ipv4_header(&ip[..20]);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let s = &mut ip[20..];
-    s[0..2].copy_from_slice(&sport.to_be_bytes());
-    s[2..4].copy_from_slice(&dport.to_be_bytes());
-    s[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-    s[12] = 0; // DATA
-    s[13] = 3;
-    s[14..16].copy_from_slice(&((16 + payload) as u16).to_be_bytes());
-    sctp::fill_checksum(s);
-    f
-}
-
-fn pipeline(sessions: usize) -> Pipeline {
-    Pipeline::new(
-        0,
-        1,
-        vec![
-            PortInfo {
-                mac: P0,
-                vlan: None,
-                mtu: 1500,
-            },
-            PortInfo {
-                mac: P1,
-                vlan: None,
-                mtu: 1500,
-            },
-        ],
-        PipelineConfig {
-            sessions,
-            ..Default::default()
-        },
-    )
-}
+mod common;
+use common::*;
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("pipeline");
@@ -229,6 +91,29 @@ fn bench(c: &mut Criterion) {
             black_box(p60.process(&t, &st, 0, &mut buf, 1, false))
         })
     });
+    // The same in bursts of 32 with the worker's pre-pass (index, then
+    // session prefetch for the whole burst): time per packet.
+    let mut burst: Vec<VecBuf> = (0..32).map(|_| VecBuf::new(&flows[0])).collect();
+    let mut hashes = [0u64; 32];
+    g.throughput(Throughput::Elements(32));
+    g.bench_function("established_forward_60k_flows_burst32_prefetch", |b| {
+        b.iter(|| {
+            for bb in burst.iter_mut() {
+                i = (i + 7919) % flows.len();
+                bb.reset(&flows[i]);
+            }
+            for (h, bb) in hashes.iter_mut().zip(&burst) {
+                *h = p60.prefetch_index(bb.data());
+            }
+            for &h in &hashes {
+                p60.prefetch_session(h);
+            }
+            for bb in burst.iter_mut() {
+                black_box(p60.process(&t, &st, 0, bb, 1, false));
+            }
+        })
+    });
+    g.throughput(Throughput::Elements(1));
     assert_eq!(
         st.sessions_created
             .load(core::sync::atomic::Ordering::Relaxed),
@@ -261,6 +146,46 @@ fn bench(c: &mut Criterion) {
             black_box(svc.pick(h))
         })
     });
+    // Parse: Ethernet type, IPv4 header (checksum verified), UDP ports.
+    g.bench_function("parse_ipv4_udp", |b| {
+        b.iter(|| {
+            let f = black_box(&fwd[..]);
+            let ip = Ipv4Packet::new_checked(&f[14..]).expect("IPv4");
+            let ok = ip.verify_checksum();
+            let u = UdpPacket::new_checked(&f[34..]).expect("UDP");
+            black_box((ok, ip.src_addr(), ip.dst_addr(), u.src_port(), u.dst_port()))
+        })
+    });
+    // Session lookup by tuple (hash + index + session compare) in the
+    // 60k-session table: hits in a scattered order, and misses.
+    let keys: Vec<FlowKey> = p60.sessions.iter().map(|s| s.original_key()).collect();
+    let mut j = 0usize;
+    g.bench_function("session_lookup_hit_60k", |b| {
+        b.iter(|| {
+            j = (j + 7919) % keys.len();
+            black_box(p60.sessions.lookup(black_box(&keys[j])))
+        })
+    });
+    g.bench_function("session_lookup_miss_60k", |b| {
+        b.iter(|| {
+            j = (j + 7919) % keys.len();
+            let mut k = keys[j];
+            k.dport = 81;
+            black_box(p60.sessions.lookup(black_box(&k)))
+        })
+    });
+    g.bench_function("key_hash", |b| {
+        b.iter(|| {
+            j = (j + 1) % keys.len();
+            black_box(key_hash(black_box(&keys[j])))
+        })
+    });
+    // Not a timing: the memory a session costs, printed for the record.
+    let table_1m = SessionTable::new(1 << 20, Default::default());
+    eprintln!(
+        "session memory: {:.1} bytes per session (1,048,576-session table)",
+        table_1m.memory_bytes() as f64 / table_1m.capacity() as f64
+    );
     let hdr = &fwd[14..34];
     g.bench_function("ipv4_header_checksum", |b| {
         b.iter(|| black_box(checksum::ipv4_header(black_box(hdr))))

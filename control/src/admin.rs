@@ -424,6 +424,12 @@ impl prometheus_client::collector::Collector for Collector {
             nat_reverse
         );
         per_worker!(
+            "dpdk_kube_proxy_fast_path_packets",
+            "Packets of established IPv4 TCP/UDP sessions handled by the fast path",
+            Counter,
+            fast_path
+        );
+        per_worker!(
             "dpdk_kube_proxy_rejected_connections",
             "Connections rejected: Service has no endpoints",
             Counter,

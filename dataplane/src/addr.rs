@@ -241,6 +241,36 @@ pub fn flow_hash(k: &FlowKey) -> u64 {
     fmix64(a ^ b.rotate_left(31) ^ (k.proto as u64))
 }
 
+/// A cheap hasher for maps keyed by [`Addr`] on the packet path (the
+/// neighbour cache): two multiply-rotate rounds over the 16 address bytes
+/// and a finaliser. The length prefix of the array is ignored (every key
+/// has the same length). Not DoS-resistant: use it only for tables whose
+/// keys an outsider cannot choose freely or that are capacity-bounded.
+#[derive(Clone, Copy, Default)]
+pub struct AddrHasher(u64);
+
+impl core::hash::Hasher for AddrHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.0 = (self.0 ^ u64::from_le_bytes(w))
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .rotate_left(29);
+        }
+    }
+    #[inline]
+    fn write_usize(&mut self, _len: usize) {}
+    #[inline]
+    fn finish(&self) -> u64 {
+        fmix64(self.0)
+    }
+}
+
+/// [`AddrHasher`] as a `BuildHasher`.
+pub type AddrBuildHasher = core::hash::BuildHasherDefault<AddrHasher>;
+
 /// MurmurHash3's 64-bit finaliser.
 #[inline]
 pub const fn fmix64(mut k: u64) -> u64 {

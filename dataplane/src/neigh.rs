@@ -4,7 +4,7 @@
 //! the packet path never allocate. What one worker learns from an ARP or
 //! neighbour-discovery packet it passes to the others through lock-free
 //! queues (see `worker`), so every copy converges.
-use crate::addr::Addr;
+use crate::addr::{Addr, AddrBuildHasher};
 use crate::packet::ethernet::MacAddr;
 use hashbrown::HashMap;
 
@@ -71,7 +71,7 @@ pub struct NeighborUpdate {
 
 /// See the module docs.
 pub struct Neighbors {
-    map: HashMap<Addr, Entry>,
+    map: HashMap<Addr, Entry, AddrBuildHasher>,
     capacity: usize,
     timers: NeighborTimers,
 }
@@ -81,7 +81,7 @@ impl Neighbors {
     pub fn new(capacity: usize, timers: NeighborTimers) -> Self {
         let capacity = capacity.max(16);
         Neighbors {
-            map: HashMap::with_capacity(capacity * 2),
+            map: HashMap::with_capacity_and_hasher(capacity * 2, AddrBuildHasher::default()),
             capacity,
             timers,
         }
@@ -147,6 +147,24 @@ impl Neighbors {
                 }
                 Resolution::Solicit
             }
+        }
+    }
+
+    /// The MAC of `addr` when [`Neighbors::resolve`] would answer
+    /// `Known` without changing anything (static, or reachable and not due
+    /// for a probe); `None` otherwise. No side effects.
+    #[inline]
+    pub fn fresh(&self, addr: &Addr, now: u64) -> Option<MacAddr> {
+        let t = &self.timers;
+        let e = self.map.get(addr)?;
+        match e.state {
+            State::Static => Some(e.mac),
+            State::Reachable => {
+                let age = now.saturating_sub(e.confirmed);
+                (age < t.reachable || (age < t.expire && now.saturating_sub(e.probed) < t.retry))
+                    .then_some(e.mac)
+            }
+            State::Incomplete => None,
         }
     }
 

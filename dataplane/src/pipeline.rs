@@ -14,7 +14,9 @@ use crate::packet::{
     arp, checksum, ethernet, icmp, ip_proto, ArpPacket, Error as PktError, EthernetFrame,
     IcmpPacket, Ipv4Packet, Ipv6Packet, MacAddr, SctpPacket, TcpPacket, UdpPacket,
 };
-use crate::session::{tcp, Dir, InsertError, SctpState, Session, SessionTable, Timeouts};
+use crate::session::{
+    key_hash, tcp, version_tag, Dir, InsertError, SctpState, Session, SessionTable, Timeouts,
+};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::{Frontend, NoBackends, ServiceTable};
 use std::sync::Arc;
@@ -221,6 +223,7 @@ pub struct Pipeline {
     n_learned: usize,
     statics_version: Option<u64>,
     affinity: Arc<AffinityTable>,
+    fast_path: bool,
 }
 
 /// Offsets and fields of a parsed IP packet.
@@ -254,12 +257,20 @@ impl Pipeline {
             n_learned: 0,
             statics_version: None,
             affinity: Arc::new(AffinityTable::new(cfg.affinity_slots)),
+            fast_path: true,
         }
     }
 
     /// Shares one ClientIP-affinity memory between pipelines (all workers).
     pub fn set_affinity(&mut self, a: Arc<AffinityTable>) {
         self.affinity = a;
+    }
+
+    /// Turns the established-flow fast path ([`fast`]) on or off (on by
+    /// default; off leaves every packet to the general path, which the
+    /// differential tests compare it with).
+    pub fn set_fast_path(&mut self, on: bool) {
+        self.fast_path = on;
     }
 
     /// Ports this pipeline knows.
@@ -294,6 +305,29 @@ impl Pipeline {
         self.neighbors.learn(u, now);
     }
 
+    /// Burst pre-pass, step 1: the session-index hash of the tuple of the
+    /// frame `d` (a quick parse: Ethernet [+ one VLAN tag], IPv4 or IPv6
+    /// without extension headers, TCP/UDP/SCTP; 0 for anything else), with
+    /// the index lines its lookup will read prefetched. Only a hint: the
+    /// packet is fully parsed and checked later by [`Pipeline::process`].
+    #[inline]
+    pub fn prefetch_index(&self, d: &[u8]) -> u64 {
+        let h = quick_key(d).map_or(0, |k| key_hash(&k));
+        if h != 0 {
+            self.sessions.prefetch(h);
+        }
+        h
+    }
+
+    /// Burst pre-pass, step 2 (after step 1 for the whole burst): prefetches
+    /// the session a tuple with hash `h` probably belongs to.
+    #[inline]
+    pub fn prefetch_session(&self, h: u64) {
+        if h != 0 {
+            self.sessions.prefetch_session(h);
+        }
+    }
+
     /// Processes one packet that arrived on `in_port` (or was handed over by
     /// another worker when `handed_off`). The buffer may be rewritten in place.
     pub fn process<B: PacketBuf>(
@@ -305,6 +339,11 @@ impl Pipeline {
         now: u64,
         handed_off: bool,
     ) -> Verdict {
+        if self.fast_path {
+            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now) {
+                return v;
+            }
+        }
         let Some(pinfo) = self.ports.get(in_port as usize).copied() else {
             return Verdict::Drop(DropReason::BadPort);
         };
@@ -361,7 +400,10 @@ impl Pipeline {
             dport,
             proto,
         };
-        if !handed_off && self.n_workers > 1 {
+        // Sessions live only on the worker that owns their flow, so a hit
+        // needs no ownership check (nor its frontend lookup).
+        let hit = self.sessions.lookup_hashed(&key, key_hash(&key));
+        if hit.is_none() && !handed_off && self.n_workers > 1 {
             let owner = self.owner_for(t, &key);
             if owner != self.id {
                 return Verdict::HandOff(owner);
@@ -376,9 +418,9 @@ impl Pipeline {
         {
             return Verdict::Drop(DropReason::BadSctpChecksum);
         }
-        if let Some((idx, dir)) = self.sessions.lookup(&key) {
+        if let Some((idx, dir)) = hit {
             let s = *self.sessions.get(idx);
-            if s.validated != t.version {
+            if s.validated != version_tag(t.version) {
                 // First packet of this session since a table change: check
                 // its backend is still there (once per session per version).
                 let frontend = Frontend {
@@ -394,7 +436,7 @@ impl Pipeline {
                     return self
                         .new_flow(t, st, in_port, pinfo, pkt, &ip, key, flags, src_mac, now);
                 }
-                self.sessions.get_mut(idx).validated = t.version;
+                self.sessions.get_mut(idx).validated = version_tag(t.version);
             }
             if proto == Proto::Tcp
                 && dir == Dir::Original
@@ -538,7 +580,7 @@ impl Pipeline {
             sctp: init.sctp,
             replied: false,
             expires: init.expires,
-            validated: t.version,
+            validated: version_tag(t.version),
         };
         match self.sessions.insert(session) {
             Ok(_) => {}
@@ -1273,6 +1315,43 @@ fn pkt_drop(e: PktError) -> DropReason {
     }
 }
 
+/// The tuple of a frame, parsed just far enough to prefetch its session
+/// (no validation; see [`Pipeline::prefetch_index`]).
+#[inline]
+fn quick_key(d: &[u8]) -> Option<FlowKey> {
+    let l2 = l2_len(d);
+    let et = u16::from_be_bytes([*d.get(l2 - 2)?, *d.get(l2 - 1)?]);
+    let (src, dst, proto, l4) = match et {
+        ethernet::ethertype::IPV4 => {
+            let ip = d.get(l2..l2 + 20)?;
+            let src = Addr::v4([ip[12], ip[13], ip[14], ip[15]]);
+            let dst = Addr::v4([ip[16], ip[17], ip[18], ip[19]]);
+            (src, dst, ip[9], l2 + ((ip[0] & 0x0f) as usize) * 4)
+        }
+        ethernet::ethertype::IPV6 => {
+            let ip = d.get(l2..l2 + 40)?;
+            let src = Addr::v6(ip[8..24].try_into().ok()?);
+            let dst = Addr::v6(ip[24..40].try_into().ok()?);
+            (src, dst, ip[6], l2 + 40)
+        }
+        _ => return None,
+    };
+    let proto = match proto {
+        ip_proto::TCP => Proto::Tcp,
+        ip_proto::UDP => Proto::Udp,
+        ip_proto::SCTP => Proto::Sctp,
+        _ => return None,
+    };
+    let p = d.get(l4..l4 + 4)?;
+    Some(FlowKey {
+        src,
+        dst,
+        sport: u16::from_be_bytes([p[0], p[1]]),
+        dport: u16::from_be_bytes([p[2], p[3]]),
+        proto,
+    })
+}
+
 #[inline]
 fn l2_len(d: &[u8]) -> usize {
     if d.len() >= 14 && d[12] == 0x81 && d[13] == 0x00 {
@@ -1764,5 +1843,6 @@ fn set_l2<B: PacketBuf>(
     true
 }
 
+mod fast;
 #[cfg(test)]
 mod tests;

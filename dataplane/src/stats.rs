@@ -127,6 +127,9 @@ pub struct WorkerStats {
     pub nat_forward: AtomicU64,
     /// Packets translated in the reply direction (backend → client).
     pub nat_reverse: AtomicU64,
+    /// Packets of established IPv4 TCP/UDP sessions handled by the fast path
+    /// (a subset of `nat_forward` + `nat_reverse`).
+    pub fast_path: AtomicU64,
     /// ICMP errors about translated flows, translated and forwarded.
     pub icmp_errors_translated: AtomicU64,
     /// ICMP fragmentation-needed / packet-too-big sent for oversized packets.

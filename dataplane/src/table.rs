@@ -248,6 +248,8 @@ pub struct ServiceTable {
     local: HashMap<Addr, u16>,
     vips: HashMap<Addr, ()>,
     routes: Vec<Route>,
+    /// `routes` in lookup form: (network, mask, v4, index into `routes`).
+    lpm: Vec<(u128, u128, bool, u32)>,
     neighbors: Vec<StaticNeighbor>,
     retired: HashMap<Frontend, ()>,
     masquerade: MasqueradePolicy,
@@ -296,6 +298,21 @@ impl ServiceTable {
         t.routes.sort_by_key(|r| {
             std::cmp::Reverse(r.len as u32 + if r.prefix.is_v4() { 96 } else { 0 })
         });
+        t.lpm = t
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let v4 = r.prefix.is_v4();
+                let bits = (r.len as u32 + if v4 { 96 } else { 0 }).min(128);
+                let mask = if bits == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - bits)
+                };
+                (u128::from_be_bytes(r.prefix.0) & mask, mask, v4, i as u32)
+            })
+            .collect();
         t.neighbors = spec.neighbors;
         t.masquerade = spec.masquerade;
         for f in spec.retired {
@@ -414,15 +431,21 @@ impl ServiceTable {
             .min()
     }
 
-    /// Longest-prefix-match route lookup.
+    /// Longest-prefix-match route lookup (routes are kept longest first;
+    /// each is one masked compare of the 128-bit address).
     #[inline]
     pub fn route(&self, dst: &Addr) -> Option<NextHop> {
-        self.routes
+        let d = u128::from_be_bytes(dst.0);
+        let v4 = dst.is_v4();
+        self.lpm
             .iter()
-            .find(|r| dst.in_prefix(&r.prefix, r.len))
-            .map(|r| NextHop {
-                port: r.port,
-                addr: r.via.unwrap_or(*dst),
+            .find(|&&(net, mask, rv4, _)| rv4 == v4 && d & mask == net)
+            .map(|&(.., i)| {
+                let r = &self.routes[i as usize];
+                NextHop {
+                    port: r.port,
+                    addr: r.via.unwrap_or(*dst),
+                }
             })
     }
 

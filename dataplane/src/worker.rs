@@ -26,6 +26,10 @@ const EXPIRE_BUDGET: usize = 64;
 const HOLD_MAX: usize = 64;
 /// How long a held packet waits for its neighbour (ms).
 const HOLD_MS: u64 = 3_000;
+/// Live sessions from which the burst pre-pass prefetches session lines
+/// (below, the table is cache-resident and the pre-pass would cost more
+/// than it saves).
+const PREFETCH_SESSIONS: usize = 16_384;
 /// Empty polls before the optional idle sleep kicks in.
 const IDLE_POLLS: u32 = 256;
 
@@ -333,6 +337,7 @@ impl Worker {
         let n_workers = self.handoff_tx.len();
         // Allocated once, before the loop.
         let mut rx = RxBurst::default();
+        let mut hashes = [0u64; dpdk::BURST];
         let mut b = Buffers {
             tx: (0..n_ports).map(|_| TxBuffer::default()).collect(),
             handoff: (0..n_workers).map(|_| TxBuffer::default()).collect(),
@@ -370,6 +375,19 @@ impl Worker {
                     }
                     work += got;
                     WorkerStats::add(&st.rx_packets, got as u64);
+                    if self.pipeline.sessions.len() >= PREFETCH_SESSIONS {
+                        // Burst-wide pre-pass: packet data, then the session
+                        // index lines, then the sessions, so the misses of a
+                        // large table overlap instead of stalling one by one.
+                        rx.prefetch_all();
+                        let n = rx.remaining();
+                        for (i, h) in hashes[..n].iter_mut().enumerate() {
+                            *h = self.pipeline.prefetch_index(rx.peek(i));
+                        }
+                        for &h in &hashes[..n] {
+                            self.pipeline.prefetch_session(h);
+                        }
+                    }
                     for mut m in rx.by_ref() {
                         WorkerStats::add(&st.rx_bytes, m.len() as u64);
                         m.set_port(pi as u16);

@@ -199,6 +199,26 @@ pub fn rdtsc() -> u64 {
     unsafe { sys::rte_shim_rdtsc() }
 }
 
+/// Prefetches the cache line holding `*p` for reading (a hint: pure Rust,
+/// no DPDK call, so the unit-tested tables can use it).
+#[inline(always)]
+pub fn prefetch_read<T>(p: &T) {
+    prefetch_addr(p as *const T as *const u8);
+}
+
+/// Prefetches the cache line holding address `p` for reading. Safe: a
+/// prefetch is a hint that never dereferences or faults, whatever `p` is.
+#[inline(always)]
+pub fn prefetch_addr(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: _mm_prefetch never faults and reads nothing architecturally.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(p as *const i8, core::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// A CPU pause hint for spin loops.
 #[inline(always)]
 pub fn pause() {
@@ -429,6 +449,38 @@ impl RxBurst {
     /// Packets left in the burst.
     pub fn remaining(&self) -> usize {
         self.n - self.next
+    }
+
+    /// The bytes of the `i`-th packet not yet taken (`i < remaining()`),
+    /// for a burst-wide pre-pass before the packets are handled.
+    #[inline]
+    pub fn peek(&self, i: usize) -> &[u8] {
+        let k = self.next + i;
+        assert!(k < self.n, "peek past the burst");
+        // SAFETY: ptrs[k] is a valid single-owner mbuf of this burst, not yet
+        // yielded; the slice lives as long as &self, during which it cannot be
+        // taken (next() needs &mut self).
+        unsafe {
+            let m = &*self.ptrs[k];
+            core::slice::from_raw_parts(
+                (m.buf_addr as *const u8).add(m.data_off as usize),
+                m.data_len as usize,
+            )
+        }
+    }
+
+    /// Prefetches the first cache line of every packet left in the burst.
+    #[inline]
+    pub fn prefetch_all(&self) {
+        for &p in &self.ptrs[self.next..self.n] {
+            // SAFETY: p is a valid mbuf of this burst; prefetch never faults.
+            unsafe {
+                let m = &*p;
+                sys::rte_shim_prefetch0(
+                    (m.buf_addr as *const u8).add(m.data_off as usize) as *const c_void
+                );
+            }
+        }
     }
 }
 

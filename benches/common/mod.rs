@@ -1,0 +1,149 @@
+//! Frames, tables and pipelines shared by the criterion benches
+//! (`benches/pipeline.rs`) and the instruction-count driver
+//! (`examples/hotpath.rs`).
+#![allow(dead_code)]
+use dataplane::addr::{Addr, Proto, SockAddr};
+use dataplane::packet::{checksum, sctp, EthernetFrame, MacAddr};
+use dataplane::pipeline::{Pipeline, PipelineConfig, PortInfo};
+use dataplane::table::{Frontend, Interface, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec};
+
+pub const P0: MacAddr = MacAddr([2, 0, 0, 0, 0, 0]);
+pub const P1: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+
+pub fn table(services: usize, backends: usize) -> ServiceTable {
+    let mut spec = TableSpec {
+        interfaces: vec![
+            Interface {
+                port: 0,
+                addr: Addr::v4([198, 18, 0, 1]),
+                prefix_len: 16,
+            },
+            Interface {
+                port: 1,
+                addr: Addr::v4([198, 19, 0, 1]),
+                prefix_len: 16,
+            },
+        ],
+        ..Default::default()
+    };
+    for s in 0..services {
+        spec.services.push(ServiceSpec {
+            source_ranges: vec![],
+            affinity_timeout: None,
+            masquerade: false,
+            external: false,
+            no_backends: Default::default(),
+            short_circuit: vec![],
+            name: format!("bench/svc{s}"),
+            frontend: Frontend {
+                addr: SockAddr::new(Addr::v4([198, 18, 200 + (s >> 8) as u8, s as u8]), 80),
+                proto: Proto::Udp,
+            },
+            backends: (0..backends)
+                .map(|b| SockAddr::new(Addr::v4([198, 19, (b >> 8) as u8, 10 + b as u8]), 8080))
+                .collect(),
+        });
+    }
+    // One SCTP Service on the first VIP (port 3868 -> 9999: a port rewrite).
+    spec.services.push(ServiceSpec {
+        source_ranges: vec![],
+        affinity_timeout: None,
+        masquerade: false,
+        external: false,
+        no_backends: Default::default(),
+        short_circuit: vec![],
+        name: "bench/sctp".into(),
+        frontend: Frontend {
+            addr: SockAddr::new(Addr::v4([198, 18, 200, 0]), 3868),
+            proto: Proto::Sctp,
+        },
+        backends: (0..backends)
+            .map(|b| SockAddr::new(Addr::v4([198, 19, (b >> 8) as u8, 10 + b as u8]), 9999))
+            .collect(),
+    });
+    for b in 0..backends {
+        spec.neighbors.push(StaticNeighbor {
+            addr: Addr::v4([198, 19, (b >> 8) as u8, 10 + b as u8]),
+            mac: MacAddr([2, 0, 0, 1, 0, b as u8]),
+            port: 1,
+        });
+    }
+    spec.neighbors.push(StaticNeighbor {
+        addr: Addr::v4([198, 18, 0, 2]),
+        mac: MacAddr([2, 0, 0, 0, 0, 0xaa]),
+        port: 0,
+    });
+    ServiceTable::new(spec, 1)
+}
+
+/// A 64-byte Ethernet + IPv4 + UDP frame (18 bytes of payload), checksums valid.
+pub fn udp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, dmac: MacAddr) -> Vec<u8> {
+    let mut f = vec![0u8; 60];
+    EthernetFrame::emit(&mut f, dmac, MacAddr([2, 0, 0, 0, 0, 0xaa]), 0x0800).unwrap();
+    let ip = &mut f[14..];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&46u16.to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let c = checksum::ipv4_header(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let u = &mut ip[20..];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&26u16.to_be_bytes());
+    let c = checksum::l4_v4(src, dst, 17, &u[..26]);
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// Ethernet + IPv4 + SCTP with one DATA chunk of `payload` bytes, CRC32c valid.
+pub fn sctp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: usize) -> Vec<u8> {
+    let sctp_len = 12 + 16 + payload.next_multiple_of(4);
+    let mut f = vec![0u8; 14 + 20 + sctp_len];
+    EthernetFrame::emit(&mut f, P0, MacAddr([2, 0, 0, 0, 0, 0xaa]), 0x0800).unwrap();
+    let ip = &mut f[14..];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + sctp_len) as u16).to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 132;
+    ip[12..16].copy_from_slice(&src);
+    ip[16..20].copy_from_slice(&dst);
+    let c = checksum::ipv4_header(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let s = &mut ip[20..];
+    s[0..2].copy_from_slice(&sport.to_be_bytes());
+    s[2..4].copy_from_slice(&dport.to_be_bytes());
+    s[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    s[12] = 0; // DATA
+    s[13] = 3;
+    s[14..16].copy_from_slice(&((16 + payload) as u16).to_be_bytes());
+    sctp::fill_checksum(s);
+    f
+}
+
+pub fn pipeline(sessions: usize) -> Pipeline {
+    Pipeline::new(
+        0,
+        1,
+        vec![
+            PortInfo {
+                mac: P0,
+                vlan: None,
+                mtu: 1500,
+            },
+            PortInfo {
+                mac: P1,
+                vlan: None,
+                mtu: 1500,
+            },
+        ],
+        PipelineConfig {
+            sessions,
+            ..Default::default()
+        },
+    )
+}

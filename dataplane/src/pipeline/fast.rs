@@ -1,0 +1,531 @@
+//! The established-flow fast path.
+//!
+//! Most packets a proxy sees belong to an established TCP/UDP session over
+//! IPv4 on an untagged port. [`Pipeline::fast_v4`] handles exactly those, at
+//! fixed offsets and with one route lookup: parse, session hit, state touch,
+//! DNAT/SNAT or reverse rewrite with the same incremental-checksum helpers
+//! as the general path, TTL, L2 rewrite. Anything else — IP options,
+//! fragments, TCP SYN/FIN/RST, a session not yet revalidated against a new
+//! table, a packet over the egress MTU, a neighbour that is not fresh, VLAN
+//! tags, SCTP, IPv6, malformed headers — returns `None` before any side
+//! effect and the general path in [`Pipeline::process`] takes the packet
+//! from the start. The differential test below holds the two paths to the
+//! same verdicts, bytes and counters.
+use super::*;
+
+impl Pipeline {
+    /// See the module docs. `None`: not handled, nothing changed.
+    #[inline]
+    pub(super) fn fast_v4<B: PacketBuf>(
+        &mut self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        in_port: u16,
+        pkt: &mut B,
+        now: u64,
+    ) -> Option<Verdict> {
+        let pinfo = self.ports.get(in_port as usize)?;
+        if pinfo.vlan.is_some() {
+            return None;
+        }
+        let d = pkt.data();
+        if d.len() < 14 + 28 || d[0..6] != pinfo.mac.0 || d[12..14] != [0x08, 0x00] {
+            return None;
+        }
+        let ip = &d[14..];
+        if ip[0] != 0x45 {
+            return None;
+        }
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        if total < 28 || total > ip.len() {
+            return None;
+        }
+        // Fragments (MF or an offset) and TTLs that would expire here.
+        if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 || ip[8] <= 1 {
+            return None;
+        }
+        if checksum::fold(checksum::sum(&ip[..20], 0)) != 0xFFFF {
+            return None;
+        }
+        let l4 = &ip[20..total];
+        let (proto, flags) = match ip[9] {
+            ip_proto::TCP => {
+                if l4.len() < 20 {
+                    return None;
+                }
+                let hl = usize::from(l4[12] >> 4) * 4;
+                if hl < 20 || hl > l4.len() || l4[13] & (tcp::SYN | tcp::FIN | tcp::RST) != 0 {
+                    return None;
+                }
+                (Proto::Tcp, l4[13])
+            }
+            ip_proto::UDP => {
+                let ul = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
+                if ul < 8 || ul > l4.len() {
+                    return None;
+                }
+                (Proto::Udp, 0)
+            }
+            _ => return None,
+        };
+        let key = FlowKey {
+            src: Addr::v4([ip[12], ip[13], ip[14], ip[15]]),
+            dst: Addr::v4([ip[16], ip[17], ip[18], ip[19]]),
+            sport: u16::from_be_bytes([l4[0], l4[1]]),
+            dport: u16::from_be_bytes([l4[2], l4[3]]),
+            proto,
+        };
+        let (idx, dir) = self.sessions.lookup_hashed(&key, key_hash(&key))?;
+        let s = self.sessions.get(idx);
+        if s.validated != version_tag(t.version) {
+            return None;
+        }
+        let (new_src, new_dst) = match dir {
+            Dir::Original => (s.snat, Some(s.backend)),
+            Dir::Reply => (Some(s.frontend), s.snat.map(|_| s.client)),
+        };
+        let to = new_dst.map_or(key.dst, |n| n.addr);
+        if !to.is_v4() || to.is_multicast_or_broadcast() || new_src.is_some_and(|n| !n.addr.is_v4())
+        {
+            return None;
+        }
+        let hop = t.route(&to)?;
+        let out = *self.ports.get(hop.port as usize)?;
+        if out.vlan.is_some() || (total > MIN_MTU && total > usize::from(out.mtu)) {
+            return None;
+        }
+        let mac = self.neighbors.fresh(&hop.addr, now)?;
+        // Committed: from here on the packet is translated and sent.
+        self.sessions.touch(idx, dir, flags, now);
+        WorkerStats::add(
+            if dir == Dir::Original {
+                &st.nat_forward
+            } else {
+                &st.nat_reverse
+            },
+            1,
+        );
+        WorkerStats::add(&st.fast_path, 1);
+        rewrite_v4(pkt.data_mut(), proto == Proto::Udp, new_src, new_dst);
+        let d = pkt.data_mut();
+        d[0..6].copy_from_slice(&mac.0);
+        d[6..12].copy_from_slice(&out.mac.0);
+        Some(Verdict::Tx(hop.port))
+    }
+}
+
+/// The 16-bit words of an IPv4 address, for checksum arithmetic.
+#[inline(always)]
+fn words(a: [u8; 4]) -> (u32, u32) {
+    (
+        u32::from(u16::from_be_bytes([a[0], a[1]])),
+        u32::from(u16::from_be_bytes([a[2], a[3]])),
+    )
+}
+
+/// Rewrites an untagged IPv4 TCP/UDP frame's source and/or destination
+/// (address and port), decrements the TTL, and updates both checksums in
+/// one RFC 1624 (eqn. 3) adjustment each. The general path applies the same
+/// changes one at a time; ones'-complement sums are order-independent, so
+/// the bytes are the same (the differential test checks it). UDP: a zero
+/// checksum ("none") stays zero, a zero result becomes 0xFFFF.
+#[inline(always)]
+fn rewrite_v4(d: &mut [u8], udp: bool, src: Option<SockAddr>, dst: Option<SockAddr>) {
+    let rd16 = |h: &[u8], at: usize| u16::from_be_bytes([h[at], h[at + 1]]);
+    // The L4 checksum first (its offset differs); then the fixed 38 bytes.
+    let at = if udp { 40 } else { 50 };
+    let Some(&[c0, c1]) = d.get(at..at + 2) else {
+        return;
+    };
+    let c = u16::from_be_bytes([c0, c1]);
+    let Some(h) = d.get_mut(..38) else {
+        return;
+    };
+    let Ok(h) = <&mut [u8; 38]>::try_from(h) else {
+        return;
+    };
+    let os = [h[26], h[27], h[28], h[29]];
+    let od = [h[30], h[31], h[32], h[33]];
+    let (osp, odp) = (rd16(h, 34), rd16(h, 36));
+    let (ns, nsp) = src.map_or((os, osp), |n| (n.addr.v4_octets(), n.port));
+    let (nd, ndp) = dst.map_or((od, odp), |n| (n.addr.v4_octets(), n.port));
+    // Sum of ~old + new over both addresses: shared by the IP header and
+    // the pseudo-header.
+    let (os1, os2) = words(os);
+    let (od1, od2) = words(od);
+    let (ns1, ns2) = words(ns);
+    let (nd1, nd2) = words(nd);
+    let addrs = (!os1 & 0xffff)
+        + (!os2 & 0xffff)
+        + ns1
+        + ns2
+        + (!od1 & 0xffff)
+        + (!od2 & 0xffff)
+        + nd1
+        + nd2;
+    // IP header: addresses and TTL (the word TTL | protocol).
+    let ttl_word = u32::from(rd16(h, 22));
+    let hc = u32::from(rd16(h, 24));
+    let s = (!hc & 0xffff) + addrs + (!ttl_word & 0xffff) + (ttl_word - 0x100);
+    h[22] -= 1;
+    h[24..26].copy_from_slice(&(!checksum::fold(s)).to_be_bytes());
+    h[26..30].copy_from_slice(&ns);
+    h[30..34].copy_from_slice(&nd);
+    h[34..36].copy_from_slice(&nsp.to_be_bytes());
+    h[36..38].copy_from_slice(&ndp.to_be_bytes());
+    // TCP/UDP: pseudo-header addresses and ports.
+    if !(udp && c == 0) {
+        let s = (!u32::from(c) & 0xffff)
+            + addrs
+            + (!u32::from(osp) & 0xffff)
+            + u32::from(nsp)
+            + (!u32::from(odp) & 0xffff)
+            + u32::from(ndp);
+        let mut r = !checksum::fold(s);
+        if udp && r == 0 {
+            r = 0xffff;
+        }
+        if let Some(f) = d.get_mut(at..at + 2) {
+            f.copy_from_slice(&r.to_be_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::{Interface, MasqueradePolicy, ServiceSpec, StaticNeighbor, TableSpec};
+    use core::sync::atomic::Ordering::Relaxed;
+    use proptest::prelude::*;
+
+    const P0: MacAddr = MacAddr([2, 0, 0, 0, 0, 0]);
+    const P1: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+    const CLIENT_MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xaa]);
+
+    fn v4(a: [u8; 4]) -> Addr {
+        Addr::v4(a)
+    }
+
+    /// Two Services (one masqueraded), backends behind port 1 (one learned
+    /// neighbour that can go stale, others static), clients on port 0.
+    fn table(version: u64) -> ServiceTable {
+        let svc = |vip: u8, proto, masquerade| ServiceSpec {
+            source_ranges: vec![],
+            affinity_timeout: None,
+            masquerade,
+            external: false,
+            no_backends: Default::default(),
+            short_circuit: vec![],
+            name: format!("t/{vip}"),
+            frontend: Frontend {
+                addr: SockAddr::new(v4([198, 18, 100, vip]), 80),
+                proto,
+            },
+            backends: (10..13)
+                .map(|b| SockAddr::new(v4([198, 19, 0, b]), 8080))
+                .collect(),
+        };
+        let spec = TableSpec {
+            services: vec![
+                svc(1, Proto::Tcp, false),
+                svc(1, Proto::Udp, false),
+                svc(2, Proto::Tcp, true),
+                svc(2, Proto::Udp, true),
+            ],
+            interfaces: vec![
+                Interface {
+                    port: 0,
+                    addr: v4([198, 18, 0, 1]),
+                    prefix_len: 24,
+                },
+                Interface {
+                    port: 1,
+                    addr: v4([198, 19, 0, 1]),
+                    prefix_len: 24,
+                },
+            ],
+            neighbors: [10u8, 11]
+                .iter()
+                .map(|&b| StaticNeighbor {
+                    addr: v4([198, 19, 0, b]),
+                    mac: MacAddr([2, 0, 0, 1, 0, b]),
+                    port: 1,
+                })
+                .chain(core::iter::once(StaticNeighbor {
+                    addr: v4([198, 18, 0, 2]),
+                    mac: CLIENT_MAC,
+                    port: 0,
+                }))
+                .collect(),
+            masquerade: MasqueradePolicy::default(),
+            ..Default::default()
+        };
+        ServiceTable::new(spec, version)
+    }
+
+    fn pipeline(fast: bool, mtu1: u16) -> Pipeline {
+        let mut p = Pipeline::new(
+            0,
+            1,
+            vec![
+                PortInfo {
+                    mac: P0,
+                    vlan: None,
+                    mtu: 1500,
+                },
+                PortInfo {
+                    mac: P1,
+                    vlan: None,
+                    mtu: mtu1,
+                },
+            ],
+            PipelineConfig {
+                sessions: 1024,
+                ..Default::default()
+            },
+        );
+        p.set_fast_path(fast);
+        // Backend .12 is learned (not static): it ages, goes stale, is re-probed.
+        p.neighbors.learn(
+            NeighborUpdate {
+                addr: v4([198, 19, 0, 12]),
+                mac: MacAddr([2, 0, 0, 1, 0, 12]),
+                port: 1,
+            },
+            0,
+        );
+        p
+    }
+
+    /// Ethernet + IPv4 + TCP/UDP with valid checksums and `payload` bytes.
+    fn frame(
+        dmac: MacAddr,
+        src: ([u8; 4], u16),
+        dst: ([u8; 4], u16),
+        tcp_flags: Option<u8>,
+        payload: usize,
+    ) -> Vec<u8> {
+        let l4len = if tcp_flags.is_some() { 20 } else { 8 } + payload;
+        let mut f = vec![0u8; 14 + 20 + l4len];
+        f[0..6].copy_from_slice(&dmac.0);
+        f[6..12].copy_from_slice(&CLIENT_MAC.0);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut f[14..];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&((20 + l4len) as u16).to_be_bytes());
+        ip[6] = 0x40;
+        ip[8] = 64;
+        ip[9] = if tcp_flags.is_some() { 6 } else { 17 };
+        ip[12..16].copy_from_slice(&src.0);
+        ip[16..20].copy_from_slice(&dst.0);
+        let c = checksum::ipv4_header(&ip[..20]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let l4 = &mut ip[20..];
+        l4[0..2].copy_from_slice(&src.1.to_be_bytes());
+        l4[2..4].copy_from_slice(&dst.1.to_be_bytes());
+        for (i, b) in l4
+            .iter_mut()
+            .enumerate()
+            .skip(if tcp_flags.is_some() { 20 } else { 8 })
+        {
+            *b = i as u8;
+        }
+        match tcp_flags {
+            Some(fl) => {
+                l4[12] = 5 << 4;
+                l4[13] = fl;
+                let c = checksum::l4_v4(src.0, dst.0, 6, l4);
+                l4[16..18].copy_from_slice(&c.to_be_bytes());
+            }
+            None => {
+                l4[4..6].copy_from_slice(&(l4len as u16).to_be_bytes());
+                let c = checksum::l4_v4(src.0, dst.0, 17, l4);
+                l4[6..8].copy_from_slice(&c.to_be_bytes());
+            }
+        }
+        f
+    }
+
+    /// What a packet did: verdict, bytes, and every counter.
+    fn run(
+        p: &mut Pipeline,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        port: u16,
+        f: &[u8],
+        now: u64,
+    ) -> (Verdict, Vec<u8>) {
+        let mut b = VecBuf::new(f);
+        let v = p.process(t, st, port, &mut b, now, false);
+        (v, b.bytes())
+    }
+
+    fn counters(st: &WorkerStats) -> Vec<u64> {
+        let mut v = vec![
+            st.nat_forward.load(Relaxed),
+            st.nat_reverse.load(Relaxed),
+            st.sessions_created.load(Relaxed),
+            st.sessions_flushed.load(Relaxed),
+            st.routed.load(Relaxed),
+            st.too_big_sent.load(Relaxed),
+        ];
+        v.extend(st.drops.iter().map(|d| d.load(Relaxed)));
+        v
+    }
+
+    /// One step of a scenario: which packet, when, and how it is damaged.
+    #[derive(Clone, Debug)]
+    struct Step {
+        client: u8,
+        service: u8,
+        tcp: Option<u8>,
+        reply: bool,
+        payload: usize,
+        dt: u64,
+        damage: Option<(usize, u8)>,
+        new_table: bool,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            0u8..6,
+            1u8..3,
+            prop_oneof![
+                Just(None),
+                Just(Some(tcp::ACK)),
+                Just(Some(tcp::ACK | 0x08)),
+                Just(Some(tcp::SYN)),
+                Just(Some(tcp::SYN | tcp::ACK)),
+                Just(Some(tcp::FIN | tcp::ACK)),
+                Just(Some(tcp::RST)),
+            ],
+            any::<bool>(),
+            prop_oneof![Just(0usize), Just(18), Just(600), Just(1400)],
+            prop_oneof![Just(0u64), Just(1), Just(1_000), Just(40_000)],
+            prop::option::weighted(0.3, (0usize..80, any::<u8>())),
+            prop::bool::weighted(0.05),
+        )
+            .prop_map(
+                |(client, service, tcp, reply, payload, dt, damage, new_table)| Step {
+                    client,
+                    service,
+                    tcp,
+                    reply,
+                    payload,
+                    dt,
+                    damage,
+                    new_table,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        /// The fast path and the general path give the same verdicts, the
+        /// same bytes and the same counters for any packet sequence: clients
+        /// opening, using and closing TCP/UDP sessions (DNAT-only and
+        /// masqueraded), replies, table changes, neighbours going stale,
+        /// packets over the egress MTU, and damaged bytes anywhere in the
+        /// headers.
+        #[test]
+        fn fast_path_matches_the_general_path(steps in prop::collection::vec(step(), 1..60), mtu1 in prop_oneof![Just(1500u16), Just(1000)]) {
+            let mut fast = pipeline(true, mtu1);
+            let mut slow = pipeline(false, mtu1);
+            let (sf, ss) = (WorkerStats::default(), WorkerStats::default());
+            let mut version = 1;
+            let mut t = table(version);
+            fast.on_table(&t);
+            slow.on_table(&t);
+            let mut now = 0;
+            // Where each client's flow went (from the slow path's output).
+            let mut seen: Vec<Option<([u8; 4], u16, [u8; 4], u16)>> = vec![None; 64];
+            for s in &steps {
+                now += s.dt;
+                if s.new_table {
+                    version += 1;
+                    t = table(version);
+                    fast.on_table(&t);
+                    slow.on_table(&t);
+                }
+                let cport = 40_000 + u16::from(s.client);
+                let vip = [198, 18, 100, s.service];
+                let slot = usize::from(s.client) * 4 + usize::from(s.service) * 2 + usize::from(s.tcp.is_some());
+                let (port, mut f) = match (s.reply, seen[slot]) {
+                    (true, Some((bsrc, bport, cdst, cdport))) => {
+                        (1, frame(P1, (bsrc, bport), (cdst, cdport), s.tcp, s.payload))
+                    }
+                    _ => (0, frame(P0, ([198, 18, 0, 2], cport), (vip, 80), s.tcp, s.payload)),
+                };
+                if let Some((at, x)) = s.damage {
+                    let at = at % f.len();
+                    f[at] ^= x | 1;
+                }
+                let (vf, bf) = run(&mut fast, &t, &sf, port, &f, now);
+                let (vs, bs) = run(&mut slow, &t, &ss, port, &f, now);
+                prop_assert_eq!(vf, vs);
+                prop_assert_eq!(&bf, &bs);
+                prop_assert_eq!(counters(&sf), counters(&ss));
+                // Neighbour probes (a stale backend is re-solicited) too.
+                let sol_f: Vec<_> = fast.take_solicits().collect();
+                let sol_s: Vec<_> = slow.take_solicits().collect();
+                prop_assert_eq!(sol_f, sol_s);
+                if port == 0 && vs == Verdict::Tx(1) && s.damage.is_none() {
+                    // The translated packet: the reply goes backend -> (snat or client).
+                    let ip = &bs[14..];
+                    seen[slot] = Some((
+                        ip[16..20].try_into().unwrap(),
+                        u16::from_be_bytes([ip[22], ip[23]]),
+                        ip[12..16].try_into().unwrap(),
+                        u16::from_be_bytes([ip[20], ip[21]]),
+                    ));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn established_packets_take_the_fast_path() {
+        let t = table(1);
+        let st = WorkerStats::default();
+        let mut p = pipeline(true, 1500);
+        p.on_table(&t);
+        let f = frame(
+            P0,
+            ([198, 18, 0, 2], 40000),
+            ([198, 18, 100, 1], 80),
+            None,
+            18,
+        );
+        let (v, out) = run(&mut p, &t, &st, 0, &f, 0);
+        assert_eq!(v, Verdict::Tx(1));
+        assert_eq!(
+            st.fast_path.load(Relaxed),
+            0,
+            "the first packet opens the session"
+        );
+        for i in 1..=10 {
+            assert_eq!(run(&mut p, &t, &st, 0, &f, i).0, Verdict::Tx(1));
+        }
+        assert_eq!(st.fast_path.load(Relaxed), 10);
+        // The backend's reply, reverse-translated on the fast path too.
+        let ip = &out[14..];
+        let r = frame(
+            P1,
+            (ip[16..20].try_into().unwrap(), 8080),
+            ([198, 18, 0, 2], 40000),
+            None,
+            18,
+        );
+        let (v, back) = run(&mut p, &t, &st, 1, &r, 20);
+        assert_eq!(v, Verdict::Tx(0));
+        assert_eq!(&back[26..30], &[198, 18, 100, 1], "source is the VIP again");
+        assert_eq!(st.fast_path.load(Relaxed), 11);
+        // A new table version: the first packet revalidates on the general path.
+        let t2 = table(2);
+        p.on_table(&t2);
+        assert_eq!(run(&mut p, &t2, &st, 0, &f, 30).0, Verdict::Tx(1));
+        assert_eq!(st.fast_path.load(Relaxed), 11);
+        assert_eq!(run(&mut p, &t2, &st, 0, &f, 31).0, Verdict::Tx(1));
+        assert_eq!(st.fast_path.load(Relaxed), 12);
+    }
+}

@@ -1,0 +1,157 @@
+//! The pipeline's hot path under a fixed workload, for instruction counts
+//! (`scripts/bench/callgrind.sh`: valgrind's callgrind counts the
+//! instructions of `measure`, which are exact and immune to other load on the
+//! machine) and for quick profiling with `perf record`.
+//!
+//! `cargo run --release --example hotpath -- SCENARIO [PACKETS]`
+//!
+//! Scenarios: `fwd1` (one established UDP flow, client → VIP), `rev1` (its
+//! replies), `fwd60k` / `fwd1m` (60,000 / 1,000,000 established flows in a
+//! scattered order, one packet at a time), `fwd60k_burst` / `fwd1m_burst`
+//! (the same in bursts of 32 with the worker's pre-pass: index and session
+//! prefetch for the whole burst first), `new` (every packet opens a flow:
+//! session insert + Maglev pick). Prints `SCENARIO PACKETS NS_PER_PACKET`.
+use dataplane::pipeline::{PacketBuf, Pipeline, VecBuf, Verdict};
+use dataplane::stats::WorkerStats;
+use dataplane::table::ServiceTable;
+use std::time::Instant;
+
+#[path = "../benches/common/mod.rs"]
+mod common;
+use common::*;
+
+const BURST: usize = 32;
+
+fn flow_frame(i: u32) -> Vec<u8> {
+    udp_frame(
+        [198, 18, 1 + (i >> 16) as u8, (i >> 8) as u8],
+        (i as u16) | 1024,
+        [198, 18, 200, (i % 16) as u8],
+        80,
+        P0,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+/// The measured loop: `n` packets from `frames` (in the order of `order`),
+/// `burst` at a time, with the pre-pass when `prepass`.
+#[inline(never)]
+fn measure(
+    p: &mut Pipeline,
+    t: &ServiceTable,
+    st: &WorkerStats,
+    frames: &[Vec<u8>],
+    bufs: &mut [VecBuf],
+    n: usize,
+    prepass: bool,
+    in_port: u16,
+) -> usize {
+    let mut sent = 0;
+    let mut k = 0usize;
+    let mut hashes = [0u64; BURST];
+    let len = frames.len();
+    let mut done = 0;
+    while done < n {
+        let m = bufs.len().min(n - done);
+        for b in bufs[..m].iter_mut() {
+            // A fixed stride over the flows: scattered like real traffic.
+            k = (k + 7919) % len;
+            b.reset(&frames[k]);
+        }
+        if prepass {
+            for (h, b) in hashes.iter_mut().zip(&bufs[..m]) {
+                *h = p.prefetch_index(b.data());
+            }
+            for &h in &hashes[..m] {
+                p.prefetch_session(h);
+            }
+        }
+        for b in bufs[..m].iter_mut() {
+            if matches!(p.process(t, st, in_port, b, 1, false), Verdict::Tx(_)) {
+                sent += 1;
+            }
+        }
+        done += m;
+    }
+    sent
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let scenario = args.next().unwrap_or_else(|| "fwd1".into());
+    let n: usize = args
+        .next()
+        .map(|s| s.parse().expect("PACKETS must be a number"))
+        .unwrap_or(1_000_000);
+    let st = WorkerStats::default();
+    let t = table(16, 8);
+    let (flows, burst, reply, new) = match scenario.as_str() {
+        "fwd1" => (1, 1, false, false),
+        "rev1" => (1, 1, true, false),
+        "fwd60k" => (60_000, 1, false, false),
+        "fwd60k_burst" => (60_000, BURST, false, false),
+        "fwd1m" => (1_000_000, 1, false, false),
+        "fwd1m_burst" => (1_000_000, BURST, false, false),
+        "new" => (n as u32, 1, false, true),
+        other => {
+            eprintln!("unknown scenario {other}");
+            std::process::exit(2);
+        }
+    };
+    let frames: Vec<Vec<u8>> = if reply {
+        // A client with a static neighbour entry, so replies go straight out.
+        vec![udp_frame([198, 18, 0, 2], 40000, [198, 18, 200, 0], 80, P0)]
+    } else {
+        (0..flows).map(flow_frame).collect()
+    };
+    let mut p = pipeline((flows as usize).max(1024) + 1024);
+    p.on_table(&t);
+    let mut frames = frames;
+    if !new {
+        // Open every session first (not measured).
+        let mut first_out = None;
+        for f in &frames {
+            let mut b = VecBuf::new(f);
+            assert!(matches!(
+                p.process(&t, &st, 0, &mut b, 0, false),
+                Verdict::Tx(1)
+            ));
+            first_out.get_or_insert_with(|| b.bytes());
+        }
+        if reply {
+            // The backend's reply to the flow.
+            let d = first_out.expect("one flow");
+            let backend: [u8; 4] = d[30..34].try_into().expect("IPv4");
+            let bport = u16::from_be_bytes([d[36], d[37]]);
+            frames = vec![udp_frame(backend, bport, [198, 18, 0, 2], 40000, P1)];
+        }
+    }
+    let created = st
+        .sessions_created
+        .load(core::sync::atomic::Ordering::Relaxed);
+    let mut bufs: Vec<VecBuf> = (0..burst).map(|_| VecBuf::new(&frames[0])).collect();
+    let start = Instant::now();
+    let sent = if new {
+        // Frames in order: each one a new flow.
+        let mut sent = 0;
+        for chunk in frames.chunks(1 << 16) {
+            sent += measure(&mut p, &t, &st, chunk, &mut bufs, chunk.len(), false, 0);
+        }
+        sent
+    } else {
+        let in_port = if reply { 1 } else { 0 };
+        measure(&mut p, &t, &st, &frames, &mut bufs, n, burst > 1, in_port)
+    };
+    let ns = start.elapsed().as_nanos() as f64 / n as f64;
+    let created_now = st
+        .sessions_created
+        .load(core::sync::atomic::Ordering::Relaxed)
+        - created;
+    assert_eq!(sent, n, "every packet forwarded");
+    if new {
+        assert_eq!(created_now as usize, n, "every packet opened a session");
+    } else {
+        assert_eq!(created_now, 0, "no session created while measuring");
+    }
+    println!("{scenario} {n} {ns:.1}");
+}
