@@ -104,6 +104,8 @@ RSS_AFTER=$(rss_kb)
 
 python3 - "$LOAD" "$SYNC" "$CHURN" "$RSS_EMPTY" "$RSS_LOADED" "$RSS_AFTER" "$(nproc)" <<'EOF' | tee bench-results/scale.json
 import json, sys
+sys.path.insert(0, "scripts/bench")
+import benv
 load, sync, churn = (json.loads(x) for x in sys.argv[1:4])
 empty, loaded, after, cpus = (int(x) for x in sys.argv[4:8])
 print(json.dumps({
@@ -113,5 +115,7 @@ print(json.dumps({
                        "after_changes": round(after / 1024, 1),
                        "control_plane_delta": round((after - empty) / 1024, 1)},
     "cpus": cpus, "proxy_lcores": "main 0@(0-1), worker 1@1",
+    "env": benv.collect(pinning="proxy lcores: main 0@(0-1), worker 1@1; API server and etcd unpinned",
+                        hugepages="none (--no-huge)"),
 }, indent=1))
 EOF

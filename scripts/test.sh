@@ -20,6 +20,8 @@ cargo build --workspace --all-targets --locked
 # once, then cached in /var/cache/dpdk-kube-proxy/k8s).
 echo "== kube-apiserver and etcd" >&2
 scripts/k8s-test-env.sh build >/dev/null
+echo "== benchmark report generator (self-test)" >&2
+python3 scripts/bench/report.py --check
 echo "== tests" >&2
 # Each integration/e2e test file is its own process (one EAL per process).
 log=$(mktemp)
