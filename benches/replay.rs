@@ -18,31 +18,62 @@
 //! (198.19.x.y, static neighbours). Service VIPs are 198.18.128.0/17, port 80.
 //! All addresses are in 198.18.0.0/15.
 //!
-//! **Generator mode** (one worker, most scenarios): a warm-up pass sends the
-//! first packet of every flow (creating its session, recording its backend);
-//! then 2048 mbufs circulate: the generator drains the egress port's tx
-//! ring, checks a sample of what the worker sent, restores the frame bytes
-//! from prebuilt templates (random flow order) and re-enqueues them in bulk on
-//! the ingress port's rx ring, which so stays well filled. Counters are read
-//! before and after the window (after a short ramp).
+//! **Generator mode** (one worker; all scenarios but the two below): a
+//! warm-up pass sends the first packet of every flow (creating its session,
+//! recording its backend); then 2048 mbufs circulate: the generator drains
+//! the egress port's tx ring, checks a sample of what the worker sent,
+//! restores the frame bytes from prebuilt templates (flows in a fixed-seed
+//! random order) and re-enqueues them in bulk on the ingress port's rx ring,
+//! which so stays well filled. The counters are read before and after the
+//! window (after a short ramp). `avg_burst` is rx packets per loop iteration
+//! over the window, idle iterations included: ≈ 32 means the worker found a
+//! full burst every time it looked (saturated).
 //!
-//! **Prefill mode** (`two_workers`, `handoff`): with two workers on a 2-CPU
-//! machine the generator must not compete, so every round fills the rx rings
-//! with 65,536 packets *before* any of them is released to the workers (all
-//! pointers are enqueued in one go), the generator sleeps while the workers
-//! drain them, and the counters are read before the fill and after the last
-//! packet came out. Each flow's packets go to its owner's queue
-//! (`addr::owner_of`), or, for `handoff`, to the other worker's queue.
+//! **Prefill mode** (`two_workers` with its one-worker baseline, `handoff`):
+//! with two workers on a 2-CPU machine the generator must not compete, so
+//! every round fills the rx rings with 65,536 packets *before* any of them is
+//! released to the workers (all pointers are enqueued in one go), the
+//! generator sleeps while the workers drain them, and the counters are read
+//! before the fill and after the last packet came out. Each flow's packets go
+//! to its owner's queue (`addr::owner_of`), or, for `handoff`, to the other
+//! worker's queue, so that every packet crosses the hand-off ring. Here
+//! `avg_burst` is measured over the parts of each drain during which the
+//! worker's queue still held a full burst. The hand-off ring is enlarged to
+//! a whole round (see `HANDOFF_RING`).
+//!
+//! **New connections**: every packet is a TCP SYN of a brand-new flow
+//! (session create + Maglev pick). The session table (capacity 2^21, quick
+//! 2^19) is first filled to 90% with short-lived UDP sessions that expire
+//! before the window, so that the measured connections reuse memory that is
+//! already mapped (steady state, not first-touch page faults); at most as
+//! many connections as were live at the end of that pre-warm are measured,
+//! so the table never fills. Memory per session is
+//! `SessionTable::memory_bytes() / capacity()` of a table of that capacity.
 //!
 //! **Checks** (a scenario is `valid` only if all hold; the process exits
 //! non-zero otherwise): every warm-up output and every 8th measured output is
 //! checked field by field (DNAT to a backend of the flow's Service with that
 //! backend's MAC, the flow kept the backend it got in the warm-up, client
-//! address and port kept, TTL decremented, sent by the flow's owner worker);
-//! every 4096th (and every warm-up output up to 100k flows) is also parsed by
-//! etherparse with IPv4 and TCP/UDP checksums verified. The proxy must count
-//! no drops, create no session while measuring established traffic, transmit
-//! everything it received, and leave nothing on the wrong port.
+//! address and port kept, reply source rewritten to the VIP, TTL
+//! decremented, sent by the flow's owner worker); every 4096th (and every
+//! warm-up output up to 100k flows) is also parsed by etherparse with IPv4
+//! and TCP/UDP checksums verified. The proxy must count no drops, create no
+//! session while measuring established traffic, transmit everything it
+//! received, and leave nothing on the wrong port; every mbuf must come back.
+//!
+//! **Noise.** TSC cycles run on while a thread is preempted, so busy cycles
+//! include time other processes took. Each worker thread's on-CPU time in the
+//! window (`/proc/self/task/TID/schedstat`) is reported as `cpu_share`; a
+//! window where a worker had less than 95% of its CPU is flagged
+//! `contended`. That does not make a scenario invalid (validity is about
+//! correctness), but its cycle figures are then upper bounds.
+//!
+//! **Output**: a table on stdout and JSON (default
+//! `bench-results/replay.json`): `env`, `scenarios` (one object per
+//! measured configuration, with per-worker counters), `new_connections`,
+//! `handoff` (`extra_cycles_per_packet` = handoff − two_workers).
+#![forbid(unsafe_code)]
+
 use anyhow::{bail, ensure, Context, Result};
 use dataplane::addr::{fmix64, owner_of, Addr, Proto, SockAddr};
 use dataplane::dpdk::rcu::Rcu;
@@ -208,7 +239,7 @@ impl Params {
                 window: Duration::from_millis(500),
                 ramp: Duration::from_millis(100),
                 rounds: 10,
-                new_conn_capacity: 1 << 20,
+                new_conn_capacity: 1 << 19,
                 prewarm_udp_ms: 1_500,
                 flows_1m: 1_000_000,
             }
@@ -217,8 +248,8 @@ impl Params {
                 window: Duration::from_secs(5),
                 ramp: Duration::from_millis(300),
                 rounds: 60,
-                new_conn_capacity: 1 << 22,
-                prewarm_udp_ms: 6_000,
+                new_conn_capacity: 1 << 21,
+                prewarm_udp_ms: 4_000,
                 flows_1m: 1_000_000,
             }
         }
