@@ -245,9 +245,9 @@ impl Params {
             }
         } else {
             Params {
-                window: Duration::from_secs(5),
+                window: Duration::from_secs(8),
                 ramp: Duration::from_millis(300),
-                rounds: 60,
+                rounds: 100,
                 new_conn_capacity: 1 << 21,
                 prewarm_udp_ms: 4_000,
                 flows_1m: 1_000_000,
@@ -2423,12 +2423,78 @@ fn self_test(pool: &Mempool) -> Result<()> {
     ensure!(new_index(new_client(123_456).0, new_client(123_456).1) == Some(123_456));
     let b = backend(71_234);
     ensure!(backend_index(b.0, b.1) == Some(71_234));
+    checker_self_test(w)?;
     let mut m = pool.alloc().context("mbuf for the self-test")?;
     m.set_len(FRAME_LEN);
     ensure!(
         m.len() == FRAME_LEN,
         "a generator mbuf cannot hold {FRAME_LEN} bytes"
     );
+    Ok(())
+}
+
+/// What the worker should make of forward flow `f` sent to backend `k`.
+fn expected_forward(f: u32, k: u32, out_mac: MacAddr) -> Frame {
+    let mut fr = [0u8; FRAME_LEN];
+    write_udp(&mut fr, backend_mac(k), out_mac, client(f), backend(k), f);
+    fr[22] = 63;
+    let c = checksum::ipv4_header(&fr[14..34]);
+    fr[24..26].copy_from_slice(&c.to_be_bytes());
+    fr
+}
+
+/// Shows that the checker accepts a correct translation and rejects wrong
+/// ones, so that "no errors" in a run means something.
+fn checker_self_test(w: World) -> Result<()> {
+    let mac = MacAddr([2, 0, 0, 0, 9, 9]);
+    let f = 5;
+    let svc = w.svc_of_flow(f);
+    let k = svc * w.per_service + 3;
+    let good = expected_forward(f, k, mac);
+    let mut backend_of = vec![UNSET; 16];
+    let mut c = Checker::new(w, Kind::Forward, mac, 1, &mut backend_of, true, 1, 1);
+    c.on_output(0, &good);
+    ensure!(c.errors == 0, "checker self-test: {}", c.summary());
+    let mut bad = vec![];
+    // Same Service, another backend: the flow moved.
+    bad.push(expected_forward(f, svc * w.per_service + 4, mac));
+    // A backend of another Service.
+    bad.push(expected_forward(
+        f,
+        ((svc + 1) % w.services) * w.per_service,
+        mac,
+    ));
+    // TTL not decremented.
+    let mut b = good;
+    b[22] = 64;
+    let cs = checksum::ipv4_header(&b[14..34]);
+    b[24..26].copy_from_slice(&cs.to_be_bytes());
+    bad.push(b);
+    // Payload changed without fixing the UDP checksum.
+    let mut b = good;
+    b[55] ^= 1;
+    bad.push(b);
+    // Wrong source MAC (not the egress port's).
+    let mut b = good;
+    b[6] ^= 0x80;
+    bad.push(b);
+    let mut c = Checker::new(w, Kind::Forward, mac, 1, &mut backend_of, false, 1, 1);
+    c.on_output(0, &good);
+    ensure!(c.errors == 0, "checker self-test: {}", c.summary());
+    for (i, b) in bad.iter().enumerate() {
+        let before = c.errors;
+        c.on_output(0, b);
+        ensure!(
+            c.errors == before + 1,
+            "checker self-test: bad frame {i} accepted"
+        );
+    }
+    // With two workers, a frame sent by the wrong worker is caught.
+    let owner = owner_of(&SockAddr::new(Addr::v4(client(f).0), client(f).1), 2) as usize;
+    let mut c = Checker::new(w, Kind::Forward, mac, 2, &mut backend_of, false, 1, 1);
+    c.on_output(owner, &good);
+    c.on_output(1 - owner, &good);
+    ensure!(c.errors == 1, "checker self-test: owner check");
     Ok(())
 }
 
@@ -2627,7 +2693,9 @@ fn run_with(opts: &Opts) -> Result<i32> {
             "git_rev": git_rev(),
             "date": jiff::Timestamp::now().to_string(),
             "quick": opts.quick,
-            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "cpus_online": std::fs::read_to_string("/sys/devices/system/cpu/online")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
         },
         "scenarios": outcomes.iter().map(|o| o.to_json(hz)).collect::<Vec<_>>(),
         "new_connections": new_conn.unwrap_or(Value::Null),
