@@ -125,6 +125,9 @@ const GEN_IN_FLIGHT: usize = 2048;
 const WARM_IN_FLIGHT: usize = 1024;
 /// Packets per prefill round (all queues together).
 const PREFILL_PACKETS: usize = 1 << 16;
+/// How often the sleeping generator looks at the rings during a drain (each
+/// look briefly preempts the worker on CPU 0).
+const PREFILL_POLL: Duration = Duration::from_millis(1);
 /// Wire ring size per queue in prefill mode (holds a whole round).
 const PREFILL_RING: u32 = 1 << 17;
 /// Hand-off ring of the two-worker scenarios (the product default is 1024):
@@ -236,18 +239,18 @@ impl Params {
     fn new(quick: bool) -> Params {
         if quick {
             Params {
-                window: Duration::from_millis(500),
+                window: Duration::from_secs(1),
                 ramp: Duration::from_millis(100),
-                rounds: 10,
+                rounds: 20,
                 new_conn_capacity: 1 << 19,
                 prewarm_udp_ms: 1_500,
                 flows_1m: 1_000_000,
             }
         } else {
             Params {
-                window: Duration::from_secs(8),
+                window: Duration::from_secs(10),
                 ramp: Duration::from_millis(300),
-                rounds: 100,
+                rounds: 150,
                 new_conn_capacity: 1 << 21,
                 prewarm_udp_ms: 4_000,
                 flows_1m: 1_000_000,
@@ -401,6 +404,19 @@ impl World {
             });
         }
         ServiceTable::new(spec, 1)
+    }
+}
+
+/// Session timeouts of the established scenarios: the defaults, but UDP
+/// flows (which see no replies in the forward scenarios) last 10 minutes,
+/// so that a slow run (a contended machine: warm-up and window of 1M flows
+/// can then take longer than the 30 s default) cannot expire warm-up
+/// sessions. A session hit does the same work whatever the timeout.
+fn established_timeouts() -> Timeouts {
+    Timeouts {
+        udp: 600_000,
+        udp_stream: 600_000,
+        ..Timeouts::default()
     }
 }
 
@@ -1421,7 +1437,7 @@ impl<'a> Gen<'a> {
         let mut saturated = vec![(0u64, 0u64); self.rx.len()];
         let mut prev = snap(stats);
         loop {
-            std::thread::sleep(Duration::from_micros(500));
+            std::thread::sleep(PREFILL_POLL);
             let left: Vec<u32> = self.rx.iter().map(|r| r.count()).collect();
             let now = snap(stats);
             for (q, n) in left.iter().enumerate() {
@@ -1924,7 +1940,7 @@ fn established_inner(ctx: &Ctx, e: &Established, world: World, out: &mut Outcome
         &DpSpec {
             lcores: vec![LCORE_CPU1],
             sessions: cap,
-            timeouts: Timeouts::default(),
+            timeouts: established_timeouts(),
             neighbors: world.neighbors(),
             ring: GEN_RING,
             handoff_ring: DEFAULT_HANDOFF_RING,
@@ -1934,6 +1950,8 @@ fn established_inner(ctx: &Ctx, e: &Established, world: World, out: &mut Outcome
     let base = snap(dp.stats());
     let base_drops = drop_counts(dp.stats());
     out.extra.insert("session_capacity".into(), json!(cap));
+    out.extra
+        .insert("udp_timeout_ms".into(), json!(established_timeouts().udp));
     out.extra
         .insert("setup_s".into(), json!(t.elapsed().as_secs_f64()));
     let fwd = forward_frames(&world, e.flows, dp.macs[0]);
@@ -2179,7 +2197,7 @@ fn prefill_inner(
         &DpSpec {
             lcores,
             sessions: cap,
-            timeouts: Timeouts::default(),
+            timeouts: established_timeouts(),
             neighbors: world.neighbors(),
             ring: PREFILL_RING,
             handoff_ring: HANDOFF_RING,
@@ -2195,6 +2213,8 @@ fn prefill_inner(
     out.extra.insert("warmup_s".into(), json!(wt.as_secs_f64()));
     out.extra.insert("session_capacity".into(), json!(cap));
     out.extra.insert("handoff_ring".into(), json!(HANDOFF_RING));
+    out.extra
+        .insert("udp_timeout_ms".into(), json!(established_timeouts().udp));
     let order = permutation(flows, 0x7265_706c_6179);
     let src = Source::Frames {
         frames: &fwd,
