@@ -74,6 +74,9 @@ pub struct Neighbors {
     map: HashMap<Addr, Entry, AddrBuildHasher>,
     capacity: usize,
     timers: NeighborTimers,
+    /// Bumped by every change to an entry: an answer of
+    /// [`Neighbors::fresh_until`] holds while this stays the same.
+    generation: u64,
 }
 
 impl Neighbors {
@@ -84,7 +87,14 @@ impl Neighbors {
             map: HashMap::with_capacity_and_hasher(capacity * 2, AddrBuildHasher::default()),
             capacity,
             timers,
+            generation: 0,
         }
+    }
+
+    /// The change counter (see [`Neighbors::fresh_until`]).
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Number of entries (all states).
@@ -99,6 +109,16 @@ impl Neighbors {
     /// Resolves `addr` for transmission at time `now`.
     #[inline]
     pub fn resolve(&mut self, addr: &Addr, now: u64) -> Resolution {
+        let r = self.resolve_inner(addr, now);
+        if !matches!(r, Resolution::Known(_)) {
+            // Every other answer changed an entry (probe time, state, a new one).
+            self.generation += 1;
+        }
+        r
+    }
+
+    #[inline]
+    fn resolve_inner(&mut self, addr: &Addr, now: u64) -> Resolution {
         let t = self.timers;
         match self.map.get_mut(addr) {
             Some(e) => match e.state {
@@ -168,6 +188,30 @@ impl Neighbors {
         }
     }
 
+    /// [`Neighbors::fresh`] with how long the answer holds: `(mac, until)`
+    /// — fresh at every time before `until`, as long as
+    /// [`Neighbors::generation`] does not change. For caching next hops.
+    #[inline]
+    pub fn fresh_until(&self, addr: &Addr, now: u64) -> Option<(MacAddr, u64)> {
+        let t = &self.timers;
+        let e = self.map.get(addr)?;
+        let until = match e.state {
+            State::Static => u64::MAX,
+            State::Reachable => {
+                // fresh(now) <=> now < confirmed + reachable
+                //             || (now < confirmed + expire && now < probed + retry)
+                let a = e.confirmed.saturating_add(t.reachable);
+                let b = e
+                    .confirmed
+                    .saturating_add(t.expire)
+                    .min(e.probed.saturating_add(t.retry));
+                a.max(b)
+            }
+            State::Incomplete => return None,
+        };
+        (now < until).then_some((e.mac, until))
+    }
+
     /// The MAC of `addr` if it is known (any state but incomplete); no side effects.
     #[inline]
     pub fn known(&self, addr: &Addr) -> Option<MacAddr> {
@@ -180,6 +224,7 @@ impl Neighbors {
     /// Records that `addr` is at `mac` on `port` (from an ARP/NDP packet).
     /// Returns true when this changed what we knew (worth telling other workers).
     pub fn learn(&mut self, u: NeighborUpdate, now: u64) -> bool {
+        self.generation += 1;
         if let Some(e) = self.map.get_mut(&u.addr) {
             if e.state == State::Static {
                 return false;
@@ -225,6 +270,7 @@ impl Neighbors {
 
     /// Installs a static entry (never aged).
     pub fn set_static(&mut self, addr: Addr, mac: MacAddr, port: u16) {
+        self.generation += 1;
         self.map.insert(
             addr,
             Entry {
@@ -240,6 +286,7 @@ impl Neighbors {
     /// Drops expired and incomplete entries to make room. Control-rate only
     /// (called when the table is full).
     fn evict(&mut self, now: u64) {
+        self.generation += 1;
         let t = self.timers;
         self.map.retain(|_, e| match e.state {
             State::Static => true,

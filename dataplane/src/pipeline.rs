@@ -224,6 +224,9 @@ pub struct Pipeline {
     statics_version: Option<u64>,
     affinity: Arc<AffinityTable>,
     fast_path: bool,
+    /// The fast path's next-hop cache: route + fresh neighbour per
+    /// destination, valid for one table version and neighbour generation.
+    egress: Box<[fast::Egress; fast::EGRESS_SLOTS]>,
 }
 
 /// Offsets and fields of a parsed IP packet.
@@ -258,6 +261,7 @@ impl Pipeline {
             statics_version: None,
             affinity: Arc::new(AffinityTable::new(cfg.affinity_slots)),
             fast_path: true,
+            egress: Box::new([fast::Egress::default(); fast::EGRESS_SLOTS]),
         }
     }
 

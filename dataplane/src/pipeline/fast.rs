@@ -89,12 +89,11 @@ impl Pipeline {
         {
             return None;
         }
-        let hop = t.route(&to)?;
-        let out = *self.ports.get(hop.port as usize)?;
+        let (port, mac) = self.egress_for(t, &to, now)?;
+        let out = *self.ports.get(port as usize)?;
         if out.vlan.is_some() || (total > MIN_MTU && total > usize::from(out.mtu)) {
             return None;
         }
-        let mac = self.neighbors.fresh(&hop.addr, now)?;
         // Committed: from here on the packet is translated and sent.
         self.sessions.touch(idx, dir, flags, now);
         WorkerStats::add(
@@ -110,7 +109,57 @@ impl Pipeline {
         let d = pkt.data_mut();
         d[0..6].copy_from_slice(&mac.0);
         d[6..12].copy_from_slice(&out.mac.0);
-        Some(Verdict::Tx(hop.port))
+        Some(Verdict::Tx(port))
+    }
+}
+
+/// Slots of the next-hop cache (direct-mapped by destination).
+pub(super) const EGRESS_SLOTS: usize = 256;
+
+/// A cached next hop: where packets to `dst` go and the MAC they get.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Egress {
+    dst: Addr,
+    version: u64,
+    generation: u64,
+    until: u64,
+    port: u16,
+    mac: MacAddr,
+    valid: bool,
+}
+
+impl Pipeline {
+    /// Egress port and destination MAC for `dst`: the route and a fresh
+    /// neighbour, from the cache while the table version and the neighbour
+    /// generation are unchanged and the neighbour stays fresh; `None` when
+    /// there is no route or the neighbour is not fresh (the general path
+    /// then routes, solicits or holds).
+    #[inline]
+    fn egress_for(&mut self, t: &ServiceTable, dst: &Addr, now: u64) -> Option<(u16, MacAddr)> {
+        let h = u32::from_ne_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]);
+        let slot = (h.wrapping_mul(0x9E37_79B1) >> 24) as usize % EGRESS_SLOTS;
+        let generation = self.neighbors.generation();
+        let e = &self.egress[slot];
+        if e.valid
+            && e.dst == *dst
+            && e.version == t.version
+            && e.generation == generation
+            && now < e.until
+        {
+            return Some((e.port, e.mac));
+        }
+        let hop = t.route(dst)?;
+        let (mac, until) = self.neighbors.fresh_until(&hop.addr, now)?;
+        self.egress[slot] = Egress {
+            dst: *dst,
+            version: t.version,
+            generation,
+            until,
+            port: hop.port,
+            mac,
+            valid: true,
+        };
+        Some((hop.port, mac))
     }
 }
 
@@ -384,6 +433,7 @@ mod tests {
         dt: u64,
         damage: Option<(usize, u8)>,
         new_table: bool,
+        relearn: Option<u8>,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -404,9 +454,10 @@ mod tests {
             prop_oneof![Just(0u64), Just(1), Just(1_000), Just(40_000)],
             prop::option::weighted(0.3, (0usize..80, any::<u8>())),
             prop::bool::weighted(0.05),
+            prop::option::weighted(0.1, 0u8..4),
         )
             .prop_map(
-                |(client, service, tcp, reply, payload, dt, damage, new_table)| Step {
+                |(client, service, tcp, reply, payload, dt, damage, new_table, relearn)| Step {
                     client,
                     service,
                     tcp,
@@ -415,6 +466,7 @@ mod tests {
                     dt,
                     damage,
                     new_table,
+                    relearn,
                 },
             )
     }
@@ -425,8 +477,8 @@ mod tests {
         /// same bytes and the same counters for any packet sequence: clients
         /// opening, using and closing TCP/UDP sessions (DNAT-only and
         /// masqueraded), replies, table changes, neighbours going stale,
-        /// packets over the egress MTU, and damaged bytes anywhere in the
-        /// headers.
+        /// neighbours re-learned with a new MAC, packets over the egress MTU,
+        /// and damaged bytes anywhere in the headers.
         #[test]
         fn fast_path_matches_the_general_path(steps in prop::collection::vec(step(), 1..60), mtu1 in prop_oneof![Just(1500u16), Just(1000)]) {
             let mut fast = pipeline(true, mtu1);
@@ -441,6 +493,16 @@ mod tests {
             let mut seen: Vec<Option<([u8; 4], u16, [u8; 4], u16)>> = vec![None; 64];
             for s in &steps {
                 now += s.dt;
+                if let Some(m) = s.relearn {
+                    // The learned backend answers ARP from another MAC.
+                    let u = NeighborUpdate {
+                        addr: v4([198, 19, 0, 12]),
+                        mac: MacAddr([2, 0, 0, 2, m, 12]),
+                        port: 1,
+                    };
+                    fast.learn_from_peer(u, now);
+                    slow.learn_from_peer(u, now);
+                }
                 if s.new_table {
                     version += 1;
                     t = table(version);
@@ -527,5 +589,61 @@ mod tests {
         assert_eq!(st.fast_path.load(Relaxed), 11);
         assert_eq!(run(&mut p, &t2, &st, 0, &f, 31).0, Verdict::Tx(1));
         assert_eq!(st.fast_path.load(Relaxed), 12);
+    }
+
+    #[test]
+    fn cached_next_hops_follow_neighbour_changes_and_ageing() {
+        let t = table(1);
+        let st = WorkerStats::default();
+        let mut p = pipeline(true, 1500);
+        p.on_table(&t);
+        // A UDP flow whose backend is the learned (ageing) neighbour .12.
+        let (f, out) = (40000u16..41000)
+            .map(|port| {
+                let f = frame(
+                    P0,
+                    ([198, 18, 0, 2], port),
+                    ([198, 18, 100, 1], 80),
+                    None,
+                    18,
+                );
+                let (v, out) = run(&mut p, &t, &st, 0, &f, 0);
+                assert_eq!(v, Verdict::Tx(1));
+                (f, out)
+            })
+            .find(|(_, out)| out[33] == 12)
+            .expect("some flow lands on backend .12");
+        assert_eq!(&out[0..6], &[2, 0, 0, 1, 0, 12]);
+        let _ = p.take_solicits().count();
+        // Fast path, cache filled, then hit.
+        let fast = |st: &WorkerStats| st.fast_path.load(Relaxed);
+        for now in [1, 2] {
+            let (v, o) = run(&mut p, &t, &st, 0, &f, now);
+            assert_eq!((v, &o[0..6]), (Verdict::Tx(1), &[2, 0, 0, 1, 0, 12][..]));
+        }
+        assert_eq!(fast(&st), 2);
+        // The neighbour answers from a new MAC: the very next packet uses it.
+        p.learn_from_peer(
+            NeighborUpdate {
+                addr: v4([198, 19, 0, 12]),
+                mac: MacAddr([2, 0, 0, 9, 9, 12]),
+                port: 1,
+            },
+            3,
+        );
+        let (v, o) = run(&mut p, &t, &st, 0, &f, 4);
+        assert_eq!((v, &o[0..6]), (Verdict::Tx(1), &[2, 0, 0, 9, 9, 12][..]));
+        assert_eq!(fast(&st), 3);
+        // 30 s without confirmation: stale. The packet still goes out (to the
+        // known MAC) but on the general path, which re-probes the neighbour.
+        let (v, _) = run(&mut p, &t, &st, 0, &f, 3 + 30_000);
+        assert_eq!(v, Verdict::Tx(1));
+        assert_eq!(
+            fast(&st),
+            3,
+            "a stale neighbour is not served from the cache"
+        );
+        let probes: Vec<_> = p.take_solicits().collect();
+        assert_eq!(probes, vec![(1, v4([198, 19, 0, 12]))]);
     }
 }
