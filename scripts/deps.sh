@@ -4,7 +4,7 @@
 set -euo pipefail
 
 PKGS=(dpdk dpdk-dev libdpdk-dev libclang-dev clang pkg-config build-essential
-      iproute2 ethtool python3 procps python3-matplotlib)
+      iproute2 ethtool python3 procps python3-matplotlib nftables)
 
 missing=()
 for p in "${PKGS[@]}"; do
