@@ -3,8 +3,9 @@
 #
 #   sudo scripts/bench.sh [--quick] [--no-build] [--only NAME,...]
 #
-# 1. build: cargo build --release, cargo bench --no-run (skipped by --no-build)
+# 1. build: cargo build --release (+ examples), cargo bench --no-run (skipped by --no-build)
 # 2. criterion: cargo bench --bench pipeline on CPU 1     -> bench-results/criterion.json
+#    callgrind: scripts/bench/callgrind.sh (instructions per packet, examples/hotpath.rs) -> bench-results/callgrind.json
 # 3. replay:    cargo bench --bench replay (if the target exists) -> bench-results/replay.json
 # 4. io:        scripts/bench-io.sh (testpmd io/5tswap vs the proxy over memif) -> bench-results/io.json
 # 5. scale:     scripts/bench-scale.sh (kube-apiserver at 10,000 Services)    -> bench-results/scale.json
@@ -15,7 +16,7 @@
 # --quick: short windows (criterion 0.5 s warm-up / 1 s measurement, real
 # I/O 1 s + 3 s per run, no waiting for an idle machine, no retries) and no
 # scale/kernel unless named in --only; about 2 minutes once built.
-# --only NAME,...: run only these of criterion, replay, io, scale, kernel
+# --only NAME,...: run only these of criterion, callgrind, replay, io, scale, kernel
 # (the report always runs). A failing piece does not stop the others; the
 # exit status is 1 if any failed.
 # Env: passed through to the pieces (BENCH_PMDS=memif,vhost, BENCH_FLOWS,
@@ -42,7 +43,7 @@ while (($#)); do
   esac
   shift
 done
-PIECES=(criterion replay io scale kernel)
+PIECES=(criterion callgrind replay io scale kernel)
 if [ -n "$ONLY" ]; then
   IFS=, read -r -a SELECTED <<<"$ONLY"
   for n in "${SELECTED[@]}"; do
@@ -114,6 +115,7 @@ sys.exit(0 if any(t["name"] == sys.argv[1] and "bench" in t["kind"]
 
 build() {
   cargo build --release --offline --locked
+  cargo build --release --offline --locked --example hotpath
   cargo bench --no-run --offline --locked
 }
 
@@ -127,6 +129,13 @@ criterion() {
                  --command "${cmd[*]}" --pinning "taskset -c 1 (cargo and the bench binary on CPU 1)")
   [ "$QUICK" = 1 ] && collect+=(--quick)
   python3 scripts/bench/criterion.py "${collect[@]}"
+}
+
+callgrind() {
+  # Instructions per packet: exact, unaffected by other load (valgrind).
+  local packets=200000
+  [ "$QUICK" = 1 ] && packets=50000
+  BENCH_OUT="$RESULTS/callgrind.json" scripts/bench/callgrind.sh --no-build "$packets"
 }
 
 replay() {
@@ -154,6 +163,7 @@ kernel() { bash scripts/bench-kernel.sh; }
 
 if [ "$BUILD" = 1 ]; then step build build; else skip build "--no-build"; fi
 if selected criterion; then step criterion criterion; fi
+if selected callgrind; then step callgrind callgrind; fi
 if selected replay; then
   if has_bench replay; then step replay replay; else skip replay "no 'replay' bench target in this tree"; fi
 fi

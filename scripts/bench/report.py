@@ -38,7 +38,7 @@ def _matplotlib():
     return plt
 
 
-SECTIONS = ("criterion", "replay", "io", "scale", "kernel")
+SECTIONS = ("criterion", "callgrind", "replay", "io", "scale", "kernel")
 REPLAY_TARGET_CYCLES = 100
 IO_TARGET_RATIO = 0.6
 DUT_LABELS = {"testpmd-io": "testpmd io", "testpmd-5tswap": "testpmd 5tswap", "proxy": "dpdk-kube-proxy"}
@@ -340,7 +340,8 @@ def render_kernel(d, source, _img):
 
 
 RENDER = {"criterion": (render_criterion, plot_criterion), "replay": (render_replay, plot_replay),
-          "io": (render_io, plot_io), "scale": (render_scale, None), "kernel": (render_kernel, None)}
+          "io": (render_io, plot_io), "scale": (render_scale, None), "kernel": (render_kernel, None),
+          "callgrind": (render_kernel, None)}
 
 
 def replace_section(doc, name, body):
@@ -420,6 +421,8 @@ def fixture(results):
             {"id": "pipeline/fixture_bench", "median_ns": 98.7, "mean_ns": 99.0, "mean_ci_ns": [98.0, 100.0],
              "median_ci_ns": [98.0, 99.5], "cycles": 197.4}]},
         "kernel.json": {"env": FIXTURE_ENV, "rows": [{"setup": "fixture-kernel", "mpps": 0.77}, {"setup": "b", "x": 1}]},
+        "callgrind.json": {"env": FIXTURE_ENV, "rows": [{"scenario": "fixture", "packets": 10,
+                                                         "instructions_per_packet": 123.4}]},
     }
     for n, d in files.items():
         with open(os.path.join(results, n), "w") as f:
