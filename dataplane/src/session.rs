@@ -345,41 +345,42 @@ impl SessionTable {
         self.live[idx / 64] & (1 << (idx % 64)) != 0
     }
 
-    /// Prefetches the index lines a lookup of a tuple with hash `h` reads
-    /// (call for every packet of a burst before processing it).
+    /// Prefetches the index line a lookup of a tuple with hash `h` reads
+    /// first (its primary bucket; call for every packet of a burst before
+    /// processing it).
     #[inline]
     pub fn prefetch(&self, h: u64) {
-        let b1 = h as usize & self.mask;
-        let b2 = alt_bucket(b1, tag_of(h), self.mask);
-        crate::dpdk::prefetch_read(&self.buckets[b1]);
-        crate::dpdk::prefetch_read(&self.buckets[b2]);
+        crate::dpdk::prefetch_read(&self.buckets[h as usize & self.mask]);
     }
 
-    /// Prefetches the session(s) whose index entries carry the tag of `h`
-    /// (call after [`SessionTable::prefetch`] had time to land).
+    /// Step 2 of the burst pre-pass (after [`SessionTable::prefetch`] had
+    /// time to land): prefetches the session the primary bucket names for
+    /// the tag of `h`, or the alternative bucket when the primary has none.
     #[inline]
     pub fn prefetch_session(&self, h: u64) {
         let tag = tag_of(h);
         let b1 = h as usize & self.mask;
-        for b in [b1, alt_bucket(b1, tag, self.mask)] {
-            let bucket = &self.buckets[b];
-            let mut hits = bucket.matches(tag);
-            while hits != 0 {
-                let w = (hits.trailing_zeros() / 16) as usize;
-                hits &= hits - 1;
-                if bucket.tag(w) == tag && bucket.vals[w] != EMPTY {
-                    if let Some(s) = self.slots.get((bucket.vals[w] >> 1) as usize) {
-                        // A session spans at most two cache lines.
-                        let p = s as *const Session as *const u8;
-                        crate::dpdk::prefetch_addr(p);
-                        crate::dpdk::prefetch_addr(
-                            p.wrapping_add(core::mem::size_of::<Session>() - 1),
-                        );
+        let bucket = &self.buckets[b1];
+        let mut hits = bucket.matches(tag);
+        while hits != 0 {
+            let w = (hits.trailing_zeros() / 16) as usize;
+            hits &= hits - 1;
+            if bucket.tag(w) == tag && bucket.vals[w] != EMPTY {
+                if let Some(s) = self.slots.get((bucket.vals[w] >> 1) as usize) {
+                    // An 88-byte session spans two or three cache lines.
+                    let p = s as *const Session as *const u8;
+                    let first = p.wrapping_sub(p as usize % 64);
+                    let last = p.wrapping_add(core::mem::size_of::<Session>() - 1);
+                    crate::dpdk::prefetch_addr(first);
+                    crate::dpdk::prefetch_addr(first.wrapping_add(64));
+                    if last as usize - first as usize >= 128 {
+                        crate::dpdk::prefetch_addr(last);
                     }
-                    return;
                 }
+                return;
             }
         }
+        crate::dpdk::prefetch_read(&self.buckets[alt_bucket(b1, tag, self.mask)]);
     }
 
     /// Finds the session a packet with tuple `key` belongs to.
