@@ -2,6 +2,7 @@
 //!
 //! ```sh
 //! cargo bench --bench replay -- [--quick] [--out FILE] [--scenario NAME...] [--hugepages] [--retries N]
+//!     [--updates-duration SECS] [--updates-rate N]
 //! ```
 //!
 //! Runs the product's worker (`dataplane::worker::start`, the poll loop the
@@ -50,6 +51,27 @@
 //! so the table never fills. Memory per session is
 //! `SessionTable::memory_bytes() / capacity()` of a table of that capacity.
 //!
+//! **Hitless updates** (`updates`, issue 5): the `established_60k` workload
+//! in generator mode, measured in back-to-back pairs of windows (3 x 1 s in
+//! `--quick`, 6 x 5 s in a full run; `--updates-duration` sets the total of
+//! the update windows), one without and one with backend changes, the order
+//! alternating (B U, U B, ...). During an update window a plain thread on
+//! CPU 0 (beside the generator) publishes a new `ServiceTable` through the
+//! workers' `Rcu` 100 times per second (`--updates-rate`), evenly paced:
+//! alternately an extra backend (a new address no flow uses) is added to one
+//! of the 16 Services and removed again, rotating over the Services, the
+//! version incremented each time; no backend an established flow uses is
+//! removed (that would flush its UDP flows, a correct move). Reported: drops
+//! (must be 0), flows moved to another backend (the per-flow backend check
+//! on every 8th output, and no session created or flushed: must be 0), the
+//! worker's Mpps with and without updates (TSC Hz / busy cycles per packet)
+//! and the dip, and per publication the time from the `publish` call until
+//! every worker's `table_version` shows the new version (p50/p99/max; the
+//! publisher busy-polls both the grace period and the counter) and the RCU
+//! grace period `publish` returns. Outcomes `updates_baseline` and
+//! `updates`, and the top-level JSON object `updates`. The dip is a target
+//! (< 1%), reported, not enforced.
+//!
 //! **Checks** (a scenario is `valid` only if all hold; the process exits
 //! non-zero otherwise): every warm-up output and every 8th measured output is
 //! checked field by field (DNAT to a backend of the flow's Service with that
@@ -73,18 +95,20 @@
 //! **Output**: a table on stdout and JSON (default
 //! `bench-results/replay.json`): `env`, `scenarios` (one object per
 //! measured configuration, with per-worker counters), `new_connections`,
-//! `handoff` (`extra_cycles_per_packet` = handoff − two_workers).
+//! `handoff` (`extra_cycles_per_packet` = handoff − two_workers), `updates`.
 #![forbid(unsafe_code)]
 
 use anyhow::{bail, ensure, Context, Result};
 use dataplane::addr::{fmix64, owner_of, Addr, Proto, SockAddr};
-use dataplane::dpdk::rcu::Rcu;
+use dataplane::dpdk::rcu::{Leaked, Rcu};
 use dataplane::dpdk::{self, Eal, Mbuf, Mempool, Port, Ring, RxBurst, TxBuffer};
 use dataplane::packet::{checksum, MacAddr};
 use dataplane::pipeline::{PacketBuf, PipelineConfig};
 use dataplane::session::{SessionTable, Timeouts};
 use dataplane::stats::{DropReason, WorkerStats};
-use dataplane::table::{Frontend, Interface, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec};
+use dataplane::table::{
+    Frontend, Interface, Service, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec,
+};
 use dataplane::worker::{self, DataplaneConfig, PortSpec, Running};
 use etherparse::{PacketHeaders, PayloadSlice, TransportHeader};
 use serde_json::{json, Map, Value};
@@ -163,7 +187,7 @@ const BACKEND_ADDRS: u32 = 60_000;
 const SVC_PORT: u16 = 80;
 const BACKEND_PORT: u16 = 8080;
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "established_1flow",
     "established_60k",
     "established_1m",
@@ -172,7 +196,16 @@ const SCENARIOS: [&str; 8] = [
     "new_connections",
     "two_workers",
     "handoff",
+    "updates",
 ];
+
+/// Backend changes per second of the `updates` scenario (issue 5).
+const UPDATE_RATE: f64 = 100.0;
+/// The throughput dip the issue allows during updates (%): reported, not enforced.
+const DIP_TARGET_PERCENT: f64 = 1.0;
+/// A publication whose grace period (or whose version on every worker)
+/// takes longer than this is a failure.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(1);
 
 // ---- options ----
 
@@ -182,12 +215,18 @@ struct Opts {
     scenarios: Vec<String>,
     hugepages: bool,
     retries: u32,
+    updates_duration: Option<f64>,
+    updates_rate: Option<f64>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench replay -- [--quick] [--out FILE] \
-[--scenario NAME...] [--hugepages] [--retries N]\n--retries N: run a scenario whose window \
-was contended (a worker had < 95% of its CPU) up to N more times, keep the least contended\nscenarios: established_1flow established_60k established_1m \
-established_60k_10k_services reply_60k new_connections two_workers handoff";
+[--scenario NAME...] [--hugepages] [--retries N] [--updates-duration SECS] [--updates-rate N]\n\
+--retries N: run a scenario whose window was contended (a worker had < 95% of its CPU) up to N \
+more times, keep the least contended\n--updates-duration SECS: total time of the `updates` \
+scenario's windows with backend changes (default 30, --quick 3; as long again without \
+changes for the baseline)\n--updates-rate N: backend changes per second in `updates` (default 100)\n\
+scenarios: established_1flow established_60k established_1m established_60k_10k_services \
+reply_60k new_connections two_workers handoff updates";
 
 fn parse_args() -> Result<Opts> {
     let mut o = Opts {
@@ -196,6 +235,8 @@ fn parse_args() -> Result<Opts> {
         scenarios: vec![],
         hugepages: false,
         retries: 0,
+        updates_duration: None,
+        updates_rate: None,
     };
     let mut it = std::env::args().skip(1).peekable();
     while let Some(a) = it.next() {
@@ -209,6 +250,21 @@ fn parse_args() -> Result<Opts> {
                     .context("--retries needs a number")?
                     .parse()
                     .context("--retries needs a number")?
+            }
+            "--updates-duration" | "--updates-rate" => {
+                let v: f64 = it
+                    .next()
+                    .with_context(|| format!("{a} needs a number"))?
+                    .parse()
+                    .with_context(|| format!("{a} needs a number"))?;
+                ensure!(v.is_finite() && v > 0.0, "{a} must be positive");
+                if a == "--updates-rate" {
+                    ensure!(v <= 10_000.0, "--updates-rate: at most 10000 per second");
+                    o.updates_rate = Some(v);
+                } else {
+                    ensure!(v <= 3600.0, "--updates-duration: at most 3600 s");
+                    o.updates_duration = Some(v);
+                }
             }
             "--scenario" | "--scenarios" => {
                 let mut any = false;
@@ -245,6 +301,12 @@ struct Params {
     new_conn_capacity: usize,
     prewarm_udp_ms: u64,
     flows_1m: u32,
+    /// `updates`: total length of the windows with backend changes.
+    updates_duration: Duration,
+    /// `updates`: baseline/updates window pairs the duration is split into.
+    updates_pairs: usize,
+    /// `updates`: backend changes per second.
+    updates_rate: f64,
 }
 
 impl Params {
@@ -257,6 +319,9 @@ impl Params {
                 new_conn_capacity: 1 << 19,
                 prewarm_udp_ms: 1_500,
                 flows_1m: 1_000_000,
+                updates_duration: Duration::from_secs(3),
+                updates_pairs: 3,
+                updates_rate: UPDATE_RATE,
             }
         } else {
             Params {
@@ -266,6 +331,9 @@ impl Params {
                 new_conn_capacity: 1 << 21,
                 prewarm_udp_ms: 4_000,
                 flows_1m: 1_000_000,
+                updates_duration: Duration::from_secs(30),
+                updates_pairs: 6,
+                updates_rate: UPDATE_RATE,
             }
         }
     }
@@ -363,6 +431,10 @@ impl World {
     }
     /// The service table: `services` Services per protocol in `protos`.
     fn table(&self, protos: &[Proto]) -> ServiceTable {
+        ServiceTable::new(self.spec(protos), 1)
+    }
+    /// What [`World::table`] is built from.
+    fn spec(&self, protos: &[Proto]) -> TableSpec {
         let mut spec = TableSpec {
             interfaces: vec![
                 Interface {
@@ -415,7 +487,7 @@ impl World {
                 port: 0,
             });
         }
-        ServiceTable::new(spec, 1)
+        spec
     }
 }
 
@@ -603,6 +675,10 @@ struct Checker<'a> {
     checked: u64,
     full: u64,
     errors: u64,
+    /// Checked `Forward` outputs whose flow had left its warm-up backend.
+    moved: u64,
+    /// The distinct flows among them.
+    moved_flows: std::collections::BTreeSet<u32>,
     first: Vec<String>,
 }
 
@@ -639,6 +715,8 @@ impl<'a> Checker<'a> {
             checked: 0,
             full: 0,
             errors: 0,
+            moved: 0,
+            moved_flows: Default::default(),
             first: vec![],
         }
     }
@@ -705,6 +783,12 @@ impl<'a> Checker<'a> {
                     }
                     let k = backend_index(dst.0, dst.1)
                         .ok_or_else(|| format!("flow {flow}: {dst:?} is not a backend"))?;
+                    let was = self.backend_of[flow as usize];
+                    if !self.record && was != k {
+                        self.moved += 1;
+                        self.moved_flows.insert(flow);
+                        return Err(format!("flow {flow} moved from backend {was} to {k}"));
+                    }
                     if k >= w.backends() || k / w.per_service != svc {
                         return Err(format!(
                             "flow {flow}: backend {k} is not one of Service {svc}'s"
@@ -719,8 +803,6 @@ impl<'a> Checker<'a> {
                             return Err(format!("flow {flow}: second warm-up output"));
                         }
                         *slot = k;
-                    } else if *slot != k {
-                        return Err(format!("flow {flow} moved from backend {} to {k}", *slot));
                     }
                     src
                 } else {
@@ -795,6 +877,8 @@ struct Snap {
     ho_out: u64,
     nat_fwd: u64,
     nat_rev: u64,
+    /// Packets of the established-flow fast path.
+    fast: u64,
 }
 
 impl Snap {
@@ -813,6 +897,7 @@ impl Snap {
             ho_out: l(&s.handoff_out),
             nat_fwd: l(&s.nat_forward),
             nat_rev: l(&s.nat_reverse),
+            fast: l(&s.fast_path),
         }
     }
     /// `self - o`; `active` keeps `self`'s value.
@@ -830,6 +915,7 @@ impl Snap {
             ho_out: self.ho_out.wrapping_sub(o.ho_out),
             nat_fwd: self.nat_fwd.wrapping_sub(o.nat_fwd),
             nat_rev: self.nat_rev.wrapping_sub(o.nat_rev),
+            fast: self.fast.wrapping_sub(o.fast),
         }
     }
     fn add(&mut self, o: &Snap) {
@@ -845,6 +931,7 @@ impl Snap {
         self.ho_out += o.ho_out;
         self.nat_fwd += o.nat_fwd;
         self.nat_rev += o.nat_rev;
+        self.fast += o.fast;
     }
 }
 
@@ -1109,7 +1196,8 @@ struct Dataplane<'e> {
     wire: Wire,
     macs: [MacAddr; 2],
     lcores: Vec<u32>,
-    _rcu: Arc<Rcu<ServiceTable>>,
+    /// The cell the workers read their table from.
+    rcu: Arc<Rcu<ServiceTable>>,
 }
 
 impl Dataplane<'_> {
@@ -1755,7 +1843,7 @@ impl<'e> Ctx<'e> {
             },
             macs,
             lcores: spec.lcores.clone(),
-            _rcu: rcu,
+            rcu,
         };
         let t = Instant::now();
         while !dp
@@ -2336,6 +2424,686 @@ fn prefill_inner(
     Ok(())
 }
 
+// ---- hitless updates ----
+
+/// The backend changes of the `updates` scenario. Change `i` touches Service
+/// `(i / 2) % services`: an even change adds that Service's extra backend (a
+/// new address that no flow uses, with a static neighbour like the other
+/// backends), the odd change after it removes it again, so the table
+/// alternates between the world's and the world's plus one backend. Backends
+/// that established flows use are never removed: kube-proxy flushes the UDP
+/// flows of a removed endpoint, which would be a correct move, not a failure
+/// of a hitless update. Each table is built the way the control plane builds
+/// it: the changed Service (its Maglev table) is rebuilt, the other Services
+/// are shared with the previous table (`ServiceTable::with_services`).
+struct Changes {
+    world: World,
+    /// Everything but the Services: interfaces and static neighbours
+    /// (including those of the extra backends).
+    rest: TableSpec,
+    /// The world's Services.
+    specs: Vec<ServiceSpec>,
+    /// The Services of the current table.
+    built: Vec<Arc<Service>>,
+}
+
+impl Changes {
+    fn new(world: World) -> Changes {
+        let mut rest = world.spec(&[Proto::Udp]);
+        let specs = core::mem::take(&mut rest.services);
+        for s in 0..world.services {
+            let k = Self::extra(world, s);
+            rest.neighbors.push(StaticNeighbor {
+                addr: Addr::v4(backend(k).0),
+                mac: backend_mac(k),
+                port: 1,
+            });
+        }
+        let built = specs
+            .iter()
+            .map(|s| Arc::new(Service::new(s.clone())))
+            .collect();
+        Changes {
+            world,
+            rest,
+            specs,
+            built,
+        }
+    }
+
+    /// Service `s`'s extra backend: index `backends() + s`, past every
+    /// Service's own (so the checker rejects it as a flow's backend).
+    fn extra(world: World, s: u32) -> u32 {
+        world.backends() + s
+    }
+
+    /// The current table as `version`.
+    fn table(&self, version: u64) -> ServiceTable {
+        ServiceTable::with_services(self.rest.clone(), self.built.clone(), version)
+    }
+
+    /// Applies change `i` and returns the new table as `version`.
+    fn apply(&mut self, i: u64, version: u64) -> ServiceTable {
+        let s = (i / 2 % u64::from(self.world.services)) as usize;
+        let mut spec = self.specs[s].clone();
+        if i.is_multiple_of(2) {
+            let (ip, port) = backend(Self::extra(self.world, s as u32));
+            spec.backends.push(SockAddr::new(Addr::v4(ip), port));
+        }
+        self.built[s] = Arc::new(Service::new(spec));
+        self.table(version)
+    }
+
+    fn describe(&self) -> String {
+        let w = self.world;
+        let ep = |s| {
+            let (ip, port) = backend(Self::extra(w, s));
+            format!("{}:{port}", Addr::v4(ip))
+        };
+        format!(
+            "change 2j adds an extra backend (a new address no flow uses: {} .. {}) to Service \
+             j mod {} ({} backends -> {}), change 2j+1 removes it again; each publication rebuilds \
+             the changed Service's Maglev table, shares the other Services and increments the \
+             table version; no backend an established flow uses is ever removed",
+            ep(0),
+            ep(w.services - 1),
+            w.services,
+            w.per_service,
+            w.per_service + 1
+        )
+    }
+}
+
+/// One publication, timed from the `Rcu::publish` call.
+#[derive(Clone, Copy, Debug)]
+struct Publication {
+    /// The grace period `Rcu::publish` reported (swap until every worker
+    /// passed a quiescent state).
+    grace: Duration,
+    /// Until every worker's `table_version` showed the new version.
+    seen: Duration,
+    /// Every worker already showed it when `publish` returned: `seen` is
+    /// then an upper bound (it includes freeing the old table).
+    seen_at_return: bool,
+}
+
+/// What the publisher did during one window.
+#[derive(Default)]
+struct PublisherRun {
+    pubs: Vec<Publication>,
+    failures: Vec<String>,
+    leaked: Vec<Leaked>,
+    /// Publications that started more than one period after their slot.
+    late: usize,
+    /// The publisher thread's allowed CPUs.
+    cpus: String,
+}
+
+/// True when every worker uses table `version` or a newer one.
+fn all_on(stats: &[Arc<WorkerStats>], version: u64) -> bool {
+    stats
+        .iter()
+        .all(|s| s.table_version.load(Relaxed) >= version)
+}
+
+/// The CPUs the calling thread may run on (`Cpus_allowed_list`).
+fn thread_cpus() -> String {
+    std::fs::read_to_string("/proc/thread-self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|l| l.trim().to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The publisher: `n` backend changes, evenly paced one per `period` from
+/// now, through the cell the workers read. Runs on a plain thread spawned by
+/// the generator, so on CPU 0 with it (threads inherit the EAL main lcore's
+/// affinity). Each publication is timed from the `publish` call until every
+/// worker's `table_version` shows it; `publish` polls the grace period with
+/// a zero sleep (a busy wait: `thread::sleep(0)` makes no syscall) and the
+/// version is then polled in a tight loop, so the publisher holds its CPU
+/// for a few tens of microseconds per change.
+fn publish_paced(
+    rcu: &Rcu<ServiceTable>,
+    stats: &[Arc<WorkerStats>],
+    changes: &mut Changes,
+    next: &mut u64,
+    n: usize,
+    period: Duration,
+) -> PublisherRun {
+    let mut run = PublisherRun {
+        cpus: thread_cpus(),
+        ..Default::default()
+    };
+    let start = Instant::now();
+    for i in 0..n {
+        let slot = start + period.mul_f64(i as f64);
+        let now = Instant::now();
+        if now < slot {
+            std::thread::sleep(slot - now);
+        } else if now - slot > period {
+            run.late += 1;
+        }
+        let change = *next;
+        *next += 1;
+        // Version 1 is the initial table.
+        let version = change + 2;
+        let table = changes.apply(change, version);
+        let t0 = Instant::now();
+        let grace = match rcu.publish(table, Duration::ZERO, PUBLISH_TIMEOUT) {
+            Ok(g) => Some(g),
+            Err(l) => {
+                run.failures.push(format!(
+                    "version {version}: no grace period within {PUBLISH_TIMEOUT:?}"
+                ));
+                run.leaked.push(l);
+                None
+            }
+        };
+        let seen_at_return = all_on(stats, version);
+        let mut seen = true;
+        while !all_on(stats, version) {
+            if t0.elapsed() > PUBLISH_TIMEOUT {
+                run.failures.push(format!(
+                    "version {version} not on every worker {PUBLISH_TIMEOUT:?} after publish"
+                ));
+                seen = false;
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let elapsed = t0.elapsed();
+        if let (Some(grace), true) = (grace, seen) {
+            run.pubs.push(Publication {
+                grace,
+                seen: elapsed,
+                seen_at_return,
+            });
+        }
+    }
+    run
+}
+
+/// One measured window of the `updates` scenario.
+struct Window {
+    updating: bool,
+    pair: usize,
+    m: Measured,
+    changes: usize,
+    check_errors: u64,
+    drops: u64,
+}
+
+/// Several windows as one: counters, on-CPU time and wall time summed.
+fn combine<'a>(ms: impl Iterator<Item = &'a Measured>) -> Option<Measured> {
+    let mut out: Option<Measured> = None;
+    for m in ms {
+        match &mut out {
+            None => {
+                out = Some(Measured {
+                    per_worker: m.per_worker.clone(),
+                    saturated_loops: None,
+                    lcores: m.lcores.clone(),
+                    wall: m.wall,
+                    sched: m.sched.clone(),
+                })
+            }
+            Some(o) => {
+                for (a, d) in o.per_worker.iter_mut().zip(&m.per_worker) {
+                    a.add(d);
+                }
+                sched_add(&mut o.sched, &m.sched);
+                o.wall += m.wall;
+            }
+        }
+    }
+    out
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    Some(sorted[i])
+}
+
+/// p50/p99/max/mean of durations, in microseconds.
+fn dist_us(v: impl Iterator<Item = Duration>) -> Value {
+    let mut us: Vec<f64> = v.map(|d| d.as_secs_f64() * 1e6).collect();
+    us.sort_by(f64::total_cmp);
+    json!({
+        "p50": percentile(&us, 50.0),
+        "p99": percentile(&us, 99.0),
+        "max": us.last(),
+        "mean": (!us.is_empty()).then(|| us.iter().sum::<f64>() / us.len() as f64),
+        "n": us.len(),
+    })
+}
+
+/// The share of a window's packets that took the established-flow fast path.
+fn fast_share(m: &Measured) -> f64 {
+    let t = total(&m.per_worker);
+    t.fast as f64 / t.rx.max(1) as f64
+}
+
+fn sum_flushed(stats: &[Arc<WorkerStats>]) -> u64 {
+    stats.iter().map(|s| s.sessions_flushed.load(Relaxed)).sum()
+}
+
+/// The `updates` scenario (issue 5, hitless updates): the `established_60k`
+/// workload on one worker in generator mode, measured in back-to-back pairs
+/// of windows without and with backend changes (`--updates-rate` per second,
+/// default 100, published by a thread on CPU 0; the order alternates
+/// B U, U B, ... so that a drift over the run cancels). Outcomes
+/// `updates_baseline` and `updates`, and the top-level `updates` object.
+fn updates(ctx: &Ctx) -> (Vec<Outcome>, Value) {
+    let world = World {
+        services: 16,
+        per_service: 8,
+    };
+    let flows: u32 = 60_000;
+    let mut base = Outcome::new(
+        "updates_baseline",
+        "forward",
+        flows.into(),
+        world,
+        1,
+        "generator",
+    );
+    let mut out = Outcome::new("updates", "forward", flows.into(), world, 1, "generator");
+    let mut u = Map::new();
+    if let Err(err) = updates_inner(ctx, world, flows, &mut base, &mut out, &mut u) {
+        out.problems.push(format!("{err:#}"));
+    }
+    u.insert("valid".into(), json!(out.valid()));
+    u.insert("note".into(), json!(out.note()));
+    (vec![base, out], Value::Object(u))
+}
+
+fn updates_inner(
+    ctx: &Ctx,
+    world: World,
+    flows: u32,
+    base_out: &mut Outcome,
+    out: &mut Outcome,
+    u: &mut Map<String, Value>,
+) -> Result<()> {
+    let p = &ctx.p;
+    let mut changes = Changes::new(world);
+    let what = changes.describe();
+    u.insert("what_changed".into(), json!(what));
+    let cap = session_capacity(flows);
+    let dp = ctx.start(
+        &DpSpec {
+            lcores: vec![LCORE_CPU1],
+            sessions: cap,
+            timeouts: established_timeouts(),
+            neighbors: world.neighbors(),
+            ring: GEN_RING,
+            handoff_ring: DEFAULT_HANDOFF_RING,
+        },
+        changes.table(1),
+    )?;
+    let stats = dp.stats().to_vec();
+    let base = snap(&stats);
+    let base_drops = drop_counts(&stats);
+    out.extra.insert("session_capacity".into(), json!(cap));
+    out.extra
+        .insert("udp_timeout_ms".into(), json!(established_timeouts().udp));
+    let fwd = forward_frames(&world, flows, dp.macs[0]);
+    let mut backend_of = vec![UNSET; flows as usize];
+    let wt = warm_up(ctx, &dp, world, &fwd, Kind::Forward, &mut backend_of)?;
+    out.extra.insert("warmup_s".into(), json!(wt.as_secs_f64()));
+    let order = permutation(flows, 0x7265_706c_6179);
+    let src = Source::Frames {
+        frames: &fwd,
+        order: &order,
+        pos: 0,
+    };
+    let check = Checker::new(
+        world,
+        Kind::Forward,
+        dp.macs[1],
+        1,
+        &mut backend_of,
+        false,
+        CHECK_EVERY,
+        FULL_CHECK_EVERY,
+    );
+    let clock = CpuClock::new(&dp.lcores);
+    let mut g = Gen::new(&dp.wire, 0, 1, Placement::Owner, src, check, u64::MAX);
+    g.start(&ctx.pool, GEN_IN_FLIGHT)?;
+    g.run_for(p.ramp);
+
+    let pairs = p.updates_pairs.max(1);
+    let seg = p.updates_duration.div_f64(pairs as f64);
+    let per_window = ((p.updates_rate * seg.as_secs_f64()).round() as usize).max(1);
+    let period = Duration::from_secs_f64(1.0 / p.updates_rate);
+    let mut next = 0u64;
+    let mut windows: Vec<Window> = vec![];
+    let mut pubs: Vec<Publication> = vec![];
+    let mut failures: Vec<String> = vec![];
+    let mut leaked: Vec<Leaked> = vec![];
+    let mut late = 0;
+    let mut cpus: Vec<String> = vec![];
+    let start = snap(&stats);
+    let flushed0 = sum_flushed(&stats);
+    for pair in 0..pairs {
+        let kinds = if pair % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for updating in kinds {
+            let e0 = g.check.errors;
+            let a = snap(&stats);
+            let ca = clock.read();
+            let t0 = Instant::now();
+            let mut n = 0;
+            if updating {
+                let (rcu, st, ch, nx) = (&*dp.rcu, &stats[..], &mut changes, &mut next);
+                let gen = &mut g;
+                let run = std::thread::scope(|s| -> Result<PublisherRun> {
+                    let h = std::thread::Builder::new()
+                        .name("replay-publish".into())
+                        .spawn_scoped(s, move || {
+                            publish_paced(rcu, st, ch, nx, per_window, period)
+                        })
+                        .context("spawning the publisher")?;
+                    while !h.is_finished() || t0.elapsed() < seg {
+                        gen.pump();
+                    }
+                    h.join()
+                        .map_err(|_| anyhow::anyhow!("the publisher thread panicked"))
+                })?;
+                n = per_window;
+                pubs.extend(&run.pubs);
+                failures.extend(run.failures);
+                leaked.extend(run.leaked);
+                late += run.late;
+                if !cpus.contains(&run.cpus) {
+                    cpus.push(run.cpus);
+                }
+            } else {
+                g.run_for(seg);
+            }
+            let b = snap(&stats);
+            let cb = clock.read();
+            let wall = t0.elapsed();
+            let m = Measured {
+                per_worker: delta(&a, &b),
+                saturated_loops: None,
+                lcores: dp.lcores.clone(),
+                wall,
+                sched: sched_delta(&ca, &cb),
+            };
+            windows.push(Window {
+                updating,
+                pair,
+                drops: total(&m.per_worker).drops,
+                m,
+                changes: n,
+                check_errors: g.check.errors - e0,
+            });
+        }
+    }
+    let end = snap(&stats);
+    let flushed = sum_flushed(&stats) - flushed0;
+    g.drain("updates")?;
+    let moved_flows = g.check.moved_flows.len();
+    let moved_outputs = g.check.moved;
+    out.require(moved_flows == 0, || {
+        format!(
+            "{moved_flows} established flows moved to another backend ({moved_outputs} sampled \
+             outputs)"
+        )
+    });
+    out.require(g.check.errors == 0, || {
+        format!("transmitted packets: {}", g.check.summary())
+    });
+    out.require(g.received == g.sent && g.lost == 0, || {
+        format!(
+            "generator sent {} frames, got {} back, {} lost",
+            g.sent, g.received, g.lost
+        )
+    });
+    let checked = g.check.checked;
+    let fully = g.check.full;
+    drop(g);
+    for l in leaked {
+        if let Err(l) = dp.rcu.retry_free(l, Duration::from_secs(5)) {
+            failures.push(format!("an old table could not be freed ({l:?})"));
+        }
+    }
+    let failed = failures.len();
+    out.require(failures.is_empty(), || {
+        format!(
+            "{failed} publications failed: {}",
+            failures[..failed.min(3)].join("; ")
+        )
+    });
+    let expected = per_window * pairs;
+    out.require(next == expected as u64, || {
+        format!("{next} changes published, want {expected}")
+    });
+    let all = total(&delta(&start, &end));
+    out.require(all.created == 0, || {
+        format!(
+            "{} sessions created while measuring established flows",
+            all.created
+        )
+    });
+    out.require(flushed == 0, || {
+        format!("{flushed} UDP sessions flushed (a backend in use was removed?)")
+    });
+    out.require(all.nat_fwd.abs_diff(all.rx) <= EDGE, || {
+        format!("{} of {} packets translated", all.nat_fwd, all.rx)
+    });
+    out.require(cpus.iter().all(|c| c == "0"), || {
+        format!("the publisher ran on CPUs {cpus:?}, not on CPU 0 with the generator")
+    });
+
+    let mb = combine(windows.iter().filter(|w| !w.updating).map(|w| &w.m))
+        .context("no baseline window")?;
+    let mu = combine(windows.iter().filter(|w| w.updating).map(|w| &w.m))
+        .context("no window with updates")?;
+    let hz = ctx.hz;
+    let (b_mpps, u_mpps) = (mb.mpps_per_worker(hz), mu.mpps_per_worker(hz));
+    let dip = (b_mpps - u_mpps) / b_mpps * 100.0;
+    let base_errors: u64 = windows
+        .iter()
+        .filter(|w| !w.updating)
+        .map(|w| w.check_errors)
+        .sum();
+    let base_drops_w: u64 = windows
+        .iter()
+        .filter(|w| !w.updating)
+        .map(|w| w.drops)
+        .sum();
+    let upd_drops_w: u64 = windows.iter().filter(|w| w.updating).map(|w| w.drops).sum();
+    base_out.require(base_errors == 0, || {
+        format!("{base_errors} checked outputs wrong in the baseline windows")
+    });
+    base_out.require(base_drops_w == 0, || {
+        format!("the proxy dropped {base_drops_w} packets in the baseline windows")
+    });
+    base_out.drops = base_drops_w;
+    let pair_dips: Vec<Option<f64>> = (0..pairs)
+        .map(|pr| {
+            let w = |up: bool| {
+                windows
+                    .iter()
+                    .find(|w| w.pair == pr && w.updating == up)
+                    .map(|w| w.m.mpps_per_worker(hz))
+            };
+            let (b, u) = (w(false)?, w(true)?);
+            Some((b - u) / b * 100.0)
+        })
+        .collect();
+    let wins: Vec<Value> = windows
+        .iter()
+        .map(|w| {
+            json!({
+                "pair": w.pair,
+                "updates": w.updating,
+                "changes": w.changes,
+                "seconds": w.m.wall.as_secs_f64(),
+                "packets": w.m.packets(),
+                "cycles_per_packet": w.m.cycles_per_packet(),
+                "mpps": w.m.mpps_per_worker(hz),
+                "saturated": w.m.saturated(),
+                "fast_path_share": fast_share(&w.m),
+                "worker_cpu_share": w.m.min_worker_share(),
+                "generator_cpu_share": w.m.cpu_share(w.m.per_worker.len()),
+                "drops": w.drops,
+            })
+        })
+        .collect();
+    let contended = windows
+        .iter()
+        .any(|w| w.m.min_worker_share().is_some_and(|s| s < CONTENDED_SHARE));
+    let duration = mu.wall.as_secs_f64();
+    let seen_at_return = pubs.iter().filter(|p| p.seen_at_return).count();
+
+    window_notes(&mb, true, base_out);
+    window_notes(&mu, true, out);
+    base_out.notes.push(format!(
+        "the windows of the updates scenario without backend changes ({pairs} x {:.2} s, \
+         interleaved with the update windows in the same run)",
+        seg.as_secs_f64()
+    ));
+    out.notes.push(format!(
+        "{next} backend changes in {pairs} windows of {:.2} s at {} per second (what changed: \
+         updates.what_changed)",
+        seg.as_secs_f64(),
+        p.updates_rate
+    ));
+    if seen_at_return > 0 {
+        out.notes.push(format!(
+            "{seen_at_return} of {} publications were already on every worker when publish \
+             returned: their publish->worker time is an upper bound (it includes freeing the old \
+             table)",
+            pubs.len()
+        ));
+    }
+    for (k, v) in [
+        ("checked_packets", json!(checked)),
+        ("fully_parsed_packets", json!(fully)),
+        ("in_flight_mbufs", json!(GEN_IN_FLIGHT)),
+    ] {
+        out.extra.insert(k.into(), v.clone());
+        base_out.extra.insert(k.into(), v);
+    }
+    out.extra.insert("changes".into(), json!(next));
+
+    u.insert("changes".into(), json!(next));
+    u.insert("duration_s".into(), json!(duration));
+    u.insert("rate_per_s".into(), json!(next as f64 / duration.max(1e-9)));
+    u.insert("target_rate_per_s".into(), json!(p.updates_rate));
+    u.insert("window_pairs".into(), json!(pairs));
+    u.insert("window_s".into(), json!(seg.as_secs_f64()));
+    u.insert("flows".into(), json!(flows));
+    u.insert("flows_moved".into(), json!(moved_flows));
+    u.insert("moved_outputs".into(), json!(moved_outputs));
+    u.insert("checked_packets".into(), json!(checked));
+    u.insert("sessions_created".into(), json!(all.created));
+    u.insert("sessions_flushed".into(), json!(flushed));
+    u.insert("drops_during_updates".into(), json!(upd_drops_w));
+    u.insert("drops_baseline".into(), json!(base_drops_w));
+    u.insert("mpps_baseline".into(), json!(b_mpps));
+    u.insert("mpps_during_updates".into(), json!(u_mpps));
+    u.insert(
+        "cycles_per_packet_baseline".into(),
+        json!(mb.cycles_per_packet()),
+    );
+    u.insert(
+        "cycles_per_packet_during_updates".into(),
+        json!(mu.cycles_per_packet()),
+    );
+    u.insert(
+        "mpps_metric".into(),
+        json!("the worker's own rate: TSC Hz / busy cycles per packet (as mpps_per_worker)"),
+    );
+    u.insert("dip_percent".into(), json!(dip));
+    u.insert("fast_path_share_baseline".into(), json!(fast_share(&mb)));
+    u.insert(
+        "fast_path_share_during_updates".into(),
+        json!(fast_share(&mu)),
+    );
+    u.insert("dip_target_percent".into(), json!(DIP_TARGET_PERCENT));
+    u.insert("dip_met".into(), json!(dip < DIP_TARGET_PERCENT));
+    u.insert("pair_dips_percent".into(), json!(pair_dips));
+    u.insert(
+        "publish_to_all_workers_us".into(),
+        dist_us(pubs.iter().map(|p| p.seen)),
+    );
+    u.insert(
+        "grace_period_us".into(),
+        dist_us(pubs.iter().map(|p| p.grace)),
+    );
+    u.insert("seen_when_publish_returned".into(), json!(seen_at_return));
+    u.insert("late_publications".into(), json!(late));
+    u.insert("publication_failures".into(), json!(failed));
+    u.insert("publisher_cpus".into(), json!(cpus.join(" ")));
+    u.insert("workers".into(), json!(dp.workers()));
+    u.insert("contended".into(), json!(contended));
+    u.insert("windows".into(), Value::Array(wins));
+    base_out.measured = Some(mb);
+    out.measured = Some(mu);
+    finish(dp, &base, &base_drops, Some(flows.into()), out);
+    u.insert("drops".into(), json!(out.drops));
+    if let Some(r) = out.extra.get("drops_by_reason") {
+        u.insert("drops_by_reason".into(), r.clone());
+    }
+    Ok(())
+}
+
+/// The summary line of the `updates` object.
+fn updates_summary(u: &Value) -> String {
+    let f = |k: &str| u.get(k).and_then(Value::as_f64);
+    let lat = |k: &str, q: &str| u.get(k).and_then(|v| v.get(q)).and_then(Value::as_f64);
+    let dip = f("dip_percent");
+    format!(
+        "updates: {} changes in {} s ({}/s), {} flows: drops {}, flows moved {}; Mpps {} baseline \
+         vs {} during updates: dip {}% (target < {DIP_TARGET_PERCENT}%: {}); publish -> every \
+         worker p50 {} us, p99 {} us, max {} us (grace period p50 {} us, p99 {} us); {}{}",
+        u.get("changes").cloned().unwrap_or(Value::Null),
+        fmt_opt(f("duration_s"), 1),
+        fmt_opt(f("rate_per_s"), 1),
+        u.get("flows").cloned().unwrap_or(Value::Null),
+        u.get("drops").cloned().unwrap_or(Value::Null),
+        u.get("flows_moved").cloned().unwrap_or(Value::Null),
+        fmt_opt(f("mpps_baseline"), 3),
+        fmt_opt(f("mpps_during_updates"), 3),
+        fmt_opt(dip, 2),
+        match dip {
+            Some(d) if d < DIP_TARGET_PERCENT => "met",
+            Some(_) => "NOT met",
+            None => "-",
+        },
+        fmt_opt(lat("publish_to_all_workers_us", "p50"), 1),
+        fmt_opt(lat("publish_to_all_workers_us", "p99"), 1),
+        fmt_opt(lat("publish_to_all_workers_us", "max"), 1),
+        fmt_opt(lat("grace_period_us", "p50"), 1),
+        fmt_opt(lat("grace_period_us", "p99"), 1),
+        if u.get("valid").and_then(Value::as_bool) == Some(true) {
+            "valid"
+        } else {
+            "INVALID"
+        },
+        if u.get("contended").and_then(Value::as_bool) == Some(true) {
+            " (CONTENDED windows: the dip is not meaningful)"
+        } else {
+            ""
+        },
+    )
+}
+
 // ---- environment ----
 
 /// Reserves 2 MiB hugepages for the run and gives them back afterwards.
@@ -2521,6 +3289,13 @@ fn checker_self_test(w: World) -> Result<()> {
             "checker self-test: bad frame {i} accepted"
         );
     }
+    // The first two bad frames send flow `f` elsewhere: counted as moved.
+    ensure!(
+        c.moved == 2 && c.moved_flows.len() == 1,
+        "checker self-test: moved flows counted {} times ({} flows)",
+        c.moved,
+        c.moved_flows.len()
+    );
     // With two workers, a frame sent by the wrong worker is caught.
     let owner = owner_of(&SockAddr::new(Addr::v4(client(f).0), client(f).1), 2) as usize;
     let mut c = Checker::new(w, Kind::Forward, mac, 2, &mut backend_of, false, 1, 1);
@@ -2553,8 +3328,12 @@ fn run() -> Result<i32> {
     run_with(&opts)
 }
 
-/// Runs one scenario: its outcomes, and for `new_connections` its JSON object.
-fn run_scenario(ctx: &Ctx, name: &str) -> Result<(Vec<Outcome>, Option<Value>)> {
+/// A top-level JSON object a scenario adds to the report (`new_connections`, `updates`).
+type Extra = Option<(&'static str, Value)>;
+
+/// Runs one scenario: its outcomes, and for `new_connections` and `updates`
+/// their top-level JSON object.
+fn run_scenario(ctx: &Ctx, name: &str) -> Result<(Vec<Outcome>, Extra)> {
     let run_est = |n: &'static str, flows: u32, services: u32, per: u32, reply: bool| {
         established(
             ctx,
@@ -2583,7 +3362,11 @@ fn run_scenario(ctx: &Ctx, name: &str) -> Result<(Vec<Outcome>, Option<Value>)> 
         "reply_60k" => vec![run_est("reply_60k", 60_000, 16, 8, true)],
         "new_connections" => {
             let (o, v) = new_connections(ctx);
-            return Ok((vec![o], Some(v)));
+            return Ok((vec![o], Some(("new_connections", v))));
+        }
+        "updates" => {
+            let (o, v) = updates(ctx);
+            return Ok((o, Some(("updates", v))));
         }
         "two_workers" => vec![
             prefill(ctx, "two_workers_baseline_1w", 1, Placement::Owner),
@@ -2603,7 +3386,13 @@ fn group_share(v: &[Outcome]) -> f64 {
 }
 
 fn run_with(opts: &Opts) -> Result<i32> {
-    let p = Params::new(opts.quick);
+    let mut p = Params::new(opts.quick);
+    if let Some(d) = opts.updates_duration {
+        p.updates_duration = Duration::from_secs_f64(d);
+    }
+    if let Some(r) = opts.updates_rate {
+        p.updates_rate = r;
+    }
     let mut names: Vec<&str> = if opts.scenarios.is_empty() {
         SCENARIOS.to_vec()
     } else {
@@ -2655,7 +3444,7 @@ fn run_with(opts: &Opts) -> Result<i32> {
 
     let t_all = Instant::now();
     let mut outcomes: Vec<Outcome> = vec![];
-    let mut new_conn: Option<Value> = None;
+    let mut extras = Map::new();
     for name in &names {
         let t = Instant::now();
         println!("-- {name}");
@@ -2675,8 +3464,8 @@ fn run_with(opts: &Opts) -> Result<i32> {
                 (results, nc) = (r, n);
             }
         }
-        if nc.is_some() {
-            new_conn = nc;
+        if let Some((k, v)) = nc {
+            extras.insert(k.into(), v);
         }
         for o in &mut results {
             o.extra.insert("attempts".into(), json!(attempts));
@@ -2742,7 +3531,7 @@ fn run_with(opts: &Opts) -> Result<i32> {
     for o in &outcomes {
         print_line(o, hz);
     }
-    if let Some(nc) = &new_conn {
+    if let Some(nc) = extras.get("new_connections") {
         println!(
             "new connections: {} per second per worker, {} cycles each; session memory {} bytes \
              ({} sessions per GiB, capacity {})",
@@ -2765,6 +3554,12 @@ fn run_with(opts: &Opts) -> Result<i32> {
             warn(handoff_contended)
         );
     }
+    if let Some(u) = extras.get("updates") {
+        println!("{}", updates_summary(u));
+        if let Some(w) = u.get("what_changed").and_then(Value::as_str) {
+            println!("   changes: {w}");
+        }
+    }
 
     let report = json!({
         "env": {
@@ -2784,7 +3579,8 @@ fn run_with(opts: &Opts) -> Result<i32> {
                 .unwrap_or_default(),
         },
         "scenarios": outcomes.iter().map(|o| o.to_json(hz)).collect::<Vec<_>>(),
-        "new_connections": new_conn.unwrap_or(Value::Null),
+        "new_connections": extras.get("new_connections").cloned().unwrap_or(Value::Null),
+        "updates": extras.get("updates").cloned().unwrap_or(Value::Null),
         "handoff": {
             "extra_cycles_per_packet": handoff_extra,
             "baseline": "two_workers",

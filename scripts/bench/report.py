@@ -230,9 +230,37 @@ def render_replay(d, source, img):
     ho = d.get("handoff") or {}
     if ho:
         out += ["", "Hand-off between workers: " + "; ".join(f"{k.replace('_', ' ')} {num(v, 1)}" for k, v in ho.items()) + "."]
+    up = d.get("updates") or {}
+    if up:
+        out += ["", render_updates(up)]
     if img:
         out += ["", f"![cycles per packet per scenario]({img})"]
     return "\n".join(out)
+
+
+def render_updates(up):
+    """The `updates` object of replay.json (hitless updates) as a small table."""
+    def dist(k):
+        v = up.get(k) or {}
+        return " / ".join(num(v.get(q), 1) for q in ("p50", "p99", "max"))
+    dip = up.get("dip_percent")
+    met = up.get("dip_met")
+    rows = [
+        ["backend changes", f"{num(up.get('changes'))} in {num(up.get('duration_s'), 1)} s "
+                            f"({num(up.get('rate_per_s'), 1)} per second), {num(up.get('flows'))} established flows"],
+        ["what changed", up.get("what_changed") or "—"],
+        ["packets dropped by the proxy (must be 0)", num(up.get("drops"))],
+        ["established flows moved to another backend (must be 0)", num(up.get("flows_moved"))],
+        ["Mpps of the worker: baseline / during updates",
+         f"{num(up.get('mpps_baseline'), 3)} / {num(up.get('mpps_during_updates'), 3)}"],
+        [f"throughput dip (target < {num(up.get('dip_target_percent', 1.0), 0)}%)",
+         f"{num(dip)}%" + ("" if met is None else (" (met)" if met else " (**not met**)"))
+         + (" — contended windows" if up.get("contended") else "")],
+        ["publish → every worker on the new table, p50 / p99 / max (µs)", dist("publish_to_all_workers_us")],
+        ["RCU grace period, p50 / p99 / max (µs)", dist("grace_period_us")],
+        ["valid", "yes" if up.get("valid") else "**no**"],
+    ]
+    return "Hitless updates (`updates` scenario):\n\n" + table(["measurement", "value"], rows)
 
 
 def plot_replay(d, plt, path):
@@ -416,7 +444,14 @@ def fixture(results):
                                        "note": ""}],
                         "new_connections": {"per_second_per_worker": 1.0, "cycles_per_connection": 2.0,
                                             "session_bytes": 3, "sessions_per_gib": 4, "capacity": 5},
-                        "handoff": {"extra_cycles_per_packet": 6.0}},
+                        "handoff": {"extra_cycles_per_packet": 6.0},
+                        "updates": {"changes": 300, "duration_s": 3.0, "rate_per_s": 100.0, "flows": 60000,
+                                    "what_changed": "fixture changes", "drops": 0, "flows_moved": 0,
+                                    "mpps_baseline": 2.0, "mpps_during_updates": 1.5, "dip_percent": 25.0,
+                                    "dip_target_percent": 1.0, "dip_met": False,
+                                    "publish_to_all_workers_us": {"p50": 17.5, "p99": 42.25, "max": 99.0},
+                                    "grace_period_us": {"p50": 11.0, "p99": 30.0, "max": 80.0},
+                                    "valid": True, "note": ""}},
         "criterion.json": {"env": FIXTURE_ENV, "benches": [
             {"id": "pipeline/fixture_bench", "median_ns": 98.7, "mean_ns": 99.0, "mean_ci_ns": [98.0, 100.0],
              "median_ci_ns": [98.0, 99.5], "cycles": 197.4}]},
@@ -457,6 +492,7 @@ def check():
                 problems.append(f"markers of {n} not kept exactly once")
         for want in ("fixture_scenario", "123.4", "Fixture CPU", "TSC 2.000 GHz", "DPDK 22.11.0",
                      "pipeline/fixture_bench", "fixture-kernel", "**0.50**", "424", "git fixture",
+                     "Hitless updates", "fixture changes", "17.5 / 42.2 / 99.0", "25.00% (**not met**)",
                      "Not run yet: no `bench-results/scale.json`"):
             if want not in out:
                 problems.append(f"{want!r} missing from the rendered document")
