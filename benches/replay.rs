@@ -2445,6 +2445,8 @@ struct Changes {
     specs: Vec<ServiceSpec>,
     /// The Services of the current table.
     built: Vec<Arc<Service>>,
+    /// The current table's flush epoch.
+    flush_epoch: u64,
 }
 
 impl Changes {
@@ -2468,6 +2470,8 @@ impl Changes {
             rest,
             specs,
             built,
+            // The initial table (version 1) starts the first epoch.
+            flush_epoch: 1,
         }
     }
 
@@ -2482,7 +2486,10 @@ impl Changes {
         ServiceTable::with_services(self.rest.clone(), self.built.clone(), version)
     }
 
-    /// Applies change `i` and returns the new table as `version`.
+    /// Applies change `i` and returns the new table as `version`, with the
+    /// flush epoch carried over as the control plane's publisher does
+    /// (`ServiceTable::inherit_flush_epoch`: only a publication that removes
+    /// a backend makes sessions revalidate).
     fn apply(&mut self, i: u64, version: u64) -> ServiceTable {
         let s = (i / 2 % u64::from(self.world.services)) as usize;
         let mut spec = self.specs[s].clone();
@@ -2490,8 +2497,12 @@ impl Changes {
             let (ip, port) = backend(Self::extra(self.world, s as u32));
             spec.backends.push(SockAddr::new(Addr::v4(ip), port));
         }
+        let prev = self.built.clone();
         self.built[s] = Arc::new(Service::new(spec));
-        self.table(version)
+        let mut t = self.table(version);
+        t.inherit_flush_epoch(self.flush_epoch, &prev);
+        self.flush_epoch = t.flush_epoch;
+        t
     }
 
     fn describe(&self) -> String {

@@ -96,6 +96,11 @@ impl Default for ControlMetrics {
 pub struct Publisher {
     rcu: Arc<Rcu<ServiceTable>>,
     version: u64,
+    /// The flush epoch of the last table (see [`ServiceTable::flush_epoch`]).
+    flush_epoch: u64,
+    /// The Services of the last table (to tell whether a new one removed
+    /// any backend).
+    last: Vec<Arc<Service>>,
     live: HashSet<Frontend>,
     retired: HashMap<Frontend, Instant>,
     retain: Duration,
@@ -111,6 +116,8 @@ impl Publisher {
         Publisher {
             rcu: Rcu::new(ServiceTable::new(TableSpec::default(), 0), readers.max(1)),
             version: 0,
+            flush_epoch: 0,
+            last: Vec::new(),
             live: HashSet::new(),
             retired: HashMap::new(),
             retain: Duration::from_secs(86_400),
@@ -157,7 +164,12 @@ impl Publisher {
         self.live = live;
         self.version += 1;
         let n = (spec.services.len() + built.len()) as u64;
-        let table = ServiceTable::with_services(spec, built, self.version);
+        let mut table = ServiceTable::with_services(spec, built, self.version);
+        // Sessions need revalidating only when some backend or frontend of
+        // the last table is gone.
+        table.inherit_flush_epoch(self.flush_epoch, &self.last);
+        self.flush_epoch = table.flush_epoch;
+        self.last = table.services().to_vec();
         let grace = match self
             .rcu
             .publish(table, Duration::from_micros(20), GRACE_TIMEOUT)
@@ -252,5 +264,71 @@ mod tests {
         });
         assert!(r.read().is_retired(&f));
         assert!(r.read().frontend(&f).is_none());
+    }
+
+    #[test]
+    fn flush_epoch_moves_only_when_a_backend_or_frontend_goes() {
+        // No readers registered online: publishes complete at once.
+        let mut p = Publisher::new(1);
+        let be = |i: u8| SockAddr::new(Addr::v4([198, 18, 1, i]), 80);
+        let svc = |vip: u8, backends: Vec<SockAddr>, sc: Vec<SockAddr>| ServiceSpec {
+            source_ranges: vec![],
+            affinity_timeout: None,
+            masquerade: false,
+            external: false,
+            no_backends: Default::default(),
+            short_circuit: sc,
+            name: format!("s{vip}"),
+            frontend: Frontend {
+                addr: SockAddr::new(Addr::v4([198, 18, 100, vip]), 80),
+                proto: Proto::Udp,
+            },
+            backends,
+        };
+        let epoch = |p: &mut Publisher, services: Vec<ServiceSpec>| {
+            let v = p.publish(TableSpec {
+                services,
+                ..Default::default()
+            });
+            (v, p.flush_epoch)
+        };
+        let (v1, e1) = epoch(&mut p, vec![svc(1, vec![be(1), be(2)], vec![])]);
+        assert_eq!(v1, 1);
+        // Adding a backend, or a Service: sessions stay valid.
+        let (v2, e2) = epoch(&mut p, vec![svc(1, vec![be(1), be(2), be(3)], vec![])]);
+        assert_eq!((v2, e2), (2, e1));
+        let (_, e3) = epoch(
+            &mut p,
+            vec![
+                svc(1, vec![be(1), be(2), be(3)], vec![]),
+                svc(2, vec![be(4)], vec![]),
+            ],
+        );
+        assert_eq!(e3, e1);
+        // A backend moving to the short-circuit set (still reachable): valid.
+        let (_, e4) = epoch(
+            &mut p,
+            vec![
+                svc(1, vec![be(1), be(2)], vec![be(3)]),
+                svc(2, vec![be(4)], vec![]),
+            ],
+        );
+        assert_eq!(e4, e1);
+        // Removing a backend: a new epoch (that table's version).
+        let (v5, e5) = epoch(
+            &mut p,
+            vec![svc(1, vec![be(1)], vec![]), svc(2, vec![be(4)], vec![])],
+        );
+        assert_eq!(e5, v5);
+        // Removing a Service: a new epoch too.
+        let (v6, e6) = epoch(&mut p, vec![svc(1, vec![be(1)], vec![])]);
+        assert_eq!(e6, v6);
+        // Shared (already built) Services are compared by pointer.
+        let shared = p.last.clone();
+        let v7 = p.publish_with(TableSpec::default(), shared);
+        assert_eq!((v7, p.flush_epoch), (v6 + 1, v6));
+        // The epoch is what the published table carries.
+        let mut r = p.rcu().reader(0).unwrap();
+        assert_eq!((r.read().version, r.read().flush_epoch), (v7, v6));
     }
 }

@@ -424,7 +424,7 @@ impl Pipeline {
         }
         if let Some((idx, dir)) = hit {
             let s = *self.sessions.get(idx);
-            if s.validated != version_tag(t.version) {
+            if s.validated != version_tag(t.flush_epoch) {
                 // First packet of this session since a table change: check
                 // its backend is still there (once per session per version).
                 let frontend = Frontend {
@@ -440,7 +440,7 @@ impl Pipeline {
                     return self
                         .new_flow(t, st, in_port, pinfo, pkt, &ip, key, flags, src_mac, now);
                 }
-                self.sessions.get_mut(idx).validated = version_tag(t.version);
+                self.sessions.get_mut(idx).validated = version_tag(t.flush_epoch);
             }
             if proto == Proto::Tcp
                 && dir == Dir::Original
@@ -584,7 +584,7 @@ impl Pipeline {
             sctp: init.sctp,
             replied: false,
             expires: init.expires,
-            validated: version_tag(t.version),
+            validated: version_tag(t.flush_epoch),
         };
         match self.sessions.insert(session) {
             Ok(_) => {}

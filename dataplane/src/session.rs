@@ -122,11 +122,12 @@ pub struct Session {
     pub replied: bool,
     /// Expiry time (ms, worker clock).
     pub expires: u64,
-    /// Low 16 bits of the table version against which the backend was last
-    /// known to be valid ([`version_tag`]). Only UDP sessions act on it (the
-    /// stale-UDP flush), and a UDP session idles out within its timeout, so
-    /// a false match would need 65,536 table publications while the flow is
-    /// silent but not expired.
+    /// Low 16 bits of the table's flush epoch
+    /// ([`crate::table::ServiceTable::flush_epoch`]) against which the
+    /// backend was last known to be valid ([`version_tag`]). Only UDP
+    /// sessions act on it (the stale-UDP flush), and a UDP session idles out
+    /// within its timeout, so a false match would need 65,536 publications
+    /// that removed backends while the flow is silent but not expired.
     pub validated: u16,
 }
 

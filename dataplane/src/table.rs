@@ -243,6 +243,13 @@ pub struct NextHop {
 pub struct ServiceTable {
     /// Monotonic version, set by the publisher.
     pub version: u64,
+    /// The version of the latest table that removed a backend or a frontend
+    /// some session may use (`version` itself unless the publisher knows
+    /// better, see [`ServiceTable::keeps_every_backend_of`]). Sessions are
+    /// revalidated (stale UDP flows flushed) when it changes, so
+    /// publications that only add backends or Services cost the packet path
+    /// nothing.
+    pub flush_epoch: u64,
     frontends: HashMap<Frontend, u32>,
     services: Vec<Arc<Service>>,
     local: HashMap<Addr, u16>,
@@ -269,6 +276,7 @@ impl ServiceTable {
     pub fn with_services(spec: TableSpec, built: Vec<Arc<Service>>, version: u64) -> Self {
         let mut t = ServiceTable {
             version,
+            flush_epoch: version,
             ..Default::default()
         };
         let n = spec.services.len() + built.len();
@@ -397,6 +405,47 @@ impl ServiceTable {
                         .as_ref()
                         .is_some_and(|c| c.has_backend(backend))
             })
+    }
+
+    /// True when every frontend of `old` is still here with every backend
+    /// it had (its own and its short-circuit's): no session of `old` can
+    /// have lost its backend. Services shared with `old` (the same `Arc`,
+    /// by position first) are not compared further. Control-plane cost:
+    /// one pointer compare per unchanged Service.
+    pub fn keeps_every_backend_of(&self, old: &[Arc<Service>]) -> bool {
+        let all = |s: &Service| {
+            s.backends
+                .iter()
+                .chain(s.short_circuit.iter().flat_map(|c| c.backends.iter()))
+                .copied()
+                .collect::<Vec<SockAddr>>()
+        };
+        old.iter().enumerate().all(|(i, o)| {
+            if self.services.get(i).is_some_and(|n| Arc::ptr_eq(n, o)) {
+                return true;
+            }
+            let Some(n) = self
+                .frontend(&o.frontend)
+                .and_then(|j| self.services.get(j as usize))
+            else {
+                return false;
+            };
+            Arc::ptr_eq(n, o)
+                || all(o).iter().all(|b| {
+                    n.has_backend(b) || n.short_circuit.as_ref().is_some_and(|c| c.has_backend(b))
+                })
+        })
+    }
+
+    /// Carries the flush epoch of the previous table (`prev_epoch`, whose
+    /// Services were `prev`) over to this one when no backend or frontend
+    /// of it is gone ([`ServiceTable::keeps_every_backend_of`]); otherwise
+    /// the epoch stays this table's version. Publishers call this before
+    /// publishing.
+    pub fn inherit_flush_epoch(&mut self, prev_epoch: u64, prev: &[Arc<Service>]) {
+        if self.keeps_every_backend_of(prev) {
+            self.flush_epoch = prev_epoch;
+        }
     }
 
     /// The Service at `idx`.

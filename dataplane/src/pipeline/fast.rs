@@ -2,11 +2,12 @@
 //!
 //! Most packets a proxy sees belong to an established TCP/UDP session over
 //! IPv4 on an untagged port. [`Pipeline::fast_v4`] handles exactly those, at
-//! fixed offsets and with one route lookup: parse, session hit, state touch,
+//! fixed offsets and with one route lookup: parse, session hit (revalidated
+//! against a new table as the general path does), state touch,
 //! DNAT/SNAT or reverse rewrite with the same incremental-checksum helpers
 //! as the general path, TTL, L2 rewrite. Anything else — IP options,
-//! fragments, TCP SYN/FIN/RST, a session not yet revalidated against a new
-//! table, a packet over the egress MTU, a neighbour that is not fresh, VLAN
+//! fragments, TCP SYN/FIN/RST, a UDP session whose backend a new table
+//! removed, a packet over the egress MTU, a neighbour that is not fresh, VLAN
 //! tags, SCTP, IPv6, malformed headers — returns `None` before any side
 //! effect and the general path in [`Pipeline::process`] takes the packet
 //! from the start. The differential test below holds the two paths to the
@@ -77,7 +78,22 @@ impl Pipeline {
         };
         let (idx, dir) = self.sessions.lookup_hashed(&key, key_hash(&key))?;
         let s = self.sessions.get(idx);
-        if s.validated != version_tag(t.version) {
+        // First packet since a table change: as on the general path, a UDP
+        // session's backend must still be there (else the general path
+        // flushes it); TCP keeps its backend. Checked here so that a
+        // publication does not send every flow through the general path.
+        let tag = version_tag(t.flush_epoch);
+        let revalidate = s.validated != tag;
+        if revalidate
+            && proto == Proto::Udp
+            && !t.backend_valid(
+                &Frontend {
+                    addr: s.frontend,
+                    proto,
+                },
+                &s.backend,
+            )
+        {
             return None;
         }
         let (new_src, new_dst) = match dir {
@@ -95,6 +111,9 @@ impl Pipeline {
             return None;
         }
         // Committed: from here on the packet is translated and sent.
+        if revalidate {
+            self.sessions.get_mut(idx).validated = tag;
+        }
         self.sessions.touch(idx, dir, flags, now);
         WorkerStats::add(
             if dir == Dir::Original {
@@ -258,6 +277,11 @@ mod tests {
     /// Two Services (one masqueraded), backends behind port 1 (one learned
     /// neighbour that can go stale, others static), clients on port 0.
     fn table(version: u64) -> ServiceTable {
+        table_without(version, None)
+    }
+
+    /// [`table`] without backend `198.19.0.<skip>`.
+    fn table_without(version: u64, skip: Option<u8>) -> ServiceTable {
         let svc = |vip: u8, proto, masquerade| ServiceSpec {
             source_ranges: vec![],
             affinity_timeout: None,
@@ -271,6 +295,7 @@ mod tests {
                 proto,
             },
             backends: (10..13)
+                .filter(|&b| Some(b) != skip)
                 .map(|b| SockAddr::new(v4([198, 19, 0, b]), 8080))
                 .collect(),
         };
@@ -582,12 +607,26 @@ mod tests {
         assert_eq!(v, Verdict::Tx(0));
         assert_eq!(&back[26..30], &[198, 18, 100, 1], "source is the VIP again");
         assert_eq!(st.fast_path.load(Relaxed), 11);
-        // A new table version: the first packet revalidates on the general path.
+        // A new table version that keeps the backend: revalidated on the
+        // fast path too.
         let t2 = table(2);
         p.on_table(&t2);
         assert_eq!(run(&mut p, &t2, &st, 0, &f, 30).0, Verdict::Tx(1));
-        assert_eq!(st.fast_path.load(Relaxed), 11);
-        assert_eq!(run(&mut p, &t2, &st, 0, &f, 31).0, Verdict::Tx(1));
+        assert_eq!(st.fast_path.load(Relaxed), 12);
+        // One that removes it: the general path flushes the UDP session and
+        // opens a new one (to another backend).
+        let backend = out[30..34].to_vec();
+        let t3 = table_without(3, Some(backend[3]));
+        p.on_table(&t3);
+        let flushed = st.sessions_flushed.load(Relaxed);
+        let (v, moved) = run(&mut p, &t3, &st, 0, &f, 40);
+        assert_eq!(v, Verdict::Tx(1));
+        assert_ne!(
+            &moved[30..34],
+            &backend[..],
+            "moved off the removed backend"
+        );
+        assert_eq!(st.sessions_flushed.load(Relaxed), flushed + 1);
         assert_eq!(st.fast_path.load(Relaxed), 12);
     }
 
