@@ -107,7 +107,7 @@ use dataplane::pipeline::{PacketBuf, PipelineConfig};
 use dataplane::session::{SessionTable, Timeouts};
 use dataplane::stats::{DropReason, WorkerStats};
 use dataplane::table::{
-    Frontend, Interface, Service, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec,
+    FlushEpoch, Frontend, Interface, Service, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec,
 };
 use dataplane::worker::{self, DataplaneConfig, PortSpec, Running};
 use etherparse::{PacketHeaders, PayloadSlice, TransportHeader};
@@ -2446,7 +2446,7 @@ struct Changes {
     /// The Services of the current table.
     built: Vec<Arc<Service>>,
     /// The current table's flush epoch.
-    flush_epoch: u64,
+    epoch: FlushEpoch,
 }
 
 impl Changes {
@@ -2471,7 +2471,11 @@ impl Changes {
             specs,
             built,
             // The initial table (version 1) starts the first epoch.
-            flush_epoch: 1,
+            epoch: FlushEpoch {
+                current: 1,
+                previous: 1,
+                removed: None,
+            },
         }
     }
 
@@ -2500,8 +2504,8 @@ impl Changes {
         let prev = self.built.clone();
         self.built[s] = Arc::new(Service::new(spec));
         let mut t = self.table(version);
-        t.inherit_flush_epoch(self.flush_epoch, &prev);
-        self.flush_epoch = t.flush_epoch;
+        t.inherit_flush_epoch(&self.epoch, &prev);
+        self.epoch = t.epoch.clone();
         t
     }
 

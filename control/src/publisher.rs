@@ -1,6 +1,6 @@
 //! Builds service tables and publishes them to the workers (RCU swap).
 use dataplane::dpdk::rcu::{Leaked, Rcu};
-use dataplane::table::{Frontend, Service, ServiceTable, TableSpec};
+use dataplane::table::{FlushEpoch, Frontend, Service, ServiceTable, TableSpec};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -96,8 +96,8 @@ impl Default for ControlMetrics {
 pub struct Publisher {
     rcu: Arc<Rcu<ServiceTable>>,
     version: u64,
-    /// The flush epoch of the last table (see [`ServiceTable::flush_epoch`]).
-    flush_epoch: u64,
+    /// The flush epoch of the last table (see [`ServiceTable::epoch`]).
+    epoch: FlushEpoch,
     /// The Services of the last table (to tell whether a new one removed
     /// any backend).
     last: Vec<Arc<Service>>,
@@ -116,7 +116,7 @@ impl Publisher {
         Publisher {
             rcu: Rcu::new(ServiceTable::new(TableSpec::default(), 0), readers.max(1)),
             version: 0,
-            flush_epoch: 0,
+            epoch: FlushEpoch::default(),
             last: Vec::new(),
             live: HashSet::new(),
             retired: HashMap::new(),
@@ -167,8 +167,8 @@ impl Publisher {
         let mut table = ServiceTable::with_services(spec, built, self.version);
         // Sessions need revalidating only when some backend or frontend of
         // the last table is gone.
-        table.inherit_flush_epoch(self.flush_epoch, &self.last);
-        self.flush_epoch = table.flush_epoch;
+        table.inherit_flush_epoch(&self.epoch, &self.last);
+        self.epoch = table.epoch.clone();
         self.last = table.services().to_vec();
         let grace = match self
             .rcu
@@ -290,7 +290,7 @@ mod tests {
                 services,
                 ..Default::default()
             });
-            (v, p.flush_epoch)
+            (v, p.epoch.current)
         };
         let (v1, e1) = epoch(&mut p, vec![svc(1, vec![be(1), be(2)], vec![])]);
         assert_eq!(v1, 1);
@@ -326,9 +326,9 @@ mod tests {
         // Shared (already built) Services are compared by pointer.
         let shared = p.last.clone();
         let v7 = p.publish_with(TableSpec::default(), shared);
-        assert_eq!((v7, p.flush_epoch), (v6 + 1, v6));
+        assert_eq!((v7, p.epoch.current), (v6 + 1, v6));
         // The epoch is what the published table carries.
         let mut r = p.rcu().reader(0).unwrap();
-        assert_eq!((r.read().version, r.read().flush_epoch), (v7, v6));
+        assert_eq!((r.read().version, r.read().epoch.current), (v7, v6));
     }
 }

@@ -270,6 +270,14 @@ impl Neighbors {
 
     /// Installs a static entry (never aged).
     pub fn set_static(&mut self, addr: Addr, mac: MacAddr, port: u16) {
+        if self
+            .map
+            .get(&addr)
+            .is_some_and(|e| e.state == State::Static && e.mac == mac && e.port == port)
+        {
+            // Re-applied with every table: unchanged, so cached next hops stay.
+            return;
+        }
         self.generation += 1;
         self.map.insert(
             addr,

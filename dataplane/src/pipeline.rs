@@ -424,14 +424,15 @@ impl Pipeline {
         }
         if let Some((idx, dir)) = hit {
             let s = *self.sessions.get(idx);
-            if s.validated != version_tag(t.flush_epoch) {
+            if s.validated != version_tag(t.epoch.current) {
                 // First packet of this session since a table change: check
                 // its backend is still there (once per session per version).
                 let frontend = Frontend {
                     addr: s.frontend,
                     proto,
                 };
-                if proto == Proto::Udp && !t.backend_valid(&frontend, &s.backend) {
+                if proto == Proto::Udp && !t.backend_still_valid(s.validated, &frontend, &s.backend)
+                {
                     // kube-proxy's stale-UDP cleanup: flows to a removed
                     // endpoint are flushed (also when the Service has no
                     // endpoints left); the packet is handled as new.
@@ -440,7 +441,7 @@ impl Pipeline {
                     return self
                         .new_flow(t, st, in_port, pinfo, pkt, &ip, key, flags, src_mac, now);
                 }
-                self.sessions.get_mut(idx).validated = version_tag(t.flush_epoch);
+                self.sessions.get_mut(idx).validated = version_tag(t.epoch.current);
             }
             if proto == Proto::Tcp
                 && dir == Dir::Original
@@ -584,7 +585,7 @@ impl Pipeline {
             sctp: init.sctp,
             replied: false,
             expires: init.expires,
-            validated: version_tag(t.flush_epoch),
+            validated: version_tag(t.epoch.current),
         };
         match self.sessions.insert(session) {
             Ok(_) => {}

@@ -229,6 +229,25 @@ impl Service {
     }
 }
 
+/// At most this many removed (frontend, backend) pairs are remembered per
+/// epoch change; a larger change makes every session check its Service.
+pub const MAX_REMOVED: usize = 64;
+
+/// A table's flush epoch: the version of the latest table that removed a
+/// backend or a frontend some session may use (a table's own version unless
+/// its publisher called [`ServiceTable::inherit_flush_epoch`]), the epoch
+/// before it, and the pairs that change removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlushEpoch {
+    /// The epoch.
+    pub current: u64,
+    /// The epoch before.
+    pub previous: u64,
+    /// What the change from `previous` to `current` removed; `None`:
+    /// unknown or more than [`MAX_REMOVED`].
+    pub removed: Option<Vec<(Frontend, SockAddr)>>,
+}
+
 /// The result of a route lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NextHop {
@@ -243,13 +262,10 @@ pub struct NextHop {
 pub struct ServiceTable {
     /// Monotonic version, set by the publisher.
     pub version: u64,
-    /// The version of the latest table that removed a backend or a frontend
-    /// some session may use (`version` itself unless the publisher knows
-    /// better, see [`ServiceTable::keeps_every_backend_of`]). Sessions are
-    /// revalidated (stale UDP flows flushed) when it changes, so
-    /// publications that only add backends or Services cost the packet path
-    /// nothing.
-    pub flush_epoch: u64,
+    /// The flush epoch: sessions are revalidated (stale UDP flows flushed)
+    /// only when it changes, so publications that only add backends or
+    /// Services cost the packet path nothing (see [`FlushEpoch`]).
+    pub epoch: FlushEpoch,
     frontends: HashMap<Frontend, u32>,
     services: Vec<Arc<Service>>,
     local: HashMap<Addr, u16>,
@@ -276,7 +292,11 @@ impl ServiceTable {
     pub fn with_services(spec: TableSpec, built: Vec<Arc<Service>>, version: u64) -> Self {
         let mut t = ServiceTable {
             version,
-            flush_epoch: version,
+            epoch: FlushEpoch {
+                current: version,
+                previous: version,
+                removed: None,
+            },
             ..Default::default()
         };
         let n = spec.services.len() + built.len();
@@ -407,45 +427,76 @@ impl ServiceTable {
             })
     }
 
-    /// True when every frontend of `old` is still here with every backend
-    /// it had (its own and its short-circuit's): no session of `old` can
-    /// have lost its backend. Services shared with `old` (the same `Arc`,
-    /// by position first) are not compared further. Control-plane cost:
-    /// one pointer compare per unchanged Service.
-    pub fn keeps_every_backend_of(&self, old: &[Arc<Service>]) -> bool {
-        let all = |s: &Service| {
-            s.backends
-                .iter()
-                .chain(s.short_circuit.iter().flat_map(|c| c.backends.iter()))
-                .copied()
-                .collect::<Vec<SockAddr>>()
-        };
-        old.iter().enumerate().all(|(i, o)| {
+    /// The (frontend, backend) pairs of `old` that this table no longer
+    /// has (a backend gone from its Service, own or short-circuit, or the
+    /// whole frontend gone): `Some(empty)` when nothing is gone, `None` when
+    /// more than [`MAX_REMOVED`] are. Services shared with `old` (the same
+    /// `Arc`, by position first) are not compared further. Control-plane
+    /// cost: one pointer compare per unchanged Service.
+    pub fn removed_since(&self, old: &[Arc<Service>]) -> Option<Vec<(Frontend, SockAddr)>> {
+        let mut removed = Vec::new();
+        for (i, o) in old.iter().enumerate() {
             if self.services.get(i).is_some_and(|n| Arc::ptr_eq(n, o)) {
-                return true;
+                continue;
             }
-            let Some(n) = self
+            let n = self
                 .frontend(&o.frontend)
-                .and_then(|j| self.services.get(j as usize))
-            else {
-                return false;
-            };
-            Arc::ptr_eq(n, o)
-                || all(o).iter().all(|b| {
+                .and_then(|j| self.services.get(j as usize));
+            if n.is_some_and(|n| Arc::ptr_eq(n, o)) {
+                continue;
+            }
+            let all = o
+                .backends
+                .iter()
+                .chain(o.short_circuit.iter().flat_map(|c| c.backends.iter()));
+            for b in all {
+                let kept = n.is_some_and(|n| {
                     n.has_backend(b) || n.short_circuit.as_ref().is_some_and(|c| c.has_backend(b))
-                })
-        })
+                });
+                if !kept {
+                    if removed.len() == MAX_REMOVED {
+                        return None;
+                    }
+                    removed.push((o.frontend, *b));
+                }
+            }
+        }
+        Some(removed)
     }
 
-    /// Carries the flush epoch of the previous table (`prev_epoch`, whose
-    /// Services were `prev`) over to this one when no backend or frontend
-    /// of it is gone ([`ServiceTable::keeps_every_backend_of`]); otherwise
-    /// the epoch stays this table's version. Publishers call this before
-    /// publishing.
-    pub fn inherit_flush_epoch(&mut self, prev_epoch: u64, prev: &[Arc<Service>]) {
-        if self.keeps_every_backend_of(prev) {
-            self.flush_epoch = prev_epoch;
+    /// Sets this table's flush epoch from the previous table's (`prev`,
+    /// whose Services were `prev_services`): unchanged when nothing is gone
+    /// ([`ServiceTable::removed_since`]), else a new epoch (this version)
+    /// that remembers what went. Publishers call this before publishing.
+    pub fn inherit_flush_epoch(&mut self, prev: &FlushEpoch, prev_services: &[Arc<Service>]) {
+        self.epoch = match self.removed_since(prev_services) {
+            Some(r) if r.is_empty() => prev.clone(),
+            removed => FlushEpoch {
+                current: self.version,
+                previous: prev.current,
+                removed,
+            },
+        };
+    }
+
+    /// Whether a UDP session to `backend` through `frontend`, last validated
+    /// at the epoch whose tag is `validated` ([`crate::session::version_tag`]),
+    /// still has its backend. A session one epoch behind checks the short
+    /// list of pairs that epoch change removed; others look the backend up
+    /// in its Service ([`ServiceTable::backend_valid`]).
+    #[inline]
+    pub fn backend_still_valid(
+        &self,
+        validated: u16,
+        frontend: &Frontend,
+        backend: &SockAddr,
+    ) -> bool {
+        if let Some(r) = &self.epoch.removed {
+            if validated == crate::session::version_tag(self.epoch.previous) {
+                return !r.iter().any(|(f, b)| f == frontend && b == backend);
+            }
         }
+        self.backend_valid(frontend, backend)
     }
 
     /// The Service at `idx`.
@@ -630,5 +681,36 @@ mod tests {
         assert!(t.owns(&v4(198, 18, 0, 1)));
         assert!(!t.owns(&v4(198, 18, 0, 2)));
         assert_eq!(t.port_addr(1, true), Some(v4(198, 18, 1, 1)));
+    }
+
+    #[test]
+    fn flush_epochs_move_on_removals_and_remember_them() {
+        use crate::session::version_tag;
+        let t1 = ServiceTable::new(spec(), 1);
+        let f = t1.services()[0].frontend;
+        let be = |i: u8| SockAddr::new(v4(198, 18, 1, 10 + i), 8080);
+        // Same content, rebuilt: nothing gone, the epoch carries over.
+        let mut t2 = ServiceTable::new(spec(), 2);
+        t2.inherit_flush_epoch(&t1.epoch, t1.services());
+        assert_eq!(t2.epoch, t1.epoch);
+        // Backend 1 removed: a new epoch remembering (frontend, backend 1).
+        let mut s3 = spec();
+        s3.services[0].backends.retain(|b| *b != be(1));
+        let mut t3 = ServiceTable::new(s3, 3);
+        t3.inherit_flush_epoch(&t2.epoch, t2.services());
+        assert_eq!(t3.epoch.current, 3);
+        assert_eq!(t3.epoch.previous, 1);
+        assert_eq!(t3.epoch.removed, Some(vec![(f, be(1))]));
+        // A session one epoch behind checks that list; older ones their Service.
+        let prev = version_tag(1);
+        assert!(!t3.backend_still_valid(prev, &f, &be(1)));
+        assert!(t3.backend_still_valid(prev, &f, &be(2)));
+        assert!(!t3.backend_still_valid(version_tag(0), &f, &be(1)));
+        assert!(t3.backend_still_valid(version_tag(0), &f, &be(3)));
+        // A whole Service gone: every pair of it.
+        let mut t4 = ServiceTable::new(TableSpec::default(), 4);
+        t4.inherit_flush_epoch(&t3.epoch, t3.services());
+        assert_eq!(t4.epoch.removed, Some(vec![(f, be(2)), (f, be(3))]));
+        assert!(!t4.backend_still_valid(version_tag(3), &f, &be(2)));
     }
 }

@@ -82,11 +82,12 @@ impl Pipeline {
         // session's backend must still be there (else the general path
         // flushes it); TCP keeps its backend. Checked here so that a
         // publication does not send every flow through the general path.
-        let tag = version_tag(t.flush_epoch);
+        let tag = version_tag(t.epoch.current);
         let revalidate = s.validated != tag;
         if revalidate
             && proto == Proto::Udp
-            && !t.backend_valid(
+            && !t.backend_still_valid(
+                s.validated,
                 &Frontend {
                     addr: s.frontend,
                     proto,
