@@ -466,6 +466,9 @@ def fixture(results):
 
 def check():
     """Renders the fixture into a document in a temporary directory and checks the result."""
+    # Before the temporary directory exists: _matplotlib() may re-exec this
+    # script under /usr/bin/python3, which would skip its clean-up.
+    plt = _matplotlib()
     with tempfile.TemporaryDirectory(prefix="bench-report-check.") as tmp:
         results = os.path.join(tmp, "bench-results")
         os.makedirs(results)
@@ -496,7 +499,6 @@ def check():
                      "Not run yet: no `bench-results/scale.json`"):
             if want not in out:
                 problems.append(f"{want!r} missing from the rendered document")
-        plt = _matplotlib()
         if plt is not None:
             for png in ("io.png", "replay.png", "criterion.png"):
                 p = os.path.join(results, png)
