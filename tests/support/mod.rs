@@ -246,6 +246,16 @@ impl Drop for Topology {
             .args(["down", &self.prefix])
             .status();
         let _ = std::fs::remove_file(&self.config);
+        // The proxy's log: shown when the test failed, then removed either way.
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- last lines of {} ---", self.log.display());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
