@@ -16,6 +16,8 @@ fi
 export CARGO_TERM_COLOR=never
 echo "== build" >&2
 cargo build --workspace --all-targets --locked
+echo "== clippy (warnings are errors)" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # kube-apiserver + etcd for the cluster tests (built from the Go module proxy
 # once, then cached in /var/cache/dpdk-kube-proxy/k8s).
 echo "== kube-apiserver and etcd" >&2

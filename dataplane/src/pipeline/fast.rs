@@ -448,6 +448,10 @@ mod tests {
         v
     }
 
+    /// Where a translated flow's replies come from and go to:
+    /// (backend address, backend port, reply destination, its port).
+    type Reply = ([u8; 4], u16, [u8; 4], u16);
+
     /// One step of a scenario: which packet, when, and how it is damaged.
     #[derive(Clone, Debug)]
     struct Step {
@@ -516,7 +520,7 @@ mod tests {
             slow.on_table(&t);
             let mut now = 0;
             // Where each client's flow went (from the slow path's output).
-            let mut seen: Vec<Option<([u8; 4], u16, [u8; 4], u16)>> = vec![None; 64];
+            let mut seen: Vec<Option<Reply>> = vec![None; 64];
             for s in &steps {
                 now += s.dt;
                 if let Some(m) = s.relearn {
