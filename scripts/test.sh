@@ -18,6 +18,13 @@ echo "== build" >&2
 cargo build --workspace --all-targets --locked
 echo "== clippy (warnings are errors)" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Licences and banned crates (deny.toml); offline: no advisory database here.
+if ! command -v cargo-deny >/dev/null; then
+  echo "== installing cargo-deny (once per machine)" >&2
+  cargo install cargo-deny --locked --version 0.20.2
+fi
+echo "== cargo deny check licenses bans" >&2
+cargo deny --offline check licenses bans
 # kube-apiserver + etcd for the cluster tests (built from the Go module proxy
 # once, then cached in /var/cache/dpdk-kube-proxy/k8s).
 echo "== kube-apiserver and etcd" >&2
