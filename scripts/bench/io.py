@@ -21,10 +21,10 @@ Generators (all dpdk-testpmd, 64-byte UDP frames, only 198.18.0.0/15):
   pcap          --forward-mode=io from net_pcap,infinite_rx=1 replaying a file
                 written here: N flows over 16 Services. This stands in for
                 flowgen, which cannot address a Service: DPDK 22.11's flowgen
-                hard-codes 10.254.0.0 -> 10.253.0.0+i, UDP 1000 -> 1001 and
-                MACs 00:01:02:03:04:00 -> :01 and ignores --tx-ip/--tx-udp/
+                hard-codes its addresses, ports and MACs (a private IPv4
+                range, see BENCHMARKS.md) and ignores --tx-ip/--tx-udp/
                 --eth-peer (app/test-pmd/flowgen.c), so its flows could only
-                hit Services in 10/8, which test traffic must not use.
+                hit Services outside 198.18.0.0/15, which test traffic must not use.
 Standard library only.
 """
 import argparse
@@ -717,9 +717,9 @@ def main():
     gens = [g for g in a.gens.split(",") if g]
     duts = [d for d in a.duts.split(",") if d]
     if "flowgen" in gens:
-        sys.exit("io.py: flowgen cannot address a Service: DPDK 22.11's flowgen hard-codes 10.254.0.0 -> "
-                 "10.253.0.0+i (UDP 1000 -> 1001) and ignores --tx-ip/--tx-udp/--eth-peer; test traffic "
-                 "must stay in 198.18.0.0/15. Use the pcap generator (N flows over 16 Services).")
+        sys.exit("io.py: flowgen cannot address a Service: DPDK 22.11's flowgen hard-codes addresses in a "
+                 "private range and ignores --tx-ip/--tx-udp/--eth-peer; test traffic must stay in "
+                 "198.18.0.0/15. Use the pcap generator (N flows over 16 Services).")
     for what, got, ok in (("PMD", pmds, ("memif", "vhost")), ("generator", gens, GENS), ("DUT", duts, DUTS)):
         bad = [x for x in got if x not in ok]
         if bad or not got:
@@ -747,9 +747,9 @@ def main():
                                  "third octet of the destination to make the source, 32 distinct sources",
                  "pcap": f"testpmd io from net_pcap,infinite_rx=1: {a.flows} flows "
                          f"(198.18.0.2-251, ports from 1024) over {SERVICES} Services {vip(0)}-{SERVICES}:{VPORT}",
-                 "flowgen": "not used: DPDK 22.11 flowgen hard-codes 10.254.0.0 -> 10.253.0.0+i, UDP 1000 -> 1001, "
-                            "MACs 00:01:02:03:04:00 -> :01, and ignores --tx-ip/--tx-udp/--eth-peer; "
-                            "a Service would have to be in 10.253.0.0/16, outside 198.18.0.0/15"},
+                 "flowgen": "not used: DPDK 22.11 flowgen hard-codes its addresses (a private range), ports "
+                            "and MACs and ignores --tx-ip/--tx-udp/--eth-peer, so it cannot address a Service "
+                            "in 198.18.0.0/15 (see BENCHMARKS.md)"},
         "descriptors": DESC, "burst": 32, "mbufs": MBUFS, "proxy_sessions": a.sessions,
         "warmup_s": a.warmup, "duration_s": a.duration,
         "contention": "a run is contended when a forwarding lcore had < 95% of its CPU (schedstat); retried",
