@@ -170,27 +170,11 @@ impl Neighbors {
         }
     }
 
-    /// The MAC of `addr` when [`Neighbors::resolve`] would answer
-    /// `Known` without changing anything (static, or reachable and not due
-    /// for a probe); `None` otherwise. No side effects.
-    #[inline]
-    pub fn fresh(&self, addr: &Addr, now: u64) -> Option<MacAddr> {
-        let t = &self.timers;
-        let e = self.map.get(addr)?;
-        match e.state {
-            State::Static => Some(e.mac),
-            State::Reachable => {
-                let age = now.saturating_sub(e.confirmed);
-                (age < t.reachable || (age < t.expire && now.saturating_sub(e.probed) < t.retry))
-                    .then_some(e.mac)
-            }
-            State::Incomplete => None,
-        }
-    }
-
-    /// [`Neighbors::fresh`] with how long the answer holds: `(mac, until)`
-    /// — fresh at every time before `until`, as long as
-    /// [`Neighbors::generation`] does not change. For caching next hops.
+    /// The MAC of `addr` when [`Neighbors::resolve`] would answer `Known`
+    /// without changing anything (static, or reachable and not due for a
+    /// probe), and how long that holds: `(mac, until)` — the same answer at
+    /// every time before `until`, as long as [`Neighbors::generation`] does
+    /// not change. No side effects. For caching next hops.
     #[inline]
     pub fn fresh_until(&self, addr: &Addr, now: u64) -> Option<(MacAddr, u64)> {
         let t = &self.timers;

@@ -270,7 +270,7 @@ impl Pipeline {
         self.affinity = a;
     }
 
-    /// Turns the established-flow fast path ([`fast`]) on or off (on by
+    /// Turns the established-flow fast path (`pipeline/fast.rs`) on or off (on by
     /// default; off leaves every packet to the general path, which the
     /// differential tests compare it with).
     pub fn set_fast_path(&mut self, on: bool) {

@@ -123,7 +123,7 @@ pub struct Session {
     /// Expiry time (ms, worker clock).
     pub expires: u64,
     /// Low 16 bits of the table's flush epoch
-    /// ([`crate::table::ServiceTable::flush_epoch`]) against which the
+    /// ([`crate::table::ServiceTable::epoch`]) against which the
     /// backend was last known to be valid ([`version_tag`]). Only UDP
     /// sessions act on it (the stale-UDP flush), and a UDP session idles out
     /// within its timeout, so a false match would need 65,536 publications

@@ -451,12 +451,14 @@ impl RxBurst {
         self.n - self.next
     }
 
-    /// The bytes of the `i`-th packet not yet taken (`i < remaining()`),
-    /// for a burst-wide pre-pass before the packets are handled.
+    /// The bytes of the `i`-th packet not yet taken (empty past
+    /// `remaining()`), for a burst-wide pre-pass before the packets are handled.
     #[inline]
     pub fn peek(&self, i: usize) -> &[u8] {
         let k = self.next + i;
-        assert!(k < self.n, "peek past the burst");
+        if k >= self.n {
+            return &[];
+        }
         // SAFETY: ptrs[k] is a valid single-owner mbuf of this burst, not yet
         // yielded; the slice lives as long as &self, during which it cannot be
         // taken (next() needs &mut self).
