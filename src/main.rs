@@ -5,6 +5,7 @@ use control::admin::{self, AdminState};
 use control::config::Config;
 use control::duration::parse_flag as duration;
 use control::healthcheck::HealthServers;
+use control::heartbeat::Heartbeat;
 use control::k8s::NodeInfo;
 use control::publisher::Publisher;
 use control::watch::{self, Change, Model};
@@ -367,10 +368,16 @@ fn main() -> Result<()> {
     // Watching a cluster: not ready until Services and EndpointSlices are
     // listed and programmed.
     let ready = Arc::new(AtomicBool::new(!watches_cluster(&cfg)));
+    let shutdown_timeout = cfg.workers.shutdown_timeout;
+    let heartbeat = Arc::new(Heartbeat::new(
+        lcores.len(),
+        u64::try_from(cfg.workers.stall_timeout.as_millis()).unwrap_or(u64::MAX),
+    ));
     let state = AdminState {
         workers: Arc::new(running.stats.clone()),
         control: publisher.metrics.clone(),
         ready: ready.clone(),
+        heartbeat: heartbeat.clone(),
         ports: Arc::new(
             cfg.ports
                 .iter()
@@ -388,14 +395,36 @@ fn main() -> Result<()> {
         .context("tokio runtime")?;
     let publisher = Arc::new(Mutex::new(publisher));
     let result = rt.block_on(control_loop(cli, cfg, state, publisher.clone()));
+    // From here the exit is bounded, whatever a worker does.
+    exit_after(shutdown_timeout, heartbeat);
     ready.store(false, Ordering::SeqCst);
     tracing::info!("stopping workers");
     let codes = running.shutdown(&eal);
-    drop(rt);
+    // A publish blocked on a worker must not hold the exit either.
+    rt.shutdown_timeout(Duration::from_secs(1));
     drop(publisher);
     tracing::info!(?codes, "stopped");
     drop(eal);
     result
+}
+
+/// Exits the process with status 1 if it is still running `timeout` from
+/// now: shutting down must not hang on a stuck worker or control loop.
+fn exit_after(timeout: Duration, heartbeat: Arc<Heartbeat>) {
+    let spawned = std::thread::Builder::new()
+        .name("exit-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(timeout);
+            tracing::error!(
+                ?timeout,
+                stalled_workers = ?heartbeat.stalled(),
+                "shutdown did not finish in time: exiting anyway"
+            );
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot arm the shutdown deadline: {e}");
+    }
 }
 
 async fn kube_client(kubeconfig: Option<&str>) -> Result<kube::Client> {
@@ -442,7 +471,7 @@ async fn control_loop(
             .await
             .with_context(|| format!("healthz address {addr}"))?;
         tracing::info!(%addr, "healthz server listening");
-        servers.push(tokio::spawn(admin::serve_health(l, state)));
+        servers.push(tokio::spawn(admin::serve_health(l, state.clone())));
     }
     let mut cluster = if watches_cluster(&cfg) {
         let node = node_name(&cfg);
@@ -461,8 +490,44 @@ async fn control_loop(
     } else {
         None
     };
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    // SIGTERM/SIGINT: not ready at once, the exit deadline armed, then the
+    // loop ends (from a task of its own, so a loop busy publishing to a
+    // stuck worker still gets a bounded exit); a second signal exits now.
+    let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
+    {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let ready = ready.clone();
+        let heartbeat = state.heartbeat.clone();
+        let timeout = cfg.workers.shutdown_timeout;
+        tokio::spawn(async move {
+            let name = |t: bool| if t { "SIGTERM" } else { "SIGINT" };
+            let first = tokio::select! {
+                _ = term.recv() => true,
+                _ = int.recv() => false,
+            };
+            tracing::info!("{}: stopping (at most {timeout:?})", name(first));
+            ready.store(false, Ordering::SeqCst);
+            exit_after(timeout, heartbeat);
+            let _ = stop_tx.send(true);
+            let again = tokio::select! {
+                _ = term.recv() => true,
+                _ = int.recv() => false,
+            };
+            tracing::warn!("{} again: exiting now", name(again));
+            std::process::exit(1);
+        });
+    }
+    if state.heartbeat.timeout_ms() > 0 {
+        let period = Duration::from_millis((state.heartbeat.timeout_ms() / 4).clamp(50, 1000));
+        servers.push(tokio::spawn({
+            let (h, w) = (state.heartbeat.clone(), state.workers.clone());
+            async move {
+                h.run(w, period).await;
+                Ok::<(), std::io::Error>(())
+            }
+        }));
+    }
     let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(cli.reload_interval);
     // The sync periods in force since start (changes need a restart).
@@ -493,8 +558,7 @@ async fn control_loop(
         let due = (pending && can).then(|| last_publish + min_sync_period);
         let mut forced = false;
         tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT"); break; }
+            _ = stop.changed() => break,
             _ = hup.recv() => forced = true,
             _ = tick.tick() => {}
             _ = full.tick(), if cluster.is_some() => {

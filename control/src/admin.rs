@@ -1,4 +1,5 @@
 //! Admin HTTP server: `/proxyMode`, `/healthz`, `/livez`, `/metrics`.
+use crate::heartbeat::Heartbeat;
 use crate::publisher::ControlMetrics;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -28,6 +29,8 @@ pub struct AdminState {
     pub control: Arc<ControlMetrics>,
     /// True once the first table is published and the workers run.
     pub ready: Arc<AtomicBool>,
+    /// Worker progress: a stalled worker makes `/healthz` and `/livez` fail.
+    pub heartbeat: Arc<Heartbeat>,
     /// Ports: (device name, DPDK port id), by port number.
     pub ports: Arc<Vec<(String, u16)>>,
     /// An RCU reader of the published table for `/debug/*` (kept offline
@@ -243,18 +246,24 @@ fn health(s: AdminState, livez: bool) -> Response {
     let last = s.control.last_sync_ms.load(Relaxed);
     let ready = s.ready.load(Relaxed);
     let eligible = s.control.node_eligible.load(Relaxed);
-    // Same shape as kube-proxy's healthz answer.
-    let body = serde_json::json!({
+    let stalled = s.heartbeat.stalled();
+    // Same shape as kube-proxy's healthz answer (+ the stalled workers).
+    let mut body = serde_json::json!({
         "lastUpdated": if last > 0 { rfc3339_ms(last) } else { String::new() },
         "currentTime": rfc3339_ms(now),
         "nodeEligible": eligible,
     });
+    if !stalled.is_empty() {
+        body["stalledWorkers"] = stalled.clone().into();
+    }
     // Like kube-proxy's: unhealthy while a change has waited longer than
     // the health timeout to be programmed (a stuck control loop).
     let pending = s.control.oldest_pending_ms.load(Relaxed);
     let timeout = s.control.health_timeout_ms.load(Relaxed);
     let stale = pending > 0 && timeout > 0 && now.saturating_sub(pending) > timeout;
-    let code = if ready && !stale && (eligible || livez) {
+    // A worker that stopped making progress: its queues are not served,
+    // so the process is neither healthy nor live (a restart is due).
+    let code = if ready && !stale && stalled.is_empty() && (eligible || livez) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -271,6 +280,7 @@ fn health(s: AdminState, livez: bool) -> Response {
 #[derive(Debug)]
 struct Collector {
     workers: Arc<Vec<Arc<WorkerStats>>>,
+    heartbeat: Arc<Heartbeat>,
     control: Arc<ControlMetrics>,
     ports: Arc<Vec<(String, u16)>>,
 }
@@ -471,6 +481,13 @@ impl prometheus_client::collector::Collector for Collector {
             Counter,
             loops
         );
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_worker_stalled",
+            "1 while the worker's poll loop has not moved for the stall timeout (health fails)",
+            Gauge,
+            (0..self.workers.len()).map(|i| (w(i), self.heartbeat.is_stalled(i) as u64)),
+        )?;
         per_worker!(
             "dpdk_kube_proxy_worker_busy_cycles",
             "TSC cycles in poll loops that handled packets (cycles per packet = busy cycles / packets)",
@@ -646,6 +663,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     );
     reg.register_collector(Box::new(Collector {
         workers: s.workers.clone(),
+        heartbeat: s.heartbeat.clone(),
         control: s.control.clone(),
         ports: s.ports.clone(),
     }));
@@ -692,6 +710,7 @@ mod tests {
             workers,
             control: Arc::new(ControlMetrics::default()),
             ready: Arc::new(AtomicBool::new(false)),
+            heartbeat: Arc::new(Heartbeat::new(2, 1000)),
             ports: Arc::new(vec![]),
             table: None,
         };
@@ -699,6 +718,8 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let ready = state.ready.clone();
         let control = state.control.clone();
+        let heartbeat = state.heartbeat.clone();
+        let workers = state.workers.clone();
         tokio::spawn(serve(l, state.clone()));
         let hl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let haddr = hl.local_addr().unwrap();
@@ -749,6 +770,26 @@ mod tests {
         let r = get(addr, "/healthz").await;
         assert!(r.starts_with("HTTP/1.1 200"), "recent pending change: {r}");
         control.oldest_pending_ms.store(0, Relaxed);
+        // Worker 1 stops making progress: both fail and name it.
+        heartbeat.observe(&workers, 1_000);
+        WorkerStats::add(&workers[0].loops, 1);
+        heartbeat.observe(&workers, 2_001);
+        for p in ["/healthz", "/livez"] {
+            let r = get(addr, p).await;
+            assert!(r.starts_with("HTTP/1.1 503"), "{p}: {r}");
+            assert!(r.contains(r#""stalledWorkers":[1]"#), "{p}: {r}");
+        }
+        let r = get(addr, "/metrics").await;
+        assert!(
+            r.contains(r#"dpdk_kube_proxy_worker_stalled{worker="1"} 1"#)
+                && r.contains(r#"dpdk_kube_proxy_worker_stalled{worker="0"} 0"#),
+            "{r}"
+        );
+        WorkerStats::add(&workers[1].loops, 1);
+        heartbeat.observe(&workers, 2_100);
+        let r = get(addr, "/healthz").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "worker moved again: {r}");
+        assert!(!r.contains("stalledWorkers"), "{r}");
         let r = get(addr, "/metrics").await;
         assert!(
             r.contains(r#"dpdk_kube_proxy_dropped_packets_total{worker="1",reason="no_route"} 1"#),

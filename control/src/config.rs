@@ -278,8 +278,22 @@ pub struct WorkersConfig {
     /// shared-core labs and CI, not production.
     #[serde(default)]
     pub idle_sleep_us: u32,
+    /// A worker whose poll loop has not moved for this long is reported
+    /// stalled: `/healthz` and `/livez` answer 503 (`0s`: never).
+    #[serde(default = "default_stall_timeout", with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// On SIGTERM/SIGINT the process stops its workers and exits; if that
+    /// takes longer than this it exits anyway, with status 1.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_sessions() -> usize {
     1 << 18
 }
@@ -299,6 +313,8 @@ impl Default for WorkersConfig {
             rx_desc: default_desc(),
             tx_desc: default_desc(),
             idle_sleep_us: 0,
+            stall_timeout: default_stall_timeout(),
+            shutdown_timeout: default_shutdown_timeout(),
         }
     }
 }
@@ -642,6 +658,9 @@ impl Config {
         self.check_port_refs()?;
         if self.workers.sessions == 0 {
             return Err(invalid("workers.sessions", "must be > 0"));
+        }
+        if self.workers.shutdown_timeout.is_zero() {
+            return Err(invalid("workers.shutdown_timeout", "must be > 0"));
         }
         if !self.workers.rx_desc.is_power_of_two() || !self.workers.tx_desc.is_power_of_two() {
             return Err(invalid("workers.rx_desc/tx_desc", "must be powers of two"));
@@ -1156,6 +1175,8 @@ services:
             (format!("{base}neighbors: [{{address: 198.18.0.2, mac: zz, port: 0}}]"), "neighbors[0].mac"),
             ("ports: [{device: a, addresses: [198.18.0.1]}]".to_string(), "ports[0].addresses[0]"),
             ("ports: []".to_string(), "ports"),
+            (format!("{base}workers: {{shutdown_timeout: 0s}}"), "workers.shutdown_timeout"),
+            (format!("{base}workers: {{stall_timeout: soon}}"), "stall_timeout"),
             (format!("{base}services: [{{name: a, vip: 198.18.100.1, port: 80}}, {{name: b, vip: 198.18.100.1, port: 80}}]"), "services[1]"),
         ];
         for (text, field) in cases {

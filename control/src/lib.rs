@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod duration;
 pub mod healthcheck;
+pub mod heartbeat;
 pub mod k8s;
 pub mod kubeproxy;
 pub mod publisher;
