@@ -422,6 +422,18 @@ impl prometheus_client::collector::Collector for Collector {
             sessions_active
         );
         per_worker!(
+            "dpdk_kube_proxy_neighbors_active",
+            "Neighbour (ARP/ND) cache entries, updated when the worker is idle",
+            Gauge,
+            neighbors_active
+        );
+        per_worker!(
+            "dpdk_kube_proxy_neighbors_refused",
+            "Unsolicited neighbours not learned because the cache was above three quarters full",
+            Counter,
+            neighbors_refused
+        );
+        per_worker!(
             "dpdk_kube_proxy_nat_forward_packets",
             "Packets DNATed client to backend",
             Counter,

@@ -56,6 +56,9 @@ pub enum Resolution {
     Solicit,
     /// Unknown, a solicitation is already outstanding.
     Pending,
+    /// Unknown, and the cache is full of live entries: nothing to solicit
+    /// with (the packet is dropped and counted).
+    Full,
 }
 
 /// A learned neighbour, as passed between workers.
@@ -77,6 +80,12 @@ pub struct Neighbors {
     /// Bumped by every change to an entry: an answer of
     /// [`Neighbors::fresh_until`] holds while this stays the same.
     generation: u64,
+    /// No eviction scan before this time (ms): a flood of new addresses
+    /// against a full cache scans it at most once per millisecond.
+    evict_at: u64,
+    /// Unsolicited neighbours not learned because the cache was above
+    /// its high-water mark.
+    refused: u64,
 }
 
 impl Neighbors {
@@ -88,7 +97,23 @@ impl Neighbors {
             capacity,
             timers,
             generation: 0,
+            evict_at: 0,
+            refused: 0,
         }
+    }
+
+    /// Entries learned without asking (ARP/ND from any sender) stop being
+    /// added at this size: the last quarter is kept for the addresses we
+    /// resolve ourselves, so a flood of random senders cannot take the
+    /// places a new backend or client needs.
+    fn high_water(&self) -> usize {
+        self.capacity - self.capacity / 4
+    }
+
+    /// Unsolicited neighbours refused because the cache was above its
+    /// high-water mark (see [`Neighbors::learn`]).
+    pub fn refused(&self) -> u64 {
+        self.refused
     }
 
     /// The change counter (see [`Neighbors::fresh_until`]).
@@ -153,18 +178,19 @@ impl Neighbors {
                 if self.map.len() >= self.capacity {
                     self.evict(now);
                 }
-                if self.map.len() < self.capacity {
-                    self.map.insert(
-                        *addr,
-                        Entry {
-                            mac: MacAddr([0; 6]),
-                            port: 0,
-                            state: State::Incomplete,
-                            confirmed: 0,
-                            probed: now,
-                        },
-                    );
+                if self.map.len() >= self.capacity {
+                    return Resolution::Full;
                 }
+                self.map.insert(
+                    *addr,
+                    Entry {
+                        mac: MacAddr([0; 6]),
+                        port: 0,
+                        state: State::Incomplete,
+                        confirmed: 0,
+                        probed: now,
+                    },
+                );
                 Resolution::Solicit
             }
         }
@@ -206,7 +232,13 @@ impl Neighbors {
     }
 
     /// Records that `addr` is at `mac` on `port` (from an ARP/NDP packet).
-    /// Returns true when this changed what we knew (worth telling other workers).
+    /// Returns true when this is worth telling the other workers: it changed
+    /// what we knew, or it confirms an entry not confirmed for a retry
+    /// interval (the answer to another worker's solicitation may land here:
+    /// replies from one neighbour always reach the same queue, so a worker
+    /// whose entry went stale learns only through us).
+    /// An entry we have (also one we are resolving) is always updated; a new
+    /// one only below the high-water mark (three quarters of the capacity).
     pub fn learn(&mut self, u: NeighborUpdate, now: u64) -> bool {
         self.generation += 1;
         if let Some(e) = self.map.get_mut(&u.addr) {
@@ -214,6 +246,7 @@ impl Neighbors {
                 return false;
             }
             let changed = e.state != State::Reachable || e.mac != u.mac || e.port != u.port;
+            let share = changed || now.saturating_sub(e.confirmed) >= self.timers.retry;
             *e = Entry {
                 mac: u.mac,
                 port: u.port,
@@ -221,11 +254,12 @@ impl Neighbors {
                 confirmed: now,
                 probed: e.probed,
             };
-            return changed;
+            return share;
         }
-        if self.map.len() >= self.capacity {
+        if self.map.len() >= self.high_water() {
             self.evict(now);
-            if self.map.len() >= self.capacity {
+            if self.map.len() >= self.high_water() {
+                self.refused += 1;
                 return false;
             }
         }
@@ -278,6 +312,10 @@ impl Neighbors {
     /// Drops expired and incomplete entries to make room. Control-rate only
     /// (called when the table is full).
     fn evict(&mut self, now: u64) {
+        if now < self.evict_at {
+            return;
+        }
+        self.evict_at = now + 1;
         self.generation += 1;
         let t = self.timers;
         self.map.retain(|_, e| match e.state {
@@ -399,5 +437,84 @@ mod tests {
             let _ = n.resolve(&Addr::v4([198, 18, 3, i]), 0);
         }
         assert!(n.len() <= 16);
+    }
+
+    fn learn_v4(n: &mut Neighbors, a: [u8; 4], now: u64) -> bool {
+        n.learn(
+            NeighborUpdate {
+                addr: Addr::v4(a),
+                mac: M,
+                port: 0,
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn a_flood_of_unsolicited_senders_leaves_room_to_resolve() {
+        let mut n = Neighbors::new(16, NeighborTimers::default());
+        // Random senders (ARP requests for us, unsolicited replies) fill
+        // three quarters, no more; the rest are refused and counted.
+        let learned = (0..100u8)
+            .filter(|&i| learn_v4(&mut n, [198, 18, 2, i], 10))
+            .count();
+        assert_eq!(learned, 12);
+        assert_eq!(n.refused(), 88);
+        // Our own resolutions still get places, and their answers complete
+        // them although the cache is above the mark.
+        for i in 0..4u8 {
+            assert_eq!(
+                n.resolve(&Addr::v4([198, 18, 1, i]), 11),
+                Resolution::Solicit
+            );
+            assert!(learn_v4(&mut n, [198, 18, 1, i], 12));
+            assert_eq!(
+                n.resolve(&Addr::v4([198, 18, 1, i]), 13),
+                Resolution::Known(M)
+            );
+        }
+        // Full of live entries: a new address is refused, not solicited
+        // (no solicitation per packet).
+        assert_eq!(n.resolve(&Addr::v4([198, 18, 3, 1]), 14), Resolution::Full);
+        assert_eq!(n.len(), 16);
+        // Once the flood's entries expire there is room again.
+        let later = 14 + NeighborTimers::default().expire;
+        assert_eq!(
+            n.resolve(&Addr::v4([198, 18, 3, 1]), later),
+            Resolution::Solicit
+        );
+    }
+
+    #[test]
+    fn confirmations_are_shared_once_per_retry_interval() {
+        let t = NeighborTimers::default();
+        let mut n = Neighbors::new(16, t);
+        assert!(learn_v4(&mut n, [198, 18, 1, 1], 1000), "new");
+        assert!(!learn_v4(&mut n, [198, 18, 1, 1], 1000 + t.retry - 1));
+        // Unchanged, but last confirmed a retry interval ago: share it.
+        assert!(learn_v4(&mut n, [198, 18, 1, 1], 1000 + 2 * t.retry));
+        assert!(!learn_v4(&mut n, [198, 18, 1, 1], 1000 + 2 * t.retry + 1));
+    }
+
+    #[test]
+    fn eviction_scans_at_most_once_per_millisecond() {
+        let t = NeighborTimers::default();
+        let mut n = Neighbors::new(16, t);
+        for i in 0..16u8 {
+            assert_eq!(
+                n.resolve(&Addr::v4([198, 18, 1, i]), 0),
+                Resolution::Solicit
+            );
+        }
+        // All incomplete and past their retry: evictable, but the scan at
+        // this millisecond already ran (and found nothing then).
+        assert_eq!(n.resolve(&Addr::v4([198, 18, 3, 1]), 0), Resolution::Full);
+        let g = n.generation();
+        assert_eq!(n.resolve(&Addr::v4([198, 18, 3, 2]), 0), Resolution::Full);
+        assert_eq!(n.generation(), g + 1, "only the Full answer, no new scan");
+        assert_eq!(
+            n.resolve(&Addr::v4([198, 18, 3, 3]), t.retry),
+            Resolution::Solicit
+        );
     }
 }

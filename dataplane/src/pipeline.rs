@@ -721,6 +721,7 @@ impl Pipeline {
                     addr: hop.addr,
                 },
             ),
+            Resolution::Full => return Verdict::Drop(DropReason::NeighborTableFull),
         };
         let Some(out) = self.ports.get(hop.port as usize).copied() else {
             return Verdict::Drop(DropReason::BadPort);

@@ -54,6 +54,9 @@ reasons! {
     NoRoute => "no_route",
     /// Next hop MAC did not resolve in time, or too many packets waited for it.
     NeighborMiss => "neighbor_miss",
+    /// The next hop is unknown and the neighbour cache is full of live
+    /// entries (`workers.neighbors`).
+    NeighborTableFull => "neighbor_table_full",
     /// Larger than the egress port's MTU and not fragmentable (IPv4 without
     /// DF is not fragmented either; an ICMP "too big" is sent when possible).
     TooBig => "too_big",
@@ -94,6 +97,23 @@ reasons! {
     BadPort => "bad_port",
 }
 
+/// Drop counters, indexed by [`DropReason`].
+#[derive(Debug)]
+pub struct Drops(pub [AtomicU64; DropReason::COUNT]);
+
+impl Default for Drops {
+    fn default() -> Self {
+        Drops(core::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl core::ops::Deref for Drops {
+    type Target = [AtomicU64; DropReason::COUNT];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
 /// One worker's counters.
 #[derive(Debug, Default)]
 #[repr(align(64))]
@@ -123,6 +143,11 @@ pub struct WorkerStats {
     pub sessions_flushed: AtomicU64,
     /// Sessions live now.
     pub sessions_active: AtomicU64,
+    /// Neighbour cache entries now (all states).
+    pub neighbors_active: AtomicU64,
+    /// Unsolicited neighbours not learned: the cache was above its
+    /// high-water mark (an ARP/ND flood from many senders).
+    pub neighbors_refused: AtomicU64,
     /// Packets translated in the original direction (client → backend).
     pub nat_forward: AtomicU64,
     /// Packets translated in the reply direction (backend → client).
@@ -156,7 +181,7 @@ pub struct WorkerStats {
     /// The TSC frequency the cycle counters count in (Hz).
     pub tsc_hz: AtomicU64,
     /// Drops by reason, indexed by `DropReason as usize`.
-    pub drops: [AtomicU64; DropReason::COUNT],
+    pub drops: Drops,
 }
 
 impl WorkerStats {

@@ -497,6 +497,11 @@ impl Worker {
             }
             st.sessions_active
                 .store(self.pipeline.sessions.len() as u64, Ordering::Relaxed);
+            if work == 0 {
+                let n = &self.pipeline.neighbors;
+                st.neighbors_active.store(n.len() as u64, Ordering::Relaxed);
+                st.neighbors_refused.store(n.refused(), Ordering::Relaxed);
+            }
             WorkerStats::add(&st.loops, 1);
             if work == 0 {
                 idle = idle.saturating_add(1);
