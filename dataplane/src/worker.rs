@@ -178,7 +178,8 @@ pub fn start(
             Arc::new(Mempool::new(
                 &format!("dkp_pool_{s}"),
                 mbufs,
-                256,
+                // DPDK refuses a per-lcore cache above n / 1.5.
+                (mbufs / 4).min(256),
                 2048 + 128,
                 *s,
             )?),
