@@ -1,7 +1,8 @@
 //! Process lifecycle end to end: a worker that stops making progress is
 //! reported unhealthy and healthy again when it moves; SIGTERM stops the
-//! proxy within the shutdown timeout; a restarted proxy serves again; a
-//! worker stuck at SIGTERM does not make the exit hang.
+//! proxy within the shutdown timeout; a restarted proxy serves again, with
+//! only the DaemonSet's capabilities; a worker stuck at SIGTERM does not
+//! make the exit hang.
 //!
 //! A worker is stopped for real: the test attaches to its thread with
 //! ptrace (PTRACE_SEIZE + PTRACE_INTERRUPT stop that one thread, not the
@@ -209,8 +210,26 @@ fn e2e_worker_stall_sigterm_and_restart() {
     assert!(log.contains("SIGTERM: stopping"), "{log}");
     assert!(log.contains("stopped codes=[0, 0]"), "{log}");
 
-    // A restart comes back serving.
-    t.start_proxy();
+    // A restart comes back serving — with only the capabilities the
+    // DaemonSet grants (deploy/README.md): NET_ADMIN, NET_RAW, IPC_LOCK.
+    t.start_proxy_wrapped(
+        &[
+            "setpriv",
+            "--bounding-set=-all,+net_admin,+net_raw,+ipc_lock",
+            "--no-new-privs",
+            "--",
+        ],
+        &[],
+    );
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", t.proxy.as_ref().unwrap().id()))
+            .unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
+    // CAP_NET_ADMIN 12, CAP_NET_RAW 13, CAP_IPC_LOCK 14.
+    assert_eq!(cap_eff, Some(0x7000), "{status}");
     t.wait_version(1);
     assert_spread(&clients(&t, vip, 60), "tcp", 60, &["be1", "be2", "be3"]);
     assert_spread(&clients(&t, vip, 60), "udp", 60, &["be1", "be2", "be3"]);

@@ -1,7 +1,7 @@
 //! Admin HTTP server: `/proxyMode`, `/healthz`, `/livez`, `/metrics`.
 use crate::heartbeat::Heartbeat;
 use crate::publisher::ControlMetrics;
-use axum::extract::{Query, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -184,15 +184,34 @@ async fn debug_lookup(State(s): State<AdminState>, Query(q): Query<LookupQuery>)
     }
 }
 
-/// The router (exposed for tests).
+/// `/debug/*` dumps the table (and is where anything that inspects or
+/// changes dataplane state belongs): only for clients on this host, even
+/// when the admin server listens on every address for metric scrapes.
+async fn local_only(
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if peer.ip().to_canonical().is_loopback() {
+        next.run(req).await
+    } else {
+        (StatusCode::FORBIDDEN, "/debug answers only on localhost\n").into_response()
+    }
+}
+
+/// The router; serve it with the peer's address as `ConnectInfo`
+/// (see [`serve`]).
 pub fn router(state: AdminState) -> Router {
+    let debug = Router::new()
+        .route("/debug/services", get(debug_services))
+        .route("/debug/lookup", get(debug_lookup))
+        .route_layer(axum::middleware::from_fn(local_only));
     Router::new()
         .route("/proxyMode", get(|| async { "dpdk" }))
         .route("/healthz", get(healthz))
         .route("/livez", get(livez))
         .route("/metrics", get(metrics))
-        .route("/debug/services", get(debug_services))
-        .route("/debug/lookup", get(debug_lookup))
+        .merge(debug)
         .with_state(state)
 }
 
@@ -216,7 +235,11 @@ pub async fn serve_health(
 
 /// Serves until the listener fails.
 pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
 }
 
 /// RFC 3339 UTC with milliseconds, as kube-proxy's healthz prints times.
@@ -708,6 +731,43 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
+    }
+
+    #[tokio::test]
+    async fn debug_views_answer_only_on_localhost() {
+        let state = AdminState {
+            workers: Arc::new(vec![Arc::new(WorkerStats::default())]),
+            control: Arc::new(ControlMetrics::default()),
+            ready: Arc::new(AtomicBool::new(true)),
+            heartbeat: Arc::new(Heartbeat::new(1, 0)),
+            ports: Arc::new(vec![]),
+            table: None,
+        };
+        // Through `serve`: the peer is this host (no table here: 503, past
+        // the check).
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = l.local_addr().unwrap();
+        tokio::spawn(serve(l, state.clone()));
+        let r = get(local, "/debug/services").await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        // A peer elsewhere (as when metricsBindAddress is 0.0.0.0).
+        for peer in ["198.18.0.5:40000", "[2001:2::5]:40000"] {
+            let app = router(state.clone()).layer(axum::extract::connect_info::MockConnectInfo(
+                peer.parse::<SocketAddr>().unwrap(),
+            ));
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let remote = l.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(l, app).await });
+            for p in [
+                "/debug/services",
+                "/debug/lookup?src=198.18.0.2:1&dst=198.18.100.1:80",
+            ] {
+                let r = get(remote, p).await;
+                assert!(r.starts_with("HTTP/1.1 403"), "{peer} {p}: {r}");
+            }
+            let r = get(remote, "/metrics").await;
+            assert!(r.starts_with("HTTP/1.1 200"), "{peer}: {r}");
+        }
     }
 
     #[tokio::test]

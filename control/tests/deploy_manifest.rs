@@ -226,11 +226,13 @@ fn daemonset_is_wired_like_kube_proxy_with_dpdk_needs() {
     assert_eq!(volume("config")["configMap"]["name"], "dpdk-kube-proxy");
     assert_eq!(mount("hugepages"), "/dev/hugepages");
     assert_eq!(volume("hugepages")["emptyDir"]["medium"], "HugePages-2Mi");
-    for (name, path) in [
-        ("vfio", "/dev/vfio"),
-        ("sys", "/sys"),
-        ("lib-modules", "/lib/modules"),
-    ] {
+    assert_eq!(mount("dpdk-runtime"), "/var/run/dpdk");
+    assert!(volume("dpdk-runtime")["emptyDir"].is_mapping());
+    assert!(
+        mounts.iter().all(|m| m["name"] != "vfio"),
+        "the NIC comes from a device plugin, not a hostPath"
+    );
+    for (name, path) in [("sys", "/sys"), ("lib-modules", "/lib/modules")] {
         assert_eq!(mount(name), path);
         assert_eq!(volume(name)["hostPath"]["path"], path);
     }
@@ -249,8 +251,21 @@ fn daemonset_is_wired_like_kube_proxy_with_dpdk_needs() {
     assert!(res["limits"]["hugepages-2Mi"].as_str().is_some());
     assert!(res["limits"]["memory"].as_str().is_some());
 
+    // The NIC from a device plugin, in requests and limits alike.
+    let nic = "intel.com/intel_sriov_dpdk";
+    assert_eq!(res["limits"][nic], "1");
+
+    // Least privilege: exactly the capabilities DPDK uses (the e2e
+    // lifecycle test runs the proxy with this set).
     let sc = &c["securityContext"];
-    assert_eq!(sc["privileged"], true);
+    assert_eq!(sc["privileged"], false);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(strs(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(
+        strs(&sc["capabilities"]["add"]),
+        ["IPC_LOCK", "NET_RAW", "NET_ADMIN"]
+    );
 
     // Probes on kube-proxy's healthz port, which the config binds.
     for (probe, path) in [

@@ -120,9 +120,17 @@ impl Topology {
 
     /// Starts the proxy in the proxy namespace with extra arguments.
     pub fn start_proxy_with(&mut self, extra: &[&str]) {
+        self.start_proxy_wrapped(&[], extra)
+    }
+
+    /// Starts the proxy through `wrapper` (a command that execs the rest,
+    /// e.g. setpriv), with extra arguments.
+    pub fn start_proxy_wrapped(&mut self, wrapper: &[&str], extra: &[&str]) {
         let log = std::fs::File::create(&self.log).unwrap();
         let c = Command::new("ip")
-            .args(["netns", "exec", &self.ns("proxy"), BIN, "--config"])
+            .args(["netns", "exec", &self.ns("proxy")])
+            .args(wrapper)
+            .args([BIN, "--config"])
             .arg(&self.config)
             .args(["--reload-interval", "200ms"])
             .args(extra)
