@@ -385,6 +385,7 @@ fn main() -> Result<()> {
                 .zip(running.port_ids())
                 .collect(),
         ),
+        pools: Arc::new(running.pools()),
         table: admin::table_reader(publisher.rcu(), lcores.len()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -71,6 +71,7 @@ fn e2e_floods_and_malformed_traffic() {
         .expect("proxy MAC in the client's neighbour table")
         .to_string();
     let iface = format!("{prefix}c");
+    let mbufs_idle = t.metric_sum("dpdk_kube_proxy_mempool_in_use", "");
 
     // A long-lived TCP connection and a UDP flow run through all of it.
     let long = ["--vip", vip, "--duration", "16", "--interval", "0.05"];
@@ -209,6 +210,13 @@ fn e2e_floods_and_malformed_traffic() {
     let v = clients(&t, "2001:2:0:100::1", 30);
     assert_answered(&v, "tcp", 30);
     assert_answered(&v, "udp", 30);
+    // Every mbuf came back (packets held for unresolvable neighbours time
+    // out after 3 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t.metric_sum("dpdk_kube_proxy_mempool_in_use", "") > mbufs_idle {
+        assert!(Instant::now() < deadline, "mbufs still in use");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let proxy = t.proxy.as_mut().unwrap();
     assert!(proxy.try_wait().unwrap().is_none(), "proxy exited");
     let log = t.log_text();

@@ -33,6 +33,8 @@ pub struct AdminState {
     pub heartbeat: Arc<Heartbeat>,
     /// Ports: (device name, DPDK port id), by port number.
     pub ports: Arc<Vec<(String, u16)>>,
+    /// The workers' mbuf pools.
+    pub pools: Arc<Vec<Arc<dataplane::dpdk::Mempool>>>,
     /// An RCU reader of the published table for `/debug/*` (kept offline
     /// between requests so it never delays a publish).
     pub table: Option<Arc<std::sync::Mutex<Reader<ServiceTable>>>>,
@@ -303,6 +305,7 @@ fn health(s: AdminState, livez: bool) -> Response {
 #[derive(Debug)]
 struct Collector {
     workers: Arc<Vec<Arc<WorkerStats>>>,
+    pools: Arc<Vec<Arc<dataplane::dpdk::Mempool>>>,
     heartbeat: Arc<Heartbeat>,
     control: Arc<ControlMetrics>,
     ports: Arc<Vec<(String, u16)>>,
@@ -558,6 +561,29 @@ impl prometheus_client::collector::Collector for Collector {
                 })
             }),
         )?;
+        // Mbuf pools: in use now (should come back to its idle level after
+        // traffic: a leak shows as growth) and free.
+        let pool = |i: usize| vec![("pool".to_string(), i.to_string())];
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_mempool_in_use",
+            "Mbufs of the pool held now (rings, queues, packets waiting for a neighbour)",
+            Gauge,
+            self.pools
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (pool(i), u64::from(p.in_use()))),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_mempool_available",
+            "Mbufs of the pool free now (pool and per-lcore caches)",
+            Gauge,
+            self.pools
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (pool(i), u64::from(p.available()))),
+        )?;
         // Driver counters of each port (drops before the workers see packets).
         let counters: Vec<(Labels, dataplane::dpdk::PortCounters)> = self
             .ports
@@ -698,6 +724,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
     );
     reg.register_collector(Box::new(Collector {
         workers: s.workers.clone(),
+        pools: s.pools.clone(),
         heartbeat: s.heartbeat.clone(),
         control: s.control.clone(),
         ports: s.ports.clone(),
@@ -741,6 +768,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(true)),
             heartbeat: Arc::new(Heartbeat::new(1, 0)),
             ports: Arc::new(vec![]),
+            pools: Arc::new(vec![]),
             table: None,
         };
         // Through `serve`: the peer is this host (no table here: 503, past
@@ -784,6 +812,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(false)),
             heartbeat: Arc::new(Heartbeat::new(2, 1000)),
             ports: Arc::new(vec![]),
+            pools: Arc::new(vec![]),
             table: None,
         };
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

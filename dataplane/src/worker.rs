@@ -106,6 +106,10 @@ impl Running {
     pub fn port_ids(&self) -> Vec<u16> {
         self.ports.iter().map(|p| p.id()).collect()
     }
+    /// The mbuf pools (one per NUMA socket in use).
+    pub fn pools(&self) -> Vec<Arc<Mempool>> {
+        self._pools.clone()
+    }
     /// Port statistics by port number (see [`Port::stats`]).
     pub fn port_stats(&self) -> Vec<Option<dpdk::PortCounters>> {
         self.ports.iter().map(|p| p.stats().ok()).collect()

@@ -231,6 +231,15 @@ pub struct Mempool {
     ptr: NonNull<sys::rte_mempool>,
 }
 
+impl core::fmt::Debug for Mempool {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Mempool")
+            .field("in_use", &self.in_use())
+            .field("available", &self.available())
+            .finish()
+    }
+}
+
 // SAFETY: rte_mempool is multi-thread safe (per-lcore caches, lock-free ring).
 unsafe impl Send for Mempool {}
 // SAFETY: as above.
@@ -253,6 +262,20 @@ impl Mempool {
     pub fn alloc(&self) -> Option<Mbuf> {
         // SAFETY: the pool is valid for self's lifetime.
         NonNull::new(unsafe { sys::rte_shim_pktmbuf_alloc(self.ptr.as_ptr()) }).map(Mbuf)
+    }
+
+    /// Buffers taken out of the pool now (in rx/tx rings, hand-off rings,
+    /// held packets; buffers in per-lcore caches count as free). Control
+    /// rate: it walks the lcore caches.
+    pub fn in_use(&self) -> u32 {
+        // SAFETY: the pool is valid for self's lifetime; read-only.
+        unsafe { sys::rte_mempool_in_use_count(self.ptr.as_ptr()) }
+    }
+
+    /// Buffers free now (in the pool and the per-lcore caches).
+    pub fn available(&self) -> u32 {
+        // SAFETY: as above.
+        unsafe { sys::rte_mempool_avail_count(self.ptr.as_ptr()) }
     }
 
     fn raw(&self) -> *mut sys::rte_mempool {
