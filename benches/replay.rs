@@ -470,6 +470,7 @@ impl World {
                     affinity_timeout: None,
                     source_ranges: vec![],
                     short_circuit: vec![],
+                    algorithm: Default::default(),
                 });
             }
         }

@@ -480,6 +480,7 @@ async fn control_loop(
         let info = NodeInfo {
             name: node.clone(),
             zone: None,
+            algorithm: cfg.algorithm()?,
             node_addresses: cfg.nodeport_addresses()?,
         };
         tracing::info!(node, nodeport_addresses = ?info.node_addresses, "watching the cluster");
@@ -633,6 +634,10 @@ async fn control_loop(
                 Ok(a) => c.model.set_node_addresses(a),
                 Err(e) => tracing::error!("{e:#}"),
             }
+            // Validated with the rest of the file above.
+            if let Ok(a) = new.algorithm() {
+                c.model.set_algorithm(a);
+            }
         }
         cfg = new;
         pending = true;
@@ -682,6 +687,9 @@ async fn sync(
         metrics
             .translate_errors
             .store(c.model.translate_errors, Ordering::Relaxed);
+        metrics
+            .annotation_errors
+            .store(c.model.annotation_errors, Ordering::Relaxed);
         c.health.update(c.model.health_checks()).await;
     }
     tracing::info!(

@@ -34,6 +34,7 @@ pub fn table(services: usize, backends: usize) -> ServiceTable {
             external: false,
             no_backends: Default::default(),
             short_circuit: vec![],
+            algorithm: Default::default(),
             name: format!("bench/svc{s}"),
             frontend: Frontend {
                 addr: SockAddr::new(Addr::v4([198, 18, 200 + (s >> 8) as u8, s as u8]), 80),
@@ -52,6 +53,7 @@ pub fn table(services: usize, backends: usize) -> ServiceTable {
         external: false,
         no_backends: Default::default(),
         short_circuit: vec![],
+        algorithm: Default::default(),
         name: "bench/sctp".into(),
         frontend: Frontend {
             addr: SockAddr::new(Addr::v4([198, 18, 200, 0]), 3868),

@@ -701,6 +701,13 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         family(
             &mut enc,
+            "dpdk_kube_proxy_annotation_errors",
+            "Service rebuilds with an annotation value that could not be used (the default applied)",
+            Counter,
+            one(c.annotation_errors.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
             "The last time proxy rules were successfully synced",
             Gauge,

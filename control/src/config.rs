@@ -13,7 +13,7 @@ use dataplane::packet::MacAddr;
 use dataplane::pipeline::PipelineConfig;
 use dataplane::session::Timeouts;
 use dataplane::table::{
-    Frontend, Interface, NoBackends, Route, ServiceSpec, StaticNeighbor, TableSpec,
+    Algorithm, Frontend, Interface, NoBackends, Route, ServiceSpec, StaticNeighbor, TableSpec,
 };
 use dataplane::worker::{DataplaneConfig, PortSpec};
 use serde::de::DeserializeOwned;
@@ -55,6 +55,12 @@ pub struct Config {
     /// Service ports (static mode).
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// The node-wide load-balancing algorithm for new connections:
+    /// `maglev` (default), `round-robin`, `random` or `source-hash`. A
+    /// Service may override it (`load_balancing` of a static Service, the
+    /// `dpdk-kube-proxy.io/load-balancing` annotation in cluster mode).
+    #[serde(default = "default_algorithm")]
+    pub load_balancing: String,
     /// Cluster mode: where the API server is, who this node is, how often to
     /// sync (kube-proxy's flags of the same names override these).
     #[serde(default)]
@@ -441,6 +447,29 @@ pub struct ServiceConfig {
     /// the LoadBalancer IPs; others are dropped. Empty: everyone.
     #[serde(default)]
     pub load_balancer_source_ranges: Vec<String>,
+    /// This Service's load-balancing algorithm (default: the node-wide
+    /// `load_balancing`).
+    #[serde(default)]
+    pub load_balancing: Option<String>,
+}
+
+/// The default of [`Config::load_balancing`].
+pub fn default_algorithm() -> String {
+    Algorithm::default().name().into()
+}
+
+/// Parses an algorithm name; the error names `field` and the valid names.
+pub fn parse_algorithm(s: &str, field: &str) -> Result<Algorithm> {
+    Algorithm::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+        invalid(
+            field,
+            format!(
+                "{s:?} is not a load-balancing algorithm ({})",
+                names.join(", ")
+            ),
+        )
+    })
 }
 
 fn default_affinity_timeout() -> Duration {
@@ -666,7 +695,13 @@ impl Config {
             return Err(invalid("workers.rx_desc/tx_desc", "must be powers of two"));
         }
         self.validate_kubernetes()?;
+        self.algorithm()?;
         self.table_spec().map(|_| ())
+    }
+
+    /// The node-wide load-balancing algorithm.
+    pub fn algorithm(&self) -> Result<Algorithm> {
+        parse_algorithm(&self.load_balancing, "load_balancing")
     }
 
     fn validate_kubernetes(&self) -> Result<()> {
@@ -915,6 +950,10 @@ impl Config {
                     ))
                 }
             };
+            let algorithm = match &s.load_balancing {
+                Some(a) => parse_algorithm(a, &format!("{f}.load_balancing"))?,
+                None => self.algorithm()?,
+            };
             for (frontend, masquerade, source_ranges, kind) in frontends {
                 spec.services.push(ServiceSpec {
                     affinity_timeout,
@@ -925,6 +964,7 @@ impl Config {
                     // is a Service without endpoints.
                     no_backends: NoBackends::Reject,
                     short_circuit: vec![],
+                    algorithm,
                     source_ranges,
                     name: format!("{}{kind}", s.name),
                     frontend,
@@ -1215,6 +1255,30 @@ services:
             .unwrap_err()
             .to_string()
             .contains("services[0].session_affinity"));
+    }
+
+    #[test]
+    fn load_balancing_node_default_and_per_service() {
+        use dataplane::table::Algorithm;
+        let text = "ports: [{device: a}]\nload_balancing: round-robin\nservices:\n- {name: s, vip: 198.18.100.1, port: 80, backends: [198.18.1.1:80]}\n- {name: t, vip: 198.18.100.2, port: 80, load_balancing: source-hash, backends: [198.18.1.1:80]}\n";
+        let spec = Config::parse(text, "t").unwrap().table_spec().unwrap();
+        let algs: Vec<Algorithm> = spec.services.iter().map(|s| s.algorithm).collect();
+        assert_eq!(algs, [Algorithm::RoundRobin, Algorithm::SourceHash]);
+        let dflt = text.replace("load_balancing: round-robin\n", "");
+        let c = Config::parse(&dflt, "t").unwrap();
+        assert_eq!(c.algorithm().unwrap(), Algorithm::Maglev);
+        assert_eq!(
+            c.table_spec().unwrap().services[0].algorithm,
+            Algorithm::Maglev
+        );
+        let e = Config::parse(&text.replace("round-robin", "least-time"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("load_balancing: \"least-time\" is not a load-balancing algorithm (maglev, round-robin, random, source-hash)"), "{e}");
+        let e = Config::parse(&text.replace("source-hash", "sh"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("services[1].load_balancing"), "{e}");
     }
 
     #[test]

@@ -52,6 +52,11 @@
 //!   those; else when every ready endpoint has zone hints and one is for this
 //!   node's zone, only the ready endpoints hinted for that zone; else all.
 //!   Applied to the cluster-wide endpoint set (not to `Local` policies).
+//! - load balancing: the annotation [`ANNOTATION_LOAD_BALANCING`] picks the
+//!   Service's algorithm, else the node-wide default
+//!   ([`NodeInfo::algorithm`]); an unknown value keeps the default (the
+//!   caller reports it, see [`annotated_algorithm`]), never drops the
+//!   Service. Affinity still wins; the candidate set is decided first.
 //!
 //! - protocols `TCP`, `UDP` and `SCTP` (the Kubernetes default is `TCP`);
 //!   an SCTP port and a TCP port with the same number are distinct frontends.
@@ -62,7 +67,7 @@
 //! serving is the caller's.
 use crate::config::{usable_endpoints, EndpointConditions};
 use dataplane::addr::{Addr, Proto, SockAddr};
-use dataplane::table::{Frontend, NoBackends, ServiceSpec};
+use dataplane::table::{Algorithm, Frontend, NoBackends, ServiceSpec};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use std::collections::HashMap;
@@ -74,6 +79,9 @@ pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 /// Label linking an EndpointSlice to its Service.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// Service annotation selecting its load-balancing algorithm (`maglev`,
+/// `round-robin`, `random`, `source-hash`).
+pub const ANNOTATION_LOAD_BALANCING: &str = "dpdk-kube-proxy.io/load-balancing";
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 /// Largest allowed `timeoutSeconds` (Kubernetes validation).
@@ -88,6 +96,24 @@ pub struct NodeInfo {
     pub zone: Option<String>,
     /// Addresses NodePorts are served on (`nodePortAddresses`).
     pub node_addresses: Vec<IpAddr>,
+    /// The node-wide load-balancing algorithm.
+    pub algorithm: Algorithm,
+}
+
+/// The algorithm `svc`'s [`ANNOTATION_LOAD_BALANCING`] asks for: `Ok(None)`
+/// without the annotation, `Err(value)` for a value that names none.
+pub fn annotated_algorithm(svc: &Service) -> Result<Option<Algorithm>, String> {
+    match svc
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_LOAD_BALANCING))
+    {
+        None => Ok(None),
+        Some(v) => Algorithm::from_name(v.trim())
+            .map(Some)
+            .ok_or_else(|| v.clone()),
+    }
 }
 
 /// A Kubernetes object could not be translated; names the object
@@ -414,6 +440,10 @@ pub fn service_specs(
     } else {
         None
     };
+    let algorithm = annotated_algorithm(svc)
+        .ok()
+        .flatten()
+        .unwrap_or(node.algorithm);
     let mut external_ips = Vec::new();
     for (i, s) in spec.external_ips.iter().flatten().enumerate() {
         external_ips.push(parse_ip(s).map_err(|m| err(&format!("spec.externalIPs[{i}]"), m))?);
@@ -506,6 +536,7 @@ pub fn service_specs(
                         masquerade: external && !ext_local,
                         external,
                         affinity_timeout,
+                        algorithm,
                         source_ranges: ranges,
                         short_circuit: if external && ext_local {
                             cluster.clone()
@@ -637,6 +668,7 @@ mod tests {
         NodeInfo {
             name: "node-a".into(),
             zone: Some("zone-a".into()),
+            algorithm: Default::default(),
             node_addresses: vec![
                 "198.18.0.1".parse().unwrap(),
                 "198.18.1.1".parse().unwrap(),
@@ -1136,6 +1168,35 @@ mod tests {
             e.contains("spec.sessionAffinityConfig.clientIP.timeoutSeconds"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn load_balancing_annotation_overrides_the_node_default() {
+        use dataplane::table::Algorithm;
+        let mut s = svc(
+            &["198.18.100.1"],
+            vec![port(None, 80, IntOrString::Int(8080))],
+        );
+        let alg = |s: &Service, n: &NodeInfo| service_specs(s, &[], n).unwrap()[0].algorithm;
+        let rr = NodeInfo {
+            algorithm: Algorithm::RoundRobin,
+            ..node()
+        };
+        assert_eq!(alg(&s, &node()), Algorithm::Maglev);
+        assert_eq!(alg(&s, &rr), Algorithm::RoundRobin);
+        assert_eq!(annotated_algorithm(&s), Ok(None));
+        let mut set = |v: &str| {
+            s.metadata.annotations =
+                Some([(ANNOTATION_LOAD_BALANCING.to_string(), v.to_string())].into());
+            s.clone()
+        };
+        assert_eq!(alg(&set("random"), &rr), Algorithm::Random);
+        assert_eq!(alg(&set(" source-hash "), &node()), Algorithm::SourceHash);
+        // Unknown: reported to the caller, the node default used, the
+        // Service still served.
+        let bad = set("least-connections");
+        assert_eq!(annotated_algorithm(&bad), Err("least-connections".into()));
+        assert_eq!(alg(&bad, &rr), Algorithm::RoundRobin);
     }
 
     #[test]

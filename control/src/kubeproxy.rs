@@ -23,12 +23,15 @@
 //! | `nodePortAddresses` | `kubernetes.nodeport_addresses` |
 //! | `oomScoreAdj` | `kubernetes.oom_score_adj` |
 //! | `conntrack.tcpEstablishedTimeout`, `udpTimeout`, `udpStreamTimeout` | `timeouts.tcp_established`, `udp`, `udp_stream` (`tcpCloseWaitTimeout` is checked, not applied: no CLOSE_WAIT state) |
-//! | `dpdk.{eal,ports,routes,neighbors,workers,timeouts,services}` | the native sections of the same names |
+//! | `dpdk.{eal,ports,routes,neighbors,workers,timeouts,services,load_balancing}` | the native sections of the same names |
+//! | `ipvs.scheduler` `rr`, `sh`, `mh` (when `dpdk.load_balancing` is unset) | `load_balancing` `round-robin`, `source-hash`, `maglev` (other schedulers: warning, `maglev`) |
 use crate::config::{
-    from_yaml, invalid, parse_nodeport_address, parse_prefix, Config, EalConfig, KubernetesConfig,
-    NeighborConfig, PortConfig, RouteConfig, ServiceConfig, TimeoutsConfig, WorkersConfig,
+    default_algorithm, from_yaml, invalid, parse_nodeport_address, parse_prefix, Config, EalConfig,
+    KubernetesConfig, NeighborConfig, PortConfig, RouteConfig, ServiceConfig, TimeoutsConfig,
+    WorkersConfig,
 };
 use crate::{duration, Error, Result};
+use dataplane::table::Algorithm;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -220,6 +223,9 @@ struct DpdkConfiguration {
     /// Static Service ports, served besides the cluster's.
     #[serde(default)]
     services: Vec<ServiceConfig>,
+    /// The node-wide load-balancing algorithm (wins over `ipvs.scheduler`).
+    #[serde(default)]
+    load_balancing: Option<String>,
 }
 
 /// Parses and validates a `KubeProxyConfiguration` (`origin` names the text
@@ -360,6 +366,20 @@ impl KubeProxyConfiguration {
         ] {
             dur(v, name)?;
         }
+        let load_balancing = match (dpdk.load_balancing, set(&ipvs.scheduler)) {
+            (Some(a), _) => a,
+            (None, Some(s)) => match scheduler_algorithm(s) {
+                Some(a) => a.name().to_string(),
+                None => {
+                    tracing::warn!(
+                        scheduler = s,
+                        "ipvs.scheduler has no equivalent here (rr, sh and mh map to round-robin, source-hash and maglev): using maglev"
+                    );
+                    default_algorithm()
+                }
+            },
+            (None, None) => default_algorithm(),
+        };
         let sync_period = first_dur(&[
             ("syncPeriod", &self.sync_period),
             ("iptables.syncPeriod", &ipt.sync_period),
@@ -462,6 +482,7 @@ impl KubeProxyConfiguration {
                 || nft.masquerade_all.unwrap_or(false),
             cluster_cidrs,
             services: dpdk.services,
+            load_balancing,
             kubernetes: KubernetesConfig {
                 kubeconfig: set(&self.client_connection.and_then(|c| c.kubeconfig))
                     .map(String::from),
@@ -479,9 +500,19 @@ impl KubeProxyConfiguration {
     }
 }
 
+/// The algorithm an IPVS scheduler name stands for, when there is one.
+fn scheduler_algorithm(s: &str) -> Option<Algorithm> {
+    match s {
+        "rr" => Some(Algorithm::RoundRobin),
+        "sh" => Some(Algorithm::SourceHash),
+        "mh" => Some(Algorithm::Maglev),
+        _ => None,
+    }
+}
+
 /// Names a dataplane field by its path in this format (`dpdk.ports[0].mtu`).
 fn in_dpdk_section(e: Error) -> Error {
-    const DPDK: [&str; 7] = [
+    const DPDK: [&str; 8] = [
         "eal",
         "ports",
         "routes",
@@ -489,6 +520,7 @@ fn in_dpdk_section(e: Error) -> Error {
         "workers",
         "timeouts",
         "services",
+        "load_balancing",
     ];
     match e {
         Error::Invalid { field, msg }
@@ -609,6 +641,31 @@ dpdk:
     /// A minimal file: the header, `extra`, and a one-port dpdk section.
     fn minimal(extra: &str) -> String {
         format!("apiVersion: {API_VERSION}\nkind: {KIND}\n{extra}\ndpdk:\n  ports: [{{device: a, addresses: [198.18.0.1/24, 198.18.1.1/24, 2001:2::1/64]}}]\n")
+    }
+
+    #[test]
+    fn load_balancing_from_the_dpdk_section_or_ipvs_scheduler() {
+        let lb = |extra: &str, dpdk: &str| {
+            let text = minimal(extra) + dpdk;
+            Config::parse(&text, "t").map(|c| c.load_balancing)
+        };
+        assert_eq!(lb("", "").unwrap(), "maglev");
+        assert_eq!(lb("ipvs: {scheduler: rr}", "").unwrap(), "round-robin");
+        assert_eq!(lb("ipvs: {scheduler: sh}", "").unwrap(), "source-hash");
+        assert_eq!(lb("ipvs: {scheduler: mh}", "").unwrap(), "maglev");
+        assert_eq!(lb("ipvs: {scheduler: \"\"}", "").unwrap(), "maglev");
+        // No equivalent: a warning and the default, not a failed start.
+        assert_eq!(lb("ipvs: {scheduler: wlc}", "").unwrap(), "maglev");
+        // The dpdk section wins.
+        let c = lb("ipvs: {scheduler: rr}", "  load_balancing: random\n").unwrap();
+        assert_eq!(c, "random");
+        let e = lb("", "  load_balancing: fastest\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("dpdk.load_balancing: \"fastest\" is not a load-balancing algorithm"),
+            "{e}"
+        );
     }
 
     #[test]

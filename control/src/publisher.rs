@@ -41,6 +41,9 @@ pub struct ControlMetrics {
     pub watch_errors: AtomicU64,
     /// Kubernetes objects that could not be translated (logged, skipped).
     pub translate_errors: AtomicU64,
+    /// Service rebuilds with an annotation value that could not be used
+    /// (logged; the default applied).
+    pub annotation_errors: AtomicU64,
     /// False when the node is being deleted or about to be removed by the
     /// cluster autoscaler (`/healthz` then answers 503, like kube-proxy).
     pub node_eligible: std::sync::atomic::AtomicBool,
@@ -85,6 +88,7 @@ impl Default for ControlMetrics {
             endpoint_changes: AtomicU64::new(0),
             watch_errors: AtomicU64::new(0),
             translate_errors: AtomicU64::new(0),
+            annotation_errors: AtomicU64::new(0),
             node_eligible: std::sync::atomic::AtomicBool::new(true),
             oldest_pending_ms: AtomicU64::new(0),
             health_timeout_ms: AtomicU64::new(0),
@@ -231,6 +235,7 @@ mod tests {
                 external: false,
                 no_backends: Default::default(),
                 short_circuit: vec![],
+                algorithm: Default::default(),
                 name: "a".into(),
                 frontend: Frontend {
                     addr: SockAddr::new(Addr::v4([198, 18, 100, 1]), 80),
@@ -278,6 +283,7 @@ mod tests {
             external: false,
             no_backends: Default::default(),
             short_circuit: sc,
+            algorithm: Default::default(),
             name: format!("s{vip}"),
             frontend: Frontend {
                 addr: SockAddr::new(Addr::v4([198, 18, 100, vip]), 80),

@@ -136,6 +136,9 @@ pub struct Model {
     pending_triggers: HashMap<Key, SystemTime>,
     /// Objects that could not be translated (logged and skipped), total.
     pub translate_errors: u64,
+    /// Service rebuilds that met an annotation value they could not use
+    /// (logged; the default applied).
+    pub annotation_errors: u64,
 }
 
 /// What a [`Model::sync`] did.
@@ -352,6 +355,15 @@ impl Model {
         }
     }
 
+    /// Sets the node-wide load-balancing algorithm; a change rebuilds every
+    /// Service.
+    pub fn set_algorithm(&mut self, a: dataplane::table::Algorithm) {
+        if a != self.node.algorithm {
+            self.node.algorithm = a;
+            self.mark_all();
+        }
+    }
+
     /// Marks every Service for a rebuild (periodic `syncPeriod` resync, or
     /// after a failed publish).
     pub fn mark_all(&mut self) {
@@ -382,6 +394,14 @@ impl Model {
                 .flatten()
                 .filter_map(|s| self.slices.get(s).cloned())
                 .collect();
+            if let Err(v) = k8s::annotated_algorithm(svc) {
+                self.annotation_errors += 1;
+                tracing::warn!(
+                    "{k}: annotation {}: {v:?} is not a load-balancing algorithm: using {}",
+                    k8s::ANNOTATION_LOAD_BALANCING,
+                    self.node.algorithm.name()
+                );
+            }
             match k8s::service_specs(svc, &slices, &self.node) {
                 Ok(v) => {
                     // The health check follows the new translation; on an

@@ -70,6 +70,7 @@ fn node() -> NodeInfo {
     NodeInfo {
         name: NODE.into(),
         zone: Some("zone-a".into()),
+        algorithm: Default::default(),
         node_addresses: vec![ip("198.18.0.1"), ip("2001:2::1")],
     }
 }

@@ -200,6 +200,15 @@ pub fn snat_owner(port: u16, n_workers: u16) -> u16 {
     let per = total / n_workers.max(1) as usize;
     (((port - *SNAT_PORTS.start()) as usize / per) as u16).min(n_workers.max(1) - 1)
 }
+/// A non-zero seed for worker `id`'s generator, different per worker and
+/// per start.
+fn random_seed(id: u16) -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    crate::addr::fmix64(t ^ (u64::from(id) << 48) ^ 0x9e37_79b9_7f4a_7c15) | 1
+}
+
 const DEFAULT_TTL: u8 = 64;
 const ICMP4_ERR_MAX: usize = 576;
 /// Packets up to this size fit every port (the IPv4 minimum MTU): no MTU check.
@@ -227,6 +236,8 @@ pub struct Pipeline {
     /// The fast path's next-hop cache: route + fresh neighbour per
     /// destination, valid for one table version and neighbour generation.
     egress: Box<[fast::Egress; fast::EGRESS_SLOTS]>,
+    /// The `random` algorithm's generator state (never 0).
+    rng: u64,
 }
 
 /// Offsets and fields of a parsed IP packet.
@@ -262,6 +273,7 @@ impl Pipeline {
             affinity: Arc::new(AffinityTable::new(cfg.affinity_slots)),
             fast_path: true,
             egress: Box::new([fast::Egress::default(); fast::EGRESS_SLOTS]),
+            rng: random_seed(id),
         }
     }
 
@@ -539,7 +551,7 @@ impl Pipeline {
         }
         let svc = t.service_for(svc, &key.src);
         let picked = match svc.affinity_timeout {
-            None => svc.pick(flow_hash(&key)),
+            None => svc.pick_new(&key, &mut self.rng),
             Some(timeout) => {
                 // ClientIP affinity: remembered choice, else Maglev over the
                 // client IP alone (the same on every core).

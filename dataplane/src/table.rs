@@ -2,10 +2,13 @@
 //!
 //! A table is built once from a plain [`TableSpec`], never mutated, and swapped
 //! in atomically (see [`crate::dpdk::rcu`]); workers read it once per burst.
-use crate::addr::{Addr, Proto, SockAddr};
+use crate::addr::{flow_hash, Addr, FlowKey, Proto, SockAddr};
+use crate::affinity::client_hash;
 use crate::maglev::{stable_key, Maglev};
 use crate::packet::ethernet::MacAddr;
+use crossbeam_utils::CachePadded;
 use hashbrown::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// A Service frontend: the address, port and protocol clients connect to.
@@ -29,6 +32,51 @@ pub enum NoBackends {
     /// policy may use (no endpoint on this node): DROP, counted as
     /// [`crate::stats::DropReason::NoLocalEndpoints`].
     Drop,
+}
+
+/// How a Service picks the backend of a new connection (issue 8). Session
+/// affinity, when set, takes precedence; traffic policies decide the
+/// candidate backends before the algorithm picks one of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Consistent hashing of the connection's 5-tuple: the same choice on
+    /// every core and node, about 1/N of flows move when one of N backends
+    /// goes.
+    #[default]
+    Maglev,
+    /// Strict rotation over the backends, shared by all workers (one
+    /// relaxed atomic add per new connection, never per packet).
+    RoundRobin,
+    /// Uniformly random, from a per-worker generator.
+    Random,
+    /// Consistent hashing of the client address only: one client, one
+    /// backend, from every core (without affinity state or timeout).
+    SourceHash,
+}
+
+impl Algorithm {
+    /// Every algorithm, in documentation order.
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::Maglev,
+        Algorithm::RoundRobin,
+        Algorithm::Random,
+        Algorithm::SourceHash,
+    ];
+
+    /// The name used in configuration, annotations and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Maglev => "maglev",
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::Random => "random",
+            Algorithm::SourceHash => "source-hash",
+        }
+    }
+
+    /// Parses a configured name; `None` when unknown.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == s)
+    }
 }
 
 /// What the control plane says about one Service port.
@@ -60,6 +108,8 @@ pub struct ServiceSpec {
     /// instead of `backends` by clients in the cluster CIDRs (pods) and on a
     /// node address (the host, which is masqueraded). Empty: none.
     pub short_circuit: Vec<SockAddr>,
+    /// How new connections pick a backend.
+    pub algorithm: Algorithm,
 }
 
 /// When kube-proxy would masquerade traffic to ClusterIPs.
@@ -148,8 +198,13 @@ pub struct Service {
     /// The same frontend over the cluster-wide endpoints, for in-cluster and
     /// host clients (see [`ServiceSpec::short_circuit`]).
     pub short_circuit: Option<Box<Service>>,
+    /// How new connections pick a backend.
+    pub algorithm: Algorithm,
     keys: Vec<u16>,
     maglev: Maglev,
+    /// Round-robin position, shared by every worker (own cache line: new
+    /// connections to other Services do not bounce it).
+    rr: CachePadded<AtomicU64>,
 }
 
 impl Service {
@@ -171,6 +226,7 @@ impl Service {
                 affinity_timeout: spec.affinity_timeout,
                 source_ranges: vec![],
                 short_circuit: vec![],
+                algorithm: spec.algorithm,
             }))
         });
         let keys: Vec<u64> = spec
@@ -194,6 +250,8 @@ impl Service {
             affinity_timeout: spec.affinity_timeout,
             source_ranges: spec.source_ranges,
             short_circuit,
+            algorithm: spec.algorithm,
+            rr: CachePadded::new(AtomicU64::new(0)),
         }
     }
     /// The backend whose [`crate::affinity::backend_key`] is `key`, if any.
@@ -220,13 +278,42 @@ impl Service {
     pub fn has_backend(&self, b: &SockAddr) -> bool {
         self.backends.binary_search(b).is_ok()
     }
-    /// The backend for a new flow whose hash is `hash`, if there is one.
+    /// The backend for new connection `key` by the Service's algorithm
+    /// (`rng`: the worker's generator state). `None` without backends.
+    #[inline]
+    pub fn pick_new(&self, key: &FlowKey, rng: &mut u64) -> Option<SockAddr> {
+        let n = self.backends.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        let i = match self.algorithm {
+            Algorithm::Maglev => return self.pick(flow_hash(key)),
+            Algorithm::SourceHash => return self.pick(client_hash(&key.src)),
+            Algorithm::RoundRobin => self.rr.fetch_add(1, Relaxed) % n,
+            // Multiply-shift: uniform over 0..n without a division.
+            Algorithm::Random => ((u128::from(next_random(rng)) * u128::from(n)) >> 64) as u64,
+        };
+        self.backends.get(i as usize).copied()
+    }
+
+    /// The Maglev backend for a flow whose hash is `hash`, if there is one.
     #[inline]
     pub fn pick(&self, hash: u64) -> Option<SockAddr> {
         self.maglev
             .lookup(hash)
             .and_then(|i| self.backends.get(i as usize).copied())
     }
+}
+
+/// The next number of a worker's xorshift64* generator (`state` never 0).
+#[inline]
+pub fn next_random(state: &mut u64) -> u64 {
+    let mut x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    x.wrapping_mul(0x2545_f491_4f6c_dd1d)
 }
 
 /// At most this many removed (frontend, backend) pairs are remembered per
@@ -573,6 +660,7 @@ mod tests {
                 external: false,
                 no_backends: NoBackends::Reject,
                 short_circuit: vec![],
+                algorithm: Default::default(),
                 name: "default/web:http".into(),
                 frontend: Frontend {
                     addr: SockAddr::new(v4(198, 18, 100, 1), 80),
@@ -712,5 +800,134 @@ mod tests {
         t4.inherit_flush_epoch(&t3.epoch, t3.services());
         assert_eq!(t4.epoch.removed, Some(vec![(f, be(2)), (f, be(3))]));
         assert!(!t4.backend_still_valid(version_tag(3), &f, &be(2)));
+    }
+
+    fn lb_service(algorithm: Algorithm, n: u8) -> Service {
+        Service::new(ServiceSpec {
+            algorithm,
+            backends: (1..=n)
+                .map(|i| SockAddr::new(v4(198, 18, 1, i), 8080))
+                .collect(),
+            ..spec().services.remove(0)
+        })
+    }
+
+    fn flow(client: u8, sport: u16) -> FlowKey {
+        FlowKey {
+            src: v4(198, 18, 200, client),
+            dst: v4(198, 18, 100, 1),
+            sport,
+            dport: 80,
+            proto: Proto::Tcp,
+        }
+    }
+
+    fn index(s: &Service, b: SockAddr) -> usize {
+        s.backends.iter().position(|x| *x == b).unwrap()
+    }
+
+    #[test]
+    fn round_robin_rotates_over_all_workers_combined() {
+        let s = Arc::new(lb_service(Algorithm::RoundRobin, 5));
+        // Two workers picking concurrently share one rotation: together
+        // they give every backend exactly the same number of connections.
+        let counts: Vec<[u32; 5]> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..2u16)
+                .map(|w| {
+                    let s = s.clone();
+                    sc.spawn(move || {
+                        let mut rng = 1 + u64::from(w);
+                        let mut c = [0u32; 5];
+                        for i in 0..5000u16 {
+                            let b = s.pick_new(&flow(w as u8, i), &mut rng).unwrap();
+                            c[index(&s, b)] += 1;
+                        }
+                        c
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let total: Vec<u32> = (0..5).map(|i| counts[0][i] + counts[1][i]).collect();
+        assert_eq!(total, vec![2000; 5]);
+        // One worker alone cycles in order.
+        let s = lb_service(Algorithm::RoundRobin, 3);
+        let mut rng = 1;
+        let seq: Vec<usize> = (0..6)
+            .map(|_| index(&s, s.pick_new(&flow(1, 1000), &mut rng).unwrap()))
+            .collect();
+        assert_eq!(seq, [0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn random_spreads_uniformly_from_every_worker() {
+        let s = lb_service(Algorithm::Random, 8);
+        // Two workers' generators (seeded as the pipeline does, per worker).
+        let mut c = [0u64; 8];
+        for mut rng in [0x1234_5678_u64 | 1, 0x9abc_def0_u64 | 1] {
+            for i in 0..40_000u32 {
+                let b = s.pick_new(&flow(i as u8, i as u16), &mut rng).unwrap();
+                c[index(&s, b)] += 1;
+            }
+        }
+        // Chi-square with 7 degrees of freedom: 24.32 is the 0.001 point.
+        let e = 80_000.0 / 8.0;
+        let chi2: f64 = c.iter().map(|&o| (o as f64 - e).powi(2) / e).sum();
+        assert!(chi2 < 24.32, "chi2 {chi2} over {c:?}");
+        // The same flow does not always get the same backend (not a hash).
+        let mut rng = 7;
+        let picks: std::collections::HashSet<_> =
+            (0..64).map(|_| s.pick_new(&flow(1, 1), &mut rng)).collect();
+        assert!(picks.len() > 4, "{picks:?}");
+    }
+
+    #[test]
+    fn source_hash_gives_a_client_one_backend_from_every_core() {
+        let s = lb_service(Algorithm::SourceHash, 6);
+        let mut seen = [0u32; 6];
+        for client in 1..=200u8 {
+            let mut rng_a = 3;
+            let mut rng_b = 5;
+            let first = s.pick_new(&flow(client, 1), &mut rng_a).unwrap();
+            for sport in [2u16, 999, 40_000, 65_535] {
+                assert_eq!(s.pick_new(&flow(client, sport), &mut rng_a), Some(first));
+                assert_eq!(s.pick_new(&flow(client, sport), &mut rng_b), Some(first));
+            }
+            // An independent build of the same Service agrees.
+            let again = lb_service(Algorithm::SourceHash, 6);
+            assert_eq!(again.pick_new(&flow(client, 7), &mut rng_b), Some(first));
+            seen[index(&s, first)] += 1;
+        }
+        assert!(seen.iter().all(|&n| n >= 15), "{seen:?}");
+    }
+
+    #[test]
+    fn maglev_is_the_default_and_hashes_the_whole_tuple() {
+        assert_eq!(Algorithm::default(), Algorithm::Maglev);
+        let s = lb_service(Algorithm::Maglev, 4);
+        let mut rng = 1;
+        for sport in 1000..1100u16 {
+            let k = flow(1, sport);
+            assert_eq!(s.pick_new(&k, &mut rng), s.pick(flow_hash(&k)));
+        }
+        let ports: std::collections::HashSet<_> = (1000..1100u16)
+            .map(|p| s.pick_new(&flow(1, p), &mut rng))
+            .collect();
+        assert_eq!(
+            ports.len(),
+            4,
+            "one client's flows spread over all backends"
+        );
+        let empty = lb_service(Algorithm::RoundRobin, 0);
+        assert_eq!(empty.pick_new(&flow(1, 1), &mut rng), None);
+    }
+
+    #[test]
+    fn algorithm_names_round_trip() {
+        for a in Algorithm::ALL {
+            assert_eq!(Algorithm::from_name(a.name()), Some(a));
+        }
+        assert_eq!(Algorithm::from_name("least-connections"), None);
+        assert_eq!(Algorithm::from_name("Maglev"), None);
     }
 }

@@ -5,6 +5,7 @@ fn node() -> NodeInfo {
     NodeInfo {
         name: "node-a".into(),
         zone: None,
+        algorithm: Default::default(),
         node_addresses: vec!["198.18.0.1".parse().unwrap()],
     }
 }
@@ -449,4 +450,40 @@ fn bookkeeping_only_updates_rebuild_nothing_and_are_not_kept() {
     assert!(!m.has_changes(), "only bookkeeping changed");
     let kept = &m.services["default/a"].metadata;
     assert!(kept.managed_fields.is_none() && kept.resource_version.is_none());
+}
+
+#[test]
+fn an_unknown_load_balancing_annotation_is_counted_and_the_default_used() {
+    use dataplane::table::Algorithm;
+    let mut m = Model::new(node());
+    m.apply(Change::Service(Event::Apply(svc(
+        "a",
+        "198.18.128.10",
+        json!({"metadata": {"annotations": {"dpdk-kube-proxy.io/load-balancing": "round-robin"}}}),
+    ))));
+    m.apply(Change::Service(Event::Apply(svc(
+        "b",
+        "198.18.128.11",
+        json!({"metadata": {"annotations": {"dpdk-kube-proxy.io/load-balancing": "fastest"}}}),
+    ))));
+    let r = m.sync();
+    assert_eq!(r.errors, 0);
+    assert_eq!(m.annotation_errors, 1);
+    let algs: Vec<(&str, Algorithm)> = m
+        .entries()
+        .map(|e| (e.name.as_str(), e.algorithm))
+        .collect();
+    assert_eq!(
+        algs,
+        [
+            ("default/a:http", Algorithm::RoundRobin),
+            ("default/b:http", Algorithm::Maglev)
+        ]
+    );
+    // A new node-wide default rebuilds every Service.
+    m.set_algorithm(Algorithm::Random);
+    m.sync();
+    assert_eq!(m.annotation_errors, 2);
+    let algs: Vec<Algorithm> = m.entries().map(|e| e.algorithm).collect();
+    assert_eq!(algs, [Algorithm::RoundRobin, Algorithm::Random]);
 }

@@ -290,6 +290,7 @@ mod tests {
             external: false,
             no_backends: Default::default(),
             short_circuit: vec![],
+            algorithm: Default::default(),
             name: format!("t/{vip}"),
             frontend: Frontend {
                 addr: SockAddr::new(v4([198, 18, 100, vip]), 80),

@@ -97,6 +97,7 @@ fn svc(name: &str, vip: IpAddr, port: u16, proto: Proto, backends: Vec<SockAddr>
         external: false,
         no_backends: NoBackends::Reject,
         short_circuit: vec![],
+        algorithm: Default::default(),
         name: name.into(),
         frontend: Frontend {
             addr: sa(vip, port),
@@ -2753,6 +2754,7 @@ fn snat_exhaustion_is_counted_never_reusing_a_live_tuple() {
         external: false,
         no_backends: NoBackends::Reject,
         short_circuit: vec![],
+        algorithm: Default::default(),
         name: "one".into(),
         frontend: Frontend {
             addr: sa(ip4(VIP4), 80),
@@ -2818,6 +2820,7 @@ fn affinity_spec(backends: usize, timeout: u32) -> TableSpec {
         external: false,
         no_backends: NoBackends::Reject,
         short_circuit: vec![],
+        algorithm: Default::default(),
         name: "aff".into(),
         frontend: Frontend {
             addr: sa(ip4(VIP4), 80),
@@ -2867,6 +2870,61 @@ fn client_ip_affinity_is_the_same_on_every_worker() {
         .map(|s| first_dst(&mut p, &t2, &st2, s, NOW))
         .collect();
     assert_eq!(spread.len(), 3);
+}
+
+#[test]
+fn new_connections_follow_the_services_algorithm_and_affinity_wins() {
+    use crate::table::Algorithm;
+    let with = |algorithm, timeout: Option<u32>| {
+        let mut s = affinity_spec(3, 60);
+        s.services[0].algorithm = algorithm;
+        s.services[0].affinity_timeout = timeout;
+        ServiceTable::new(s, 1)
+    };
+    let st = WorkerStats::default();
+    // Round-robin over two workers: one rotation, whichever worker owns the
+    // client port: three consecutive connections reach three backends.
+    let t = with(Algorithm::RoundRobin, None);
+    let mut w: Vec<Pipeline> = (0..2)
+        .map(|id| pipeline_with(id, 2, PipelineConfig::default(), &t))
+        .collect();
+    let mut counts = std::collections::HashMap::new();
+    for sport in 44000..44300u16 {
+        let owner = owner_of(&SockAddr::new(Addr::v4(CLIENT4), sport), 2) as usize;
+        *counts
+            .entry(first_dst(&mut w[owner], &t, &st, sport, NOW))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 100), "{counts:?}");
+    // Source hash: one client, one backend, on both workers.
+    let t = with(Algorithm::SourceHash, None);
+    let mut w: Vec<Pipeline> = (0..2)
+        .map(|id| pipeline_with(id, 2, PipelineConfig::default(), &t))
+        .collect();
+    let seen: std::collections::HashSet<_> = (45000..45100u16)
+        .map(|sport| {
+            let owner = owner_of(&SockAddr::new(Addr::v4(CLIENT4), sport), 2) as usize;
+            first_dst(&mut w[owner], &t, &st, sport, NOW)
+        })
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    // ClientIP affinity takes precedence over round-robin and random.
+    for a in [Algorithm::RoundRobin, Algorithm::Random] {
+        let t = with(a, Some(60));
+        let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+        let seen: std::collections::HashSet<_> = (46000..46050u16)
+            .map(|sport| first_dst(&mut p, &t, &st, sport, NOW))
+            .collect();
+        assert_eq!(seen.len(), 1, "{a:?}: {seen:?}");
+    }
+    // Random without affinity reaches every backend.
+    let t = with(Algorithm::Random, None);
+    let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+    let seen: std::collections::HashSet<_> = (47000..47100u16)
+        .map(|sport| first_dst(&mut p, &t, &st, sport, NOW))
+        .collect();
+    assert_eq!(seen.len(), 3, "{seen:?}");
 }
 
 #[test]
