@@ -134,6 +134,31 @@ pub enum Verdict {
         /// Next hop being resolved.
         addr: Addr,
     },
+    /// Give it to the host kernel: transmit it unchanged on this port, the
+    /// exception port (see [`Exception`]).
+    ToKernel(u16),
+    /// The kernel's own transmission, from the exception port: transmit it
+    /// unchanged on this port, the uplink.
+    FromKernel(u16),
+}
+
+/// The exception path into the host kernel: a port (a TAP or virtio_user
+/// interface carrying the uplink's MAC, the kernel holding the node's
+/// addresses on it) paired with the uplink the dataplane owns. Frames from
+/// the uplink that are not Service traffic and not the dataplane's own go to
+/// the kernel ([`Verdict::ToKernel`]): ARP and neighbour discovery for the
+/// node's addresses, ICMP and TCP/UDP/SCTP to a node address that match no
+/// frontend or session, multicast and broadcast, other EtherTypes.
+/// Everything from the exception port goes out of the uplink unchanged
+/// ([`Verdict::FromKernel`]). Only the general path looks at this: the
+/// established-flow fast path never sees an exception packet it would
+/// handle differently (the kernel's frames are not addressed to our MAC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exception {
+    /// The uplink port whose non-Service traffic goes to the kernel.
+    pub uplink: u16,
+    /// The exception port into the kernel.
+    pub kernel: u16,
 }
 
 /// Static facts about a port the pipeline needs.
@@ -224,6 +249,7 @@ pub struct Pipeline {
     statics_version: Option<u64>,
     affinity: Arc<AffinityTable>,
     fast_path: bool,
+    exception: Option<Exception>,
     /// The fast path's next-hop cache: route + fresh neighbour per
     /// destination, valid for one table version and neighbour generation.
     egress: Box<[fast::Egress; fast::EGRESS_SLOTS]>,
@@ -261,6 +287,7 @@ impl Pipeline {
             statics_version: None,
             affinity: Arc::new(AffinityTable::new(cfg.affinity_slots)),
             fast_path: true,
+            exception: None,
             egress: Box::new([fast::Egress::default(); fast::EGRESS_SLOTS]),
         }
     }
@@ -275,6 +302,30 @@ impl Pipeline {
     /// differential tests compare it with).
     pub fn set_fast_path(&mut self, on: bool) {
         self.fast_path = on;
+    }
+
+    /// Sets the exception path into the host kernel (none by default: then
+    /// nothing goes to the kernel and the dataplane answers ARP/ND and ping
+    /// for the node's addresses itself).
+    pub fn set_exception(&mut self, x: Option<Exception>) {
+        self.exception = x;
+    }
+
+    /// The exception path, if any.
+    pub fn exception(&self) -> Option<Exception> {
+        self.exception
+    }
+
+    /// [`Verdict::ToKernel`] (counted) when a frame that arrived on
+    /// `in_port` is the kernel's: `in_port` is the exception path's uplink.
+    #[inline]
+    fn to_kernel(&self, st: &WorkerStats, in_port: u16) -> Option<Verdict> {
+        let x = self.exception?;
+        if x.uplink != in_port {
+            return None;
+        }
+        WorkerStats::add(&st.exception_to_kernel, 1);
+        Some(Verdict::ToKernel(x.kernel))
     }
 
     /// Ports this pipeline knows.
@@ -351,6 +402,13 @@ impl Pipeline {
         let Some(pinfo) = self.ports.get(in_port as usize).copied() else {
             return Verdict::Drop(DropReason::BadPort);
         };
+        if let Some(x) = self.exception {
+            if in_port == x.kernel {
+                // The kernel's transmissions leave by the uplink as they are.
+                WorkerStats::add(&st.exception_from_kernel, 1);
+                return Verdict::FromKernel(x.uplink);
+            }
+        }
         let (l2, ethertype, dst_mac, src_mac) = {
             let eth = match EthernetFrame::new_checked(pkt.data()) {
                 Ok(e) => e,
@@ -372,7 +430,11 @@ impl Pipeline {
         match ethertype {
             ethernet::ethertype::IPV4 | ethernet::ethertype::IPV6 => {}
             ethernet::ethertype::ARP => return self.arp(t, st, in_port, pinfo, pkt, l2, now),
-            _ => return Verdict::Drop(DropReason::UnknownEthertype),
+            _ => {
+                return self
+                    .to_kernel(st, in_port)
+                    .unwrap_or(Verdict::Drop(DropReason::UnknownEthertype))
+            }
         }
         let ip = match parse_ip(pkt.data(), l2, ethertype == ethernet::ethertype::IPV4) {
             Ok(ip) => ip,
@@ -511,6 +573,11 @@ impl Pipeline {
             proto: key.proto,
         });
         let Some(svc_idx) = fe else {
+            if t.local_port(&ip.dst).is_some() || ip.dst.is_multicast_or_broadcast() {
+                if let Some(v) = self.to_kernel(st, in_port) {
+                    return v;
+                }
+            }
             if t.local_port(&ip.dst).is_some() {
                 return Verdict::Drop(DropReason::LocalUnhandled);
             }
@@ -931,6 +998,12 @@ impl Pipeline {
         src_mac: MacAddr,
         now: u64,
     ) -> Verdict {
+        if t.local_port(&ip.dst).is_some() || ip.dst.is_multicast_or_broadcast() {
+            // With an exception path the kernel answers ping and the rest.
+            if let Some(v) = self.to_kernel(st, in_port) {
+                return v;
+            }
+        }
         if t.local_port(&ip.dst).is_some() {
             let echo_req = if ip.v4 {
                 icmp::v4::ECHO_REQUEST
@@ -1103,6 +1176,13 @@ impl Pipeline {
             }
         }
         if op == arp::operation::REQUEST && for_us {
+            if t.local_port(&target).is_some() {
+                // The kernel answers for the node's addresses (it holds them
+                // on the exception port, with the uplink's MAC).
+                if let Some(v) = self.to_kernel(st, in_port) {
+                    return v;
+                }
+            }
             let mut a = ArpPacket::new_unchecked(&mut d[l2..]);
             a.set_operation(arp::operation::REPLY);
             a.set_target_hw_addr(sha);
@@ -1114,7 +1194,9 @@ impl Pipeline {
             WorkerStats::add(&st.neighbor_replies, 1);
             return Verdict::Tx(in_port);
         }
-        Verdict::Consumed
+        // Replies (to our solicitations or the kernel's: both learn) and
+        // requests for other hosts.
+        self.to_kernel(st, in_port).unwrap_or(Verdict::Consumed)
     }
 
     /// Neighbour discovery. Returns `None` for ICMPv6 that is not NDP.
@@ -1159,7 +1241,7 @@ impl Pipeline {
             if self.neighbors.learn(u, now) {
                 self.learned(u);
             }
-            return Some(Verdict::Consumed);
+            return Some(self.to_kernel(st, in_port).unwrap_or(Verdict::Consumed));
         }
         // Solicitation.
         let unspecified = ip.src.0 == [0; 16];
@@ -1181,7 +1263,12 @@ impl Pipeline {
             }
         }
         if !t.owns(&target) {
-            return Some(Verdict::Consumed);
+            return Some(self.to_kernel(st, in_port).unwrap_or(Verdict::Consumed));
+        }
+        if t.local_port(&target).is_some() {
+            if let Some(v) = self.to_kernel(st, in_port) {
+                return Some(v);
+            }
         }
         let dst = if unspecified {
             Addr::v6([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])
