@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{require_root, root, sh, BIN};
+use support::{bin, require_root, root, sh};
 
 struct Node {
     p: String,
@@ -222,7 +222,7 @@ services:
     fn start_proxy(&mut self) {
         let log = std::fs::File::create(&self.log).unwrap();
         let c = self
-            .exec("node", &[BIN, "--config"])
+            .exec("node", &[&bin(), "--config"])
             .arg(&self.config)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -340,17 +340,13 @@ fn assert_all(v: &Value, proto: &str, n: u64, name: &str, source: &str) {
     assert_eq!(r["sources"][name][source].as_u64(), Some(n), "{proto}: {v}");
 }
 
-/// Ping from the client: every echo answered once (no duplicates).
+/// Ping from the client: every echo answered exactly once (no duplicates).
 fn ping(n: &Node, addr: &str) {
-    let out = n
-        .exec("client", &["ping", "-c", "3", "-i", "0.2", "-W", "2", addr])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("3 received") && !text.contains("DUP"),
-        "ping {addr}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let r = n.peer("client", &["ping", addr, "--count", "5"]);
+    assert_eq!(
+        (&r["received"], &r["duplicates"], &r["bad"]),
+        (&Value::from(5), &Value::from(0), &Value::from(0)),
+        "ping {addr}: {r}"
     );
 }
 
