@@ -4422,3 +4422,60 @@ fn without_an_exception_port_the_node_is_answered_by_the_dataplane() {
         0
     );
 }
+
+#[test]
+fn exception_with_several_workers_the_owner_gives_it_to_the_kernel() {
+    let (_, t, st) = exception_setup();
+    let mut ports = ports();
+    ports.push(PortInfo {
+        mac: MacAddr(P0_MAC),
+        vlan: None,
+        mtu: 1500,
+    });
+    let mut w: Vec<Pipeline> = (0..2)
+        .map(|id| {
+            let mut p = Pipeline::new(id, 2, ports.clone(), PipelineConfig::default());
+            p.on_table(&t);
+            p.set_exception(Some(Exception {
+                uplink: 0,
+                kernel: KERNEL,
+            }));
+            p
+        })
+        .collect();
+    // Traffic to a node address is owned by the worker of its destination
+    // port's masquerade partition (worker 0 below 32768): the other worker
+    // hands it over, the owner gives it to the kernel.
+    let f = c_tcp(ip4(NODE0), 40000, 22, SYN, 1, 0);
+    let (v, _) = run(&mut w[1], &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::HandOff(0));
+    assert_to_kernel(&mut w[0], &t, &st, 0, &f);
+    // Pings, ARP and the kernel's own frames are handled where they arrive.
+    let f = echo_frame(CLIENT_MAC, P0_MAC, ip4(CLIENT4), ip4(NODE0), 1, 1, 64);
+    assert_to_kernel(&mut w[1], &t, &st, 0, &f);
+    let f = arp_frame(1, [0xff; 6], CLIENT_MAC, CLIENT4, [0; 6], NODE0);
+    assert_to_kernel(&mut w[1], &t, &st, 0, &f);
+    let f = echo_frame(P0_MAC, CLIENT_MAC, ip4(NODE0), ip4(CLIENT4), 1, 1, 64);
+    let (v, _) = run(&mut w[1], &t, &st, KERNEL, &f, NOW, false);
+    assert_eq!(v, Verdict::FromKernel(0));
+}
+
+#[test]
+fn exception_icmp_errors_for_the_kernels_flows_go_to_the_kernel() {
+    let (mut p, t, st) = exception_setup();
+    // A port unreachable about a datagram the kernel sent (no session).
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(NODE0, CLIENT4, 64)
+        .udp(33000, 53)
+        .write(&mut quoted, b"query")
+        .unwrap();
+    let mut f = Vec::new();
+    ip_step(CLIENT_MAC, P0_MAC, ip4(CLIENT4), ip4(NODE0), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut f, &quoted)
+        .unwrap();
+    assert_to_kernel(&mut p, &t, &st, 0, &f);
+    assert_eq!(stat(&st.icmp_errors_translated), 0);
+}
