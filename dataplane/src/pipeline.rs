@@ -150,9 +150,12 @@ pub enum Verdict {
 /// node's addresses, ICMP and TCP/UDP/SCTP to a node address that match no
 /// frontend or session, multicast and broadcast, other EtherTypes.
 /// Everything from the exception port goes out of the uplink unchanged
-/// ([`Verdict::FromKernel`]). Only the general path looks at this: the
-/// established-flow fast path never sees an exception packet it would
-/// handle differently (the kernel's frames are not addressed to our MAC).
+/// ([`Verdict::FromKernel`]), except the kernel's own Service traffic
+/// (ARP for VIPs, packets to frontends or of sessions), which is handled
+/// like a client's; translated packets for a node address go to the kernel.
+/// Only the general path (and the fast path's next-hop cache fill) looks
+/// at this: the fast path handles established sessions only, whichever port
+/// they arrive on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exception {
     /// The uplink port whose non-Service traffic goes to the kernel.
@@ -328,6 +331,27 @@ impl Pipeline {
         Some(Verdict::ToKernel(x.kernel))
     }
 
+    /// True when a frame the kernel sent on the exception port is Service
+    /// traffic the dataplane handles like any other: TCP/UDP/SCTP to a
+    /// frontend or of a session (the node's own connections to ClusterIPs,
+    /// translated here), and ARP requests for a Service VIP (answered
+    /// here, so the kernel can route Service CIDRs onto the exception port).
+    fn kernel_to_service(&self, t: &ServiceTable, d: &[u8]) -> bool {
+        if let Some(k) = quick_key(d) {
+            let fe = Frontend {
+                addr: SockAddr::new(k.dst, k.dport),
+                proto: k.proto,
+            };
+            return t.frontend(&fe).is_some() || self.sessions.lookup(&k).is_some();
+        }
+        let l2 = l2_len(d);
+        if d.len() < l2 + 28 || d[l2 - 2..l2] != [0x08, 0x06] || d[l2 + 6..l2 + 8] != [0, 1] {
+            return false;
+        }
+        let target = Addr::v4([d[l2 + 24], d[l2 + 25], d[l2 + 26], d[l2 + 27]]);
+        t.owns(&target) && t.local_port(&target).is_none()
+    }
+
     /// Ports this pipeline knows.
     pub fn ports(&self) -> &[PortInfo] {
         &self.ports
@@ -403,8 +427,9 @@ impl Pipeline {
             return Verdict::Drop(DropReason::BadPort);
         };
         if let Some(x) = self.exception {
-            if in_port == x.kernel {
-                // The kernel's transmissions leave by the uplink as they are.
+            if in_port == x.kernel && !self.kernel_to_service(t, pkt.data()) {
+                // The kernel's transmissions leave by the uplink as they
+                // are, except its own Service traffic (below).
                 WorkerStats::add(&st.exception_from_kernel, 1);
                 return Verdict::FromKernel(x.uplink);
             }
@@ -536,7 +561,7 @@ impl Pipeline {
                     }
                     WorkerStats::add(&st.nat_forward, 1);
                     nat(pkt.data_mut(), &ip, proto, s.snat, Some(s.backend));
-                    self.forward(t, pkt, &ip, l2, now)
+                    self.forward(t, st, pkt, &ip, l2, now)
                 }
                 Dir::Reply => {
                     if let Some(v) =
@@ -547,7 +572,7 @@ impl Pipeline {
                     WorkerStats::add(&st.nat_reverse, 1);
                     let to_client = s.snat.map(|_| s.client);
                     nat(pkt.data_mut(), &ip, proto, Some(s.frontend), to_client);
-                    self.forward(t, pkt, &ip, l2, now)
+                    self.forward(t, st, pkt, &ip, l2, now)
                 }
             };
         }
@@ -584,7 +609,7 @@ impl Pipeline {
             // Not a Service: plain routing.
             WorkerStats::add(&st.routed, 1);
             let l2 = l2_len(pkt.data());
-            return self.forward(t, pkt, ip, l2, now);
+            return self.forward(t, st, pkt, ip, l2, now);
         };
         if key.proto == Proto::Tcp && flags & tcp::RST != 0 {
             return Verdict::Drop(DropReason::OrphanRst);
@@ -683,7 +708,7 @@ impl Pipeline {
         }
         nat(pkt.data_mut(), ip, key.proto, session.snat, Some(backend));
         let l2 = l2_len(pkt.data());
-        self.forward(t, pkt, ip, l2, now)
+        self.forward(t, st, pkt, ip, l2, now)
     }
 
     /// A new source port for the client of a DNAT-only flow whose reply
@@ -749,6 +774,7 @@ impl Pipeline {
     fn forward<B: PacketBuf>(
         &mut self,
         t: &ServiceTable,
+        st: &WorkerStats,
         pkt: &mut B,
         ip: &Ip,
         l2: usize,
@@ -758,6 +784,26 @@ impl Pipeline {
         let dst = read_dst(pkt.data(), ip);
         if dst.is_multicast_or_broadcast() {
             return Verdict::Drop(DropReason::Multicast);
+        }
+        if let Some(x) = self.exception {
+            if t.local_port(&dst).is_some() {
+                // Translated for the node itself (the replies of the
+                // kernel's own Service connections): delivered to the
+                // kernel, addressed to its MAC, without a routing hop.
+                let Some(k) = self.ports.get(x.kernel as usize).copied() else {
+                    return Verdict::Drop(DropReason::BadPort);
+                };
+                let ethertype = if ip.v4 {
+                    ethernet::ethertype::IPV4
+                } else {
+                    ethernet::ethertype::IPV6
+                };
+                if !set_l2(pkt, l2, k.mac, k.mac, None, ethertype) {
+                    return Verdict::Drop(DropReason::Truncated);
+                }
+                WorkerStats::add(&st.exception_to_kernel, 1);
+                return Verdict::ToKernel(x.kernel);
+            }
         }
         let Some(hop) = t.route(&dst) else {
             return Verdict::Drop(DropReason::NoRoute);
@@ -982,7 +1028,7 @@ impl Pipeline {
         }
         WorkerStats::add(&st.icmp_errors_translated, 1);
         let l2 = l2_len(pkt.data());
-        Some(self.forward(t, pkt, ip, l2, now))
+        Some(self.forward(t, st, pkt, ip, l2, now))
     }
 
     /// ICMP and other non-port protocols: answer echo to node addresses, route the rest.
@@ -1044,7 +1090,7 @@ impl Pipeline {
         }
         WorkerStats::add(&st.routed, 1);
         let l2 = l2_len(pkt.data());
-        self.forward(t, pkt, ip, l2, now)
+        self.forward(t, st, pkt, ip, l2, now)
     }
 
     /// Answers a connection to a Service without endpoints the way kube-proxy's
@@ -1164,7 +1210,9 @@ impl Pipeline {
             mac: sha,
             port: in_port,
         };
-        let sender_valid = !sha.is_multicast() && spa.octets() != [0, 0, 0, 0];
+        // The kernel's own addresses are not neighbours (it asks for VIPs).
+        let from_kernel = self.exception.is_some_and(|x| x.kernel == in_port);
+        let sender_valid = !sha.is_multicast() && spa.octets() != [0, 0, 0, 0] && !from_kernel;
         if sender_valid {
             let changed = if for_us || op == arp::operation::REPLY {
                 self.neighbors.learn(update, now)

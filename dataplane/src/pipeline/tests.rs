@@ -4370,20 +4370,8 @@ fn exception_frames_from_the_kernel_leave_by_the_uplink_unchanged() {
             64,
             &[],
         ),
-        // and sends to a VIP (not translated yet: it leaves as it is).
-        tcp_frame(
-            P0_MAC,
-            CLIENT_MAC,
-            ip4(NODE0),
-            ip4(VIP4),
-            41000,
-            80,
-            SYN,
-            9,
-            0,
-            64,
-            &[],
-        ),
+        // and asks for a host that is not a VIP.
+        arp_frame(1, [0xff; 6], P0_MAC, NODE0, [0; 6], [198, 18, 0, 9]),
     ];
     for f in &frames {
         let (v, out) = run(&mut p, &t, &st, KERNEL, f, NOW, false);
@@ -4478,4 +4466,79 @@ fn exception_icmp_errors_for_the_kernels_flows_go_to_the_kernel() {
         .unwrap();
     assert_to_kernel(&mut p, &t, &st, 0, &f);
     assert_eq!(stat(&st.icmp_errors_translated), 0);
+}
+
+#[test]
+fn exception_kernel_traffic_to_a_service_is_translated_and_answered_to_the_kernel() {
+    let (mut p, t, st) = exception_setup();
+    // The kernel routes the Service CIDR onto its TAP and asks for the VIP:
+    // answered here, with the node's MAC; the kernel is not learned.
+    let req = arp_frame(1, [0xff; 6], P0_MAC, NODE0, [0; 6], VIP4);
+    let (v, out) = run(&mut p, &t, &st, KERNEL, &req, NOW, false);
+    assert_eq!(v, Verdict::Tx(KERNEL));
+    assert_eq!(arp_fields(&out), (2, P0_MAC, VIP4, P0_MAC, NODE0));
+    assert_eq!(p.take_learned().count(), 0);
+    // Its connection to the VIP is translated like a client's.
+    let syn = tcp_frame(
+        P0_MAC,
+        P0_MAC,
+        ip4(NODE0),
+        ip4(VIP4),
+        41000,
+        80,
+        SYN,
+        9,
+        0,
+        64,
+        &[],
+    );
+    let (v, out) = run(&mut p, &t, &st, KERNEL, &syn, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    let bi = backend_index(o.dst.unwrap());
+    assert_eq!(o.dport, 8080);
+    // The backend's answer, translated back, goes to the kernel (addressed
+    // to its MAC, no routing hop), not out of the uplink.
+    let back = tcp_frame(
+        backend_mac(bi),
+        P1_MAC,
+        o.dst.unwrap(),
+        o.src.unwrap(),
+        8080,
+        o.sport,
+        SYN | ACK,
+        5000,
+        10,
+        64,
+        &[],
+    );
+    for _ in 0..2 {
+        let (v, out) = run(&mut p, &t, &st, 1, &back, NOW, false);
+        assert_eq!(v, Verdict::ToKernel(KERNEL));
+        let r = parse(&out);
+        assert_eq!((r.dst_mac, r.src_mac), (P0_MAC, P0_MAC));
+        assert_eq!((r.src, r.sport), (Some(ip4(VIP4)), 80));
+        assert_eq!((r.dst, r.dport), (Some(ip4(NODE0)), 41000));
+        assert_eq!(r.ttl, 64);
+    }
+    // The kernel's next segment takes the fast path.
+    let ack = tcp_frame(
+        P0_MAC,
+        P0_MAC,
+        ip4(NODE0),
+        ip4(VIP4),
+        41000,
+        80,
+        ACK,
+        10,
+        5001,
+        64,
+        &[],
+    );
+    let (v, _) = run(&mut p, &t, &st, KERNEL, &ack, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(stat(&st.fast_path), 1);
+    assert_eq!(stat(&st.exception_from_kernel), 0);
+    assert_eq!(stat(&st.exception_to_kernel), 2);
+    assert_eq!(st.total_drops(), 0);
 }
