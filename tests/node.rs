@@ -127,6 +127,7 @@ impl Node {
         n.ip("client", &format!("link set {c} up"));
         n.ip("client", "route add 198.18.100.0/24 via 198.18.0.1");
         n.ip("be", &format!("addr add 198.18.0.11/24 dev {b}"));
+        n.ip("be", &format!("addr add 2001:2::11/64 dev {b} nodad"));
         n.ip("be", &format!("link set {b} up"));
         for (ns, dev) in [("client", &c), ("be", &b), ("node", &u)] {
             // Checksums computed by the sender (af_packet sees them unfilled otherwise).
@@ -198,6 +199,11 @@ services:
     protocol: UDP
     node_port: 30053
     backends: ["198.18.0.11:5353"]
+  - name: node/web6
+    vip: "2001:2:0:100::1"
+    port: 80
+    protocol: TCP
+    backends: ["[2001:2::11]:8080"]
 "#,
             admin = self.admin
         );
@@ -421,6 +427,21 @@ fn check_node_and_services(n: &Node) {
     let nodeport = wait_json(nodeport);
     assert_all(&own, "tcp", 20, "be", "198.18.0.1");
     assert_all(&own, "udp", 20, "be", "198.18.0.1");
+    let own6 = n.peer(
+        "node",
+        &[
+            "clients",
+            "--vip",
+            "2001:2:0:100::1",
+            "--proto",
+            "tcp",
+            "--count",
+            "20",
+            "--concurrency",
+            "4",
+        ],
+    );
+    assert_all(&own6, "tcp", 20, "be", "2001:2::1");
     // The node's kernel sees the client itself; the backend sees the node
     // (NodePort and ExternalIP traffic is masqueraded).
     assert_all(&kernel, "tcp", 40, "node", "198.18.0.2");
@@ -461,7 +482,9 @@ fn node_keeps_working_behind_the_proxy() {
     // The Service CIDR toward the exception port (the proxy will install
     // this over netlink; for now the test does).
     let route = format!("route replace 198.18.100.0/24 dev {tap}");
+    let route6 = format!("-6 route replace 2001:2:0:100::/64 dev {tap}");
     n.ip("node", &route);
+    n.ip("node", &route6);
     check_node_and_services(&n);
     let to_kernel = n.metric("dpdk_kube_proxy_exception_packets_total", "to_kernel");
     let from_kernel = n.metric("dpdk_kube_proxy_exception_packets_total", "from_kernel");
@@ -484,6 +507,7 @@ fn node_keeps_working_behind_the_proxy() {
     n.start_proxy();
     // Routes through the TAP went away while it was down.
     n.ip("node", &route);
+    n.ip("node", &route6);
     let t = n.link(&tap);
     assert_eq!(t["address"], u["address"], "after restart: {t}");
     check_node_and_services(&n);

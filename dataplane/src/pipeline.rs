@@ -334,8 +334,9 @@ impl Pipeline {
     /// True when a frame the kernel sent on the exception port is Service
     /// traffic the dataplane handles like any other: TCP/UDP/SCTP to a
     /// frontend or of a session (the node's own connections to ClusterIPs,
-    /// translated here), and ARP requests for a Service VIP (answered
-    /// here, so the kernel can route Service CIDRs onto the exception port).
+    /// translated here), and ARP requests and neighbour solicitations for
+    /// a Service VIP (answered here, so the kernel can route Service CIDRs
+    /// onto the exception port).
     fn kernel_to_service(&self, t: &ServiceTable, d: &[u8]) -> bool {
         if let Some(k) = quick_key(d) {
             let fe = Frontend {
@@ -345,10 +346,26 @@ impl Pipeline {
             return t.frontend(&fe).is_some() || self.sessions.lookup(&k).is_some();
         }
         let l2 = l2_len(d);
-        if d.len() < l2 + 28 || d[l2 - 2..l2] != [0x08, 0x06] || d[l2 + 6..l2 + 8] != [0, 1] {
+        let ethertype = d.get(l2 - 2..l2);
+        let target = if ethertype == Some(&[0x08, 0x06]) {
+            // An ARP request: its target address.
+            match d.get(l2..l2 + 28) {
+                Some(a) if a[6..8] == [0, 1] => Addr::v4([a[24], a[25], a[26], a[27]]),
+                _ => return false,
+            }
+        } else if ethertype == Some(&[0x86, 0xdd]) {
+            // A neighbour solicitation right after the IPv6 header: its target.
+            match d.get(l2..l2 + 64) {
+                Some(ip) if ip[6] == ip_proto::ICMPV6 && ip[40] == 135 => {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(&ip[48..64]);
+                    Addr::v6(a)
+                }
+                _ => return false,
+            }
+        } else {
             return false;
-        }
-        let target = Addr::v4([d[l2 + 24], d[l2 + 25], d[l2 + 26], d[l2 + 27]]);
+        };
         t.owns(&target) && t.local_port(&target).is_none()
     }
 
@@ -1293,7 +1310,9 @@ impl Pipeline {
         }
         // Solicitation.
         let unspecified = ip.src.0 == [0; 16];
-        if !unspecified {
+        // The kernel's own addresses are not neighbours (it asks for VIPs).
+        let from_kernel = self.exception.is_some_and(|x| x.kernel == in_port);
+        if !unspecified && !from_kernel {
             if let Some(mac) = icmp::ndp_lladdr_option(body, 1) {
                 let u = NeighborUpdate {
                     addr: ip.src,

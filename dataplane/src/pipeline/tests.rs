@@ -4542,3 +4542,60 @@ fn exception_kernel_traffic_to_a_service_is_translated_and_answered_to_the_kerne
     assert_eq!(stat(&st.exception_to_kernel), 2);
     assert_eq!(st.total_drops(), 0);
 }
+
+#[test]
+fn exception_kernel_traffic_to_an_ipv6_service_is_translated_and_answered_to_the_kernel() {
+    let (mut p, t, st) = exception_setup();
+    let ns = ndp_frame(
+        P0_MAC,
+        [0x33, 0x33, 0xff, 0, 1, 0],
+        node6_0(),
+        snm(vip6()),
+        135,
+        0,
+        vip6(),
+        Some((1, P0_MAC)),
+        255,
+    );
+    let (v, out) = run(&mut p, &t, &st, KERNEL, &ns, NOW, false);
+    assert_eq!(v, Verdict::Tx(KERNEL));
+    let o = parse(&out);
+    assert_eq!(o.icmp, Some((136, 0)));
+    assert_eq!((o.src, o.dst), (Some(ip6(vip6())), Some(ip6(node6_0()))));
+    assert_eq!(p.take_learned().count(), 0);
+    let syn = tcp_frame(
+        P0_MAC,
+        P0_MAC,
+        ip6(node6_0()),
+        ip6(vip6()),
+        41000,
+        80,
+        SYN,
+        9,
+        0,
+        64,
+        &[],
+    );
+    let (v, out) = run(&mut p, &t, &st, KERNEL, &syn, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    let back = tcp_frame(
+        backend_mac(backend_index(o.dst.unwrap())),
+        P1_MAC,
+        o.dst.unwrap(),
+        o.src.unwrap(),
+        8080,
+        o.sport,
+        SYN | ACK,
+        5000,
+        10,
+        64,
+        &[],
+    );
+    let (v, out) = run(&mut p, &t, &st, 1, &back, NOW, false);
+    assert_eq!(v, Verdict::ToKernel(KERNEL));
+    let r = parse(&out);
+    assert_eq!((r.src, r.sport), (Some(ip6(vip6())), 80));
+    assert_eq!((r.dst, r.dport), (Some(ip6(node6_0())), 41000));
+    assert_eq!(st.total_drops(), 0);
+}
