@@ -1830,6 +1830,7 @@ impl<'e> Ctx<'e> {
             },
             idle_sleep_us: 0,
             handoff_ring: spec.handoff_ring,
+            exception: None,
         };
         let rcu = Rcu::new(table, n);
         let running = worker::start(self.eal, &cfg, &rcu).context("worker::start")?;

@@ -546,6 +546,28 @@ impl prometheus_client::collector::Collector for Collector {
         );
         family(
             &mut enc,
+            "dpdk_kube_proxy_exception_packets",
+            "Frames through the exception port: uplink to the host kernel (to_kernel) and the kernel's out of the uplink (from_kernel)",
+            Counter,
+            self.workers.iter().enumerate().flat_map(|(i, s)| {
+                [
+                    ("to_kernel", s.exception_to_kernel.load(Relaxed)),
+                    ("from_kernel", s.exception_from_kernel.load(Relaxed)),
+                ]
+                .into_iter()
+                .map(move |(d, v)| {
+                    (
+                        vec![
+                            ("worker".to_string(), i.to_string()),
+                            ("direction".to_string(), d.to_string()),
+                        ],
+                        v,
+                    )
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
             "dpdk_kube_proxy_dropped_packets",
             "Packets dropped, by worker and reason",
             Counter,
@@ -812,6 +834,7 @@ mod tests {
             Arc::new(WorkerStats::default()),
         ]);
         workers[1].count_drop(DropReason::NoRoute);
+        WorkerStats::add(&workers[1].exception_to_kernel, 3);
         WorkerStats::add(&workers[0].rx_packets, 7);
         let state = AdminState {
             workers,
@@ -901,6 +924,14 @@ mod tests {
         let r = get(addr, "/metrics").await;
         assert!(
             r.contains(r#"dpdk_kube_proxy_dropped_packets_total{worker="1",reason="no_route"} 1"#),
+            "{r}"
+        );
+        assert!(
+            r.contains(
+                r#"dpdk_kube_proxy_exception_packets_total{worker="1",direction="to_kernel"} 3"#
+            ) && r.contains(
+                r#"dpdk_kube_proxy_exception_packets_total{worker="0",direction="from_kernel"} 0"#
+            ),
             "{r}"
         );
         assert!(

@@ -10,7 +10,7 @@
 use crate::{Error, Result};
 use dataplane::addr::{Addr, Proto, SockAddr};
 use dataplane::packet::MacAddr;
-use dataplane::pipeline::PipelineConfig;
+use dataplane::pipeline::{Exception, PipelineConfig};
 use dataplane::session::Timeouts;
 use dataplane::table::{
     Algorithm, Frontend, Interface, NoBackends, Route, ServiceSpec, StaticNeighbor, TableSpec,
@@ -230,6 +230,24 @@ pub struct PortConfig {
     /// get ICMP fragmentation-needed / packet-too-big (PMTU discovery).
     #[serde(default = "default_mtu")]
     pub mtu: u16,
+    /// What the port is: an `uplink` the dataplane owns (the default), or
+    /// the `exception` port into the host kernel (a TAP vdev) that carries
+    /// the uplink's non-Service traffic to the kernel and the kernel's out of
+    /// the uplink. At most one exception port; it pairs with the first
+    /// uplink and takes its MAC address and MTU at start.
+    #[serde(default)]
+    pub role: PortRole,
+}
+
+/// A port's role (`ports[].role`).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PortRole {
+    /// A port the dataplane owns (the default).
+    #[default]
+    Uplink,
+    /// The exception port into the host kernel.
+    Exception,
 }
 
 fn default_mtu() -> u16 {
@@ -685,6 +703,7 @@ impl Config {
             }
         }
         self.check_port_refs()?;
+        self.validate_exception()?;
         if self.workers.sessions == 0 {
             return Err(invalid("workers.sessions", "must be > 0"));
         }
@@ -758,6 +777,57 @@ impl Config {
             })
             .map(|a| a.ip())
             .collect())
+    }
+
+    /// At most one exception port, with an uplink to pair with, no
+    /// addresses (the kernel holds the node's) and no VLAN.
+    fn validate_exception(&self) -> Result<()> {
+        let mut seen: Option<usize> = None;
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.role != PortRole::Exception {
+                continue;
+            }
+            if let Some(j) = seen {
+                return Err(invalid(
+                    format!("ports[{i}].role"),
+                    format!("ports[{j}] is already the exception port; at most one is supported"),
+                ));
+            }
+            seen = Some(i);
+            if !p.addresses.is_empty() {
+                return Err(invalid(
+                    format!("ports[{i}].addresses"),
+                    "the exception port has no dataplane addresses: list the node's addresses \
+                     on its uplink (the kernel holds them on the exception interface)",
+                ));
+            }
+            if p.vlan.is_some() {
+                return Err(invalid(
+                    format!("ports[{i}].vlan"),
+                    "the exception port takes no VLAN tag",
+                ));
+            }
+        }
+        if seen.is_some() && self.exception().is_none() {
+            return Err(invalid(
+                "ports",
+                "an exception port needs an uplink port (role: uplink) to pair with",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The exception path: the exception port and the first uplink.
+    pub fn exception(&self) -> Option<Exception> {
+        let kernel = self
+            .ports
+            .iter()
+            .position(|p| p.role == PortRole::Exception)?;
+        let uplink = self.ports.iter().position(|p| p.role == PortRole::Uplink)?;
+        Some(Exception {
+            uplink: uplink as u16,
+            kernel: kernel as u16,
+        })
     }
 
     fn check_port_refs(&self) -> Result<()> {
@@ -1072,6 +1142,7 @@ impl Config {
                 ..PipelineConfig::default()
             },
             idle_sleep_us: w.idle_sleep_us,
+            exception: self.exception(),
             ..DataplaneConfig::default()
         }
     }
@@ -1084,8 +1155,8 @@ impl Config {
         if self
             .ports
             .iter()
-            .map(|p| (&p.device, p.vlan))
-            .ne(new.ports.iter().map(|p| (&p.device, p.vlan)))
+            .map(|p| (&p.device, p.vlan, p.role))
+            .ne(new.ports.iter().map(|p| (&p.device, p.vlan, p.role)))
         {
             return Some("ports");
         }
@@ -1311,6 +1382,65 @@ services:
             .unwrap_err()
             .to_string()
             .contains("services[0].external_ips[0]"));
+    }
+
+    #[test]
+    fn port_roles_and_the_exception_port() {
+        let base = "eal: {vdevs: [\"net_tap0,iface=node0\"]}\n";
+        // Default: every port an uplink, no exception path.
+        let c = Config::parse(
+            &format!("{base}ports: [{{device: a, addresses: [198.18.0.1/24]}}]\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.ports[0].role, PortRole::Uplink);
+        assert_eq!(c.exception(), None);
+        assert_eq!(c.dataplane(vec![1]).exception, None);
+        // The exception port pairs with the first uplink, wherever it is listed.
+        let c = Config::parse(
+            &format!("{base}ports: [{{device: net_tap0, role: exception}}, {{device: a, addresses: [198.18.0.1/24], role: uplink}}]\n"),
+            "t",
+        )
+        .unwrap();
+        let x = Exception {
+            uplink: 1,
+            kernel: 0,
+        };
+        assert_eq!(c.exception(), Some(x));
+        assert_eq!(c.dataplane(vec![1]).exception, Some(x));
+        let err = |ports: &str| {
+            Config::parse(&format!("{base}ports: {ports}\n"), "t")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[{device: a, addresses: [198.18.0.1/24]}, {device: t, role: exception}, {device: u, role: exception}]");
+        assert!(
+            e.contains("ports[2].role") && e.contains("ports[1] is already the exception port"),
+            "{e}"
+        );
+        let e = err("[{device: a}, {device: t, role: exception, addresses: [198.18.0.1/24]}]");
+        assert!(e.contains("ports[1].addresses"), "{e}");
+        let e = err("[{device: a}, {device: t, role: exception, vlan: 5}]");
+        assert!(e.contains("ports[1].vlan"), "{e}");
+        let e = err("[{device: t, role: exception}]");
+        assert!(e.contains("needs an uplink port"), "{e}");
+        let e = err("[{device: a, role: kernel}]");
+        assert!(
+            e.contains("ports[0].role") && e.contains("unknown variant"),
+            "{e}"
+        );
+        // A role change needs a restart.
+        let a = Config::parse(
+            &format!("{base}ports: [{{device: a}}, {{device: t}}]\n"),
+            "t",
+        )
+        .unwrap();
+        let b = Config::parse(
+            &format!("{base}ports: [{{device: a}}, {{device: t, role: exception}}]\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(a.restart_needed(&b), Some("ports"));
     }
 
     #[test]

@@ -35,3 +35,14 @@ fn kube_proxy_configuration_example_parses() {
     assert_eq!(c.timeouts.udp, std::time::Duration::from_secs(30));
     assert_eq!(c.kubernetes.oom_score_adj, Some(-999));
 }
+
+#[test]
+fn exception_port_example_parses() {
+    let c = Config::parse(
+        &yaml_block_after("## Node integration (exception path)"),
+        "README",
+    )
+    .unwrap();
+    let x = c.exception().expect("an exception path");
+    assert_eq!((x.uplink, x.kernel), (0, 1));
+}

@@ -134,6 +134,34 @@ pub enum Verdict {
         /// Next hop being resolved.
         addr: Addr,
     },
+    /// Give it to the host kernel: transmit it unchanged on this port, the
+    /// exception port (see [`Exception`]).
+    ToKernel(u16),
+    /// The kernel's own transmission, from the exception port: transmit it
+    /// unchanged on this port, the uplink.
+    FromKernel(u16),
+}
+
+/// The exception path into the host kernel: a port (a TAP or virtio_user
+/// interface carrying the uplink's MAC, the kernel holding the node's
+/// addresses on it) paired with the uplink the dataplane owns. Frames from
+/// the uplink that are not Service traffic and not the dataplane's own go to
+/// the kernel ([`Verdict::ToKernel`]): ARP and neighbour discovery for the
+/// node's addresses, ICMP and TCP/UDP/SCTP to a node address that match no
+/// frontend or session, multicast and broadcast, other EtherTypes.
+/// Everything from the exception port goes out of the uplink unchanged
+/// ([`Verdict::FromKernel`]), except the kernel's own Service traffic
+/// (ARP for VIPs, packets to frontends or of sessions), which is handled
+/// like a client's; translated packets for a node address go to the kernel.
+/// Only the general path (and the fast path's next-hop cache fill) looks
+/// at this: the fast path handles established sessions only, whichever port
+/// they arrive on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exception {
+    /// The uplink port whose non-Service traffic goes to the kernel.
+    pub uplink: u16,
+    /// The exception port into the kernel.
+    pub kernel: u16,
 }
 
 /// Static facts about a port the pipeline needs.
@@ -233,6 +261,7 @@ pub struct Pipeline {
     statics_version: Option<u64>,
     affinity: Arc<AffinityTable>,
     fast_path: bool,
+    exception: Option<Exception>,
     /// The fast path's next-hop cache: route + fresh neighbour per
     /// destination, valid for one table version and neighbour generation.
     egress: Box<[fast::Egress; fast::EGRESS_SLOTS]>,
@@ -272,6 +301,7 @@ impl Pipeline {
             statics_version: None,
             affinity: Arc::new(AffinityTable::new(cfg.affinity_slots)),
             fast_path: true,
+            exception: None,
             egress: Box::new([fast::Egress::default(); fast::EGRESS_SLOTS]),
             rng: random_seed(id),
         }
@@ -287,6 +317,68 @@ impl Pipeline {
     /// differential tests compare it with).
     pub fn set_fast_path(&mut self, on: bool) {
         self.fast_path = on;
+    }
+
+    /// Sets the exception path into the host kernel (none by default: then
+    /// nothing goes to the kernel and the dataplane answers ARP/ND and ping
+    /// for the node's addresses itself).
+    pub fn set_exception(&mut self, x: Option<Exception>) {
+        self.exception = x;
+    }
+
+    /// The exception path, if any.
+    pub fn exception(&self) -> Option<Exception> {
+        self.exception
+    }
+
+    /// [`Verdict::ToKernel`] (counted) when a frame that arrived on
+    /// `in_port` is the kernel's: `in_port` is the exception path's uplink.
+    #[inline]
+    fn to_kernel(&self, st: &WorkerStats, in_port: u16) -> Option<Verdict> {
+        let x = self.exception?;
+        if x.uplink != in_port {
+            return None;
+        }
+        WorkerStats::add(&st.exception_to_kernel, 1);
+        Some(Verdict::ToKernel(x.kernel))
+    }
+
+    /// True when a frame the kernel sent on the exception port is Service
+    /// traffic the dataplane handles like any other: TCP/UDP/SCTP to a
+    /// frontend or of a session (the node's own connections to ClusterIPs,
+    /// translated here), and ARP requests and neighbour solicitations for
+    /// a Service VIP (answered here, so the kernel can route Service CIDRs
+    /// onto the exception port).
+    fn kernel_to_service(&self, t: &ServiceTable, d: &[u8]) -> bool {
+        if let Some(k) = quick_key(d) {
+            let fe = Frontend {
+                addr: SockAddr::new(k.dst, k.dport),
+                proto: k.proto,
+            };
+            return t.frontend(&fe).is_some() || self.sessions.lookup(&k).is_some();
+        }
+        let l2 = l2_len(d);
+        let ethertype = d.get(l2 - 2..l2);
+        let target = if ethertype == Some(&[0x08, 0x06]) {
+            // An ARP request: its target address.
+            match d.get(l2..l2 + 28) {
+                Some(a) if a[6..8] == [0, 1] => Addr::v4([a[24], a[25], a[26], a[27]]),
+                _ => return false,
+            }
+        } else if ethertype == Some(&[0x86, 0xdd]) {
+            // A neighbour solicitation right after the IPv6 header: its target.
+            match d.get(l2..l2 + 64) {
+                Some(ip) if ip[6] == ip_proto::ICMPV6 && ip[40] == 135 => {
+                    let mut a = [0u8; 16];
+                    a.copy_from_slice(&ip[48..64]);
+                    Addr::v6(a)
+                }
+                _ => return false,
+            }
+        } else {
+            return false;
+        };
+        t.owns(&target) && t.local_port(&target).is_none()
     }
 
     /// Ports this pipeline knows.
@@ -363,6 +455,14 @@ impl Pipeline {
         let Some(pinfo) = self.ports.get(in_port as usize).copied() else {
             return Verdict::Drop(DropReason::BadPort);
         };
+        if let Some(x) = self.exception {
+            if in_port == x.kernel && !self.kernel_to_service(t, pkt.data()) {
+                // The kernel's transmissions leave by the uplink as they
+                // are, except its own Service traffic (below).
+                WorkerStats::add(&st.exception_from_kernel, 1);
+                return Verdict::FromKernel(x.uplink);
+            }
+        }
         let (l2, ethertype, dst_mac, src_mac) = {
             let eth = match EthernetFrame::new_checked(pkt.data()) {
                 Ok(e) => e,
@@ -384,7 +484,11 @@ impl Pipeline {
         match ethertype {
             ethernet::ethertype::IPV4 | ethernet::ethertype::IPV6 => {}
             ethernet::ethertype::ARP => return self.arp(t, st, in_port, pinfo, pkt, l2, now),
-            _ => return Verdict::Drop(DropReason::UnknownEthertype),
+            _ => {
+                return self
+                    .to_kernel(st, in_port)
+                    .unwrap_or(Verdict::Drop(DropReason::UnknownEthertype))
+            }
         }
         let ip = match parse_ip(pkt.data(), l2, ethertype == ethernet::ethertype::IPV4) {
             Ok(ip) => ip,
@@ -486,7 +590,7 @@ impl Pipeline {
                     }
                     WorkerStats::add(&st.nat_forward, 1);
                     nat(pkt.data_mut(), &ip, proto, s.snat, Some(s.backend));
-                    self.forward(t, pkt, &ip, l2, now)
+                    self.forward(t, st, pkt, &ip, l2, now)
                 }
                 Dir::Reply => {
                     if let Some(v) =
@@ -497,7 +601,7 @@ impl Pipeline {
                     WorkerStats::add(&st.nat_reverse, 1);
                     let to_client = s.snat.map(|_| s.client);
                     nat(pkt.data_mut(), &ip, proto, Some(s.frontend), to_client);
-                    self.forward(t, pkt, &ip, l2, now)
+                    self.forward(t, st, pkt, &ip, l2, now)
                 }
             };
         }
@@ -523,13 +627,18 @@ impl Pipeline {
             proto: key.proto,
         });
         let Some(svc_idx) = fe else {
+            if t.local_port(&ip.dst).is_some() || ip.dst.is_multicast_or_broadcast() {
+                if let Some(v) = self.to_kernel(st, in_port) {
+                    return v;
+                }
+            }
             if t.local_port(&ip.dst).is_some() {
                 return Verdict::Drop(DropReason::LocalUnhandled);
             }
             // Not a Service: plain routing.
             WorkerStats::add(&st.routed, 1);
             let l2 = l2_len(pkt.data());
-            return self.forward(t, pkt, ip, l2, now);
+            return self.forward(t, st, pkt, ip, l2, now);
         };
         if key.proto == Proto::Tcp && flags & tcp::RST != 0 {
             return Verdict::Drop(DropReason::OrphanRst);
@@ -628,7 +737,7 @@ impl Pipeline {
         }
         nat(pkt.data_mut(), ip, key.proto, session.snat, Some(backend));
         let l2 = l2_len(pkt.data());
-        self.forward(t, pkt, ip, l2, now)
+        self.forward(t, st, pkt, ip, l2, now)
     }
 
     /// A new source port for the client of a DNAT-only flow whose reply
@@ -694,6 +803,7 @@ impl Pipeline {
     fn forward<B: PacketBuf>(
         &mut self,
         t: &ServiceTable,
+        st: &WorkerStats,
         pkt: &mut B,
         ip: &Ip,
         l2: usize,
@@ -703,6 +813,26 @@ impl Pipeline {
         let dst = read_dst(pkt.data(), ip);
         if dst.is_multicast_or_broadcast() {
             return Verdict::Drop(DropReason::Multicast);
+        }
+        if let Some(x) = self.exception {
+            if t.local_port(&dst).is_some() {
+                // Translated for the node itself (the replies of the
+                // kernel's own Service connections): delivered to the
+                // kernel, addressed to its MAC, without a routing hop.
+                let Some(k) = self.ports.get(x.kernel as usize).copied() else {
+                    return Verdict::Drop(DropReason::BadPort);
+                };
+                let ethertype = if ip.v4 {
+                    ethernet::ethertype::IPV4
+                } else {
+                    ethernet::ethertype::IPV6
+                };
+                if !set_l2(pkt, l2, k.mac, k.mac, None, ethertype) {
+                    return Verdict::Drop(DropReason::Truncated);
+                }
+                WorkerStats::add(&st.exception_to_kernel, 1);
+                return Verdict::ToKernel(x.kernel);
+            }
         }
         let Some(hop) = t.route(&dst) else {
             return Verdict::Drop(DropReason::NoRoute);
@@ -927,7 +1057,7 @@ impl Pipeline {
         }
         WorkerStats::add(&st.icmp_errors_translated, 1);
         let l2 = l2_len(pkt.data());
-        Some(self.forward(t, pkt, ip, l2, now))
+        Some(self.forward(t, st, pkt, ip, l2, now))
     }
 
     /// ICMP and other non-port protocols: answer echo to node addresses, route the rest.
@@ -943,6 +1073,12 @@ impl Pipeline {
         src_mac: MacAddr,
         now: u64,
     ) -> Verdict {
+        if t.local_port(&ip.dst).is_some() || ip.dst.is_multicast_or_broadcast() {
+            // With an exception path the kernel answers ping and the rest.
+            if let Some(v) = self.to_kernel(st, in_port) {
+                return v;
+            }
+        }
         if t.local_port(&ip.dst).is_some() {
             let echo_req = if ip.v4 {
                 icmp::v4::ECHO_REQUEST
@@ -983,7 +1119,7 @@ impl Pipeline {
         }
         WorkerStats::add(&st.routed, 1);
         let l2 = l2_len(pkt.data());
-        self.forward(t, pkt, ip, l2, now)
+        self.forward(t, st, pkt, ip, l2, now)
     }
 
     /// Answers a connection to a Service without endpoints the way kube-proxy's
@@ -1103,7 +1239,9 @@ impl Pipeline {
             mac: sha,
             port: in_port,
         };
-        let sender_valid = !sha.is_multicast() && spa.octets() != [0, 0, 0, 0];
+        // The kernel's own addresses are not neighbours (it asks for VIPs).
+        let from_kernel = self.exception.is_some_and(|x| x.kernel == in_port);
+        let sender_valid = !sha.is_multicast() && spa.octets() != [0, 0, 0, 0] && !from_kernel;
         if sender_valid {
             let changed = if for_us || op == arp::operation::REPLY {
                 self.neighbors.learn(update, now)
@@ -1115,6 +1253,13 @@ impl Pipeline {
             }
         }
         if op == arp::operation::REQUEST && for_us {
+            if t.local_port(&target).is_some() {
+                // The kernel answers for the node's addresses (it holds them
+                // on the exception port, with the uplink's MAC).
+                if let Some(v) = self.to_kernel(st, in_port) {
+                    return v;
+                }
+            }
             let mut a = ArpPacket::new_unchecked(&mut d[l2..]);
             a.set_operation(arp::operation::REPLY);
             a.set_target_hw_addr(sha);
@@ -1126,7 +1271,9 @@ impl Pipeline {
             WorkerStats::add(&st.neighbor_replies, 1);
             return Verdict::Tx(in_port);
         }
-        Verdict::Consumed
+        // Replies (to our solicitations or the kernel's: both learn) and
+        // requests for other hosts.
+        self.to_kernel(st, in_port).unwrap_or(Verdict::Consumed)
     }
 
     /// Neighbour discovery. Returns `None` for ICMPv6 that is not NDP.
@@ -1171,11 +1318,13 @@ impl Pipeline {
             if self.neighbors.learn(u, now) {
                 self.learned(u);
             }
-            return Some(Verdict::Consumed);
+            return Some(self.to_kernel(st, in_port).unwrap_or(Verdict::Consumed));
         }
         // Solicitation.
         let unspecified = ip.src.0 == [0; 16];
-        if !unspecified {
+        // The kernel's own addresses are not neighbours (it asks for VIPs).
+        let from_kernel = self.exception.is_some_and(|x| x.kernel == in_port);
+        if !unspecified && !from_kernel {
             if let Some(mac) = icmp::ndp_lladdr_option(body, 1) {
                 let u = NeighborUpdate {
                     addr: ip.src,
@@ -1193,7 +1342,12 @@ impl Pipeline {
             }
         }
         if !t.owns(&target) {
-            return Some(Verdict::Consumed);
+            return Some(self.to_kernel(st, in_port).unwrap_or(Verdict::Consumed));
+        }
+        if t.local_port(&target).is_some() {
+            if let Some(v) = self.to_kernel(st, in_port) {
+                return Some(v);
+            }
         }
         let dst = if unspecified {
             Addr::v6([0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])

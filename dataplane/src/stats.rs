@@ -169,6 +169,10 @@ pub struct WorkerStats {
     pub neighbor_solicits: AtomicU64,
     /// ICMP echo requests answered.
     pub echo_replies: AtomicU64,
+    /// Frames from the uplink given to the host kernel (exception port).
+    pub exception_to_kernel: AtomicU64,
+    /// Frames from the host kernel (exception port) sent out of the uplink.
+    pub exception_from_kernel: AtomicU64,
     /// Version of the table this worker uses now.
     pub table_version: AtomicU64,
     /// Poll-loop iterations (liveness).

@@ -13,7 +13,7 @@ use crate::addr::Addr;
 use crate::dpdk::rcu::{Rcu, Reader};
 use crate::dpdk::{self, Eal, Mbuf, Mempool, Port, PortConfig, Ring, RxBurst, TxBuffer};
 use crate::neigh::NeighborUpdate;
-use crate::pipeline::{PacketBuf, Pipeline, PipelineConfig, PortInfo, Verdict};
+use crate::pipeline::{Exception, PacketBuf, Pipeline, PipelineConfig, PortInfo, Verdict};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::ServiceTable;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -69,6 +69,9 @@ pub struct DataplaneConfig {
     pub idle_sleep_us: u32,
     /// Hand-off ring size per worker pair (power of two).
     pub handoff_ring: u32,
+    /// The exception path into the host kernel, if any: at start the
+    /// exception port gets the uplink's MAC address and MTU.
+    pub exception: Option<Exception>,
 }
 
 impl Default for DataplaneConfig {
@@ -82,6 +85,7 @@ impl Default for DataplaneConfig {
             pipeline: PipelineConfig::default(),
             idle_sleep_us: 0,
             handoff_ring: 1024,
+            exception: None,
         }
     }
 }
@@ -214,6 +218,20 @@ pub fn start(
             mtu: cfg.ports[i].mtu,
         });
     }
+    if let Some(x) = cfg.exception {
+        // The kernel's interface carries the node's MAC (the uplink's) and MTU.
+        let (up, k) = (x.uplink as usize, x.kernel as usize);
+        if up >= ports.len() || k >= ports.len() || up == k {
+            return Err(dpdk::Error::Other(format!(
+                "exception path: uplink {up} / exception port {k} out of range"
+            )));
+        }
+        let mac = port_info[up].mac;
+        ports[k].set_mac(mac)?;
+        ports[k].set_mtu(cfg.ports[up].mtu)?;
+        port_info[k].mac = ports[k].mac()?;
+        port_info[k].mtu = cfg.ports[up].mtu;
+    }
     let port_ids: Vec<u16> = ports.iter().map(|p| p.id()).collect();
 
     // rings[src][dst]: single producer src, single consumer dst.
@@ -251,6 +269,7 @@ pub fn start(
             pipeline: {
                 let mut p = Pipeline::new(id as u16, n as u16, port_info.clone(), cfg.pipeline);
                 p.set_affinity(affinity.clone());
+                p.set_exception(cfg.exception);
                 p
             },
             stats: stats[id].clone(),
@@ -567,7 +586,9 @@ fn handle(
     }
     let in_port = m.port();
     match p.process(table, st, in_port, &mut m, now, handed_off) {
-        Verdict::Tx(port) => push_tx(&mut b.tx, &b.ports, b.queue, st, port, m),
+        Verdict::Tx(port) | Verdict::ToKernel(port) | Verdict::FromKernel(port) => {
+            push_tx(&mut b.tx, &b.ports, b.queue, st, port, m)
+        }
         Verdict::HandOff(w) => match b.handoff.get_mut(w as usize) {
             Some(h) => {
                 if h.is_full() {

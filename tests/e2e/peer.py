@@ -537,6 +537,62 @@ def http_get(a):
     sys.stdout.write(f"{code} {body}" if a.status else body)
 
 
+def ping(a):
+    """ICMP(v6) echo to a.addr over a raw socket: a.count requests, a.interval
+    apart; prints {"sent", "received", "duplicates", "bad"} (no ping binary needed)."""
+    v6 = ":" in a.addr
+    if v6:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    ident = os.getpid() & 0xFFFF
+    seen, dups, bad = set(), 0, 0
+
+    def icmp_sum(b):
+        if len(b) % 2:
+            b += b"\0"
+        t = sum(struct.unpack(f"!{len(b) // 2}H", b))
+        t = (t >> 16) + (t & 0xFFFF)
+        t += t >> 16
+        return ~t & 0xFFFF
+
+    def drain(until):
+        nonlocal dups, bad
+        while True:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            r, _, _ = select.select([s], [], [], left)
+            if not r:
+                return
+            data, peer = s.recvfrom(2048)
+            if not v6:
+                data = data[(data[0] & 0x0F) * 4:]  # raw IPv4 sockets get the IP header
+            want = 129 if v6 else 0
+            if len(data) < 8 or data[0] != want:
+                continue
+            rid, seq = struct.unpack("!HH", data[4:8])
+            if rid != ident:
+                continue
+            if data[8:] != b"dkp-ping-%d" % seq:
+                bad += 1
+            elif seq in seen:
+                dups += 1
+            else:
+                seen.add(seq)
+
+    for seq in range(a.count):
+        payload = b"dkp-ping-%d" % seq
+        ty = 128 if v6 else 8
+        hdr = struct.pack("!BBHHH", ty, 0, 0, ident, seq)
+        if not v6:  # the kernel fills in the ICMPv6 checksum itself
+            hdr = struct.pack("!BBHHH", ty, 0, icmp_sum(hdr + payload), ident, seq)
+        s.sendto(hdr + payload, (a.addr, 0))
+        drain(time.monotonic() + a.interval)
+    drain(time.monotonic() + a.timeout)
+    print(json.dumps({"sent": a.count, "received": len(seen), "duplicates": dups, "bad": bad}), flush=True)
+
+
 def inject(a):
     """Sends malformed IPv4 frames out of IFACE to DST_MAC (raw AF_PACKET)."""
     import struct
@@ -623,6 +679,11 @@ def main():
     g.add_argument("url")
     g.add_argument("--timeout", type=float, default=2.0)
     g.add_argument("--status", action="store_true", help='print "CODE BODY", also for errors')
+    pg = sub.add_parser("ping")
+    pg.add_argument("addr")
+    pg.add_argument("--count", type=int, default=3)
+    pg.add_argument("--interval", type=float, default=0.2)
+    pg.add_argument("--timeout", type=float, default=2.0)
     i = sub.add_parser("inject")
     i.add_argument("--iface", required=True)
     i.add_argument("--dst-mac", required=True)
@@ -631,7 +692,7 @@ def main():
     i.add_argument("--count", type=int, default=10)
     a = p.parse_args()
     {"serve": serve, "clients": clients, "longlived": longlived, "udp-stream": udp_stream, "reject": reject, "download": download,
-     "http-get": http_get, "inject": inject, "sctp-clients": sctp_clients,
+     "http-get": http_get, "inject": inject, "ping": ping, "sctp-clients": sctp_clients,
      "sctp-reject": sctp_reject}[a.cmd](a)
 
 

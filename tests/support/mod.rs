@@ -10,6 +10,13 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dpdk-kube-proxy");
 
+/// The proxy binary to run: `$DKP_BIN` when set (a copy of this checkout's
+/// build, when several checkouts share a target directory and overwrite
+/// each other's `target/debug/dpdk-kube-proxy`), else [`BIN`].
+pub fn bin() -> String {
+    std::env::var("DKP_BIN").unwrap_or_else(|_| BIN.to_string())
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -130,7 +137,8 @@ impl Topology {
         let c = Command::new("ip")
             .args(["netns", "exec", &self.ns("proxy")])
             .args(wrapper)
-            .args([BIN, "--config"])
+            .arg(bin())
+            .arg("--config")
             .arg(&self.config)
             .args(["--reload-interval", "200ms"])
             .args(extra)

@@ -911,6 +911,27 @@ impl Port {
         Ok(MacAddr(a.addr_bytes))
     }
 
+    /// Sets the port's MAC address (`rte_eth_dev_default_mac_addr_set`; on
+    /// a TAP port this is the kernel interface's address).
+    pub fn set_mac(&mut self, mac: MacAddr) -> Result<()> {
+        let mut a = sys::rte_ether_addr { addr_bytes: mac.0 };
+        // SAFETY: valid pointer to an initialised address, read during the call.
+        check("rte_eth_dev_default_mac_addr_set", unsafe {
+            sys::rte_eth_dev_default_mac_addr_set(self.id, &mut a)
+        })
+        .map(|_| ())
+    }
+
+    /// Sets the port's MTU (`rte_eth_dev_set_mtu`; on a TAP port this is the
+    /// kernel interface's MTU). The port must be configured.
+    pub fn set_mtu(&mut self, mtu: u16) -> Result<()> {
+        // SAFETY: plain call on our port.
+        check("rte_eth_dev_set_mtu", unsafe {
+            sys::rte_eth_dev_set_mtu(self.id, mtu)
+        })
+        .map(|_| ())
+    }
+
     /// Receives up to `BURST` packets from `queue` into `out`.
     #[inline]
     pub fn rx_burst(&self, queue: u16, out: &mut RxBurst) -> usize {

@@ -168,6 +168,10 @@ impl Pipeline {
         {
             return Some((e.port, e.mac));
         }
+        if self.exception.is_some() && t.local_port(dst).is_some() {
+            // For the node's kernel: the general path delivers it (never cached).
+            return None;
+        }
         let hop = t.route(dst)?;
         let (mac, until) = self.neighbors.fresh_until(&hop.addr, now)?;
         self.egress[slot] = Egress {

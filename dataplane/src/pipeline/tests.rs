@@ -4186,3 +4186,474 @@ proptest! {
         prop_assert_eq!(&r.chunks, &vec![(0u8, reply_payload.clone())]);
     }
 }
+
+// ---------------------------------------------------------------------------
+// The exception path into the host kernel (port 2: the kernel's TAP, paired
+// with the uplink port 0 and carrying its MAC; NodePort 30080 on the node
+// addresses).
+
+const KERNEL: u16 = 2;
+const NODE_PORT: u16 = 30080;
+
+fn exception_setup() -> (Pipeline, ServiceTable, WorkerStats) {
+    let mut s = spec();
+    for (name, node) in [
+        ("default/np0:http", ip4(NODE0)),
+        ("default/np1:http", ip4(NODE1)),
+    ] {
+        let mut np = svc(
+            name,
+            node,
+            NODE_PORT,
+            Proto::Tcp,
+            BACKENDS4.iter().map(|b| sa(ip4(*b), 8080)).collect(),
+        );
+        np.masquerade = true;
+        np.external = true;
+        s.services.push(np);
+    }
+    let t = ServiceTable::new(s, 1);
+    let mut ports = ports();
+    ports.push(PortInfo {
+        mac: MacAddr(P0_MAC),
+        vlan: None,
+        mtu: 1500,
+    });
+    let mut p = Pipeline::new(0, 1, ports, PipelineConfig::default());
+    p.on_table(&t);
+    p.set_exception(Some(Exception {
+        uplink: 0,
+        kernel: KERNEL,
+    }));
+    (p, t, WorkerStats::default())
+}
+
+/// `frame` arriving on `port` goes to the kernel unchanged, counted.
+fn assert_to_kernel(p: &mut Pipeline, t: &ServiceTable, st: &WorkerStats, port: u16, frame: &[u8]) {
+    let before = stat(&st.exception_to_kernel);
+    let (v, out) = run(p, t, st, port, frame, NOW, false);
+    assert_eq!(v, Verdict::ToKernel(KERNEL));
+    assert_eq!(out, frame, "changed on its way to the kernel");
+    assert_eq!(stat(&st.exception_to_kernel), before + 1);
+}
+
+#[test]
+fn exception_arp_for_the_node_goes_to_the_kernel_and_is_learned() {
+    let (mut p, t, st) = exception_setup();
+    let spa = [198, 18, 0, 3];
+    let req = arp_frame(1, [0xff; 6], OTHER_MAC, spa, [0; 6], NODE0);
+    assert_to_kernel(&mut p, &t, &st, 0, &req);
+    assert_eq!(stat(&st.neighbor_replies), 0, "the kernel answers, not us");
+    assert_eq!(
+        p.take_learned().map(|u| u.addr).collect::<Vec<_>>(),
+        vec![Addr::v4(spa)],
+        "the dataplane still learns the sender"
+    );
+    // Replies (to our solicitations or the kernel's) and requests for
+    // other hosts: learned, and the kernel sees them too.
+    let rep = arp_frame(2, P0_MAC, OTHER_MAC, [198, 18, 0, 4], P0_MAC, NODE0);
+    assert_to_kernel(&mut p, &t, &st, 0, &rep);
+    let other = arp_frame(1, [0xff; 6], OTHER_MAC, spa, [0; 6], [198, 18, 0, 9]);
+    assert_to_kernel(&mut p, &t, &st, 0, &other);
+    // A VIP is the dataplane's own: still answered here.
+    let req = arp_frame(1, [0xff; 6], CLIENT_MAC, CLIENT4, [0; 6], VIP4);
+    let (v, out) = run(&mut p, &t, &st, 0, &req, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(arp_fields(&out), (2, P0_MAC, VIP4, CLIENT_MAC, CLIENT4));
+    // A port that is not the exception path's uplink keeps the old answer.
+    let req = arp_frame(1, [0xff; 6], backend_mac(0), BACKENDS4[0], [0; 6], NODE1);
+    let (v, _) = run(&mut p, &t, &st, 1, &req, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(stat(&st.exception_to_kernel), 3);
+}
+
+#[test]
+fn exception_neighbor_discovery_for_the_node_goes_to_the_kernel() {
+    let (mut p, t, st) = exception_setup();
+    let ns = ndp_frame(
+        OTHER_MAC,
+        [0x33, 0x33, 0xff, 0, 0, 1],
+        v6("2001:2::3"),
+        snm(node6_0()),
+        135,
+        0,
+        node6_0(),
+        Some((1, OTHER_MAC)),
+        255,
+    );
+    assert_to_kernel(&mut p, &t, &st, 0, &ns);
+    let na = ndp_frame(
+        OTHER_MAC,
+        P0_MAC,
+        v6("2001:2::3"),
+        node6_0(),
+        136,
+        0x60,
+        v6("2001:2::3"),
+        Some((2, OTHER_MAC)),
+        255,
+    );
+    assert_to_kernel(&mut p, &t, &st, 0, &na);
+    assert_eq!(stat(&st.neighbor_replies), 0);
+    // Multicast (here an echo to all-nodes) is the kernel's too.
+    let mc = echo_frame(
+        OTHER_MAC,
+        [0x33, 0x33, 0, 0, 0, 1],
+        ip6(v6("2001:2::3")),
+        ip6(v6("ff02::1")),
+        1,
+        1,
+        1,
+    );
+    assert_to_kernel(&mut p, &t, &st, 0, &mc);
+}
+
+#[test]
+fn exception_echo_and_other_protocols_to_the_node_go_to_the_kernel() {
+    let (mut p, t, st) = exception_setup();
+    let f = echo_frame(CLIENT_MAC, P0_MAC, ip4(CLIENT4), ip4(NODE0), 0x1234, 7, 64);
+    assert_to_kernel(&mut p, &t, &st, 0, &f);
+    let f = echo_frame(CLIENT_MAC, P0_MAC, ip6(client6()), ip6(node6_0()), 1, 8, 64);
+    assert_to_kernel(&mut p, &t, &st, 0, &f);
+    assert_eq!(stat(&st.echo_replies), 0);
+    // Another EtherType (LLDP) to a multicast MAC.
+    let mut lldp = vec![0x01, 0x80, 0xc2, 0, 0, 0x0e];
+    lldp.extend_from_slice(&OTHER_MAC);
+    lldp.extend_from_slice(&[0x88, 0xcc]);
+    lldp.resize(60, 0);
+    assert_to_kernel(&mut p, &t, &st, 0, &lldp);
+    // An echo through the node (routed) is not the kernel's.
+    let f = echo_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(BACKENDS4[0]),
+        1,
+        1,
+        64,
+    );
+    let (v, _) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(st.total_drops(), 0);
+}
+
+#[test]
+fn exception_tcp_to_the_node_off_the_node_ports_goes_to_the_kernel() {
+    let (mut p, t, st) = exception_setup();
+    // ssh, then the rest of the connection, then a reset: all the kernel's.
+    for flags in [SYN, ACK, ACK | FIN, RST] {
+        let f = c_tcp(ip4(NODE0), 40000, 22, flags, 1, 1);
+        assert_to_kernel(&mut p, &t, &st, 0, &f);
+    }
+    let f = c_tcp(ip6(node6_0()), 40000, 22, SYN, 1, 0);
+    assert_to_kernel(&mut p, &t, &st, 0, &f);
+    let f = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(NODE0),
+        5000,
+        53,
+        64,
+        b"q",
+    );
+    assert_to_kernel(&mut p, &t, &st, 0, &f);
+    assert_eq!(p.sessions.len(), 0, "no session for the kernel's traffic");
+    assert_eq!(stat(&st.routed), 0);
+    assert_eq!(st.total_drops(), 0);
+}
+
+#[test]
+fn exception_node_port_and_vip_traffic_is_translated_not_given_to_the_kernel() {
+    let (mut p, t, st) = exception_setup();
+    let syn = c_tcp(ip4(NODE0), 40001, NODE_PORT, SYN, 1000, 0);
+    let (v, out) = run(&mut p, &t, &st, 0, &syn, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    let bi = backend_index(o.dst.unwrap());
+    assert_eq!(o.dport, 8080);
+    assert_eq!(o.src, Some(ip4(NODE1)), "NodePort traffic is masqueraded");
+    // The backend's answer comes back to the node address: the session's,
+    // not the kernel's.
+    let back = tcp_frame(
+        backend_mac(bi),
+        P1_MAC,
+        o.dst.unwrap(),
+        ip4(NODE1),
+        8080,
+        o.sport,
+        SYN | ACK,
+        5000,
+        1001,
+        64,
+        &[],
+    );
+    let (v, out) = run(&mut p, &t, &st, 1, &back, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    let r = parse(&out);
+    assert_eq!((r.src, r.sport), (Some(ip4(NODE0)), NODE_PORT));
+    assert_eq!((r.dst, r.dport), (Some(ip4(CLIENT4)), 40001));
+    // And the client's next segment takes the fast path, as before.
+    let ack = c_tcp(ip4(NODE0), 40001, NODE_PORT, ACK, 1001, 5001);
+    let (v, _) = run(&mut p, &t, &st, 0, &ack, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(stat(&st.fast_path), 1);
+    // A ClusterIP VIP likewise.
+    let (v, _) = run(&mut p, &t, &st, 0, &c_syn4(40002), NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(stat(&st.exception_to_kernel), 0);
+    assert_eq!(stat(&st.sessions_created), 2);
+}
+
+#[test]
+fn exception_frames_from_the_kernel_leave_by_the_uplink_unchanged() {
+    let (mut p, t, st) = exception_setup();
+    let frames = [
+        // The kernel answers ARP for the node, with the node's (uplink's) MAC.
+        arp_frame(2, CLIENT_MAC, P0_MAC, NODE0, CLIENT_MAC, CLIENT4),
+        // ... asks for a neighbour,
+        arp_frame(1, [0xff; 6], P0_MAC, NODE0, [0; 6], CLIENT4),
+        // answers ping and a TCP connection,
+        echo_frame(P0_MAC, CLIENT_MAC, ip4(NODE0), ip4(CLIENT4), 1, 1, 64),
+        tcp_frame(
+            P0_MAC,
+            CLIENT_MAC,
+            ip4(NODE0),
+            ip4(CLIENT4),
+            22,
+            40000,
+            SYN | ACK,
+            9,
+            2,
+            64,
+            &[],
+        ),
+        // and asks for a host that is not a VIP.
+        arp_frame(1, [0xff; 6], P0_MAC, NODE0, [0; 6], [198, 18, 0, 9]),
+    ];
+    for f in &frames {
+        let (v, out) = run(&mut p, &t, &st, KERNEL, f, NOW, false);
+        assert_eq!(v, Verdict::FromKernel(0));
+        assert_eq!(&out, f);
+    }
+    assert_eq!(stat(&st.exception_from_kernel), frames.len() as u64);
+    assert_eq!(stat(&st.exception_to_kernel), 0);
+    assert_eq!(p.sessions.len(), 0);
+    assert_eq!(st.total_drops(), 0);
+}
+
+#[test]
+fn without_an_exception_port_the_node_is_answered_by_the_dataplane() {
+    let (mut p, t, st) = exception_setup();
+    p.set_exception(None);
+    let req = arp_frame(1, [0xff; 6], OTHER_MAC, [198, 18, 0, 3], [0; 6], NODE0);
+    let (v, out) = run(&mut p, &t, &st, 0, &req, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(arp_fields(&out).0, 2);
+    let f = echo_frame(CLIENT_MAC, P0_MAC, ip4(CLIENT4), ip4(NODE0), 1, 7, 64);
+    let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Tx(0));
+    assert_eq!(parse(&out).icmp, Some((0, 0)));
+    let f = c_tcp(ip4(NODE0), 40000, 22, SYN, 1, 0);
+    let (v, _) = run(&mut p, &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::Drop(DropReason::LocalUnhandled));
+    let mut lldp = vec![0x01, 0x80, 0xc2, 0, 0, 0x0e];
+    lldp.extend_from_slice(&OTHER_MAC);
+    lldp.extend_from_slice(&[0x88, 0xcc]);
+    lldp.resize(60, 0);
+    let (v, _) = run(&mut p, &t, &st, 0, &lldp, NOW, false);
+    assert_eq!(v, Verdict::Drop(DropReason::UnknownEthertype));
+    assert_eq!(
+        stat(&st.exception_to_kernel) + stat(&st.exception_from_kernel),
+        0
+    );
+}
+
+#[test]
+fn exception_with_several_workers_the_owner_gives_it_to_the_kernel() {
+    let (_, t, st) = exception_setup();
+    let mut ports = ports();
+    ports.push(PortInfo {
+        mac: MacAddr(P0_MAC),
+        vlan: None,
+        mtu: 1500,
+    });
+    let mut w: Vec<Pipeline> = (0..2)
+        .map(|id| {
+            let mut p = Pipeline::new(id, 2, ports.clone(), PipelineConfig::default());
+            p.on_table(&t);
+            p.set_exception(Some(Exception {
+                uplink: 0,
+                kernel: KERNEL,
+            }));
+            p
+        })
+        .collect();
+    // Traffic to a node address is owned by the worker of its destination
+    // port's masquerade partition (worker 0 below 32768): the other worker
+    // hands it over, the owner gives it to the kernel.
+    let f = c_tcp(ip4(NODE0), 40000, 22, SYN, 1, 0);
+    let (v, _) = run(&mut w[1], &t, &st, 0, &f, NOW, false);
+    assert_eq!(v, Verdict::HandOff(0));
+    assert_to_kernel(&mut w[0], &t, &st, 0, &f);
+    // Pings, ARP and the kernel's own frames are handled where they arrive.
+    let f = echo_frame(CLIENT_MAC, P0_MAC, ip4(CLIENT4), ip4(NODE0), 1, 1, 64);
+    assert_to_kernel(&mut w[1], &t, &st, 0, &f);
+    let f = arp_frame(1, [0xff; 6], CLIENT_MAC, CLIENT4, [0; 6], NODE0);
+    assert_to_kernel(&mut w[1], &t, &st, 0, &f);
+    let f = echo_frame(P0_MAC, CLIENT_MAC, ip4(NODE0), ip4(CLIENT4), 1, 1, 64);
+    let (v, _) = run(&mut w[1], &t, &st, KERNEL, &f, NOW, false);
+    assert_eq!(v, Verdict::FromKernel(0));
+}
+
+#[test]
+fn exception_icmp_errors_for_the_kernels_flows_go_to_the_kernel() {
+    let (mut p, t, st) = exception_setup();
+    // A port unreachable about a datagram the kernel sent (no session).
+    let mut quoted = Vec::new();
+    PacketBuilder::ipv4(NODE0, CLIENT4, 64)
+        .udp(33000, 53)
+        .write(&mut quoted, b"query")
+        .unwrap();
+    let mut f = Vec::new();
+    ip_step(CLIENT_MAC, P0_MAC, ip4(CLIENT4), ip4(NODE0), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut f, &quoted)
+        .unwrap();
+    assert_to_kernel(&mut p, &t, &st, 0, &f);
+    assert_eq!(stat(&st.icmp_errors_translated), 0);
+}
+
+#[test]
+fn exception_kernel_traffic_to_a_service_is_translated_and_answered_to_the_kernel() {
+    let (mut p, t, st) = exception_setup();
+    // The kernel routes the Service CIDR onto its TAP and asks for the VIP:
+    // answered here, with the node's MAC; the kernel is not learned.
+    let req = arp_frame(1, [0xff; 6], P0_MAC, NODE0, [0; 6], VIP4);
+    let (v, out) = run(&mut p, &t, &st, KERNEL, &req, NOW, false);
+    assert_eq!(v, Verdict::Tx(KERNEL));
+    assert_eq!(arp_fields(&out), (2, P0_MAC, VIP4, P0_MAC, NODE0));
+    assert_eq!(p.take_learned().count(), 0);
+    // Its connection to the VIP is translated like a client's.
+    let syn = tcp_frame(
+        P0_MAC,
+        P0_MAC,
+        ip4(NODE0),
+        ip4(VIP4),
+        41000,
+        80,
+        SYN,
+        9,
+        0,
+        64,
+        &[],
+    );
+    let (v, out) = run(&mut p, &t, &st, KERNEL, &syn, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    let bi = backend_index(o.dst.unwrap());
+    assert_eq!(o.dport, 8080);
+    // The backend's answer, translated back, goes to the kernel (addressed
+    // to its MAC, no routing hop), not out of the uplink.
+    let back = tcp_frame(
+        backend_mac(bi),
+        P1_MAC,
+        o.dst.unwrap(),
+        o.src.unwrap(),
+        8080,
+        o.sport,
+        SYN | ACK,
+        5000,
+        10,
+        64,
+        &[],
+    );
+    for _ in 0..2 {
+        let (v, out) = run(&mut p, &t, &st, 1, &back, NOW, false);
+        assert_eq!(v, Verdict::ToKernel(KERNEL));
+        let r = parse(&out);
+        assert_eq!((r.dst_mac, r.src_mac), (P0_MAC, P0_MAC));
+        assert_eq!((r.src, r.sport), (Some(ip4(VIP4)), 80));
+        assert_eq!((r.dst, r.dport), (Some(ip4(NODE0)), 41000));
+        assert_eq!(r.ttl, 64);
+    }
+    // The kernel's next segment takes the fast path.
+    let ack = tcp_frame(
+        P0_MAC,
+        P0_MAC,
+        ip4(NODE0),
+        ip4(VIP4),
+        41000,
+        80,
+        ACK,
+        10,
+        5001,
+        64,
+        &[],
+    );
+    let (v, _) = run(&mut p, &t, &st, KERNEL, &ack, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(stat(&st.fast_path), 1);
+    assert_eq!(stat(&st.exception_from_kernel), 0);
+    assert_eq!(stat(&st.exception_to_kernel), 2);
+    assert_eq!(st.total_drops(), 0);
+}
+
+#[test]
+fn exception_kernel_traffic_to_an_ipv6_service_is_translated_and_answered_to_the_kernel() {
+    let (mut p, t, st) = exception_setup();
+    let ns = ndp_frame(
+        P0_MAC,
+        [0x33, 0x33, 0xff, 0, 1, 0],
+        node6_0(),
+        snm(vip6()),
+        135,
+        0,
+        vip6(),
+        Some((1, P0_MAC)),
+        255,
+    );
+    let (v, out) = run(&mut p, &t, &st, KERNEL, &ns, NOW, false);
+    assert_eq!(v, Verdict::Tx(KERNEL));
+    let o = parse(&out);
+    assert_eq!(o.icmp, Some((136, 0)));
+    assert_eq!((o.src, o.dst), (Some(ip6(vip6())), Some(ip6(node6_0()))));
+    assert_eq!(p.take_learned().count(), 0);
+    let syn = tcp_frame(
+        P0_MAC,
+        P0_MAC,
+        ip6(node6_0()),
+        ip6(vip6()),
+        41000,
+        80,
+        SYN,
+        9,
+        0,
+        64,
+        &[],
+    );
+    let (v, out) = run(&mut p, &t, &st, KERNEL, &syn, NOW, false);
+    assert_eq!(v, Verdict::Tx(1));
+    let o = parse(&out);
+    let back = tcp_frame(
+        backend_mac(backend_index(o.dst.unwrap())),
+        P1_MAC,
+        o.dst.unwrap(),
+        o.src.unwrap(),
+        8080,
+        o.sport,
+        SYN | ACK,
+        5000,
+        10,
+        64,
+        &[],
+    );
+    let (v, out) = run(&mut p, &t, &st, 1, &back, NOW, false);
+    assert_eq!(v, Verdict::ToKernel(KERNEL));
+    let r = parse(&out);
+    assert_eq!((r.src, r.sport), (Some(ip6(vip6())), 80));
+    assert_eq!((r.dst, r.dport), (Some(ip6(node6_0())), 41000));
+    assert_eq!(st.total_drops(), 0);
+}

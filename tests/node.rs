@@ -1,0 +1,515 @@
+//! Node integration end to end: the proxy owns the node's only link (an
+//! af_packet uplink on a veth) and hands the node's own traffic to the
+//! node's kernel through a TAP exception port, while Service traffic goes
+//! through the NAT — and both keep working across a proxy restart.
+//!
+//! ```text
+//!  P-client 198.18.0.2 ─┐                        P-node (the proxy runs here)
+//!  2001:2::2            ├─ bridge (P-lan) ─ veth ─ Pu  [af_packet uplink, port 0]
+//!  P-be 198.18.0.11 ────┘  ("a pod on another      │     dataplane (NodePort 30080/30053,
+//!   (NodePort backend)       node")                 │      ExternalIP 198.18.100.10)
+//!                                                   Pt  [TAP exception port, port 1]
+//!                                                        kernel: 198.18.0.1/24, 2001:2::1/64,
+//!                                                        the uplink's MAC and MTU, a TCP
+//!                                                        service on :8022; the Service
+//!                                                        CIDR routed onto the TAP
+//! ```
+//!
+//! The veth `Pu` also belongs to the node's kernel (af_packet works beside
+//! it), which must not answer on it: on a real node the NIC is bound to
+//! vfio-pci and the kernel never sees it. So the kernel ignores `Pu`: no
+//! IPv6 on it, `arp_ignore=8` (never answer ARP), strict `rp_filter` (the
+//! clients' addresses route through the TAP, so IPv4 arriving on `Pu` is
+//! dropped as a martian).
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod support;
+use support::{bin, require_root, root, sh};
+
+struct Node {
+    p: String,
+    admin: String,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    proxy: Option<Child>,
+    children: Vec<Child>,
+}
+
+impl Node {
+    fn ns(&self, n: &str) -> String {
+        format!("{}-{n}", self.p)
+    }
+
+    fn ip(&self, ns: &str, args: &str) {
+        sh(Command::new("ip")
+            .args(["-n", &self.ns(ns)])
+            .args(args.split_whitespace()));
+    }
+
+    fn exec(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(ns)]).args(args);
+        c
+    }
+
+    fn up(p: &str) -> Node {
+        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free admin port")
+            .port();
+        let mut n = Node {
+            p: p.into(),
+            admin: format!("127.0.0.1:{admin_port}"),
+            config: std::env::temp_dir().join(format!("{p}-node.yaml")),
+            log: std::env::temp_dir().join(format!("{p}-node.log")),
+            proxy: None,
+            children: vec![],
+        };
+        n.down();
+        for ns in ["node", "lan", "client", "be"] {
+            sh(Command::new("ip").args(["netns", "add", &n.ns(ns)]));
+            n.ip(ns, "link set lo up");
+        }
+        let (u, c, b) = (format!("{p}u"), format!("{p}c"), format!("{p}b"));
+        n.ip("lan", &format!("link add {p}br type bridge"));
+        n.ip("lan", &format!("link set {p}br up"));
+        // The node's only link: the uplink veth, its far end on the bridge.
+        sh(Command::new("ip").args([
+            "link",
+            "add",
+            &u,
+            "netns",
+            &n.ns("node"),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{p}lu"),
+            "netns",
+            &n.ns("lan"),
+        ]));
+        for (ns, dev) in [("client", &c), ("be", &b)] {
+            sh(Command::new("ip").args([
+                "link",
+                "add",
+                dev,
+                "netns",
+                &n.ns(ns),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("{p}l{}", &dev[dev.len() - 1..]),
+                "netns",
+                &n.ns("lan"),
+            ]));
+        }
+        for end in ["lu", "lc", "lb"] {
+            n.ip("lan", &format!("link set {p}{end} master {p}br up"));
+        }
+        // The node's kernel keeps out of the uplink (see the module docs).
+        sh(&mut n.exec(
+            "node",
+            &[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{u}.disable_ipv6=1"),
+                &format!("net.ipv4.conf.{u}.arp_ignore=8"),
+                &format!("net.ipv4.conf.{u}.rp_filter=1"),
+                "net.ipv4.conf.all.rp_filter=1",
+            ],
+        ));
+        n.ip("node", &format!("link set {u} up"));
+        n.ip("client", &format!("addr add 198.18.0.2/24 dev {c}"));
+        n.ip("client", &format!("addr add 2001:2::2/64 dev {c} nodad"));
+        n.ip("client", &format!("link set {c} up"));
+        n.ip("client", "route add 198.18.100.0/24 via 198.18.0.1");
+        n.ip("be", &format!("addr add 198.18.0.11/24 dev {b}"));
+        n.ip("be", &format!("addr add 2001:2::11/64 dev {b} nodad"));
+        n.ip("be", &format!("link set {b} up"));
+        for (ns, dev) in [("client", &c), ("be", &b), ("node", &u)] {
+            // Checksums computed by the sender (af_packet sees them unfilled otherwise).
+            let _ = n
+                .exec(
+                    ns,
+                    &[
+                        "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off",
+                    ],
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        // A TCP service of the node itself, and the NodePort's backend pod.
+        for (ns, name, tcp, udp) in [
+            ("node", "node", "8022", "5022"),
+            ("be", "be", "8080", "5353"),
+        ] {
+            let child = n
+                .exec(ns, &["python3"])
+                .arg(root().join("tests/e2e/peer.py"))
+                .args(["serve", "--name", name, "--tcp", tcp, "--udp", udp])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("peer server");
+            n.children.push(child);
+        }
+        n.write_config();
+        n
+    }
+
+    fn write_config(&self) {
+        let p = &self.p;
+        let text = format!(
+            r#"eal:
+  lcores: "0@(0-1),1@(0-1),2@(0-1)"
+  no_huge: true
+  memory_mb: 256
+  vdevs:
+    - net_af_packet0,iface={p}u,qpairs=2
+    - net_tap0,iface={p}t,persist
+  args: ["--log-level", "*:warning"]
+ports:
+  - device: net_af_packet0
+    addresses: ["198.18.0.1/24", "2001:2::1/64"]
+    mtu: 1400
+  - device: net_tap0
+    role: exception
+workers:
+  sessions: 4096
+  idle_sleep_us: 100
+  rx_desc: 512
+  tx_desc: 512
+admin:
+  bind: {admin}
+services:
+  - name: node/web
+    vip: 198.18.100.1
+    port: 80
+    protocol: TCP
+    node_port: 30080
+    external_ips: [198.18.100.10]
+    backends: ["198.18.0.11:8080"]
+  - name: node/dns
+    vip: 198.18.100.1
+    port: 53
+    protocol: UDP
+    node_port: 30053
+    backends: ["198.18.0.11:5353"]
+  - name: node/web6
+    vip: "2001:2:0:100::1"
+    port: 80
+    protocol: TCP
+    backends: ["[2001:2::11]:8080"]
+"#,
+            admin = self.admin
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn try_get(&self, path: &str) -> Option<String> {
+        let out = self
+            .exec("node", &["python3"])
+            .arg(root().join("tests/e2e/peer.py"))
+            .args(["http-get", &format!("http://{}{}", self.admin, path)])
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn start_proxy(&mut self) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let c = self
+            .exec("node", &[&bin(), "--config"])
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("proxy");
+        self.proxy = Some(c);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.try_get("/proxyMode").as_deref() != Some("dpdk") {
+            if let Some(st) = self.proxy.as_mut().unwrap().try_wait().unwrap() {
+                panic!("proxy exited with {st}: {}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not come up: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn stop_proxy(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &p.id().to_string()])
+                .status();
+            let st = p.wait().unwrap();
+            assert!(st.success(), "proxy exit: {st}: {}", self.log_text());
+        }
+    }
+
+    /// `ip -j link show dev` in the node namespace.
+    fn link(&self, dev: &str) -> Value {
+        let out = sh(&mut self.exec("node", &["ip", "-j", "link", "show", dev]));
+        serde_json::from_str::<Value>(&out).unwrap()[0].clone()
+    }
+
+    fn metric(&self, name: &str, filter: &str) -> u64 {
+        let m = self.try_get("/metrics").expect("metrics");
+        m.lines()
+            .filter(|l| l.starts_with(name) && l.contains(filter))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+
+    fn peer(&self, ns: &str, args: &[&str]) -> Value {
+        let out = sh(self
+            .exec(ns, &["python3"])
+            .arg(root().join("tests/e2e/peer.py"))
+            .args(args));
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad peer output {out:?}: {e}"))
+    }
+
+    fn spawn_peer(&self, ns: &str, args: &[&str]) -> Child {
+        self.exec(ns, &["python3"])
+            .arg(root().join("tests/e2e/peer.py"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn down(&self) {
+        for ns in ["node", "lan", "client", "be"] {
+            let ns = self.ns(ns);
+            let listed = Command::new("ip")
+                .args(["netns", "list"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            if listed
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(ns.as_str()))
+            {
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &p.id().to_string()])
+                .status();
+            let _ = p.wait();
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Deleting the namespaces deletes the veths and the (persistent) TAP.
+        self.down();
+        let _ = std::fs::remove_file(&self.config);
+        if std::thread::panicking() {
+            eprintln!("--- proxy log ---\n{}", self.log_text());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn wait_json(c: Child) -> Value {
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "peer failed");
+    let s = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("bad peer output {s:?}: {e}"))
+}
+
+/// Answers by `name` only, every one, from `source` as the server saw it.
+fn assert_all(v: &Value, proto: &str, n: u64, name: &str, source: &str) {
+    let r = &v[proto];
+    assert_eq!(r["errors"], 0, "{proto}: {v}");
+    assert_eq!(r["counts"][name].as_u64(), Some(n), "{proto}: {v}");
+    assert_eq!(r["counts"].as_object().unwrap().len(), 1, "{proto}: {v}");
+    assert_eq!(r["sources"][name][source].as_u64(), Some(n), "{proto}: {v}");
+}
+
+/// Ping from the client: every echo answered exactly once (no duplicates).
+fn ping(n: &Node, addr: &str) {
+    let r = n.peer("client", &["ping", addr, "--count", "5"]);
+    assert_eq!(
+        (&r["received"], &r["duplicates"], &r["bad"]),
+        (&Value::from(5), &Value::from(0), &Value::from(0)),
+        "ping {addr}: {r}"
+    );
+}
+
+/// The node's kernel and the Services, at the same time.
+fn check_node_and_services(n: &Node) {
+    // The kernel answers ping (ARP/ND for the node address included).
+    ping(n, "198.18.0.1");
+    ping(n, "2001:2::1");
+    // A TCP service of the node, a NodePort and an ExternalIP, concurrently.
+    let kernel = n.spawn_peer(
+        "client",
+        &[
+            "clients",
+            "--vip",
+            "198.18.0.1",
+            "--tcp-port",
+            "8022",
+            "--proto",
+            "tcp",
+            "--count",
+            "40",
+            "--concurrency",
+            "4",
+        ],
+    );
+    let nodeport = n.spawn_peer(
+        "client",
+        &[
+            "clients",
+            "--vip",
+            "198.18.0.1",
+            "--tcp-port",
+            "30080",
+            "--udp-port",
+            "30053",
+            "--count",
+            "40",
+            "--concurrency",
+            "4",
+        ],
+    );
+    let external = n.peer(
+        "client",
+        &[
+            "clients",
+            "--vip",
+            "198.18.100.10",
+            "--proto",
+            "tcp",
+            "--count",
+            "20",
+            "--concurrency",
+            "4",
+        ],
+    );
+    // The node's own connections to a ClusterIP: the kernel routes the
+    // Service CIDR onto the TAP and the dataplane translates them.
+    let own = n.peer(
+        "node",
+        &[
+            "clients",
+            "--vip",
+            "198.18.100.1",
+            "--count",
+            "20",
+            "--concurrency",
+            "4",
+        ],
+    );
+    let kernel = wait_json(kernel);
+    let nodeport = wait_json(nodeport);
+    assert_all(&own, "tcp", 20, "be", "198.18.0.1");
+    assert_all(&own, "udp", 20, "be", "198.18.0.1");
+    let own6 = n.peer(
+        "node",
+        &[
+            "clients",
+            "--vip",
+            "2001:2:0:100::1",
+            "--proto",
+            "tcp",
+            "--count",
+            "20",
+            "--concurrency",
+            "4",
+        ],
+    );
+    assert_all(&own6, "tcp", 20, "be", "2001:2::1");
+    // The node's kernel sees the client itself; the backend sees the node
+    // (NodePort and ExternalIP traffic is masqueraded).
+    assert_all(&kernel, "tcp", 40, "node", "198.18.0.2");
+    assert_all(&nodeport, "tcp", 40, "be", "198.18.0.1");
+    assert_all(&nodeport, "udp", 40, "be", "198.18.0.1");
+    assert_all(&external, "tcp", 20, "be", "198.18.0.1");
+}
+
+#[test]
+fn node_keeps_working_behind_the_proxy() {
+    require_root();
+    let t0 = Instant::now();
+    let mut n = Node::up("dkn");
+    let (tap, uplink) = (format!("{}t", n.p), format!("{}u", n.p));
+    n.start_proxy();
+    // The proxy made the TAP in the node's namespace with the uplink's MAC
+    // and MTU; the node's addresses go on it (as the node's network
+    // configuration would put them on its NIC).
+
+    let (t, u) = (n.link(&tap), n.link(&uplink));
+    assert_eq!(
+        t["address"], u["address"],
+        "TAP MAC is the uplink's: {t} {u}"
+    );
+    assert_eq!(t["mtu"], 1400, "TAP MTU is the uplink's: {t}");
+    // The TAP goes down while no proxy holds it: keep the IPv6 address then
+    // too (IPv4 addresses stay anyway).
+    sh(&mut n.exec(
+        "node",
+        &[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{tap}.keep_addr_on_down=1"),
+        ],
+    ));
+    n.ip("node", &format!("addr add 198.18.0.1/24 dev {tap}"));
+    n.ip("node", &format!("addr add 2001:2::1/64 dev {tap} nodad"));
+    // The Service CIDR toward the exception port (the proxy will install
+    // this over netlink; for now the test does).
+    let route = format!("route replace 198.18.100.0/24 dev {tap}");
+    let route6 = format!("-6 route replace 2001:2:0:100::/64 dev {tap}");
+    n.ip("node", &route);
+    n.ip("node", &route6);
+    check_node_and_services(&n);
+    let to_kernel = n.metric("dpdk_kube_proxy_exception_packets_total", "to_kernel");
+    let from_kernel = n.metric("dpdk_kube_proxy_exception_packets_total", "from_kernel");
+    // At least the pings and the 40 connections' segments, both ways.
+    assert!(
+        to_kernel >= 40 * 3 && from_kernel >= 40 * 3,
+        "exception counters: to {to_kernel}, from {from_kernel}"
+    );
+    let drops = n.metric("dpdk_kube_proxy_dropped_packets_total", "");
+    eprintln!("first run: to_kernel {to_kernel}, from_kernel {from_kernel}, drops {drops}");
+
+    // A restart: the TAP is persistent (`persist`), so the node keeps its
+    // addresses while the proxy is away and the new proxy takes it over.
+    n.stop_proxy();
+    let addrs = sh(&mut n.exec("node", &["ip", "-br", "addr", "show", &tap]));
+    assert!(
+        addrs.contains("198.18.0.1/24") && addrs.contains("2001:2::1/64"),
+        "{addrs}"
+    );
+    n.start_proxy();
+    // Routes through the TAP went away while it was down.
+    n.ip("node", &route);
+    n.ip("node", &route6);
+    let t = n.link(&tap);
+    assert_eq!(t["address"], u["address"], "after restart: {t}");
+    check_node_and_services(&n);
+    eprintln!("node test took {:?}", t0.elapsed());
+}
