@@ -694,6 +694,15 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         family(
             &mut enc,
+            "dpdk_kube_proxy_watch_expired",
+            "Watches whose resource version expired (410 Gone), each relisted at once",
+            Counter,
+            c.watch_expired
+                .rows()
+                .map(|(r, v)| (vec![("resource".to_string(), r.to_string())], v)),
+        )?;
+        family(
+            &mut enc,
             "dpdk_kube_proxy_translate_errors",
             "Kubernetes objects that could not be translated (skipped)",
             Counter,
