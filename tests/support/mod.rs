@@ -8,7 +8,17 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod k8s;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_dpdk-kube-proxy");
+
+/// The proxy binary the tests start: `DKP_TEST_BIN` when set, else cargo's
+/// [`BIN`]. (Checkouts sharing one `CARGO_TARGET_DIR` share that path too:
+/// another checkout's build can replace it under a running test; point
+/// `DKP_TEST_BIN` at a copy then.)
+pub fn bin() -> String {
+    std::env::var("DKP_TEST_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -130,7 +140,8 @@ impl Topology {
         let c = Command::new("ip")
             .args(["netns", "exec", &self.ns("proxy")])
             .args(wrapper)
-            .args([BIN, "--config"])
+            .arg(bin())
+            .arg("--config")
             .arg(&self.config)
             .args(["--reload-interval", "200ms"])
             .args(extra)
