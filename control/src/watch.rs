@@ -650,8 +650,15 @@ impl Watch {
                     () = self.tx.closed() => return,
                 };
                 let change = match ev {
-                    // A watcher never ends; should one, start another.
-                    None => break,
+                    // A watcher never ends; should one, start another
+                    // (after a backoff: it might end at once again).
+                    None => {
+                        let d = self.backoff.next().unwrap_or_default();
+                        tokio::select! {
+                            () = tokio::time::sleep(d) => break,
+                            () = self.tx.closed() => return,
+                        }
+                    }
                     Some(Ok(ev)) => {
                         self.backoff.reset();
                         match &ev {
