@@ -5,6 +5,10 @@
 #   scripts/k8s-test-env.sh up DIR                 start etcd + kube-apiserver with all state in DIR
 #   scripts/k8s-test-env.sh down DIR               stop both and remove DIR (safe after a failed/partial up)
 #   scripts/k8s-test-env.sh restart-apiserver DIR  kill kube-apiserver and start it again with the same flags
+#   scripts/k8s-test-env.sh kill-apiserver DIR     SIGKILL kube-apiserver (a crash: no graceful shutdown)
+#   scripts/k8s-test-env.sh start-apiserver DIR    start kube-apiserver again (same flags) and wait until ready
+#   scripts/k8s-test-env.sh compact-etcd DIR       compact etcd at its current revision (older resource
+#                                                  versions expire: watches resuming from them get 410 Gone)
 #   scripts/k8s-test-env.sh status DIR             exit 0 when both processes run and /readyz is ok
 #   scripts/k8s-test-env.sh selftest               build, up, REST smoke test, restart, down
 #
@@ -421,6 +425,45 @@ restart_apiserver() {
   write_env "$dir"
 }
 
+kill_apiserver() {
+  local dir pid i
+  dir=$(abs_dir "${1:-}")
+  [[ -f $dir/$MARKER ]] || die "$dir is not an environment made by 'up'"
+  pid=$(cat "$dir/kube-apiserver.pid" 2>/dev/null || true)
+  pid_ours "$pid" "$dir" || die "kube-apiserver is not running"
+  kill -KILL "$pid"
+  for ((i = 0; i < 100; i++)); do pid_ours "$pid" "$dir" || break; sleep 0.05; done
+  pid_ours "$pid" "$dir" && die "kube-apiserver (pid $pid) survived SIGKILL"
+  log "kube-apiserver (pid $pid) killed"
+}
+
+start_apiserver_again() {
+  local dir pid
+  dir=$(abs_dir "${1:-}")
+  [[ -f $dir/$MARKER && -f $dir/kube-apiserver.args ]] || die "$dir is not an environment made by 'up'"
+  pid=$(cat "$dir/kube-apiserver.pid" 2>/dev/null || true)
+  pid_ours "$pid" "$dir" && die "kube-apiserver is running (pid $pid)"
+  DKP_K8S_VERSION_USED=$(sed -n 's/^DKP_K8S_VERSION=//p' "$dir/env" 2>/dev/null || true)
+  start_apiserver "$dir"
+  write_env "$dir"
+}
+
+# Through etcd's gRPC gateway (no etcdctl needed): the current revision from a
+# range request, then a physical compaction at it.
+compact_etcd() {
+  local dir port rev
+  dir=$(abs_dir "${1:-}")
+  [[ -f $dir/$MARKER && -f $dir/ports ]] || die "$dir is not an environment made by 'up'"
+  port=$(sed -n 's/^DKP_ETCD_CLIENT_PORT=//p' "$dir/ports")
+  rev=$(curl -fsS --max-time 5 -X POST "http://127.0.0.1:$port/v3/kv/range" -d '{"key":"AA==","limit":1}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])')
+  [[ $rev =~ ^[0-9]+$ ]] || die "no etcd revision"
+  curl -fsS --max-time 30 -X POST "http://127.0.0.1:$port/v3/kv/compaction" \
+    -d "{\"revision\":\"$rev\",\"physical\":true}" >/dev/null
+  log "etcd compacted at revision $rev"
+  echo "$rev"
+}
+
 selftest() {
   need curl openssl python3
   local dir t0 passed=0 failed=0
@@ -475,6 +518,9 @@ case "$cmd" in
   up) up "$@" ;;
   down) down "$@" ;;
   restart-apiserver) restart_apiserver "$@" ;;
+  kill-apiserver) kill_apiserver "$@" ;;
+  start-apiserver) start_apiserver_again "$@" ;;
+  compact-etcd) compact_etcd "$@" ;;
   status) status "$@" ;;
   selftest) selftest ;;
   -h|--help|help|"") awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;

@@ -486,7 +486,7 @@ async fn control_loop(
         tracing::info!(node, nodeport_addresses = ?info.node_addresses, "watching the cluster");
         Some(Cluster {
             model: Model::new(info),
-            changes: watch::watch(client, &node),
+            changes: watch::watch(client, &node, metrics.clone()),
             health: HealthServers::new(cli.health_check_bind_address, ready.clone()),
         })
     } else {

@@ -7,183 +7,11 @@
 //! the proxy can reach it; the test talks to it with curl in that namespace.
 //! Needs root; builds (or reuses the cached) kube-apiserver and etcd.
 use serde_json::{json, Value};
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod support;
+use support::k8s::*;
 use support::*;
-
-/// The API server + etcd of one test, stopped and removed on drop.
-struct ApiServer {
-    dir: PathBuf,
-    ns: String,
-    server: String,
-    token: String,
-}
-
-impl ApiServer {
-    fn up(t: &Topology) -> ApiServer {
-        let dir = std::env::temp_dir().join(format!("{}-k8s", t.prefix));
-        let ns = t.ns("proxy");
-        let api = ApiServer {
-            dir: dir.clone(),
-            ns: ns.clone(),
-            server: String::new(),
-            token: String::new(),
-        };
-        sh(Command::new("ip")
-            .args(["netns", "exec", &ns])
-            .arg(root().join("scripts/k8s-test-env.sh"))
-            .arg("up")
-            .arg(&dir));
-        let env = std::fs::read_to_string(dir.join("env")).unwrap();
-        let get = |k: &str| {
-            env.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}=")))
-                .unwrap_or_else(|| panic!("{k} not in {env}"))
-                .trim_matches('\'')
-                .to_string()
-        };
-        let mut api = api;
-        api.server = get("DKP_K8S_SERVER");
-        api.token = get("DKP_K8S_TOKEN");
-        api
-    }
-
-    fn kubeconfig(&self) -> String {
-        self.dir.join("kubeconfig").to_string_lossy().into_owned()
-    }
-
-    /// One API request; returns (HTTP status, body).
-    fn req(&self, method: &str, path: &str, body: Option<&Value>, ctype: &str) -> (u16, Value) {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns, "curl", "-sS", "--max-time", "10"])
-            .arg("--cacert")
-            .arg(self.dir.join("pki/ca.crt"))
-            .args(["-H", &format!("Authorization: Bearer {}", self.token)])
-            .args(["-H", &format!("Content-Type: {ctype}")])
-            .args(["-X", method, "-w", "\n%{http_code}"]);
-        if let Some(b) = body {
-            c.args(["--data-binary", &b.to_string()]);
-        }
-        c.arg(format!("{}{}", self.server, path));
-        let out = sh(&mut c);
-        let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
-        let code: u16 = code.parse().unwrap_or(0);
-        (code, serde_json::from_str(body).unwrap_or(Value::Null))
-    }
-
-    fn ok(&self, method: &str, path: &str, body: Option<&Value>, ctype: &str) -> Value {
-        let (code, v) = self.req(method, path, body, ctype);
-        assert!((200..300).contains(&code), "{method} {path}: {code} {v}");
-        v
-    }
-
-    fn create(&self, path: &str, obj: &Value) -> Value {
-        self.ok("POST", path, Some(obj), "application/json")
-    }
-
-    fn put(&self, path: &str, obj: &Value) -> Value {
-        self.ok("PUT", path, Some(obj), "application/json")
-    }
-
-    fn patch(&self, path: &str, patch: &Value) -> Value {
-        self.ok("PATCH", path, Some(patch), "application/merge-patch+json")
-    }
-
-    fn restart(&self) -> std::process::Child {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(root().join("scripts/k8s-test-env.sh"))
-            .arg("restart-apiserver")
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = Command::new(root().join("scripts/k8s-test-env.sh"))
-            .arg("down")
-            .arg(&self.dir)
-            .status();
-    }
-}
-
-const SVCS: &str = "/api/v1/namespaces/default/services";
-const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices";
-
-fn now_rfc3339() -> String {
-    jiff::Timestamp::now().to_string()
-}
-
-/// An endpoint: backend index (be1..be3), node, and (ready, serving, terminating).
-type Ep = (u8, &'static str, (bool, bool, bool));
-
-/// An EndpointSlice as the EndpointSlice controller writes it.
-fn slice(name: &str, svc: &str, ports: &[(&str, u16, &str)], eps: &[Ep]) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "labels": {
-                "kubernetes.io/service-name": svc,
-                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"
-            },
-            "annotations": {"endpoints.kubernetes.io/last-change-trigger-time": now_rfc3339()}
-        },
-        "addressType": "IPv4",
-        "ports": ports.iter().map(|(n, p, proto)| json!({"name": n, "port": p, "protocol": proto})).collect::<Vec<_>>(),
-        "endpoints": eps.iter().map(|(i, node, (r, s, t))| json!({
-            "addresses": [format!("198.18.1.1{i}")],
-            "nodeName": node,
-            "conditions": {"ready": r, "serving": s, "terminating": t}
-        })).collect::<Vec<_>>(),
-    })
-}
-
-const READY: (bool, bool, bool) = (true, true, false);
-const TERMINATING: (bool, bool, bool) = (false, true, true);
-const WEB_PORTS: &[(&str, u16, &str)] = &[("http", 8080, "TCP"), ("dns", 5353, "UDP")];
-
-/// Runs `clients` until `ok` holds for its report (or panics after 30 s).
-fn eventually(t: &Topology, what: &str, args: &[&str], ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut a = vec!["clients"];
-        a.extend_from_slice(args);
-        let v = t.peer("client", &a);
-        if ok(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: last report {v}\ndrops: {}\nlog:\n{}",
-            t.drops(),
-            t.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-/// The backends that answered `proto`, with no errors; None if any failed.
-fn answered(v: &Value, proto: &str) -> Option<Vec<String>> {
-    let (c, errors) = counts(v, proto);
-    (errors == 0).then(|| c.into_iter().map(|x| x.0).collect())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn cluster_objects_drive_the_dataplane() {
@@ -192,26 +20,13 @@ fn cluster_objects_drive_the_dataplane() {
     let mut t = Topology::up(&prefix);
     // Declared after the topology: dropped (stopped) before its namespace goes.
     let api = ApiServer::up(&t);
-    // kube-proxy's configuration file: the cluster settings in its fields,
-    // the demo's dataplane sections (without Services and admin) in `dpdk:`.
-    let cfg = t.demo_config();
-    let cfg = &cfg[..cfg.find("\nservices:").expect("demo.yaml has services")];
-    let admin = format!("admin:\n  bind: {}", t.admin);
-    assert!(cfg.contains(&admin), "demo.yaml's admin section");
-    let dpdk: String = cfg
-        .replace(&admin, "")
-        .lines()
-        .map(|l| format!("  {l}\n"))
-        .collect();
+    // kube-proxy's configuration file.
     let healthz = format!("127.0.0.1:{}", free_port());
-    t.write_config_text(&format!(
-        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: dpdk\n\
-         clientConnection:\n  kubeconfig: {}\nhostnameOverride: file-node\n\
-         metricsBindAddress: {}\nhealthzBindAddress: {healthz}\n\
-         clusterCIDR: 198.18.1.0/24,2001:2:0:1::/64\n\
-         iptables:\n  minSyncPeriod: 200ms\n  syncPeriod: 30s\ndpdk:\n{dpdk}",
-        api.kubeconfig(),
-        t.admin
+    t.write_config_text(&kube_proxy_config(
+        &t,
+        &api.kubeconfig(),
+        &healthz,
+        ("200ms", "30s"),
     ));
     // The flag overrides the file (the Node of this test is node-a).
     t.start_proxy_with(&[
@@ -220,15 +35,7 @@ fn cluster_objects_drive_the_dataplane() {
         "--hostname-override",
         "node-a",
     ]);
-    let get = |addr: &str, path: &str| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &t.ns("proxy"), "python3"])
-            .arg(root().join("tests/e2e/peer.py"))
-            .args(["http-get", "--status", &format!("http://{addr}{path}")])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let get = |addr: &str, path: &str| http_get(&t, addr, path);
 
     // A ClusterIP Service with a TCP and a UDP port (named target ports).
     let web = api.create(
@@ -250,15 +57,7 @@ fn cluster_objects_drive_the_dataplane() {
     );
     // /healthz turns 200 once Services and EndpointSlices are listed and
     // programmed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = get(&healthz, "/healthz");
-        if r.starts_with("200") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "healthz never became ready: {r}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_healthy(&t, &healthz);
     let args = ["--vip", &vip, "--count", "40", "--concurrency", "8"];
     let both = |v: &Value, want: &[&str]| {
         answered(v, "tcp").is_some_and(|b| b == want)

@@ -716,6 +716,15 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         family(
             &mut enc,
+            "dpdk_kube_proxy_watch_expired",
+            "Watches whose resource version expired (410 Gone), each relisted at once",
+            Counter,
+            c.watch_expired
+                .rows()
+                .map(|(r, v)| (vec![("resource".to_string(), r.to_string())], v)),
+        )?;
+        family(
+            &mut enc,
             "dpdk_kube_proxy_translate_errors",
             "Kubernetes objects that could not be translated (skipped)",
             Counter,
@@ -946,5 +955,16 @@ mod tests {
             r.contains(r#"kubeproxy_network_programming_duration_seconds_bucket{le="0.5"} 1"#),
             "{r}"
         );
+        // Expired watches, by resource (every resource listed, from 0).
+        control.watch_expired.inc("endpointslices");
+        control.watch_expired.inc("endpointslices");
+        let r = get(addr, "/metrics").await;
+        for want in [
+            r#"dpdk_kube_proxy_watch_expired_total{resource="services"} 0"#,
+            r#"dpdk_kube_proxy_watch_expired_total{resource="endpointslices"} 2"#,
+            r#"dpdk_kube_proxy_watch_expired_total{resource="nodes"} 0"#,
+        ] {
+            assert!(r.contains(want), "{want}: {r}");
+        }
     }
 }

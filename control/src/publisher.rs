@@ -39,6 +39,9 @@ pub struct ControlMetrics {
     pub endpoint_changes: AtomicU64,
     /// Watch errors (each is retried with backoff).
     pub watch_errors: AtomicU64,
+    /// Resource versions that expired ("410 Gone"), by resource: each one
+    /// relisted at once.
+    pub watch_expired: crate::watch::ExpiredCounts,
     /// Kubernetes objects that could not be translated (logged, skipped).
     pub translate_errors: AtomicU64,
     /// Service rebuilds with an annotation value that could not be used
@@ -87,6 +90,7 @@ impl Default for ControlMetrics {
             service_changes: AtomicU64::new(0),
             endpoint_changes: AtomicU64::new(0),
             watch_errors: AtomicU64::new(0),
+            watch_expired: Default::default(),
             translate_errors: AtomicU64::new(0),
             annotation_errors: AtomicU64::new(0),
             node_eligible: std::sync::atomic::AtomicBool::new(true),

@@ -1,9 +1,13 @@
 //! Watching the cluster: Services, EndpointSlices and this node's Node, as
 //! kube-proxy does, turned into dataplane table entries.
 //!
-//! [`watch`] runs one `kube` watcher per kind (list + watch, relist after
-//! "410 Gone" or an outage, exponential backoff) and sends every event to one
-//! channel. [`Model`] is the pure part: it keeps the objects, tracks which
+//! [`watch`] runs one `kube` watcher per kind (list + watch, resumed from the
+//! last resource version after a cut stream or an outage, exponential
+//! backoff on errors) and sends every event to one channel. When the API
+//! server answers that the resource version expired ("410 Gone", e.g. etcd
+//! was compacted while the proxy was disconnected), the watch relists at
+//! once, without a backoff, and the expiry is counted per resource
+//! ([`ExpiredCounts`]). [`Model`] is the pure part: it keeps the objects, tracks which
 //! Services changed (keyed by Service, so a change to one Service or one of
 //! its EndpointSlices rebuilds that Service's entries only — DESIGN.md
 //! decision 3) and answers whether both kinds have synced (nothing from the
@@ -13,15 +17,16 @@
 //! objects of that kind, so objects deleted while the watch was down are
 //! dropped and everything that changed is marked for a rebuild.
 use crate::k8s::{self, NodeInfo, LABEL_SERVICE_NAME};
+use crate::publisher::ControlMetrics;
 use dataplane::table::Service as Built;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
@@ -484,16 +489,28 @@ fn health_check(
 
 /// Reconnect backoff of the watches: 200 ms doubling to 5 s (client-go uses
 /// 800 ms to 30 s; the dataplane keeps forwarding meanwhile, and a quick
-/// reconnect shortens the time on a stale table).
+/// reconnect shortens the time on a stale table). Not used after an expired
+/// resource version: that relists at once.
 #[derive(Debug, Clone)]
 pub struct WatchBackoff {
+    first: Duration,
+    max: Duration,
     next: Duration,
 }
 
 impl Default for WatchBackoff {
     fn default() -> Self {
+        WatchBackoff::new(Duration::from_millis(200), Duration::from_secs(5))
+    }
+}
+
+impl WatchBackoff {
+    /// `first`, doubling up to `max`.
+    pub fn new(first: Duration, max: Duration) -> Self {
         WatchBackoff {
-            next: Duration::from_millis(200),
+            first,
+            max,
+            next: first,
         }
     }
 }
@@ -502,21 +519,78 @@ impl Iterator for WatchBackoff {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
         let d = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
+        self.next = (self.next * 2).min(self.max);
         Some(d)
     }
 }
 
 impl Backoff for WatchBackoff {
     fn reset(&mut self) {
-        *self = WatchBackoff::default();
+        self.next = self.first;
+    }
+}
+
+/// The watched resources (the `resource` label of the watch metrics).
+pub const RESOURCES: [&str; 3] = ["services", "endpointslices", "nodes"];
+
+/// Expired resource versions ("410 Gone") per watched resource.
+#[derive(Debug, Default)]
+pub struct ExpiredCounts([AtomicU64; RESOURCES.len()]);
+
+impl ExpiredCounts {
+    fn slot(&self, resource: &str) -> Option<&AtomicU64> {
+        let i = RESOURCES.iter().position(|r| *r == resource)?;
+        self.0.get(i)
+    }
+
+    /// Counts one expiry of `resource` (one of [`RESOURCES`]).
+    pub fn inc(&self, resource: &str) {
+        if let Some(c) = self.slot(resource) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Expiries of `resource` so far.
+    pub fn get(&self, resource: &str) -> u64 {
+        self.slot(resource).map_or(0, |c| c.load(Relaxed))
+    }
+
+    /// `(resource, expiries)` for every watched resource.
+    pub fn rows(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        RESOURCES.iter().map(|r| (*r, self.get(r)))
+    }
+}
+
+/// True when the API server says the resource version we asked for is gone
+/// (HTTP 410, reason `Expired` or `Gone`): in a watch event, or as the answer
+/// to a watch or list request (an expired `continue` token of a paged list).
+pub fn expired(e: &watcher::Error) -> bool {
+    let gone =
+        |s: &kube::core::Status| s.code == 410 || s.reason == "Expired" || s.reason == "Gone";
+    match e {
+        watcher::Error::WatchError(s) => gone(s),
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => gone(s),
+        _ => false,
     }
 }
 
 /// Starts the three watches; their events arrive on the returned channel.
 /// `node` is this node's name (its Node object is watched by field selector).
-/// The tasks end when the receiver is dropped.
-pub fn watch(client: Client, node: &str) -> mpsc::Receiver<Change> {
+/// Expired resource versions are counted in `metrics`. The tasks end when
+/// the receiver is dropped.
+pub fn watch(client: Client, node: &str, metrics: Arc<ControlMetrics>) -> mpsc::Receiver<Change> {
+    watch_with(client, node, metrics, WatchBackoff::default())
+}
+
+/// [`watch`] with the given error backoff.
+pub fn watch_with(
+    client: Client,
+    node: &str,
+    metrics: Arc<ControlMetrics>,
+    backoff: WatchBackoff,
+) -> mpsc::Receiver<Change> {
     let (tx, rx) = mpsc::channel(4096);
     // kube-proxy's selectors: Services not owned by another proxy and not
     // headless; EndpointSlices of those (the Model matches them by label).
@@ -526,51 +600,138 @@ pub fn watch(client: Client, node: &str) -> mpsc::Receiver<Change> {
         k8s::LABEL_HEADLESS
     ));
     let slice_cfg = watcher::Config::default().labels(&format!("!{}", k8s::LABEL_HEADLESS));
-    spawn_watch(
+    let w = Watch {
+        tx,
+        metrics,
+        backoff,
+    };
+    let api = Api::<Service>::all(client.clone());
+    tokio::spawn(w.clone().run(
         "services",
-        watcher::watcher(Api::<Service>::all(client.clone()), svc_cfg),
-        tx.clone(),
+        move || watcher::watcher(api.clone(), svc_cfg.clone()),
         Change::Service,
-    );
-    spawn_watch(
+    ));
+    let api = Api::<EndpointSlice>::all(client.clone());
+    tokio::spawn(w.clone().run(
         "endpointslices",
-        watcher::watcher(Api::<EndpointSlice>::all(client.clone()), slice_cfg),
-        tx.clone(),
+        move || watcher::watcher(api.clone(), slice_cfg.clone()),
         Change::Slice,
-    );
+    ));
     if !node.is_empty() {
         let cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
-        spawn_watch(
-            "node",
-            watcher::watcher(Api::<Node>::all(client), cfg),
-            tx,
+        let api = Api::<Node>::all(client);
+        tokio::spawn(w.run(
+            "nodes",
+            move || watcher::watcher(api.clone(), cfg.clone()),
             Change::Node,
-        );
+        ));
     }
     rx
 }
 
-fn spawn_watch<K, S>(
-    what: &'static str,
-    stream: S,
+/// What every watch task shares.
+#[derive(Clone)]
+struct Watch {
     tx: mpsc::Sender<Change>,
-    wrap: fn(Event<K>) -> Change,
-) where
-    K: Send + 'static,
-    S: futures::Stream<Item = watcher::Result<Event<K>>> + Send + 'static,
-{
-    tokio::spawn(async move {
-        let mut s = std::pin::pin!(stream.backoff(WatchBackoff::default()));
-        while let Some(ev) = s.next().await {
-            let c = match ev {
-                Ok(ev) => wrap(ev),
-                Err(e) => Change::Error(what, e.to_string()),
-            };
-            if tx.send(c).await.is_err() {
-                break;
+    metrics: Arc<ControlMetrics>,
+    backoff: WatchBackoff,
+}
+
+impl Watch {
+    /// Forwards the events of the watcher `make` builds, until the receiver
+    /// is gone.
+    ///
+    /// Errors are forwarded and retried after a backoff (kube-runtime's
+    /// watcher resumes from the last resource version, or relists when it
+    /// has to). An expired resource version is different: waiting cannot
+    /// help, so a fresh watcher — which starts with a list, `Init` …
+    /// `InitDone`, replacing the model's objects of this kind — starts at
+    /// once. (kube-runtime 5 restarts with a list by itself after a 410 in
+    /// a watch event, but retries the same resource version after a 410
+    /// answer to the watch request; a fresh watcher covers both.)
+    async fn run<K, S>(
+        mut self,
+        what: &'static str,
+        make: impl Fn() -> S,
+        wrap: fn(Event<K>) -> Change,
+    ) where
+        S: futures::Stream<Item = watcher::Result<Event<K>>>,
+    {
+        // Why the next list (an `Init` after the first) happens.
+        let mut reason: Option<String> = None;
+        let mut listed = false;
+        let mut objects = 0usize;
+        loop {
+            let stream = make();
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let ev = tokio::select! {
+                    ev = stream.next() => ev,
+                    () = self.tx.closed() => return,
+                };
+                let change = match ev {
+                    // A watcher never ends; should one, start another
+                    // (after a backoff: it might end at once again).
+                    None => {
+                        let d = self.backoff.next().unwrap_or_default();
+                        tokio::select! {
+                            () = tokio::time::sleep(d) => break,
+                            () = self.tx.closed() => return,
+                        }
+                    }
+                    Some(Ok(ev)) => {
+                        self.backoff.reset();
+                        match &ev {
+                            Event::Init => objects = 0,
+                            Event::InitApply(_) => objects += 1,
+                            Event::InitDone => {
+                                if listed {
+                                    let why = reason.take();
+                                    let why = why.as_deref().unwrap_or("watch restarted");
+                                    tracing::info!(
+                                        resource = what,
+                                        objects,
+                                        reason = why,
+                                        "relisted: state replaced"
+                                    );
+                                }
+                                listed = true;
+                            }
+                            Event::Apply(_) | Event::Delete(_) => {}
+                        }
+                        wrap(ev)
+                    }
+                    Some(Err(e)) if expired(&e) => {
+                        self.metrics.watch_expired.inc(what);
+                        tracing::info!(resource = what, reason = %e, "resource version expired: relisting now");
+                        reason = Some(format!("resource version expired: {e}"));
+                        self.backoff.reset();
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        reason = Some(e.to_string());
+                        if self
+                            .tx
+                            .send(Change::Error(what, e.to_string()))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        let d = self.backoff.next().unwrap_or_default();
+                        tokio::select! {
+                            () = tokio::time::sleep(d) => {}
+                            () = self.tx.closed() => return,
+                        }
+                        continue;
+                    }
+                };
+                if self.tx.send(change).await.is_err() {
+                    return;
+                }
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ Runs inside network namespaces (ip netns exec NS python3 peer.py ...):
   reject     expects TCP RST / ICMP port unreachable; prints JSON with latencies
   sctp-clients  N SCTP associations (raw IP sockets) to VIP:PORT; prints JSON
   sctp-reject   an SCTP INIT to a VIP without endpoints; expects ICMP port unreachable
+  relay      a TCP relay LISTEN -> TARGET (e.g. in front of a kube-apiserver);
+             SIGUSR1 resets every relayed connection (RST) and keeps listening
 
 SCTP is spoken over raw IP sockets (protocol 132): the kernels here have no
 SCTP module. A raw socket open for protocol 132 also keeps the kernel from
@@ -429,7 +431,7 @@ def longlived(a):
     c = http.client.HTTPConnection(a.vip, a.tcp_port, timeout=a.timeout)
     names, errors, n, local = [], [], 0, None
     deadline = time.time() + a.duration
-    while time.time() < deadline:
+    while time.time() < deadline and not (a.stop_file and os.path.exists(a.stop_file)):
         try:
             c.request("GET", "/")
             names.append(c.getresponse().read().decode().partition(" ")[0])
@@ -456,7 +458,7 @@ def udp_stream(a):
     s.connect((a.vip, a.udp_port))
     runs, n_errors, i = [], 0, 0
     deadline = time.time() + a.duration
-    while time.time() < deadline:
+    while time.time() < deadline and not (a.stop_file and os.path.exists(a.stop_file)):
         i += 1
         try:
             s.send(f"seq {i}".encode())
@@ -642,6 +644,75 @@ def inject(a):
     print(json.dumps(sent), flush=True)
 
 
+def relay(a):
+    """Relays TCP connections from --listen to --target, byte for byte (TLS
+    passes through). SIGUSR1 resets every open connection, both sides, with
+    an RST (SO_LINGER 0) and keeps accepting; SIGTERM/SIGKILL end it."""
+    import signal
+
+    def hostport(v):
+        h, _, p = v.rpartition(":")
+        return h.strip("[]"), int(p)
+
+    lock, conns = threading.Lock(), set()
+
+    def wake(socks):
+        # SHUT_RD wakes a pump blocked in recv() (close() from another
+        # thread would not) and sends nothing; the pump then closes both.
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+
+    def reset(*_):
+        with lock:
+            socks = list(conns)
+        for s in socks:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        wake(socks)
+        print(f"relay: reset {len(socks) // 2} connections", file=sys.stderr, flush=True)
+
+    def pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        with lock:
+            conns.discard(src)
+            conns.discard(dst)
+        wake((src, dst))
+        # A FIN, or an RST after a reset (SO_LINGER 0).
+        src.close()
+        dst.close()
+
+    signal.signal(signal.SIGUSR1, reset)
+    ls = socket.socket(family(a.listen.rpartition(":")[0]), socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(hostport(a.listen))
+    ls.listen(128)
+    print(f"relay {a.listen} -> {a.target}", flush=True)
+    while True:
+        c, _ = ls.accept()
+        try:
+            u = socket.create_connection(hostport(a.target), timeout=5)
+            u.settimeout(None)
+        except OSError:
+            c.close()
+            continue
+        with lock:
+            conns.update((c, u))
+        threading.Thread(target=pump, args=(c, u), daemon=True).start()
+        threading.Thread(target=pump, args=(u, c), daemon=True).start()
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -675,6 +746,7 @@ def main():
         if cmd in ("longlived", "udp-stream"):
             c.add_argument("--duration", type=float, default=10)
             c.add_argument("--interval", type=float, default=0.1)
+            c.add_argument("--stop-file", help="stop early once this file exists")
     g = sub.add_parser("http-get")
     g.add_argument("url")
     g.add_argument("--timeout", type=float, default=2.0)
@@ -684,6 +756,9 @@ def main():
     pg.add_argument("--count", type=int, default=3)
     pg.add_argument("--interval", type=float, default=0.2)
     pg.add_argument("--timeout", type=float, default=2.0)
+    r = sub.add_parser("relay")
+    r.add_argument("--listen", required=True, help="HOST:PORT")
+    r.add_argument("--target", required=True, help="HOST:PORT")
     i = sub.add_parser("inject")
     i.add_argument("--iface", required=True)
     i.add_argument("--dst-mac", required=True)
@@ -693,7 +768,7 @@ def main():
     a = p.parse_args()
     {"serve": serve, "clients": clients, "longlived": longlived, "udp-stream": udp_stream, "reject": reject, "download": download,
      "http-get": http_get, "inject": inject, "ping": ping, "sctp-clients": sctp_clients,
-     "sctp-reject": sctp_reject}[a.cmd](a)
+     "sctp-reject": sctp_reject, "relay": relay}[a.cmd](a)
 
 
 if __name__ == "__main__":

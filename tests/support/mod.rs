@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod k8s;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_dpdk-kube-proxy");
 
 /// The proxy binary to run: `$DKP_BIN` when set (a copy of this checkout's

@@ -487,3 +487,351 @@ fn an_unknown_load_balancing_annotation_is_counted_and_the_default_used() {
     let algs: Vec<Algorithm> = m.entries().map(|e| e.algorithm).collect();
     assert_eq!(algs, [Algorithm::RoundRobin, Algorithm::Random]);
 }
+
+#[test]
+fn an_interrupted_relist_is_discarded() {
+    let mut m = synced(
+        vec![
+            svc("a", "198.18.128.10", json!({})),
+            svc("b", "198.18.128.11", json!({})),
+        ],
+        vec![],
+    );
+    m.sync();
+    // A relist breaks off after one object (the list failed) and starts
+    // over: the partial list neither drops b nor keeps the stale part.
+    m.apply(Change::Service(Event::Init));
+    m.apply(Change::Service(Event::InitApply(svc(
+        "c",
+        "198.18.128.12",
+        json!({}),
+    ))));
+    assert!(!m.has_changes(), "nothing changes before InitDone");
+    m.apply(Change::Service(Event::Init));
+    m.apply(Change::Service(Event::InitApply(svc(
+        "a",
+        "198.18.128.10",
+        json!({}),
+    ))));
+    m.apply(Change::Service(Event::InitApply(svc(
+        "b",
+        "198.18.128.11",
+        json!({}),
+    ))));
+    m.apply(Change::Service(Event::InitDone));
+    assert!(!m.has_changes(), "the same objects: nothing to rebuild");
+    let names: Vec<&str> = m.entries().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["default/a:http", "default/b:http"]);
+}
+
+#[test]
+fn expiry_is_recognised_wherever_it_comes_from() {
+    let gone = || {
+        kube::core::Status::failure("too old resource version: 10 (20)", "Expired").with_code(410)
+    };
+    assert!(expired(&watcher::Error::WatchError(gone().boxed())));
+    assert!(expired(&watcher::Error::WatchStartFailed(
+        kube::Error::Api(gone().boxed())
+    )));
+    assert!(expired(&watcher::Error::InitialListFailed(
+        kube::Error::Api(gone().boxed())
+    )));
+    let other = kube::core::Status::failure("boom", "InternalError").with_code(500);
+    assert!(!expired(&watcher::Error::WatchError(other.clone().boxed())));
+    assert!(!expired(&watcher::Error::WatchStartFailed(
+        kube::Error::Api(other.boxed())
+    )));
+    assert!(!expired(&watcher::Error::NoResourceVersion));
+}
+
+/// A minimal API server for the watch loop: lists Services and
+/// EndpointSlices, holds watches open until [`MockApi::cut`], and answers
+/// watches from before `oldest` (etcd compacted) with "410 Gone" — as a
+/// watch event, or as the HTTP answer to the watch request.
+mod mock {
+    use axum::body::{Body, Bytes};
+    use axum::extract::{Query, State};
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use serde_json::{json, Value};
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    pub struct Objects {
+        pub rv: u64,
+        /// Watches from an older resource version get 410.
+        pub oldest: u64,
+        pub services: BTreeMap<String, Value>,
+        pub slices: BTreeMap<String, Value>,
+        /// 410 as the HTTP status of the watch request, not as an event.
+        pub gone_as_status: bool,
+        /// Answer this many list requests with 410 (an expired `continue`
+        /// token), per resource.
+        pub lists_gone: HashMap<&'static str, u32>,
+        /// Answer watch requests with this HTTP error status.
+        pub watch_status: Option<u16>,
+        /// List requests served, per resource.
+        pub lists: HashMap<&'static str, u32>,
+    }
+
+    pub struct MockApi {
+        pub objects: Mutex<Objects>,
+        cut: tokio::sync::watch::Sender<u64>,
+    }
+
+    fn status(code: u16, reason: &str, message: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": reason, "code": code})
+    }
+
+    impl MockApi {
+        pub async fn start() -> (Arc<MockApi>, kube::Client) {
+            let api = Arc::new(MockApi {
+                objects: Mutex::new(Objects {
+                    rv: 10,
+                    ..Default::default()
+                }),
+                cut: tokio::sync::watch::channel(0).0,
+            });
+            let app = axum::Router::new()
+                .route(
+                    "/api/v1/services",
+                    axum::routing::get(
+                        |s: State<Arc<MockApi>>, q: Query<HashMap<String, String>>| async move {
+                            s.0.serve("services", &q.0)
+                        },
+                    ),
+                )
+                .route(
+                    "/apis/discovery.k8s.io/v1/endpointslices",
+                    axum::routing::get(
+                        |s: State<Arc<MockApi>>, q: Query<HashMap<String, String>>| async move {
+                            s.0.serve("endpointslices", &q.0)
+                        },
+                    ),
+                )
+                .with_state(api.clone());
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(l, app).await });
+            let cfg = kube::Config::new(format!("http://{addr}").parse().unwrap());
+            (api, kube::Client::try_from(cfg).unwrap())
+        }
+
+        /// Ends every open watch (as a relay or an API server restart would).
+        pub fn cut(&self) {
+            self.cut.send_modify(|g| *g += 1);
+        }
+
+        pub fn lists(&self, what: &str) -> u32 {
+            let o = self.objects.lock().unwrap();
+            o.lists.get(what).copied().unwrap_or(0)
+        }
+
+        fn serve(&self, what: &'static str, q: &HashMap<String, String>) -> Response {
+            let mut o = self.objects.lock().unwrap();
+            let json = |code: u16, v: Value| {
+                (
+                    StatusCode::from_u16(code).unwrap(),
+                    [("content-type", "application/json")],
+                    v.to_string(),
+                )
+                    .into_response()
+            };
+            if q.get("watch").map(String::as_str) != Some("true") {
+                if let Some(n) = o.lists_gone.get_mut(what).filter(|n| **n > 0) {
+                    *n -= 1;
+                    return json(
+                        410,
+                        status(410, "Expired", "the provided continue parameter is too old"),
+                    );
+                }
+                *o.lists.entry(what).or_default() += 1;
+                let items: Vec<Value> = if what == "services" {
+                    o.services.values().cloned().collect()
+                } else {
+                    o.slices.values().cloned().collect()
+                };
+                return json(
+                    200,
+                    json!({"apiVersion": "v1", "kind": "List",
+                           "metadata": {"resourceVersion": o.rv.to_string()}, "items": items}),
+                );
+            }
+            if let Some(code) = o.watch_status {
+                return json(code, status(code, "InternalError", "boom"));
+            }
+            let from: u64 = q
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let msg = format!("too old resource version: {from} ({})", o.oldest);
+            if from < o.oldest {
+                if o.gone_as_status {
+                    return json(410, status(410, "Expired", &msg));
+                }
+                let ev = json!({"type": "ERROR", "object": status(410, "Expired", &msg)});
+                let line = Bytes::from(format!("{ev}\n"));
+                let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(line)]);
+                return (StatusCode::OK, Body::from_stream(body)).into_response();
+            }
+            // Open until the next cut.
+            let mut cut = self.cut.subscribe();
+            let body = futures::stream::once(async move {
+                let _ = cut.changed().await;
+            })
+            .filter_map(|()| async { None::<Result<Bytes, std::convert::Infallible>> });
+            (StatusCode::OK, Body::from_stream(body)).into_response()
+        }
+    }
+
+    use futures::StreamExt;
+}
+
+fn object(mut v: serde_json::Value, rv: u64) -> serde_json::Value {
+    v["metadata"]["resourceVersion"] = json!(rv.to_string());
+    v
+}
+
+/// The next change, or a panic after 10 s.
+async fn next_change(rx: &mut mpsc::Receiver<Change>) -> Change {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no watch event within 10 s")
+        .expect("watch channel closed")
+}
+
+/// Applies changes until `n` more lists (InitDone events) of each kind
+/// arrived; returns the watch errors seen meanwhile.
+async fn apply_lists(m: &mut Model, rx: &mut mpsc::Receiver<Change>, n: usize) -> Vec<String> {
+    let (mut svc_done, mut slice_done, mut errors) = (0, 0, vec![]);
+    while svc_done < n || slice_done < n {
+        let c = next_change(rx).await;
+        match &c {
+            Change::Service(Event::InitDone) => svc_done += 1,
+            Change::Slice(Event::InitDone) => slice_done += 1,
+            Change::Error(what, e) => errors.push(format!("{what}: {e}")),
+            _ => {}
+        }
+        m.apply(c);
+    }
+    errors
+}
+
+/// Two Services with a slice each, watched; then, "while the proxy is
+/// disconnected", b and its slice are deleted, c is created and etcd is
+/// compacted: every watch is cut and its resume is answered with 410.
+/// `expiries`: the 410s each watch is expected to see.
+async fn expiry_case(expiries: u64, configure: impl FnOnce(&mut mock::Objects)) {
+    let (api, client) = mock::MockApi::start().await;
+    {
+        let mut o = api.objects.lock().unwrap();
+        for (n, ip, be) in [
+            ("a", "198.18.128.10", "198.18.1.11"),
+            ("b", "198.18.128.11", "198.18.1.12"),
+        ] {
+            let s = serde_json::to_value(svc(n, ip, json!({}))).unwrap();
+            o.services.insert(n.into(), object(s, 5));
+            let sl =
+                serde_json::to_value(slice(&format!("{n}-1"), n, &[(be, "node-a", true, None)]))
+                    .unwrap();
+            o.slices.insert(n.into(), object(sl, 5));
+        }
+    }
+    let metrics = Arc::new(ControlMetrics::default());
+    // An hour of backoff: a relist that waited for it would never come.
+    let backoff = WatchBackoff::new(Duration::from_secs(3600), Duration::from_secs(3600));
+    let mut rx = watch_with(client, "", metrics.clone(), backoff);
+    let mut m = Model::new(node());
+    assert_eq!(apply_lists(&mut m, &mut rx, 1).await, Vec::<String>::new());
+    assert!(m.synced());
+    m.sync();
+    assert_eq!(backends_of(&m, "a"), ["198.18.1.11:8080"]);
+    assert_eq!(backends_of(&m, "b"), ["198.18.1.12:8080"]);
+    {
+        let mut o = api.objects.lock().unwrap();
+        o.services.remove("b");
+        o.slices.remove("b");
+        let s = serde_json::to_value(svc("c", "198.18.128.12", json!({}))).unwrap();
+        o.services.insert("c".into(), object(s, 15));
+        let sl = serde_json::to_value(slice("c-1", "c", &[("198.18.1.13", "node-a", true, None)]))
+            .unwrap();
+        o.slices.insert("c".into(), object(sl, 16));
+        o.rv = 20;
+        o.oldest = 20;
+        configure(&mut o);
+    }
+    api.cut();
+    let errors = apply_lists(&mut m, &mut rx, 1).await;
+    assert_eq!(
+        errors,
+        Vec::<String>::new(),
+        "an expiry is not a watch error"
+    );
+    let r = m.sync();
+    assert_eq!(r.rebuilt, 2, "b (deleted) and c (new)");
+    assert_eq!(backends_of(&m, "a"), ["198.18.1.11:8080"]);
+    assert!(
+        backends_of(&m, "b").is_empty(),
+        "deleted while disconnected"
+    );
+    assert_eq!(backends_of(&m, "c"), ["198.18.1.13:8080"]);
+    assert_eq!(m.entry_count(), 2);
+    assert_eq!(api.lists("services"), 2);
+    assert_eq!(api.lists("endpointslices"), 2);
+    assert_eq!(metrics.watch_errors.load(Relaxed), 0);
+    let expired: Vec<(&str, u64)> = metrics.watch_expired.rows().collect();
+    assert_eq!(
+        expired,
+        [
+            ("services", expiries),
+            ("endpointslices", expiries),
+            ("nodes", 0)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn gone_in_a_watch_event_relists_at_once() {
+    expiry_case(1, |_| {}).await;
+}
+
+#[tokio::test]
+async fn gone_as_the_answer_to_the_watch_request_relists_at_once() {
+    // kube-runtime alone would retry the expired version after its backoff.
+    expiry_case(1, |o| o.gone_as_status = true).await;
+}
+
+#[tokio::test]
+async fn gone_answering_the_relist_lists_again_at_once() {
+    // The watch expires, then the first relist's paged list expires too.
+    expiry_case(2, |o| {
+        o.lists_gone = [("services", 1), ("endpointslices", 1)].into();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn other_watch_errors_back_off_and_are_not_expiries() {
+    let (api, client) = mock::MockApi::start().await;
+    let metrics = Arc::new(ControlMetrics::default());
+    let backoff = WatchBackoff::new(Duration::from_secs(3600), Duration::from_secs(3600));
+    let mut rx = watch_with(client, "", metrics.clone(), backoff);
+    let mut m = Model::new(node());
+    apply_lists(&mut m, &mut rx, 1).await;
+    api.objects.lock().unwrap().watch_status = Some(500);
+    api.cut();
+    // One error per watch, then the (hour-long) backoff: no relist.
+    let mut errors = 0;
+    while errors < 2 {
+        if let Change::Error(_, e) = next_change(&mut rx).await {
+            assert!(e.contains("boom"), "{e}");
+            errors += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.try_recv().is_err(), "nothing before the backoff ends");
+    assert_eq!((api.lists("services"), api.lists("endpointslices")), (1, 1));
+    assert_eq!(metrics.watch_expired.rows().map(|r| r.1).sum::<u64>(), 0);
+}
