@@ -7,11 +7,12 @@
 //! carries a 100-byte DATA chunk: CRC32c check plus recomputation after the
 //! port rewrite.
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use dataplane::addr::{fmix64, FlowKey};
+use dataplane::addr::{fmix64, Addr, FlowKey, Proto};
 use dataplane::packet::{checksum, sctp, Ipv4Packet, UdpPacket};
 use dataplane::pipeline::{PacketBuf, VecBuf, Verdict};
 use dataplane::session::{key_hash, SessionTable};
 use dataplane::stats::WorkerStats;
+use dataplane::table::{Algorithm, Service};
 
 mod common;
 use common::*;
@@ -146,6 +147,28 @@ fn bench(c: &mut Criterion) {
             black_box(svc.pick(h))
         })
     });
+    // A new connection's pick by each load-balancing algorithm (8
+    // backends; round-robin's shared counter uncontended here).
+    for alg in Algorithm::ALL {
+        let mut spec = common::spec(1, 8).services.remove(0);
+        spec.algorithm = alg;
+        let svc = Service::new(spec);
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut port = 0u16;
+        g.bench_function(format!("pick_{}_8_backends", alg.name()), |b| {
+            b.iter(|| {
+                port = port.wrapping_add(1);
+                let k = FlowKey {
+                    src: Addr::v4([198, 18, 0, (port >> 8) as u8]),
+                    dst: Addr::v4([198, 18, 200, 0]),
+                    sport: port,
+                    dport: 80,
+                    proto: Proto::Udp,
+                };
+                black_box(svc.pick_new(black_box(&k), &mut rng))
+            })
+        });
+    }
     // Parse: Ethernet type, IPv4 header (checksum verified), UDP ports.
     g.bench_function("parse_ipv4_udp", |b| {
         b.iter(|| {

@@ -274,6 +274,9 @@ fn inspect(admin: &str, what: Option<Inspect>) -> Result<()> {
                 if s["masquerade"] == true {
                     flags.push("masquerade".to_string());
                 }
+                if let Some(a) = s["loadBalancing"].as_str() {
+                    flags.push(format!("lb {a}"));
+                }
                 if let Some(t) = s["sessionAffinityTimeoutSeconds"].as_u64() {
                     flags.push(format!("affinity ClientIP {t}s"));
                 }

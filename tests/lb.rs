@@ -3,6 +3,7 @@
 //! topology); the node-wide algorithm changed by rewriting the config file.
 //! Needs root.
 use serde_json::Value;
+use std::process::Command;
 
 mod support;
 use support::*;
@@ -36,6 +37,21 @@ fn config(t: &Topology, algorithm: &str) -> String {
 /// Lets the last phase's UDP sessions expire.
 fn settle() {
     std::thread::sleep(std::time::Duration::from_millis(2500));
+}
+
+/// `dpdk-kube-proxy inspect ARGS` against the running proxy.
+fn inspect(t: &Topology, args: &[&str]) -> String {
+    sh(Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.ns("proxy"),
+            BIN,
+            "inspect",
+            "--admin",
+            &t.admin,
+        ])
+        .args(args))
 }
 
 /// Chi-square statistic of `c` against equal shares.
@@ -84,6 +100,17 @@ fn e2e_load_balancing_algorithms_with_two_workers() {
         );
     }
 
+    // `inspect` names the algorithm; a lookup cannot name the next
+    // round-robin backend (and must not move the rotation).
+    assert!(inspect(&t, &[]).contains("demo/web  lb round-robin"));
+    let l: Value = serde_json::from_str(&inspect(
+        &t,
+        &["lookup", "198.18.0.2:40000", "198.18.100.1:80"],
+    ))
+    .unwrap();
+    assert_eq!(l["loadBalancing"], "round-robin", "{l}");
+    assert_eq!(l["backend"], Value::Null, "{l}");
+
     // Source hash: the one client address gets one backend for every
     // connection, from both workers.
     t.write_config_text(&config(&t, "source-hash"));
@@ -93,6 +120,22 @@ fn e2e_load_balancing_algorithms_with_two_workers() {
     for proto in ["tcp", "udp"] {
         let c = check_no_errors(&v, proto, 200);
         assert_eq!(c.len(), 1, "{proto}: one backend for one client: {v}");
+    }
+    // ... the one `inspect lookup` names, whatever the client port.
+    let (tcp, _) = counts(&v, "tcp");
+    for port in ["1024", "40000"] {
+        let src = format!("198.18.0.2:{port}");
+        let l: Value =
+            serde_json::from_str(&inspect(&t, &["lookup", &src, "198.18.100.1:80"])).unwrap();
+        let be = l["backend"].as_str().unwrap_or_default().to_string();
+        let name = format!(
+            "be{}",
+            be.trim_start_matches("198.18.1.1")
+                .split(':')
+                .next()
+                .unwrap()
+        );
+        assert_eq!(name, tcp[0].0, "{l}");
     }
 
     // Random: uniform over the backends (chi-square, 2 degrees of freedom:

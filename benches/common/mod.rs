@@ -11,6 +11,11 @@ pub const P0: MacAddr = MacAddr([2, 0, 0, 0, 0, 0]);
 pub const P1: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
 
 pub fn table(services: usize, backends: usize) -> ServiceTable {
+    ServiceTable::new(spec(services, backends), 1)
+}
+
+/// The spec [`table`] builds from.
+pub fn spec(services: usize, backends: usize) -> TableSpec {
     let mut spec = TableSpec {
         interfaces: vec![
             Interface {
@@ -75,7 +80,7 @@ pub fn table(services: usize, backends: usize) -> ServiceTable {
         mac: MacAddr([2, 0, 0, 0, 0, 0xaa]),
         port: 0,
     });
-    ServiceTable::new(spec, 1)
+    spec
 }
 
 /// A 64-byte Ethernet + IPv4 + UDP frame (18 bytes of payload), checksums valid.

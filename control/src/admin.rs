@@ -9,7 +9,7 @@ use axum::Router;
 use dataplane::addr::{Addr, FlowKey, Proto, SockAddr};
 use dataplane::dpdk::rcu::{Rcu, Reader};
 use dataplane::stats::{DropReason, WorkerStats};
-use dataplane::table::{Frontend, NoBackends, ServiceTable};
+use dataplane::table::{Algorithm, Frontend, NoBackends, ServiceTable};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -77,6 +77,7 @@ fn services_json(t: &ServiceTable) -> serde_json::Value {
                     NoBackends::Drop => "drop",
                 },
                 "sessionAffinityTimeoutSeconds": s.affinity_timeout,
+                "loadBalancing": s.algorithm.name(),
                 "sourceRanges": s.source_ranges.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>(),
             })
         })
@@ -114,16 +115,25 @@ pub fn explain(
         return serde_json::json!({"service": svc.name, "verdict": "dropped: client outside loadBalancerSourceRanges"});
     }
     let svc = t.service_for(svc, &key.src);
-    let (backend, how) = match svc.affinity_timeout {
-        Some(_) => (
-            svc.pick(dataplane::affinity::client_hash(&key.src)),
+    let by_client = || svc.pick(dataplane::affinity::client_hash(&key.src));
+    // Round-robin and random have no answer ahead of time (and asking must
+    // not move the live rotation): any candidate.
+    let any = || svc.backends.first().copied();
+    let (backend, how) = match (svc.affinity_timeout, svc.algorithm) {
+        (Some(_), _) => (
+            by_client(),
             "Maglev over the client IP (sessionAffinity ClientIP)",
         ),
-        None => (
+        (None, Algorithm::Maglev) => (
             svc.pick(dataplane::addr::flow_hash(&key)),
             "Maglev over the 5-tuple",
         ),
+        (None, Algorithm::SourceHash) => (by_client(), "source-hash: Maglev over the client IP"),
+        (None, Algorithm::RoundRobin) => (any(), "round-robin: the next backend in the rotation"),
+        (None, Algorithm::Random) => (any(), "random: any of the candidates"),
     };
+    let decided = svc.affinity_timeout.is_some()
+        || matches!(svc.algorithm, Algorithm::Maglev | Algorithm::SourceHash);
     let Some(b) = backend else {
         if svc.no_backends == NoBackends::Drop {
             return serde_json::json!({"service": svc.name, "verdict": "dropped: no endpoint on this node (traffic policy Local)"});
@@ -138,7 +148,8 @@ pub fn explain(
     let masq = t.needs_masquerade(svc, &key.src, &b.addr);
     serde_json::json!({
         "service": svc.name,
-        "backend": b.to_string(),
+        "backend": decided.then(|| b.to_string()),
+        "loadBalancing": svc.algorithm.name(),
         "verdict": "DNAT",
         "masquerade": masq,
         "why": how,
