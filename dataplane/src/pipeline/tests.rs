@@ -4128,3 +4128,5 @@ proptest! {
         prop_assert_eq!(&r.chunks, &vec![(0u8, reply_payload.clone())]);
     }
 }
+
+mod invariants;
