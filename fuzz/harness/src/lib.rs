@@ -16,6 +16,7 @@
 //! go to a known port.
 #![forbid(unsafe_code)]
 
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub mod corpus;
 mod k8s;
 mod packet;
