@@ -77,7 +77,7 @@ for t in "${targets[@]}"; do
     -print_final_stats=1 -artifact_prefix="$artifacts/") >"$log" 2>&1
   trc=$?
   set -e
-  execs=$(awk -F: '/stat::number_of_executed_units/ { gsub(/ /, "", $2); print $2 }' "$log" | tail -1)
+  execs=$(awk '/stat::number_of_executed_units/ { print $NF }' "$log" | tail -1)
   crashes=$(find "$artifacts" -type f | wc -l)
   if [ "$trc" -ne 0 ]; then
     rc=1
