@@ -31,6 +31,10 @@ echo "== kube-apiserver and etcd" >&2
 scripts/k8s-test-env.sh build >/dev/null
 echo "== benchmark report generator (self-test)" >&2
 python3 scripts/bench/report.py --check
+echo "== fuzz corpus replay (stable) and fuzzing (nightly, ${DKP_FUZZ_SECONDS:-60}s per target)" >&2
+# The fuzz crate is its own workspace (excluded from the main one).
+cargo test --manifest-path fuzz/Cargo.toml -p dkp-fuzz-harness --locked
+scripts/fuzz.sh --seconds "${DKP_FUZZ_SECONDS:-60}"
 echo "== tests" >&2
 # Each integration/e2e test file is its own process (one EAL per process).
 log=$(mktemp)

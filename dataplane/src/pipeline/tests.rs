@@ -4657,3 +4657,5 @@ fn exception_kernel_traffic_to_an_ipv6_service_is_translated_and_answered_to_the
     assert_eq!((r.dst, r.dport), (Some(ip6(node6_0())), 41000));
     assert_eq!(st.total_drops(), 0);
 }
+
+mod invariants;
