@@ -34,6 +34,11 @@ python3 scripts/bench/report.py --check
 echo "== fuzz corpus replay (stable) and fuzzing (nightly, ${DKP_FUZZ_SECONDS:-60}s per target)" >&2
 # The fuzz crate is its own workspace (excluded from the main one).
 cargo test --manifest-path fuzz/Cargo.toml -p dkp-fuzz-harness --locked
+# Sanitizer builds next to the workspace's cached target dir when there is
+# one (CI), so a second run on the same machine does not rebuild them.
+if [ -n "${CARGO_TARGET_DIR:-}" ] && [ -z "${DKP_FUZZ_TARGET_DIR:-}" ]; then
+  export DKP_FUZZ_TARGET_DIR="${CARGO_TARGET_DIR%/}-fuzz"
+fi
 scripts/fuzz.sh --seconds "${DKP_FUZZ_SECONDS:-60}"
 echo "== tests" >&2
 # Each integration/e2e test file is its own process (one EAL per process).
