@@ -69,6 +69,11 @@ fn node_info(v: &Value) -> NodeInfo {
         .map(|a| a.iter().filter_map(|s| s.as_str()?.parse().ok()).collect())
         .unwrap_or_else(|| vec!["198.18.0.1".parse().expect("address")]);
     NodeInfo {
+        algorithm: v
+            .get("loadBalancing")
+            .and_then(Value::as_str)
+            .and_then(dataplane::table::Algorithm::from_name)
+            .unwrap_or_default(),
         name: v
             .get("nodeName")
             .and_then(Value::as_str)
@@ -191,6 +196,7 @@ fn build(m: &mut Model, node: &NodeInfo) -> usize {
 /// One object, tried as each kind.
 fn object(v: Value) -> Option<usize> {
     let node = NodeInfo {
+        algorithm: Default::default(),
         name: "node-a".into(),
         zone: Some("zone-a".into()),
         node_addresses: vec![

@@ -103,6 +103,10 @@ impl Svc {
             affinity_timeout: None,
             source_ranges: vec![],
             short_circuit: vec![],
+            // Every algorithm gets some of the Services (by name, so the
+            // same table every run).
+            algorithm: dataplane::table::Algorithm::ALL
+                [self.name.len() % dataplane::table::Algorithm::ALL.len()],
         }
     }
 }
@@ -402,6 +406,9 @@ pub fn run_pipeline(data: &[u8]) -> Tally {
             }
             Verdict::Consumed => tally.consumed += 1,
             Verdict::HandOff(_) => unreachable!(),
+            Verdict::ToKernel(_) | Verdict::FromKernel(_) => {
+                panic!("{v:?}: no exception port is configured")
+            }
         }
         // What the worker loop does between bursts.
         let learned: Vec<NeighborUpdate> = pipes[w].take_learned().collect();

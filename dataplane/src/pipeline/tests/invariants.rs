@@ -957,6 +957,9 @@ proptest! {
                 Verdict::Drop(_) => drops += 1,
                 Verdict::Consumed | Verdict::Hold { .. } => other += 1,
                 Verdict::HandOff(_) => unreachable!("deliver follows hand-offs"),
+                Verdict::ToKernel(_) | Verdict::FromKernel(_) => {
+                    prop_assert!(false, "{:?} without an exception port", v);
+                }
             }
             for p in &mut w.pipes {
                 p.sessions.expire(now, 64);
