@@ -151,7 +151,7 @@ pub fn explain(
         "backend": decided.then(|| b.to_string()),
         "loadBalancing": svc.algorithm.name(),
         "verdict": "DNAT",
-        "masquerade": masq,
+        "masquerade": decided.then_some(masq),
         "why": how,
         "candidates": svc.backends.len(),
     })

@@ -808,11 +808,21 @@ impl Config {
                 ));
             }
         }
-        if seen.is_some() && self.exception().is_none() {
-            return Err(invalid(
-                "ports",
-                "an exception port needs an uplink port (role: uplink) to pair with",
-            ));
+        if seen.is_some() {
+            let Some(x) = self.exception() else {
+                return Err(invalid(
+                    "ports",
+                    "an exception port needs an uplink port (role: uplink) to pair with",
+                ));
+            };
+            // The kernel's frames would leave untagged and tagged frames
+            // would reach it with their tag: not supported.
+            if self.ports[usize::from(x.uplink)].vlan.is_some() {
+                return Err(invalid(
+                    format!("ports[{}].vlan", x.uplink),
+                    "the uplink paired with the exception port takes no VLAN tag",
+                ));
+            }
         }
         Ok(())
     }
@@ -1424,6 +1434,11 @@ services:
         assert!(e.contains("ports[1].vlan"), "{e}");
         let e = err("[{device: t, role: exception}]");
         assert!(e.contains("needs an uplink port"), "{e}");
+        let e = err("[{device: a, vlan: 7}, {device: t, role: exception}]");
+        assert!(
+            e.contains("ports[0].vlan") && e.contains("paired with the exception port"),
+            "{e}"
+        );
         let e = err("[{device: a, role: kernel}]");
         assert!(
             e.contains("ports[0].role") && e.contains("unknown variant"),

@@ -661,6 +661,11 @@ impl Watch {
         let mut reason: Option<String> = None;
         let mut listed = false;
         let mut objects = 0usize;
+        // Expiries since the last complete list: the first two relist at
+        // once (a paged relist can expire once when etcd compacts meanwhile);
+        // from the third (the list itself keeps expiring) the relist waits
+        // for the backoff instead of spinning on the API server.
+        let mut expired_unlisted = 0u32;
         loop {
             let stream = make();
             let mut stream = std::pin::pin!(stream);
@@ -685,6 +690,7 @@ impl Watch {
                             Event::Init => objects = 0,
                             Event::InitApply(_) => objects += 1,
                             Event::InitDone => {
+                                expired_unlisted = 0;
                                 if listed {
                                     let why = reason.take();
                                     let why = why.as_deref().unwrap_or("watch restarted");
@@ -705,7 +711,16 @@ impl Watch {
                         self.metrics.watch_expired.inc(what);
                         tracing::info!(resource = what, reason = %e, "resource version expired: relisting now");
                         reason = Some(format!("resource version expired: {e}"));
-                        self.backoff.reset();
+                        if expired_unlisted >= 2 {
+                            let d = self.backoff.next().unwrap_or_default();
+                            tokio::select! {
+                                () = tokio::time::sleep(d) => {}
+                                () = self.tx.closed() => return,
+                            }
+                        } else {
+                            self.backoff.reset();
+                        }
+                        expired_unlisted += 1;
                         break;
                     }
                     Some(Err(e)) => {

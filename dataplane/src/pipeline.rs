@@ -717,7 +717,7 @@ impl Pipeline {
                 // Like nf_nat's unique-tuple search, remap the client port
                 // and keep the client address (the backend still sees who
                 // connects: eTP Local's source preservation holds).
-                match self.remap_port(&key, backend) {
+                match self.remap_port(t, &key, backend) {
                     Ok(s) => {
                         session.snat = Some(s);
                         if self.sessions.insert(session).is_err() {
@@ -744,14 +744,19 @@ impl Pipeline {
     /// tuple is taken: a port of 1024..=65535 whose reply tuple is free and
     /// whose endpoint (client address, port) this worker owns, so replies
     /// are steered here like any DNAT-only flow's.
-    fn remap_port(&self, key: &FlowKey, backend: SockAddr) -> Result<SockAddr, DropReason> {
+    fn remap_port(
+        &self,
+        t: &ServiceTable,
+        key: &FlowKey,
+        backend: SockAddr,
+    ) -> Result<SockAddr, DropReason> {
         const FIRST: u32 = 1024;
         const LEN: u32 = 65536 - FIRST;
         let start = (flow_hash(key) >> 32) as u32 % LEN;
         for i in 0..SNAT_TRIES * u32::from(self.n_workers.max(1)) {
             let port = (FIRST + (start + i) % LEN) as u16;
             let cand = SockAddr::new(key.src, port);
-            if owner_of(&cand, self.n_workers) != self.id {
+            if self.client_owner(t, &cand) != self.id {
                 continue;
             }
             let reply = FlowKey {
@@ -941,6 +946,20 @@ impl Pipeline {
         ))
     }
 
+    /// The worker owning the sessions of client endpoint `c`: by the endpoint,
+    /// except for a client on a node address (the host's own connections,
+    /// through the exception port), whose replies come back to that node
+    /// address and are steered by port like masqueraded ones, so its
+    /// sessions live on the worker of its port's masquerade partition.
+    #[inline]
+    fn client_owner(&self, t: &ServiceTable, c: &SockAddr) -> u16 {
+        if self.n_workers > 1 && t.local_port(&c.addr).is_some() {
+            snat_owner(c.port, self.n_workers)
+        } else {
+            owner_of(c, self.n_workers)
+        }
+    }
+
     /// The worker owning a packet with tuple `k`: the client endpoint's
     /// worker — the source of packets to a (live or recently removed)
     /// frontend, else the destination (replies from backends); for packets to
@@ -952,7 +971,7 @@ impl Pipeline {
             proto: k.proto,
         };
         if t.frontend(&fe).is_some() || t.is_retired(&fe) {
-            owner_of(&SockAddr::new(k.src, k.sport), self.n_workers)
+            self.client_owner(t, &SockAddr::new(k.src, k.sport))
         } else if t.local_port(&k.dst).is_some() {
             snat_owner(k.dport, self.n_workers)
         } else {

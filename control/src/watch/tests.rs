@@ -835,3 +835,38 @@ async fn other_watch_errors_back_off_and_are_not_expiries() {
     assert_eq!((api.lists("services"), api.lists("endpointslices")), (1, 1));
     assert_eq!(metrics.watch_expired.rows().map(|r| r.1).sum::<u64>(), 0);
 }
+
+#[tokio::test]
+async fn a_relist_that_keeps_expiring_backs_off() {
+    let (api, client) = mock::MockApi::start().await;
+    let metrics = Arc::new(ControlMetrics::default());
+    // An hour of backoff: a relist that waits for it never comes.
+    let backoff = WatchBackoff::new(Duration::from_secs(3600), Duration::from_secs(3600));
+    let mut rx = watch_with(client, "", metrics.clone(), backoff);
+    let mut m = Model::new(node());
+    apply_lists(&mut m, &mut rx, 1).await;
+    {
+        let mut o = api.objects.lock().unwrap();
+        o.rv = 20;
+        o.oldest = 20;
+        o.lists_gone = [("services", 10)].into();
+    }
+    api.cut();
+    // The watch expires, two relists at once expire too, then the third
+    // waits for the backoff instead of asking again in a tight loop.
+    let gone_left = || api.objects.lock().unwrap().lists_gone["services"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gone_left() > 8 {
+        assert!(std::time::Instant::now() < deadline, "no relist");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gone_left(), 8, "two immediate relists, then the backoff");
+    let expired: u64 = metrics
+        .watch_expired
+        .rows()
+        .filter(|r| r.0 == "services")
+        .map(|r| r.1)
+        .sum();
+    assert_eq!(expired, 3);
+}

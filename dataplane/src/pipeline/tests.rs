@@ -4602,6 +4602,79 @@ fn exception_kernel_traffic_to_a_service_is_translated_and_answered_to_the_kerne
 }
 
 #[test]
+fn exception_kernel_connections_to_a_service_work_with_several_workers() {
+    let (_, t, st) = exception_setup();
+    let mut ports = ports();
+    ports.push(PortInfo {
+        mac: MacAddr(P0_MAC),
+        vlan: None,
+        mtu: 1500,
+    });
+    let mut w: Vec<Pipeline> = (0..2)
+        .map(|id| {
+            let mut p = Pipeline::new(id, 2, ports.clone(), PipelineConfig::default());
+            p.on_table(&t);
+            p.set_exception(Some(Exception {
+                uplink: 0,
+                kernel: KERNEL,
+            }));
+            p
+        })
+        .collect();
+    // The kernel's connections (not masqueraded: the backend sees the node
+    // address) from ports all over the range: whichever worker the TAP
+    // queue gives a packet to, the session lives where the backend's reply
+    // to the node address is steered, and the reply reaches the kernel
+    // translated.
+    for i in 0..64u16 {
+        let sport = 1024 + i * 1000;
+        let syn = tcp_frame(
+            P0_MAC,
+            P0_MAC,
+            ip4(NODE0),
+            ip4(VIP4),
+            sport,
+            80,
+            SYN,
+            9,
+            0,
+            64,
+            &[],
+        );
+        let arrives = usize::from(i % 2);
+        let (mut v, mut out) = run(&mut w[arrives], &t, &st, KERNEL, &syn, NOW, false);
+        if let Verdict::HandOff(o) = v {
+            (v, out) = run(&mut w[usize::from(o)], &t, &st, KERNEL, &syn, NOW, true);
+        }
+        assert_eq!(v, Verdict::Tx(1), "port {sport}");
+        let o = parse(&out);
+        assert_eq!((o.src, o.sport), (Some(ip4(NODE0)), sport));
+        let back = tcp_frame(
+            backend_mac(backend_index(o.dst.unwrap())),
+            P1_MAC,
+            o.dst.unwrap(),
+            ip4(NODE0),
+            8080,
+            sport,
+            SYN | ACK,
+            5000,
+            10,
+            64,
+            &[],
+        );
+        let (mut v, mut out) = run(&mut w[1 - arrives], &t, &st, 1, &back, NOW, false);
+        if let Verdict::HandOff(o) = v {
+            (v, out) = run(&mut w[usize::from(o)], &t, &st, 1, &back, NOW, true);
+        }
+        assert_eq!(v, Verdict::ToKernel(KERNEL), "port {sport}");
+        let r = parse(&out);
+        assert_eq!((r.src, r.sport), (Some(ip4(VIP4)), 80), "port {sport}");
+        assert_eq!((r.dst, r.dport), (Some(ip4(NODE0)), sport));
+    }
+    assert_eq!(st.total_drops(), 0);
+}
+
+#[test]
 fn exception_kernel_traffic_to_an_ipv6_service_is_translated_and_answered_to_the_kernel() {
     let (mut p, t, st) = exception_setup();
     let ns = ndp_frame(
