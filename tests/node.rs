@@ -26,7 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{bin, require_root, root, sh};
+use support::{bin, http_get_in, metric_sum_of, peer_in, require_root, root, sh, spawn_peer_in};
 
 struct Node {
     p: String,
@@ -211,15 +211,7 @@ services:
     }
 
     fn try_get(&self, path: &str) -> Option<String> {
-        let out = self
-            .exec("node", &["python3"])
-            .arg(root().join("tests/e2e/peer.py"))
-            .args(["http-get", &format!("http://{}{}", self.admin, path)])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        http_get_in(&self.ns("node"), &self.admin, path)
     }
 
     fn log_text(&self) -> String {
@@ -267,28 +259,15 @@ services:
     }
 
     fn metric(&self, name: &str, filter: &str) -> u64 {
-        let m = self.try_get("/metrics").expect("metrics");
-        m.lines()
-            .filter(|l| l.starts_with(name) && l.contains(filter))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        metric_sum_of(&self.try_get("/metrics").expect("metrics"), name, filter)
     }
 
     fn peer(&self, ns: &str, args: &[&str]) -> Value {
-        let out = sh(self
-            .exec(ns, &["python3"])
-            .arg(root().join("tests/e2e/peer.py"))
-            .args(args));
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad peer output {out:?}: {e}"))
+        peer_in(&self.ns(ns), args)
     }
 
     fn spawn_peer(&self, ns: &str, args: &[&str]) -> Child {
-        self.exec(ns, &["python3"])
-            .arg(root().join("tests/e2e/peer.py"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap()
+        spawn_peer_in(&self.ns(ns), args)
     }
 
     fn down(&self) {

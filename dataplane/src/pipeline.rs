@@ -343,6 +343,29 @@ impl Pipeline {
         Some(Verdict::ToKernel(x.kernel))
     }
 
+    /// True when `in_port` is the exception port (frames the kernel sent).
+    #[inline]
+    fn is_kernel_port(&self, in_port: u16) -> bool {
+        self.exception.is_some_and(|x| x.kernel == in_port)
+    }
+
+    /// [`Self::to_kernel`] for a packet to `dst` when it is for the node
+    /// itself or multicast/broadcast (the kernel's business).
+    #[inline]
+    fn node_to_kernel(
+        &self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        dst: &Addr,
+        in_port: u16,
+    ) -> Option<Verdict> {
+        if t.local_port(dst).is_some() || dst.is_multicast_or_broadcast() {
+            self.to_kernel(st, in_port)
+        } else {
+            None
+        }
+    }
+
     /// True when a frame the kernel sent on the exception port is Service
     /// traffic the dataplane handles like any other: TCP/UDP/SCTP to a
     /// frontend or of a session (the node's own connections to ClusterIPs,
@@ -627,10 +650,8 @@ impl Pipeline {
             proto: key.proto,
         });
         let Some(svc_idx) = fe else {
-            if t.local_port(&ip.dst).is_some() || ip.dst.is_multicast_or_broadcast() {
-                if let Some(v) = self.to_kernel(st, in_port) {
-                    return v;
-                }
+            if let Some(v) = self.node_to_kernel(t, st, &ip.dst, in_port) {
+                return v;
             }
             if t.local_port(&ip.dst).is_some() {
                 return Verdict::Drop(DropReason::LocalUnhandled);
@@ -1092,11 +1113,9 @@ impl Pipeline {
         src_mac: MacAddr,
         now: u64,
     ) -> Verdict {
-        if t.local_port(&ip.dst).is_some() || ip.dst.is_multicast_or_broadcast() {
-            // With an exception path the kernel answers ping and the rest.
-            if let Some(v) = self.to_kernel(st, in_port) {
-                return v;
-            }
+        // With an exception path the kernel answers ping and the rest.
+        if let Some(v) = self.node_to_kernel(t, st, &ip.dst, in_port) {
+            return v;
         }
         if t.local_port(&ip.dst).is_some() {
             let echo_req = if ip.v4 {
@@ -1259,7 +1278,7 @@ impl Pipeline {
             port: in_port,
         };
         // The kernel's own addresses are not neighbours (it asks for VIPs).
-        let from_kernel = self.exception.is_some_and(|x| x.kernel == in_port);
+        let from_kernel = self.is_kernel_port(in_port);
         let sender_valid = !sha.is_multicast() && spa.octets() != [0, 0, 0, 0] && !from_kernel;
         if sender_valid {
             let changed = if for_us || op == arp::operation::REPLY {
@@ -1342,7 +1361,7 @@ impl Pipeline {
         // Solicitation.
         let unspecified = ip.src.0 == [0; 16];
         // The kernel's own addresses are not neighbours (it asks for VIPs).
-        let from_kernel = self.exception.is_some_and(|x| x.kernel == in_port);
+        let from_kernel = self.is_kernel_port(in_port);
         if !unspecified && !from_kernel {
             if let Some(mac) = icmp::ndp_lladdr_option(body, 1) {
                 let u = NeighborUpdate {

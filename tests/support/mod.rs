@@ -19,6 +19,48 @@ pub fn bin() -> String {
     std::env::var("DKP_BIN").unwrap_or_else(|_| BIN.to_string())
 }
 
+/// `tests/e2e/peer.py ARGS` in network namespace `netns`.
+fn peer_command(netns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", netns, "python3"])
+        .arg(root().join("tests/e2e/peer.py"))
+        .args(args);
+    c
+}
+
+/// Runs `peer.py ARGS` in `netns` and parses its JSON report.
+pub fn peer_in(netns: &str, args: &[&str]) -> Value {
+    let out = sh(&mut peer_command(netns, args));
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad peer output {out:?}: {e}"))
+}
+
+/// Starts `peer.py ARGS` in `netns`, stdout piped.
+pub fn spawn_peer_in(netns: &str, args: &[&str]) -> Child {
+    peer_command(netns, args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// GET `http://ADMIN/PATH` from `netns`: the body, `None` on any failure.
+pub fn http_get_in(netns: &str, admin: &str, path: &str) -> Option<String> {
+    let out = peer_command(netns, &["http-get", &format!("http://{admin}{path}")])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The sum of the samples of metric `name` whose line contains `filter`.
+pub fn metric_sum_of(metrics: &str, name: &str, filter: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(filter))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -175,23 +217,15 @@ impl Topology {
     }
 
     pub fn try_get(&self, path: &str) -> Option<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns("proxy"), "python3"])
-            .arg(root().join("tests/e2e/peer.py"))
-            .args(["http-get", &format!("http://{}{}", self.admin, path)])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        http_get_in(&self.ns("proxy"), &self.admin, path)
     }
 
     pub fn metric_sum(&self, name: &str, label_filter: &str) -> u64 {
-        let m = self.try_get("/metrics").expect("metrics");
-        m.lines()
-            .filter(|l| l.starts_with(name) && l.contains(label_filter))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        metric_sum_of(
+            &self.try_get("/metrics").expect("metrics"),
+            name,
+            label_filter,
+        )
     }
 
     /// Non-zero drop counters, for failure messages.
@@ -208,21 +242,11 @@ impl Topology {
     }
 
     pub fn peer(&self, ns: &str, args: &[&str]) -> Value {
-        let out = sh(Command::new("ip")
-            .args(["netns", "exec", &self.ns(ns), "python3"])
-            .arg(root().join("tests/e2e/peer.py"))
-            .args(args));
-        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("bad peer output {out:?}: {e}"))
+        peer_in(&self.ns(ns), args)
     }
 
     pub fn spawn_peer(&self, ns: &str, args: &[&str]) -> Child {
-        Command::new("ip")
-            .args(["netns", "exec", &self.ns(ns), "python3"])
-            .arg(root().join("tests/e2e/peer.py"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap()
+        spawn_peer_in(&self.ns(ns), args)
     }
 
     /// Waits until every worker uses table `version`.

@@ -4213,19 +4213,29 @@ fn exception_setup() -> (Pipeline, ServiceTable, WorkerStats) {
         s.services.push(np);
     }
     let t = ServiceTable::new(s, 1);
+    let p = exception_workers(&t, 1).remove(0);
+    (p, t, WorkerStats::default())
+}
+
+/// `n` workers over [`exception_setup`]'s ports, with its exception path.
+fn exception_workers(t: &ServiceTable, n: u16) -> Vec<Pipeline> {
     let mut ports = ports();
     ports.push(PortInfo {
         mac: MacAddr(P0_MAC),
         vlan: None,
         mtu: 1500,
     });
-    let mut p = Pipeline::new(0, 1, ports, PipelineConfig::default());
-    p.on_table(&t);
-    p.set_exception(Some(Exception {
-        uplink: 0,
-        kernel: KERNEL,
-    }));
-    (p, t, WorkerStats::default())
+    (0..n)
+        .map(|id| {
+            let mut p = Pipeline::new(id, n, ports.clone(), PipelineConfig::default());
+            p.on_table(t);
+            p.set_exception(Some(Exception {
+                uplink: 0,
+                kernel: KERNEL,
+            }));
+            p
+        })
+        .collect()
 }
 
 /// `frame` arriving on `port` goes to the kernel unchanged, counted.
@@ -4472,23 +4482,7 @@ fn without_an_exception_port_the_node_is_answered_by_the_dataplane() {
 #[test]
 fn exception_with_several_workers_the_owner_gives_it_to_the_kernel() {
     let (_, t, st) = exception_setup();
-    let mut ports = ports();
-    ports.push(PortInfo {
-        mac: MacAddr(P0_MAC),
-        vlan: None,
-        mtu: 1500,
-    });
-    let mut w: Vec<Pipeline> = (0..2)
-        .map(|id| {
-            let mut p = Pipeline::new(id, 2, ports.clone(), PipelineConfig::default());
-            p.on_table(&t);
-            p.set_exception(Some(Exception {
-                uplink: 0,
-                kernel: KERNEL,
-            }));
-            p
-        })
-        .collect();
+    let mut w = exception_workers(&t, 2);
     // Traffic to a node address is owned by the worker of its destination
     // port's masquerade partition (worker 0 below 32768): the other worker
     // hands it over, the owner gives it to the kernel.
@@ -4604,23 +4598,7 @@ fn exception_kernel_traffic_to_a_service_is_translated_and_answered_to_the_kerne
 #[test]
 fn exception_kernel_connections_to_a_service_work_with_several_workers() {
     let (_, t, st) = exception_setup();
-    let mut ports = ports();
-    ports.push(PortInfo {
-        mac: MacAddr(P0_MAC),
-        vlan: None,
-        mtu: 1500,
-    });
-    let mut w: Vec<Pipeline> = (0..2)
-        .map(|id| {
-            let mut p = Pipeline::new(id, 2, ports.clone(), PipelineConfig::default());
-            p.on_table(&t);
-            p.set_exception(Some(Exception {
-                uplink: 0,
-                kernel: KERNEL,
-            }));
-            p
-        })
-        .collect();
+    let mut w = exception_workers(&t, 2);
     // The kernel's connections (not masqueraded: the backend sees the node
     // address) from ports all over the range: whichever worker the TAP
     // queue gives a packet to, the session lives where the backend's reply
