@@ -36,6 +36,9 @@ pub struct Config {
     /// Static neighbours.
     #[serde(default)]
     pub neighbors: Vec<NeighborConfig>,
+    /// The node's pods behind the exception port (with `ports[].role: exception`).
+    #[serde(default)]
+    pub exception: ExceptionConfig,
     /// Worker sizing.
     #[serde(default)]
     pub workers: WorkersConfig,
@@ -252,6 +255,25 @@ pub enum PortRole {
 
 fn default_mtu() -> u16 {
     1500
+}
+
+/// The node's pods behind the exception port (`exception:`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionConfig {
+    /// This node's pod CIDRs, `ADDR/LEN`: the kernel routes them to the
+    /// pods, so the dataplane routes them onto the exception port
+    /// (translated Service traffic for a local pod goes to the kernel). In
+    /// cluster mode the Node's `spec.podCIDRs` are added.
+    #[serde(default)]
+    pub local_pod_cidrs: Vec<String>,
+    /// At most one address per family that the kernel does not hold and
+    /// routes onto the exception interface: flows from a local pod or the
+    /// node to a local pod backend are masqueraded to it (the backend's
+    /// reply must come back through the dataplane). Without one, such
+    /// flows are dropped (`no_exception_snat`). Changes need a restart.
+    #[serde(default)]
+    pub snat_addresses: Vec<IpAddr>,
 }
 
 /// A static route.
@@ -808,6 +830,37 @@ impl Config {
                 ));
             }
         }
+        let e = &self.exception;
+        if seen.is_none() && (!e.local_pod_cidrs.is_empty() || !e.snat_addresses.is_empty()) {
+            return Err(invalid(
+                "exception",
+                "needs an exception port (a port with role: exception)",
+            ));
+        }
+        for (i, c) in e.local_pod_cidrs.iter().enumerate() {
+            parse_prefix(c, &format!("exception.local_pod_cidrs[{i}]"))?;
+        }
+        for (i, a) in e.snat_addresses.iter().enumerate() {
+            let f = format!("exception.snat_addresses[{i}]");
+            if e.snat_addresses[..i]
+                .iter()
+                .any(|b| b.is_ipv4() == a.is_ipv4())
+            {
+                return Err(invalid(f, "at most one address per family"));
+            }
+            if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+                return Err(invalid(f, format!("{a} is not a unicast address")));
+            }
+            let node = self.ports.iter().flat_map(|p| p.addresses.iter()).any(|p| {
+                parse_prefix(p, "").is_ok_and(|(n, _)| n == Addr::from(*a))
+            });
+            if node {
+                return Err(invalid(
+                    f,
+                    format!("{a} is a node address: the kernel holds it, replies to it would not come back"),
+                ));
+            }
+        }
         if seen.is_some() {
             let Some(x) = self.exception() else {
                 return Err(invalid(
@@ -834,9 +887,17 @@ impl Config {
             .iter()
             .position(|p| p.role == PortRole::Exception)?;
         let uplink = self.ports.iter().position(|p| p.role == PortRole::Uplink)?;
+        let snat = |v4: bool| {
+            self.exception
+                .snat_addresses
+                .iter()
+                .find(|a| a.is_ipv4() == v4)
+                .map(|a| Addr::from(*a))
+        };
         Some(Exception {
-            uplink: uplink as u16,
-            kernel: kernel as u16,
+            snat_v4: snat(true),
+            snat_v6: snat(false),
+            ..Exception::new(uplink as u16, kernel as u16)
         })
     }
 
@@ -891,6 +952,17 @@ impl Config {
                 port: r.port,
                 via: r.via.map(Addr::from),
             });
+        }
+        if let Some(x) = self.exception() {
+            for (i, c) in self.exception.local_pod_cidrs.iter().enumerate() {
+                let (prefix, len) = parse_prefix(c, &format!("exception.local_pod_cidrs[{i}]"))?;
+                spec.routes.push(Route {
+                    prefix,
+                    len,
+                    port: x.kernel,
+                    via: None,
+                });
+            }
         }
         for (i, n) in self.neighbors.iter().enumerate() {
             let mac = parse_mac(&n.mac, &format!("neighbors[{i}].mac"))?;
@@ -1173,6 +1245,9 @@ impl Config {
         if self.workers != new.workers {
             return Some("workers");
         }
+        if self.exception.snat_addresses != new.exception.snat_addresses {
+            return Some("exception.snat_addresses");
+        }
         if self.timeouts != new.timeouts {
             return Some("timeouts");
         }
@@ -1412,10 +1487,7 @@ services:
             "t",
         )
         .unwrap();
-        let x = Exception {
-            uplink: 1,
-            kernel: 0,
-        };
+        let x = Exception::new(1, 0);
         assert_eq!(c.exception(), Some(x));
         assert_eq!(c.dataplane(vec![1]).exception, Some(x));
         let err = |ports: &str| {
@@ -1456,6 +1528,66 @@ services:
         )
         .unwrap();
         assert_eq!(a.restart_needed(&b), Some("ports"));
+    }
+
+    #[test]
+    fn exception_section_local_pods_and_snat_addresses() {
+        let base = "ports: [{device: a, addresses: [198.18.0.1/24, 2001:2::1/64]}, {device: t, role: exception}]
+";
+        let text = format!(
+            "{base}exception:\n  local_pod_cidrs: [198.18.64.0/24, \"2001:2:0:64::/64\"]\n  snat_addresses: [198.18.0.250, \"2001:2::fa\"]\n"
+        );
+        let c = Config::parse(&text, "t").unwrap();
+        // The local pod CIDRs are routes onto the exception port.
+        let spec = c.table_spec().unwrap();
+        let to_kernel: Vec<_> = spec
+            .routes
+            .iter()
+            .map(|r| (r.prefix, r.len, r.port, r.via))
+            .collect();
+        assert_eq!(
+            to_kernel,
+            vec![
+                (Addr::v4([198, 18, 64, 0]), 24, 1, None),
+                ("2001:2:0:64::".parse::<IpAddr>().unwrap().into(), 64, 1, None),
+            ]
+        );
+        let x = c.exception().unwrap();
+        assert_eq!(x.snat_v4, Some(Addr::v4([198, 18, 0, 250])));
+        assert_eq!(
+            x.snat_v6,
+            Some("2001:2::fa".parse::<IpAddr>().unwrap().into())
+        );
+        assert_eq!(c.dataplane(vec![1]).exception, Some(x));
+        // Pod CIDRs reload; SNAT addresses need a restart.
+        let d = Config::parse(&text.replace("198.18.64.0/24", "198.18.66.0/24"), "t").unwrap();
+        assert_eq!(c.restart_needed(&d), None);
+        let d = Config::parse(&text.replace("198.18.0.250", "198.18.0.251"), "t").unwrap();
+        assert_eq!(c.restart_needed(&d), Some("exception.snat_addresses"));
+        let err = |ports: &str, exception: &str| {
+            Config::parse(&format!("ports: {ports}\nexception: {exception}\n"), "t")
+                .unwrap_err()
+                .to_string()
+        };
+        let ports = "[{device: a, addresses: [198.18.0.1/24]}, {device: t, role: exception}]";
+        let e = err("[{device: a}]", "{local_pod_cidrs: [198.18.64.0/24]}");
+        assert!(e.contains("exception") && e.contains("needs an exception port"), "{e}");
+        let e = err(ports, "{local_pod_cidrs: [198.18.64.0]}");
+        assert!(e.contains("exception.local_pod_cidrs[0]"), "{e}");
+        let e = err(ports, "{snat_addresses: [198.18.0.250, 198.18.0.251]}");
+        assert!(
+            e.contains("exception.snat_addresses[1]") && e.contains("one address per family"),
+            "{e}"
+        );
+        let e = err(ports, "{snat_addresses: [198.18.0.1]}");
+        assert!(
+            e.contains("exception.snat_addresses[0]") && e.contains("node address"),
+            "{e}"
+        );
+        let e = err(ports, "{snat_addresses: [0.0.0.0]}");
+        assert!(e.contains("not a unicast address"), "{e}");
+        let e = err(ports, "{pod_cidrs: []}");
+        assert!(e.contains("unknown field"), "{e}");
     }
 
     #[test]

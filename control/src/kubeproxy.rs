@@ -23,11 +23,11 @@
 //! | `nodePortAddresses` | `kubernetes.nodeport_addresses` |
 //! | `oomScoreAdj` | `kubernetes.oom_score_adj` |
 //! | `conntrack.tcpEstablishedTimeout`, `udpTimeout`, `udpStreamTimeout` | `timeouts.tcp_established`, `udp`, `udp_stream` (`tcpCloseWaitTimeout` is checked, not applied: no CLOSE_WAIT state) |
-//! | `dpdk.{eal,ports,routes,neighbors,workers,timeouts,services,load_balancing}` | the native sections of the same names |
+//! | `dpdk.{eal,ports,routes,neighbors,exception,workers,timeouts,services,load_balancing}` | the native sections of the same names |
 //! | `ipvs.scheduler` `rr`, `sh`, `mh` (when `dpdk.load_balancing` is unset) | `load_balancing` `round-robin`, `source-hash`, `maglev` (other schedulers: warning, `maglev`) |
 use crate::config::{
     default_algorithm, from_yaml, invalid, parse_nodeport_address, parse_prefix, Config, EalConfig,
-    KubernetesConfig, NeighborConfig, PortConfig, RouteConfig, ServiceConfig, TimeoutsConfig,
+    ExceptionConfig, KubernetesConfig, NeighborConfig, PortConfig, RouteConfig, ServiceConfig, TimeoutsConfig,
     WorkersConfig,
 };
 use crate::{duration, Error, Result};
@@ -215,6 +215,8 @@ struct DpdkConfiguration {
     routes: Vec<RouteConfig>,
     #[serde(default)]
     neighbors: Vec<NeighborConfig>,
+    #[serde(default)]
+    exception: ExceptionConfig,
     #[serde(default)]
     workers: WorkersConfig,
     /// Session timeouts; the `conntrack` timeouts, when set, win.
@@ -474,6 +476,7 @@ impl KubeProxyConfiguration {
             ports: dpdk.ports,
             routes: dpdk.routes,
             neighbors: dpdk.neighbors,
+            exception: dpdk.exception,
             workers: dpdk.workers,
             timeouts,
             admin: crate::config::AdminConfig { bind: metrics },

@@ -156,12 +156,55 @@ pub enum Verdict {
 /// Only the general path (and the fast path's next-hop cache fill) looks
 /// at this: the fast path handles established sessions only, whichever port
 /// they arrive on.
+///
+/// Destinations the table routes onto the exception port (the node's pod
+/// CIDRs, see [`crate::table::Route`]) are behind the kernel: translated
+/// packets for them are delivered to the kernel, which routes them to the
+/// pod. A new flow whose client also came from the kernel (a local pod or
+/// the node itself) and whose backend is behind the kernel is masqueraded
+/// to the exception SNAT address of its family (`snat_v4`/`snat_v6`): an
+/// address the kernel does not hold and routes onto the exception port, so
+/// the backend's reply comes back through the dataplane to be translated
+/// instead of going from pod to pod inside the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Exception {
     /// The uplink port whose non-Service traffic goes to the kernel.
     pub uplink: u16,
     /// The exception port into the kernel.
     pub kernel: u16,
+    /// IPv4 masquerade address for flows between two endpoints behind the
+    /// kernel (none: such flows are dropped, `no_exception_snat`).
+    pub snat_v4: Option<Addr>,
+    /// IPv6 masquerade address, as `snat_v4`.
+    pub snat_v6: Option<Addr>,
+}
+
+impl Exception {
+    /// The exception path over `uplink` and `kernel`, without SNAT addresses.
+    pub fn new(uplink: u16, kernel: u16) -> Self {
+        Exception {
+            uplink,
+            kernel,
+            snat_v4: None,
+            snat_v6: None,
+        }
+    }
+
+    /// The exception SNAT address of a family.
+    #[inline]
+    pub fn snat(&self, v4: bool) -> Option<Addr> {
+        if v4 {
+            self.snat_v4
+        } else {
+            self.snat_v6
+        }
+    }
+
+    /// True when `a` is an exception SNAT address.
+    #[inline]
+    pub fn is_snat(&self, a: &Addr) -> bool {
+        self.snat(a.is_v4()) == Some(*a)
+    }
 }
 
 /// Static facts about a port the pipeline needs.
@@ -349,6 +392,20 @@ impl Pipeline {
         self.exception.is_some_and(|x| x.kernel == in_port)
     }
 
+    /// True when the table routes `dst` onto the exception port: it is
+    /// behind the kernel (a local pod).
+    #[inline]
+    fn behind_kernel(&self, t: &ServiceTable, dst: &Addr) -> bool {
+        self.exception
+            .is_some_and(|x| t.route(dst).is_some_and(|h| h.port == x.kernel))
+    }
+
+    /// True when `a` is an exception SNAT address.
+    #[inline]
+    fn is_exception_snat(&self, a: &Addr) -> bool {
+        self.exception.is_some_and(|x| x.is_snat(a))
+    }
+
     /// [`Self::to_kernel`] for a packet to `dst` when it is for the node
     /// itself or multicast/broadcast (the kernel's business).
     #[inline]
@@ -372,13 +429,25 @@ impl Pipeline {
     /// translated here), and ARP requests and neighbour solicitations for
     /// a Service VIP (answered here, so the kernel can route Service CIDRs
     /// onto the exception port).
+    ///
+    /// Also Service traffic: packets to the exception SNAT address (replies
+    /// of masqueraded flows to local pods, ICMP errors about them) and
+    /// packets of sessions with a backend behind the kernel — with several
+    /// workers, a local pod's packet that another worker may hold the
+    /// session of (the general path hands it to the owner, which gives it
+    /// back to the uplink when it holds no session either).
     fn kernel_to_service(&self, t: &ServiceTable, d: &[u8]) -> bool {
         if let Some(k) = quick_key(d) {
             let fe = Frontend {
                 addr: SockAddr::new(k.dst, k.dport),
                 proto: k.proto,
             };
-            return t.frontend(&fe).is_some() || self.sessions.lookup(&k).is_some();
+            return t.frontend(&fe).is_some()
+                || self.sessions.lookup(&k).is_some()
+                || self.is_exception_snat(&k.dst)
+                || (self.n_workers > 1
+                    && self.behind_kernel(t, &k.src)
+                    && self.owner_for(t, &k) != self.id);
         }
         let l2 = l2_len(d);
         let ethertype = d.get(l2 - 2..l2);
@@ -389,19 +458,33 @@ impl Pipeline {
                 _ => return false,
             }
         } else if ethertype == Some(&[0x86, 0xdd]) {
-            // A neighbour solicitation right after the IPv6 header: its target.
             match d.get(l2..l2 + 64) {
+                // A neighbour solicitation right after the IPv6 header: its target.
                 Some(ip) if ip[6] == ip_proto::ICMPV6 && ip[40] == 135 => {
                     let mut a = [0u8; 16];
                     a.copy_from_slice(&ip[48..64]);
                     Addr::v6(a)
                 }
-                _ => return false,
+                // Other IPv6 to the exception SNAT address (ICMPv6 errors
+                // about masqueraded flows).
+                _ => {
+                    return d.get(l2 + 24..l2 + 40).is_some_and(|a| {
+                        let mut b = [0u8; 16];
+                        b.copy_from_slice(a);
+                        self.is_exception_snat(&Addr::v6(b))
+                    })
+                }
             }
+        } else if ethertype == Some(&[0x08, 0x00]) {
+            // IPv4 to the exception SNAT address (ICMP errors about
+            // masqueraded flows).
+            return d
+                .get(l2 + 16..l2 + 20)
+                .is_some_and(|a| self.is_exception_snat(&Addr::v4([a[0], a[1], a[2], a[3]])));
         } else {
             return false;
         };
-        t.owns(&target) && t.local_port(&target).is_none()
+        (t.owns(&target) && t.local_port(&target).is_none()) || self.is_exception_snat(&target)
     }
 
     /// Ports this pipeline knows.
@@ -501,7 +584,10 @@ impl Pipeline {
                 eth.src_addr(),
             )
         };
-        if dst_mac != pinfo.mac && !dst_mac.is_multicast() {
+        // The kernel addresses its frames to their next hop (a local pod's
+        // answer to an outside client goes to the client's MAC): the ones
+        // that reach this point are Service traffic all the same.
+        if dst_mac != pinfo.mac && !dst_mac.is_multicast() && !self.is_kernel_port(in_port) {
             return Verdict::Drop(DropReason::NotForUs);
         }
         match ethertype {
@@ -708,7 +794,14 @@ impl Pipeline {
         if let Some(v) = self.check_mtu(t, st, pkt, ip, &backend.addr, pinfo, src_mac, in_port) {
             return v;
         }
-        let snat = if t.needs_masquerade(svc, &key.src, &backend.addr) {
+        // A client behind the kernel (a local pod, the node) reaching a
+        // backend behind the kernel: the kernel would route the backend's
+        // reply straight to the client, past the reverse translation (or,
+        // for the node as client, see its own address arrive from outside),
+        // so the flow is masqueraded to the exception SNAT address, which
+        // the kernel routes back onto the exception port.
+        let hairpin = self.is_kernel_port(in_port) && self.behind_kernel(t, &backend.addr);
+        let snat = if hairpin || t.needs_masquerade(svc, &key.src, &backend.addr) {
             match self.snat_port(t, &key, backend) {
                 Ok(s) => Some(s),
                 Err(r) => return Verdict::Drop(r),
@@ -804,9 +897,16 @@ impl Pipeline {
         backend: SockAddr,
     ) -> Result<SockAddr, DropReason> {
         let hop = t.route(&backend.addr).ok_or(DropReason::NoRoute)?;
-        let addr = t
-            .port_addr(hop.port, backend.addr.is_v4())
-            .ok_or(DropReason::NoRoute)?;
+        let addr = match self.exception {
+            // Behind the kernel, which holds the node's addresses itself: the
+            // exception SNAT address (routed back onto the exception port).
+            Some(x) if x.kernel == hop.port => x
+                .snat(backend.addr.is_v4())
+                .ok_or(DropReason::NoExceptionSnat)?,
+            _ => t
+                .port_addr(hop.port, backend.addr.is_v4())
+                .ok_or(DropReason::NoRoute)?,
+        };
         let (first, len) = snat_range(self.id, self.n_workers);
         let start = (flow_hash(key) >> 32) as u32 % len as u32;
         for i in 0..SNAT_TRIES.min(len as u32) {
@@ -865,6 +965,23 @@ impl Pipeline {
         };
         if !decrement_ttl(pkt.data_mut(), ip) {
             return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        if let Some(x) = self.exception.filter(|x| x.kernel == hop.port) {
+            // Behind the kernel (a local pod): the kernel routes it on. Its
+            // interface carries the uplink's MAC: no neighbour to resolve.
+            let Some(k) = self.ports.get(x.kernel as usize).copied() else {
+                return Verdict::Drop(DropReason::BadPort);
+            };
+            let ethertype = if ip.v4 {
+                ethernet::ethertype::IPV4
+            } else {
+                ethernet::ethertype::IPV6
+            };
+            if !set_l2(pkt, l2, k.mac, k.mac, None, ethertype) {
+                return Verdict::Drop(DropReason::Truncated);
+            }
+            WorkerStats::add(&st.exception_to_kernel, 1);
+            return Verdict::ToKernel(x.kernel);
         }
         let (mac, verdict) = match self.neighbors.resolve(&hop.addr, now) {
             Resolution::Known(m) => (m, Verdict::Tx(hop.port)),
@@ -993,7 +1110,7 @@ impl Pipeline {
         };
         if t.frontend(&fe).is_some() || t.is_retired(&fe) {
             self.client_owner(t, &SockAddr::new(k.src, k.sport))
-        } else if t.local_port(&k.dst).is_some() {
+        } else if t.local_port(&k.dst).is_some() || self.is_exception_snat(&k.dst) {
             snat_owner(k.dport, self.n_workers)
         } else {
             owner_of(&SockAddr::new(k.dst, k.dport), self.n_workers)
@@ -1271,14 +1388,15 @@ impl Pipeline {
         };
         let sender = Addr::from(spa);
         let target = Addr::from(tpa);
-        let for_us = t.owns(&target);
+        // The kernel's own addresses are not neighbours (it asks for VIPs
+        // and the exception SNAT address).
+        let from_kernel = self.is_kernel_port(in_port);
+        let for_us = t.owns(&target) || (from_kernel && self.is_exception_snat(&target));
         let update = NeighborUpdate {
             addr: sender,
             mac: sha,
             port: in_port,
         };
-        // The kernel's own addresses are not neighbours (it asks for VIPs).
-        let from_kernel = self.is_kernel_port(in_port);
         let sender_valid = !sha.is_multicast() && spa.octets() != [0, 0, 0, 0] && !from_kernel;
         if sender_valid {
             let changed = if for_us || op == arp::operation::REPLY {
@@ -1360,8 +1478,10 @@ impl Pipeline {
         }
         // Solicitation.
         let unspecified = ip.src.0 == [0; 16];
-        // The kernel's own addresses are not neighbours (it asks for VIPs).
+        // The kernel's own addresses are not neighbours (it asks for VIPs
+        // and the exception SNAT address).
         let from_kernel = self.is_kernel_port(in_port);
+        let owned = t.owns(&target) || (from_kernel && self.is_exception_snat(&target));
         if !unspecified && !from_kernel {
             if let Some(mac) = icmp::ndp_lladdr_option(body, 1) {
                 let u = NeighborUpdate {
@@ -1369,7 +1489,7 @@ impl Pipeline {
                     mac,
                     port: in_port,
                 };
-                let changed = if t.owns(&target) {
+                let changed = if owned {
                     self.neighbors.learn(u, now)
                 } else {
                     self.neighbors.refresh(u, now)
@@ -1379,7 +1499,7 @@ impl Pipeline {
                 }
             }
         }
-        if !t.owns(&target) {
+        if !owned {
             return Some(self.to_kernel(st, in_port).unwrap_or(Verdict::Consumed));
         }
         if t.local_port(&target).is_some() {

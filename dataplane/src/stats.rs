@@ -95,6 +95,10 @@ reasons! {
     LocalUnhandled => "local_unhandled",
     /// A frame that arrived on a port that is not configured.
     BadPort => "bad_port",
+    /// A flow between two endpoints behind the host kernel (a local pod or
+    /// the node reaching a local pod through a Service) needs the exception
+    /// SNAT address of its family, and none is configured.
+    NoExceptionSnat => "no_exception_snat",
 }
 
 /// Drop counters, indexed by [`DropReason`].

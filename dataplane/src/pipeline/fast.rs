@@ -173,6 +173,10 @@ impl Pipeline {
             return None;
         }
         let hop = t.route(dst)?;
+        if self.exception.is_some_and(|x| x.kernel == hop.port) {
+            // Behind the kernel (a local pod): the general path delivers it.
+            return None;
+        }
         let (mac, until) = self.neighbors.fresh_until(&hop.addr, now)?;
         self.egress[slot] = Egress {
             dst: *dst,

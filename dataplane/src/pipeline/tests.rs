@@ -4229,10 +4229,7 @@ fn exception_workers(t: &ServiceTable, n: u16) -> Vec<Pipeline> {
         .map(|id| {
             let mut p = Pipeline::new(id, n, ports.clone(), PipelineConfig::default());
             p.on_table(t);
-            p.set_exception(Some(Exception {
-                uplink: 0,
-                kernel: KERNEL,
-            }));
+            p.set_exception(Some(Exception::new(0, KERNEL)));
             p
         })
         .collect()
