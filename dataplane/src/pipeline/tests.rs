@@ -4707,3 +4707,4 @@ fn exception_kernel_traffic_to_an_ipv6_service_is_translated_and_answered_to_the
 }
 
 mod invariants;
+mod pods;
