@@ -1,0 +1,441 @@
+//! Pods behind the node reach Services through the dataplane: the proxy owns
+//! node 1's only link (an af_packet uplink) and its kernel sits behind a TAP
+//! exception port; node 1's pods hang off a bridge in its kernel, node 2 is
+//! a plain kernel on the same LAN with a pod of its own. A ClusterIP and a
+//! NodePort have both pods as backends: a pod of node 1 reaches both (the
+//! local one masqueraded to the exception SNAT address, so its answer comes
+//! back through the TAP), as does an outside client through the NodePort —
+//! and all of it again after a proxy restart.
+//!
+//! ```text
+//!                                   Q-node (node 1, the proxy runs here)
+//!  Q-client 198.18.0.2 ─┐           Qu [af_packet uplink, port 0] ── dataplane
+//!                       ├─ bridge ─ Qu                                  │
+//!  Q-node2 198.18.0.3 ──┘ (Q-lan)   Qt [TAP exception port, port 1] ── kernel: 198.18.0.1/24,
+//!    kernel, forwards;                   Service CIDR and 198.18.65.0/24 via 198.18.0.3 on Qt,
+//!    198.18.64.0/24 via .1               bridge Qp 198.18.64.1/24 ─┬─ Q-pa 198.18.64.2 (server "pa")
+//!    bridge 198.18.65.1/24               (local_pod_cidrs)         └─ Q-pc 198.18.64.3 (client)
+//!      └─ Q-pb 198.18.65.2 (server "pb")
+//! ```
+//!
+//! Pods of one node share a bridge (the CNI bridge plugin's layout): without
+//! the masquerade, pa's answer to pc would cross the bridge and never reach
+//! the dataplane's reverse translation.
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod support;
+use support::{bin, http_get_in, metric_sum_of, peer_in, require_root, root, sh, spawn_peer_in};
+
+const NAMESPACES: [&str; 6] = ["node", "lan", "client", "node2", "pa", "pc"];
+const NAMESPACES2: [&str; 1] = ["pb"];
+
+struct Cluster {
+    p: String,
+    admin: String,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+    proxy: Option<Child>,
+    children: Vec<Child>,
+}
+
+impl Cluster {
+    fn ns(&self, n: &str) -> String {
+        format!("{}-{n}", self.p)
+    }
+
+    fn ip(&self, ns: &str, args: &str) {
+        sh(Command::new("ip")
+            .args(["-n", &self.ns(ns)])
+            .args(args.split_whitespace()));
+    }
+
+    fn exec(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns(ns)]).args(args);
+        c
+    }
+
+    fn sysctl(&self, ns: &str, settings: &[&str]) {
+        let mut args = vec!["sysctl", "-qw"];
+        args.extend_from_slice(settings);
+        sh(&mut self.exec(ns, &args));
+    }
+
+    /// A veth pair `a` (in namespace `na`) – `b` (in `nb`).
+    fn veth(&self, na: &str, a: &str, nb: &str, b: &str) {
+        sh(Command::new("ip").args([
+            "link",
+            "add",
+            a,
+            "netns",
+            &self.ns(na),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b,
+            "netns",
+            &self.ns(nb),
+        ]));
+        // Checksums computed by the sender (af_packet sees them unfilled otherwise).
+        for (ns, dev) in [(na, a), (nb, b)] {
+            let _ = self
+                .exec(
+                    ns,
+                    &[
+                        "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off",
+                    ],
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// A pod: namespace `pod` behind bridge `br` of namespace `node`, at `addr`/24.
+    fn pod(&self, node: &str, br: &str, pod: &str, addr: &str, gw: &str) {
+        let p = &self.p;
+        let (host_end, pod_end) = (format!("{p}h{pod}"), format!("{p}e{pod}"));
+        self.veth(node, &host_end, pod, &pod_end);
+        self.ip(node, &format!("link set {host_end} master {br} up"));
+        self.ip(pod, &format!("addr add {addr}/24 dev {pod_end}"));
+        self.ip(pod, &format!("link set {pod_end} up"));
+        self.ip(pod, &format!("route add default via {gw}"));
+    }
+
+    fn up(p: &str) -> Cluster {
+        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free admin port")
+            .port();
+        let mut c = Cluster {
+            p: p.into(),
+            admin: format!("127.0.0.1:{admin_port}"),
+            config: std::env::temp_dir().join(format!("{p}-pods.yaml")),
+            log: std::env::temp_dir().join(format!("{p}-pods.log")),
+            proxy: None,
+            children: vec![],
+        };
+        c.down();
+        for ns in NAMESPACES.iter().chain(NAMESPACES2.iter()) {
+            sh(Command::new("ip").args(["netns", "add", &c.ns(ns)]));
+            c.ip(ns, "link set lo up");
+        }
+        c.ip("lan", &format!("link add {p}br type bridge"));
+        c.ip("lan", &format!("link set {p}br up"));
+        // Node 1's only link: the uplink veth, its far end on the LAN.
+        let u = format!("{p}u");
+        c.veth("node", &u, "lan", &format!("{p}lu"));
+        c.veth("client", &format!("{p}c"), "lan", &format!("{p}lc"));
+        c.veth("node2", &format!("{p}n"), "lan", &format!("{p}ln"));
+        for end in ["lu", "lc", "ln"] {
+            c.ip("lan", &format!("link set {p}{end} master {p}br up"));
+        }
+        // Node 1's kernel keeps out of the uplink (as in tests/node.rs: on
+        // a real node the NIC is bound to vfio-pci) and forwards for its pods.
+        c.sysctl(
+            "node",
+            &[
+                &format!("net.ipv6.conf.{u}.disable_ipv6=1"),
+                &format!("net.ipv4.conf.{u}.arp_ignore=8"),
+                &format!("net.ipv4.conf.{u}.rp_filter=1"),
+                "net.ipv4.conf.all.rp_filter=1",
+                "net.ipv4.ip_forward=1",
+            ],
+        );
+        c.ip("node", &format!("link set {u} up"));
+        c.ip("node", &format!("link add {p}p type bridge"));
+        c.ip("node", &format!("addr add 198.18.64.1/24 dev {p}p"));
+        c.ip("node", &format!("link set {p}p up"));
+        c.pod("node", &format!("{p}p"), "pa", "198.18.64.2", "198.18.64.1");
+        c.pod("node", &format!("{p}p"), "pc", "198.18.64.3", "198.18.64.1");
+        // Node 2: a plain kernel routing node 1's pod CIDR to node 1.
+        c.sysctl("node2", &["net.ipv4.ip_forward=1"]);
+        c.ip("node2", &format!("addr add 198.18.0.3/24 dev {p}n"));
+        c.ip("node2", &format!("link set {p}n up"));
+        c.ip("node2", &format!("link add {p}q type bridge"));
+        c.ip("node2", &format!("addr add 198.18.65.1/24 dev {p}q"));
+        c.ip("node2", &format!("link set {p}q up"));
+        c.ip("node2", "route add 198.18.64.0/24 via 198.18.0.1");
+        c.pod("node2", &format!("{p}q"), "pb", "198.18.65.2", "198.18.65.1");
+        c.ip("client", &format!("addr add 198.18.0.2/24 dev {p}c"));
+        c.ip("client", &format!("link set {p}c up"));
+        for pod in ["pa", "pb"] {
+            let child = c
+                .exec(pod, &["python3"])
+                .arg(root().join("tests/e2e/peer.py"))
+                .args(["serve", "--name", pod, "--tcp", "8080", "--udp", "5353"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("peer server");
+            c.children.push(child);
+        }
+        c.write_config();
+        c
+    }
+
+    fn write_config(&self) {
+        let p = &self.p;
+        let text = format!(
+            r#"eal:
+  lcores: "0@(0-1),1@(0-1),2@(0-1)"
+  no_huge: true
+  memory_mb: 256
+  vdevs:
+    - net_af_packet0,iface={p}u,qpairs=2
+    - net_tap0,iface={p}t,persist
+  args: ["--log-level", "*:warning"]
+ports:
+  - device: net_af_packet0
+    addresses: ["198.18.0.1/24"]
+  - device: net_tap0
+    role: exception
+routes:
+  - {{prefix: 198.18.65.0/24, port: 0, via: 198.18.0.3}}
+exception:
+  local_pod_cidrs: [198.18.64.0/24]
+  snat_addresses: [198.18.0.250]
+cluster_cidrs: [198.18.64.0/23]
+workers:
+  sessions: 4096
+  idle_sleep_us: 100
+  rx_desc: 512
+  tx_desc: 512
+admin:
+  bind: {admin}
+services:
+  - name: pods/web
+    vip: 198.18.100.1
+    port: 80
+    protocol: TCP
+    node_port: 30080
+    backends: ["198.18.64.2:8080", "198.18.65.2:8080"]
+  - name: pods/dns
+    vip: 198.18.100.1
+    port: 53
+    protocol: UDP
+    node_port: 30053
+    backends: ["198.18.64.2:5353", "198.18.65.2:5353"]
+"#,
+            admin = self.admin
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn try_get(&self, path: &str) -> Option<String> {
+        http_get_in(&self.ns("node"), &self.admin, path)
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn start_proxy(&mut self) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let c = self
+            .exec("node", &[&bin(), "--config"])
+            .arg(&self.config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("proxy");
+        self.proxy = Some(c);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.try_get("/proxyMode").as_deref() != Some("dpdk") {
+            if let Some(st) = self.proxy.as_mut().unwrap().try_wait().unwrap() {
+                panic!("proxy exited with {st}: {}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "proxy did not come up: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The node's configuration: its address on the TAP (kept across
+        // restarts: the TAP persists), and the routes through the TAP
+        // (they go when it goes down; the proxy does not install them yet).
+        let tap = format!("{}t", self.p);
+        let addrs = sh(&mut self.exec("node", &["ip", "-br", "addr", "show", &tap]));
+        if !addrs.contains("198.18.0.1/24") {
+            self.ip("node", &format!("addr add 198.18.0.1/24 dev {tap}"));
+        }
+        self.ip("node", &format!("route replace 198.18.100.0/24 dev {tap}"));
+        self.ip(
+            "node",
+            &format!("route replace 198.18.65.0/24 via 198.18.0.3 dev {tap}"),
+        );
+    }
+
+    fn stop_proxy(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &p.id().to_string()])
+                .status();
+            let st = p.wait().unwrap();
+            assert!(st.success(), "proxy exit: {st}: {}", self.log_text());
+        }
+    }
+
+    fn metric(&self, name: &str, filter: &str) -> u64 {
+        metric_sum_of(&self.try_get("/metrics").expect("metrics"), name, filter)
+    }
+
+    /// Non-zero drop counters, for failure messages.
+    fn drops(&self) -> String {
+        let m = self.try_get("/metrics").unwrap_or_default();
+        m.lines()
+            .filter(|l| l.starts_with("dpdk_kube_proxy_dropped") && !l.ends_with(" 0"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn down(&self) {
+        let listed = Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for ns in NAMESPACES.iter().chain(NAMESPACES2.iter()) {
+            let ns = self.ns(ns);
+            if listed
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(ns.as_str()))
+            {
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &p.id().to_string()])
+                .status();
+            let _ = p.wait();
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Deleting the namespaces deletes the veths, bridges and the TAP.
+        self.down();
+        let _ = std::fs::remove_file(&self.config);
+        if std::thread::panicking() {
+            eprintln!("--- proxy log ---\n{}", self.log_text());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn wait_json(c: Child) -> Value {
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "peer failed");
+    let s = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("bad peer output {s:?}: {e}"))
+}
+
+/// `n` answers for `proto`, no errors, from both pods; `sources[pod]` is
+/// the address each pod saw the connections come from.
+fn assert_both(c: &Cluster, v: &Value, proto: &str, n: u64, sources: &[(&str, &str)]) {
+    let r = &v[proto];
+    let ctx = || format!("{proto}: {v}\ndrops:\n{}", c.drops());
+    assert_eq!(r["errors"], 0, "{}", ctx());
+    let counts = r["counts"].as_object().expect("counts");
+    let total: u64 = counts.values().filter_map(Value::as_u64).sum();
+    assert_eq!(total, n, "{}", ctx());
+    for (pod, source) in sources {
+        let got = counts.get(*pod).and_then(Value::as_u64).unwrap_or(0);
+        assert!(got > 0, "no answer from {pod}: {}", ctx());
+        let seen = &r["sources"][*pod];
+        assert_eq!(
+            seen.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()),
+            Some(vec![source.to_string()]),
+            "{pod} saw: {}",
+            ctx()
+        );
+    }
+}
+
+fn clients<'a>(vip: &'a str, tcp: &'a str, udp: &'a str) -> [&'a str; 11] {
+    [
+        "clients",
+        "--vip",
+        vip,
+        "--tcp-port",
+        tcp,
+        "--udp-port",
+        udp,
+        "--count",
+        "40",
+        "--concurrency",
+        "4",
+    ]
+}
+
+/// Pods and an outside client reach both backends, all at once.
+fn check_pods(c: &Cluster) {
+    let cluster_ip = clients("198.18.100.1", "80", "53");
+    let node_port = clients("198.18.0.1", "30080", "30053");
+    // Pod pc (node 1) to the ClusterIP; pod pa to the ClusterIP (one of
+    // whose backends is pa itself); the outside client to the NodePort.
+    let pc = spawn_peer_in(&c.ns("pc"), &cluster_ip);
+    let pa = spawn_peer_in(&c.ns("pa"), &cluster_ip);
+    let outside = peer_in(&c.ns("client"), &node_port);
+    let (pc, pa) = (wait_json(pc), wait_json(pa));
+    for proto in ["tcp", "udp"] {
+        // The remote pod sees the client pod itself (DNAT only; its answer
+        // comes back over the LAN to the uplink); the local pod sees the
+        // exception SNAT address.
+        assert_both(
+            c,
+            &pc,
+            proto,
+            40,
+            &[("pa", "198.18.0.250"), ("pb", "198.18.64.3")],
+        );
+        assert_both(
+            c,
+            &pa,
+            proto,
+            40,
+            &[("pa", "198.18.0.250"), ("pb", "198.18.64.2")],
+        );
+        // NodePort traffic is masqueraded: to the node address toward the
+        // remote pod, to the SNAT address toward the local one.
+        assert_both(
+            c,
+            &outside,
+            proto,
+            40,
+            &[("pa", "198.18.0.250"), ("pb", "198.18.0.1")],
+        );
+    }
+}
+
+#[test]
+fn pods_behind_the_node_reach_services_through_the_dataplane() {
+    require_root();
+    let t0 = Instant::now();
+    let mut c = Cluster::up("dkpp");
+    c.start_proxy();
+    check_pods(&c);
+    let to_kernel = c.metric("dpdk_kube_proxy_exception_packets_total", "to_kernel");
+    let masq = c.metric("dpdk_kube_proxy_sessions_masqueraded_total", "");
+    eprintln!(
+        "first run: to_kernel {to_kernel}, masqueraded {masq}, drops: [{}]",
+        c.drops()
+    );
+    // A restart: the TAP persists with the node's address; the new proxy
+    // takes it over and everything works again.
+    c.stop_proxy();
+    c.start_proxy();
+    check_pods(&c);
+    eprintln!("drops after restart: [{}]", c.drops());
+    eprintln!("node_pods test took {:?}", t0.elapsed());
+}
