@@ -661,7 +661,9 @@ async fn sync(
     mut cluster: Option<&mut Cluster>,
     publisher: &Arc<Mutex<Publisher>>,
 ) -> Result<()> {
-    let spec = cfg.table_spec()?;
+    // This node's pods (the Node's spec.podCIDRs) are behind the kernel.
+    let pods = cluster.as_deref().map_or(&[][..], |c| c.model.pod_cidrs());
+    let spec = cfg.table_spec_with_pods(pods)?;
     let mut built = Vec::new();
     // Rebuilding is CPU work (every Service on a full resync): off the
     // async workers' hot path.

@@ -159,7 +159,13 @@ impl Cluster {
         c.ip("node2", &format!("addr add 198.18.65.1/24 dev {p}q"));
         c.ip("node2", &format!("link set {p}q up"));
         c.ip("node2", "route add 198.18.64.0/24 via 198.18.0.1");
-        c.pod("node2", &format!("{p}q"), "pb", "198.18.65.2", "198.18.65.1");
+        c.pod(
+            "node2",
+            &format!("{p}q"),
+            "pb",
+            "198.18.65.2",
+            "198.18.65.1",
+        );
         c.ip("client", &format!("addr add 198.18.0.2/24 dev {p}c"));
         c.ip("client", &format!("link set {p}c up"));
         for pod in ["pa", "pb"] {
@@ -354,7 +360,8 @@ fn assert_both(c: &Cluster, v: &Value, proto: &str, n: u64, sources: &[(&str, &s
         assert!(got > 0, "no answer from {pod}: {}", ctx());
         let seen = &r["sources"][*pod];
         assert_eq!(
-            seen.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()),
+            seen.as_object()
+                .map(|o| o.keys().cloned().collect::<Vec<_>>()),
             Some(vec![source.to_string()]),
             "{pod} saw: {}",
             ctx()

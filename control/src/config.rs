@@ -851,9 +851,11 @@ impl Config {
             if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
                 return Err(invalid(f, format!("{a} is not a unicast address")));
             }
-            let node = self.ports.iter().flat_map(|p| p.addresses.iter()).any(|p| {
-                parse_prefix(p, "").is_ok_and(|(n, _)| n == Addr::from(*a))
-            });
+            let node = self
+                .ports
+                .iter()
+                .flat_map(|p| p.addresses.iter())
+                .any(|p| parse_prefix(p, "").is_ok_and(|(n, _)| n == Addr::from(*a)));
             if node {
                 return Err(invalid(
                     f,
@@ -920,6 +922,30 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::table_spec`] plus `pod_cidrs` (the Node's `spec.podCIDRs`)
+    /// routed onto the exception port like `exception.local_pod_cidrs`
+    /// (nothing without an exception port).
+    pub fn table_spec_with_pods(&self, pod_cidrs: &[(Addr, u8)]) -> Result<TableSpec> {
+        let mut spec = self.table_spec()?;
+        if let Some(x) = self.exception() {
+            for &(prefix, len) in pod_cidrs {
+                if !spec
+                    .routes
+                    .iter()
+                    .any(|r| r.prefix == prefix && r.len == len)
+                {
+                    spec.routes.push(Route {
+                        prefix,
+                        len,
+                        port: x.kernel,
+                        via: None,
+                    });
+                }
+            }
+        }
+        Ok(spec)
     }
 
     /// Builds the table spec (services, interfaces, routes, neighbours).
@@ -1549,7 +1575,12 @@ services:
             to_kernel,
             vec![
                 (Addr::v4([198, 18, 64, 0]), 24, 1, None),
-                ("2001:2:0:64::".parse::<IpAddr>().unwrap().into(), 64, 1, None),
+                (
+                    "2001:2:0:64::".parse::<IpAddr>().unwrap().into(),
+                    64,
+                    1,
+                    None
+                ),
             ]
         );
         let x = c.exception().unwrap();
@@ -1559,6 +1590,25 @@ services:
             Some("2001:2::fa".parse::<IpAddr>().unwrap().into())
         );
         assert_eq!(c.dataplane(vec![1]).exception, Some(x));
+        // The Node's pod CIDRs join them (once each).
+        let pods = [
+            (Addr::v4([198, 18, 64, 0]), 24),
+            (Addr::v4([198, 18, 67, 0]), 24),
+        ];
+        let spec = c.table_spec_with_pods(&pods).unwrap();
+        assert_eq!(spec.routes.len(), 3);
+        assert_eq!(
+            spec.routes[2],
+            Route {
+                prefix: Addr::v4([198, 18, 67, 0]),
+                len: 24,
+                port: 1,
+                via: None
+            }
+        );
+        let plain =
+            Config::parse("ports: [{device: a, addresses: [198.18.0.1/24]}]\n", "t").unwrap();
+        assert!(plain.table_spec_with_pods(&pods).unwrap().routes.is_empty());
         // Pod CIDRs reload; SNAT addresses need a restart.
         let d = Config::parse(&text.replace("198.18.64.0/24", "198.18.66.0/24"), "t").unwrap();
         assert_eq!(c.restart_needed(&d), None);
@@ -1571,7 +1621,10 @@ services:
         };
         let ports = "[{device: a, addresses: [198.18.0.1/24]}, {device: t, role: exception}]";
         let e = err("[{device: a}]", "{local_pod_cidrs: [198.18.64.0/24]}");
-        assert!(e.contains("exception") && e.contains("needs an exception port"), "{e}");
+        assert!(
+            e.contains("exception") && e.contains("needs an exception port"),
+            "{e}"
+        );
         let e = err(ports, "{local_pod_cidrs: [198.18.64.0]}");
         assert!(e.contains("exception.local_pod_cidrs[0]"), "{e}");
         let e = err(ports, "{snat_addresses: [198.18.0.250, 198.18.0.251]}");

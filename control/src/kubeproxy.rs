@@ -27,8 +27,8 @@
 //! | `ipvs.scheduler` `rr`, `sh`, `mh` (when `dpdk.load_balancing` is unset) | `load_balancing` `round-robin`, `source-hash`, `maglev` (other schedulers: warning, `maglev`) |
 use crate::config::{
     default_algorithm, from_yaml, invalid, parse_nodeport_address, parse_prefix, Config, EalConfig,
-    ExceptionConfig, KubernetesConfig, NeighborConfig, PortConfig, RouteConfig, ServiceConfig, TimeoutsConfig,
-    WorkersConfig,
+    ExceptionConfig, KubernetesConfig, NeighborConfig, PortConfig, RouteConfig, ServiceConfig,
+    TimeoutsConfig, WorkersConfig,
 };
 use crate::{duration, Error, Result};
 use dataplane::table::Algorithm;

@@ -139,6 +139,10 @@ pub struct Model {
     started: Option<SystemTime>,
     /// Oldest not yet programmed EndpointSlice change per Service.
     pending_triggers: HashMap<Key, SystemTime>,
+    /// This node's pod CIDRs (`spec.podCIDRs` of its Node object).
+    pod_cidrs: Vec<(dataplane::addr::Addr, u8)>,
+    /// `pod_cidrs` changed since the last sync (the table's routes follow).
+    pod_cidrs_changed: bool,
     /// Objects that could not be translated (logged and skipped), total.
     pub translate_errors: u64,
     /// Service rebuilds that met an annotation value they could not use
@@ -178,7 +182,13 @@ impl Model {
 
     /// True when some Service must be rebuilt.
     pub fn has_changes(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.dirty.is_empty() || self.pod_cidrs_changed
+    }
+
+    /// This node's pod CIDRs, from its Node object's `spec.podCIDRs` (else
+    /// `spec.podCIDR`): with an exception port they are routed onto it.
+    pub fn pod_cidrs(&self) -> &[(dataplane::addr::Addr, u8)] {
+        &self.pod_cidrs
     }
 
     /// False when the node is being deleted or the cluster autoscaler is
@@ -344,6 +354,27 @@ impl Model {
             .and_then(|s| s.taints.as_ref())
             .is_some_and(|t| t.iter().any(|t| t.key == TAINT_TO_BE_DELETED));
         self.node_eligible = node.metadata.deletion_timestamp.is_none() && !tainted;
+        let spec = node.spec.as_ref();
+        let listed = spec
+            .and_then(|s| s.pod_cidrs.clone())
+            .filter(|l| !l.is_empty())
+            .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
+            .unwrap_or_default();
+        let mut pod_cidrs = Vec::new();
+        for (i, c) in listed.iter().enumerate() {
+            match crate::config::parse_prefix(c, &format!("spec.podCIDRs[{i}]")) {
+                Ok(p) => pod_cidrs.push(p),
+                Err(e) => {
+                    self.translate_errors += 1;
+                    tracing::warn!(node = %self.node.name, "Node {e}: skipped");
+                }
+            }
+        }
+        if pod_cidrs != self.pod_cidrs {
+            tracing::info!(node = %self.node.name, ?listed, "pod CIDRs of this node");
+            self.pod_cidrs = pod_cidrs;
+            self.pod_cidrs_changed = true;
+        }
         if zone != self.node.zone {
             // Zone hints of every Service may now select other endpoints.
             self.node.zone = zone;
@@ -379,6 +410,7 @@ impl Model {
     /// Rebuilds the entries of every changed Service.
     pub fn sync(&mut self) -> SyncReport {
         let mut r = SyncReport::default();
+        self.pod_cidrs_changed = false;
         let dirty: Vec<Key> = self.dirty.drain().collect();
         for k in dirty {
             r.rebuilt += 1;

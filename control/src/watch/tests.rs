@@ -870,3 +870,57 @@ async fn a_relist_that_keeps_expiring_backs_off() {
         .sum();
     assert_eq!(expired, 3);
 }
+
+#[test]
+fn pod_cidrs_of_this_node() {
+    let mut m = Model::new(node());
+    assert!(m.pod_cidrs().is_empty());
+    let n: Node = serde_json::from_value(json!({
+        "metadata": {"name": "node-a"},
+        "spec": {"podCIDR": "198.18.64.0/24", "podCIDRs": ["198.18.64.0/24", "2001:2:0:64::/64"]}
+    }))
+    .unwrap();
+    m.apply(Change::Node(Event::Apply(n.clone())));
+    assert_eq!(
+        m.pod_cidrs(),
+        [
+            (dataplane::addr::Addr::v4([198, 18, 64, 0]), 24),
+            (
+                "2001:2:0:64::".parse::<std::net::IpAddr>().unwrap().into(),
+                64
+            )
+        ]
+    );
+    assert!(m.has_changes(), "the table's routes must follow");
+    m.sync();
+    assert!(!m.has_changes());
+    m.apply(Change::Node(Event::Apply(n)));
+    assert!(!m.has_changes(), "unchanged");
+    // Only the singular field (older API servers), another node, a bad value.
+    let n: Node = serde_json::from_value(json!({
+        "metadata": {"name": "node-a"}, "spec": {"podCIDR": "198.18.66.0/24"}
+    }))
+    .unwrap();
+    m.apply(Change::Node(Event::Apply(n)));
+    assert_eq!(
+        m.pod_cidrs(),
+        [(dataplane::addr::Addr::v4([198, 18, 66, 0]), 24)]
+    );
+    m.sync();
+    let other: Node = serde_json::from_value(json!({
+        "metadata": {"name": "node-b"}, "spec": {"podCIDRs": ["198.18.65.0/24"]}
+    }))
+    .unwrap();
+    m.apply(Change::Node(Event::Apply(other)));
+    assert!(!m.has_changes());
+    let bad: Node = serde_json::from_value(json!({
+        "metadata": {"name": "node-a"}, "spec": {"podCIDRs": ["nonsense", "198.18.66.0/24"]}
+    }))
+    .unwrap();
+    m.apply(Change::Node(Event::Apply(bad)));
+    assert_eq!(m.translate_errors, 1);
+    assert_eq!(
+        m.pod_cidrs(),
+        [(dataplane::addr::Addr::v4([198, 18, 66, 0]), 24)]
+    );
+}

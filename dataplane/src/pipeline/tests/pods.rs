@@ -29,8 +29,20 @@ fn snat6() -> Ipv6Addr {
 fn pods_table() -> ServiceTable {
     let mut s = spec();
     let b = |port| vec![sa(ip4(POD_B), port)];
-    s.services.push(svc("pods/local:http", ip4(LOCAL_VIP), 80, Proto::Tcp, b(8080)));
-    s.services.push(svc("pods/local:dns", ip4(LOCAL_VIP), 53, Proto::Udp, b(5353)));
+    s.services.push(svc(
+        "pods/local:http",
+        ip4(LOCAL_VIP),
+        80,
+        Proto::Tcp,
+        b(8080),
+    ));
+    s.services.push(svc(
+        "pods/local:dns",
+        ip4(LOCAL_VIP),
+        53,
+        Proto::Udp,
+        b(5353),
+    ));
     s.services.push(svc(
         "pods/local6:http",
         ip6(local_vip6()),
@@ -118,7 +130,11 @@ fn a_pod_reaches_a_remote_backend_and_the_reply_goes_to_the_kernel() {
     let (v, out) = run(&mut p, &t, &st, KERNEL, &syn, NOW, false);
     assert_eq!(v, Verdict::Tx(1));
     let o = parse(&out);
-    assert_eq!((o.src, o.sport), (Some(ip4(POD_A)), 41000), "not masqueraded");
+    assert_eq!(
+        (o.src, o.sport),
+        (Some(ip4(POD_A)), 41000),
+        "not masqueraded"
+    );
     let bi = backend_index(o.dst.unwrap());
     // The remote pod's answer arrives on the uplink side and is delivered
     // to the kernel (which routes it to pod A), translated.
@@ -225,7 +241,14 @@ fn a_pod_reaching_a_local_pod_over_ipv6_is_masqueraded_too() {
     assert_eq!(v, Verdict::ToKernel(KERNEL));
     let o = parse(&out);
     assert_eq!((o.src, o.dst), (Some(ip6(snat6())), Some(ip6(pod_b6()))));
-    let back = k_tcp(P0_MAC, ip6(pod_b6()), ip6(snat6()), 8080, o.sport, SYN | ACK);
+    let back = k_tcp(
+        P0_MAC,
+        ip6(pod_b6()),
+        ip6(snat6()),
+        8080,
+        o.sport,
+        SYN | ACK,
+    );
     let (v, out) = run(&mut p, &t, &st, KERNEL, &back, NOW, false);
     assert_eq!(v, Verdict::ToKernel(KERNEL));
     let r = parse(&out);
@@ -325,14 +348,24 @@ fn pod_to_pod_traffic_between_nodes_is_routed_untranslated() {
     let (v, out) = run(&mut p, &t, &st, 0, &f, NOW, false);
     assert_eq!(v, Verdict::ToKernel(KERNEL));
     let o = parse(&out);
-    assert_eq!((o.src, o.dst, o.ttl), (Some(ip4(REMOTE_POD)), Some(ip4(POD_A)), 63));
+    assert_eq!(
+        (o.src, o.dst, o.ttl),
+        (Some(ip4(REMOTE_POD)), Some(ip4(POD_A)), 63)
+    );
     let f = echo_frame(OTHER_MAC, P0_MAC, ip4(REMOTE_POD), ip4(POD_A), 1, 1, 64);
     assert_eq!(
         run(&mut p, &t, &st, 0, &f, NOW, false).0,
         Verdict::ToKernel(KERNEL)
     );
     // Pod A's answer: the kernel routed it already; out of the uplink as is.
-    let f = k_tcp(OTHER_MAC, ip4(POD_A), ip4(REMOTE_POD), 8080, 40000, SYN | ACK);
+    let f = k_tcp(
+        OTHER_MAC,
+        ip4(POD_A),
+        ip4(REMOTE_POD),
+        8080,
+        40000,
+        SYN | ACK,
+    );
     let (v, out) = run(&mut p, &t, &st, KERNEL, &f, NOW, false);
     assert_eq!((v, out), (Verdict::FromKernel(0), f));
     assert_eq!(p.sessions.len(), 0);
@@ -342,7 +375,16 @@ fn pod_to_pod_traffic_between_nodes_is_routed_untranslated() {
 #[test]
 fn icmp_errors_from_a_local_pod_to_the_snat_address_are_translated() {
     let (mut p, t, st) = pods_setup();
-    let q = udp_frame(P0_MAC, P0_MAC, ip4(POD_A), ip4(LOCAL_VIP), 41000, 53, 64, b"query");
+    let q = udp_frame(
+        P0_MAC,
+        P0_MAC,
+        ip4(POD_A),
+        ip4(LOCAL_VIP),
+        41000,
+        53,
+        64,
+        b"query",
+    );
     let (v, out) = run(&mut p, &t, &st, KERNEL, &q, NOW, false);
     assert_eq!(v, Verdict::ToKernel(KERNEL));
     let o = parse(&out);
