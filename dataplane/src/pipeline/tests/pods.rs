@@ -417,3 +417,140 @@ fn icmp_errors_from_a_local_pod_to_the_snat_address_are_translated() {
     assert_eq!(stat(&st.icmp_errors_translated), 1);
     assert_eq!(st.total_drops(), 0);
 }
+
+/// Every pod scenario above, step by step (each frame built from what the
+/// previous ones produced): verdicts, bytes and counters.
+fn pod_scenarios(p: &mut Pipeline, t: &ServiceTable, st: &WorkerStats) -> Vec<(Verdict, Vec<u8>)> {
+    let mut log = Vec::new();
+    let mut step = |p: &mut Pipeline, port: u16, f: &[u8], now: u64| {
+        let (v, out) = run(p, t, st, port, f, now, false);
+        log.push((v, out.clone()));
+        out
+    };
+    for round in 0..3u64 {
+        let now = NOW + round * 10;
+        // A pod to remote backends: both directions, several segments.
+        let syn = k_tcp(
+            P0_MAC,
+            ip4(POD_A),
+            ip4(VIP4),
+            41000,
+            80,
+            if round == 0 { SYN } else { ACK },
+        );
+        let o = parse(&step(p, KERNEL, &syn, now));
+        let back = tcp_frame(
+            backend_mac(backend_index(o.dst.unwrap())),
+            P1_MAC,
+            o.dst.unwrap(),
+            ip4(POD_A),
+            8080,
+            41000,
+            ACK,
+            5,
+            2,
+            64,
+            b"data",
+        );
+        step(p, 1, &back, now + 1);
+        let q = udp_frame(P0_MAC, P0_MAC, ip4(POD_A), ip4(VIP4), 41001, 53, 64, b"q");
+        let o = parse(&step(p, KERNEL, &q, now + 2));
+        let r = udp_frame(
+            backend_mac(backend_index(o.dst.unwrap())),
+            P1_MAC,
+            o.dst.unwrap(),
+            ip4(POD_A),
+            5353,
+            41001,
+            64,
+            b"r",
+        );
+        step(p, 1, &r, now + 3);
+        // A pod and an outside client to the local pod.
+        for (port, f) in [
+            (
+                KERNEL,
+                udp_frame(
+                    P0_MAC,
+                    P0_MAC,
+                    ip4(POD_A),
+                    ip4(LOCAL_VIP),
+                    41002,
+                    53,
+                    64,
+                    b"q",
+                ),
+            ),
+            (
+                0,
+                udp_frame(
+                    CLIENT_MAC,
+                    P0_MAC,
+                    ip4(CLIENT4),
+                    ip4(LOCAL_VIP),
+                    41003,
+                    53,
+                    64,
+                    b"q",
+                ),
+            ),
+        ] {
+            let o = parse(&step(p, port, &f, now + 4));
+            let dmac = if o.src == Some(ip4(CLIENT4)) {
+                CLIENT_MAC
+            } else {
+                P0_MAC
+            };
+            let r = udp_frame(
+                P0_MAC,
+                dmac,
+                ip4(POD_B),
+                o.src.unwrap(),
+                5353,
+                o.sport,
+                64,
+                b"r",
+            );
+            step(p, KERNEL, &r, now + 5);
+        }
+        // Pod-to-pod between nodes.
+        let f = udp_frame(
+            OTHER_MAC,
+            P0_MAC,
+            ip4(REMOTE_POD),
+            ip4(POD_A),
+            9,
+            9,
+            64,
+            b"x",
+        );
+        step(p, 0, &f, now + 6);
+    }
+    log
+}
+
+#[test]
+fn pod_traffic_is_the_same_on_the_fast_and_the_general_path() {
+    let t = pods_table();
+    let (sf, ss) = (WorkerStats::default(), WorkerStats::default());
+    let mut fast = pods_workers(&t, 1, true).remove(0);
+    let mut slow = pods_workers(&t, 1, true).remove(0);
+    slow.set_fast_path(false);
+    let lf = pod_scenarios(&mut fast, &t, &sf);
+    let ls = pod_scenarios(&mut slow, &t, &ss);
+    assert_eq!(lf, ls);
+    assert!(stat(&sf.fast_path) > 0, "some packets took the fast path");
+    let counters = |s: &WorkerStats| {
+        [
+            stat(&s.nat_forward),
+            stat(&s.nat_reverse),
+            stat(&s.sessions_created),
+            stat(&s.exception_to_kernel),
+            stat(&s.exception_from_kernel),
+            stat(&s.routed),
+            s.total_drops(),
+        ]
+    };
+    assert_eq!(counters(&sf), counters(&ss));
+    assert_eq!(ss.total_drops(), 0);
+}
