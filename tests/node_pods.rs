@@ -4,8 +4,10 @@
 //! a plain kernel on the same LAN with a pod of its own. A ClusterIP and a
 //! NodePort have both pods as backends: a pod of node 1 reaches both (the
 //! local one masqueraded to the exception SNAT address, so its answer comes
-//! back through the TAP), as does an outside client through the NodePort —
-//! and all of it again after a proxy restart.
+//! back through the TAP), over IPv4 and IPv6, as does an outside client
+//! through the NodePort — and all of it again after a proxy restart.
+//! IPv6: the same layout in 2001:2::/64 (LAN), 2001:2:0:64::/64 and
+//! 2001:2:0:65::/64 (pods), Service 2001:2:0:100::1, SNAT 2001:2::fa.
 //!
 //! ```text
 //!                                   Q-node (node 1, the proxy runs here)
@@ -94,15 +96,20 @@ impl Cluster {
         }
     }
 
-    /// A pod: namespace `pod` behind bridge `br` of namespace `node`, at `addr`/24.
-    fn pod(&self, node: &str, br: &str, pod: &str, addr: &str, gw: &str) {
+    /// A pod: namespace `pod` behind bridge `br` of namespace `node`, at
+    /// `addr`/24 and `addr6`/64 (gateways: `.1` and `::1` of those subnets).
+    fn pod(&self, node: &str, br: &str, pod: &str, addr: &str, addr6: &str) {
         let p = &self.p;
         let (host_end, pod_end) = (format!("{p}h{pod}"), format!("{p}e{pod}"));
         self.veth(node, &host_end, pod, &pod_end);
         self.ip(node, &format!("link set {host_end} master {br} up"));
         self.ip(pod, &format!("addr add {addr}/24 dev {pod_end}"));
+        self.ip(pod, &format!("addr add {addr6}/64 dev {pod_end} nodad"));
         self.ip(pod, &format!("link set {pod_end} up"));
-        self.ip(pod, &format!("route add default via {gw}"));
+        // The last component replaced by 1.
+        let gw = |a: &str| format!("{}1", &a[..a.rfind(['.', ':']).unwrap() + 1]);
+        self.ip(pod, &format!("route add default via {}", gw(addr)));
+        self.ip(pod, &format!("-6 route add default via {}", gw(addr6)));
     }
 
     fn up(p: &str) -> Cluster {
@@ -143,29 +150,39 @@ impl Cluster {
                 &format!("net.ipv4.conf.{u}.rp_filter=1"),
                 "net.ipv4.conf.all.rp_filter=1",
                 "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
             ],
         );
         c.ip("node", &format!("link set {u} up"));
         c.ip("node", &format!("link add {p}p type bridge"));
         c.ip("node", &format!("addr add 198.18.64.1/24 dev {p}p"));
+        c.ip(
+            "node",
+            &format!("addr add 2001:2:0:64::1/64 dev {p}p nodad"),
+        );
         c.ip("node", &format!("link set {p}p up"));
-        c.pod("node", &format!("{p}p"), "pa", "198.18.64.2", "198.18.64.1");
-        c.pod("node", &format!("{p}p"), "pc", "198.18.64.3", "198.18.64.1");
+        let br = format!("{p}p");
+        c.pod("node", &br, "pa", "198.18.64.2", "2001:2:0:64::2");
+        c.pod("node", &br, "pc", "198.18.64.3", "2001:2:0:64::3");
         // Node 2: a plain kernel routing node 1's pod CIDR to node 1.
-        c.sysctl("node2", &["net.ipv4.ip_forward=1"]);
+        c.sysctl(
+            "node2",
+            &["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
+        );
         c.ip("node2", &format!("addr add 198.18.0.3/24 dev {p}n"));
+        c.ip("node2", &format!("addr add 2001:2::3/64 dev {p}n nodad"));
         c.ip("node2", &format!("link set {p}n up"));
         c.ip("node2", &format!("link add {p}q type bridge"));
         c.ip("node2", &format!("addr add 198.18.65.1/24 dev {p}q"));
+        c.ip(
+            "node2",
+            &format!("addr add 2001:2:0:65::1/64 dev {p}q nodad"),
+        );
         c.ip("node2", &format!("link set {p}q up"));
         c.ip("node2", "route add 198.18.64.0/24 via 198.18.0.1");
-        c.pod(
-            "node2",
-            &format!("{p}q"),
-            "pb",
-            "198.18.65.2",
-            "198.18.65.1",
-        );
+        c.ip("node2", "-6 route add 2001:2:0:64::/64 via 2001:2::1");
+        let br = format!("{p}q");
+        c.pod("node2", &br, "pb", "198.18.65.2", "2001:2:0:65::2");
         c.ip("client", &format!("addr add 198.18.0.2/24 dev {p}c"));
         c.ip("client", &format!("link set {p}c up"));
         for pod in ["pa", "pb"] {
@@ -196,15 +213,16 @@ impl Cluster {
   args: ["--log-level", "*:warning"]
 ports:
   - device: net_af_packet0
-    addresses: ["198.18.0.1/24"]
+    addresses: ["198.18.0.1/24", "2001:2::1/64"]
   - device: net_tap0
     role: exception
 routes:
   - {{prefix: 198.18.65.0/24, port: 0, via: 198.18.0.3}}
+  - {{prefix: "2001:2:0:65::/64", port: 0, via: "2001:2::3"}}
 exception:
-  local_pod_cidrs: [198.18.64.0/24]
-  snat_addresses: [198.18.0.250]
-cluster_cidrs: [198.18.64.0/23]
+  local_pod_cidrs: [198.18.64.0/24, "2001:2:0:64::/64"]
+  snat_addresses: [198.18.0.250, "2001:2::fa"]
+cluster_cidrs: [198.18.64.0/23, "2001:2:0:64::/63"]
 workers:
   sessions: 4096
   idle_sleep_us: 100
@@ -225,6 +243,16 @@ services:
     protocol: UDP
     node_port: 30053
     backends: ["198.18.64.2:5353", "198.18.65.2:5353"]
+  - name: pods/web6
+    vip: "2001:2:0:100::1"
+    port: 80
+    protocol: TCP
+    backends: ["[2001:2:0:64::2]:8080", "[2001:2:0:65::2]:8080"]
+  - name: pods/dns6
+    vip: "2001:2:0:100::1"
+    port: 53
+    protocol: UDP
+    backends: ["[2001:2:0:64::2]:5353", "[2001:2:0:65::2]:5353"]
 "#,
             admin = self.admin
         );
@@ -267,13 +295,21 @@ services:
         let tap = format!("{}t", self.p);
         let addrs = sh(&mut self.exec("node", &["ip", "-br", "addr", "show", &tap]));
         if !addrs.contains("198.18.0.1/24") {
+            self.sysctl(
+                "node",
+                &[&format!("net.ipv6.conf.{tap}.keep_addr_on_down=1")],
+            );
             self.ip("node", &format!("addr add 198.18.0.1/24 dev {tap}"));
+            self.ip("node", &format!("addr add 2001:2::1/64 dev {tap} nodad"));
         }
-        self.ip("node", &format!("route replace 198.18.100.0/24 dev {tap}"));
-        self.ip(
-            "node",
-            &format!("route replace 198.18.65.0/24 via 198.18.0.3 dev {tap}"),
-        );
+        for route in [
+            "route replace 198.18.100.0/24 dev TAP",
+            "route replace 198.18.65.0/24 via 198.18.0.3 dev TAP",
+            "-6 route replace 2001:2:0:100::/64 dev TAP",
+            "-6 route replace 2001:2:0:65::/64 via 2001:2::3 dev TAP",
+        ] {
+            self.ip("node", &route.replace("TAP", &tap));
+        }
     }
 
     fn stop_proxy(&mut self) {
@@ -391,10 +427,12 @@ fn check_pods(c: &Cluster) {
     let node_port = clients("198.18.0.1", "30080", "30053");
     // Pod pc (node 1) to the ClusterIP; pod pa to the ClusterIP (one of
     // whose backends is pa itself); the outside client to the NodePort.
+    let cluster_ip6 = clients("2001:2:0:100::1", "80", "53");
+    let pc6 = spawn_peer_in(&c.ns("pc"), &cluster_ip6);
     let pc = spawn_peer_in(&c.ns("pc"), &cluster_ip);
     let pa = spawn_peer_in(&c.ns("pa"), &cluster_ip);
     let outside = peer_in(&c.ns("client"), &node_port);
-    let (pc, pa) = (wait_json(pc), wait_json(pa));
+    let (pc, pa, pc6) = (wait_json(pc), wait_json(pa), wait_json(pc6));
     for proto in ["tcp", "udp"] {
         // The remote pod sees the client pod itself (DNAT only; its answer
         // comes back over the LAN to the uplink); the local pod sees the
@@ -415,6 +453,13 @@ fn check_pods(c: &Cluster) {
         );
         // NodePort traffic is masqueraded: to the node address toward the
         // remote pod, to the SNAT address toward the local one.
+        assert_both(
+            c,
+            &pc6,
+            proto,
+            40,
+            &[("pa", "2001:2::fa"), ("pb", "2001:2:0:64::3")],
+        );
         assert_both(
             c,
             &outside,
