@@ -739,7 +739,7 @@ impl Pipeline {
             if let Some(v) = self.node_to_kernel(t, st, &ip.dst, in_port) {
                 return v;
             }
-            if t.local_port(&ip.dst).is_some() {
+            if t.local_port(&ip.dst).is_some() || self.is_exception_snat(&ip.dst) {
                 return Verdict::Drop(DropReason::LocalUnhandled);
             }
             // Not a Service: plain routing.
@@ -1233,6 +1233,10 @@ impl Pipeline {
         // With an exception path the kernel answers ping and the rest.
         if let Some(v) = self.node_to_kernel(t, st, &ip.dst, in_port) {
             return v;
+        }
+        if self.is_exception_snat(&ip.dst) {
+            // Only translated flows' answers go to it (ICMP errors: above).
+            return Verdict::Drop(DropReason::LocalUnhandled);
         }
         if t.local_port(&ip.dst).is_some() {
             let echo_req = if ip.v4 {

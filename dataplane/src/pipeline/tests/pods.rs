@@ -209,6 +209,16 @@ fn a_pod_reaching_a_local_pod_is_masqueraded_to_the_exception_snat_address() {
     assert_eq!(stat(&st.sessions_masqueraded), 3);
     assert_eq!(stat(&st.exception_from_kernel), 0);
     assert_eq!(st.total_drops(), 0);
+    // Anything else to the SNAT address (no session) is dropped, counted,
+    // not routed out of the uplink.
+    let stray = k_tcp(P0_MAC, ip4(POD_B), ip4(SNAT4), 8080, 33333, ACK);
+    let ping = echo_frame(P0_MAC, P0_MAC, ip4(NODE0), ip4(SNAT4), 1, 1, 64);
+    for f in [stray, ping] {
+        let (v, _) = run(&mut p, &t, &st, KERNEL, &f, NOW, false);
+        assert_eq!(v, Verdict::Drop(DropReason::LocalUnhandled));
+    }
+    assert_eq!(p.take_solicits().count(), 0);
+    let st = WorkerStats::default();
     // Without a SNAT address such flows cannot work: dropped, counted.
     let mut p = pods_workers(&t, 1, false).remove(0);
     let syn = k_tcp(P0_MAC, ip4(POD_A), ip4(LOCAL_VIP), 41001, 80, SYN);
