@@ -149,6 +149,12 @@ fn config_map_holds_a_valid_kube_proxy_configuration() {
         "primary: one per family"
     );
     c.table_spec().unwrap();
+    // The node keeps its own traffic: an exception port (a TAP) paired
+    // with the NIC, and a SNAT address per family for local-pod flows.
+    let x = c.exception().expect("an exception port");
+    assert!(c.eal.vdevs.iter().any(|v| v.starts_with("net_tap")));
+    assert_eq!(c.ports[usize::from(x.kernel)].device, "net_tap0");
+    assert!(x.snat_v4.is_some() && x.snat_v6.is_some(), "{x:?}");
     // The kubeconfig it names is in the same ConfigMap and uses the
     // ServiceAccount's token and CA.
     let kc: Value = serde_yaml::from_str(str_of(&data["kubeconfig.conf"])).unwrap();
@@ -236,6 +242,10 @@ fn daemonset_is_wired_like_kube_proxy_with_dpdk_needs() {
         assert_eq!(mount(name), path);
         assert_eq!(volume(name)["hostPath"]["path"], path);
     }
+    // The exception port's TAP PMD opens /dev/net/tun.
+    assert_eq!(mount("tun"), "/dev/net/tun");
+    assert_eq!(volume("tun")["hostPath"]["path"], "/dev/net/tun");
+    assert_eq!(volume("tun")["hostPath"]["type"], "CharDevice");
 
     // Guaranteed QoS with whole CPUs (static CPU manager) and hugepages.
     let res = &c["resources"];
