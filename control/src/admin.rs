@@ -750,6 +750,20 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         family(
             &mut enc,
+            "dpdk_kube_proxy_kernel_routes",
+            "Routes toward the exception port in the host kernel (ours, by their protocol number)",
+            Gauge,
+            one(c.kernel_routes.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_route_errors",
+            "Failed netlink operations on the kernel routes (each retried at the next reconcile)",
+            Counter,
+            one(c.route_errors.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
             "The last time proxy rules were successfully synced",
             Gauge,
