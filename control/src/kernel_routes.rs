@@ -224,8 +224,10 @@ pub struct KernelRoutes<O> {
     ops: O,
     oif: u32,
     protocol: u8,
-    /// The wanted set, last given.
-    desired: BTreeSet<KernelRoute>,
+    /// The wanted set, last given (`None` before the first
+    /// [`KernelRoutes::update`]: nothing is known to be wanted yet, so
+    /// retries and resyncs do nothing).
+    desired: Option<BTreeSet<KernelRoute>>,
     /// Ours in the kernel, when known (every one on `oif`): `None` at start
     /// and after a failure, so the next reconcile reads the kernel back.
     applied: Option<BTreeSet<KernelRoute>>,
@@ -240,7 +242,7 @@ impl<O: RouteOps> KernelRoutes<O> {
             ops,
             oif,
             protocol,
-            desired: BTreeSet::new(),
+            desired: None,
             applied: None,
             metrics,
         }
@@ -254,7 +256,7 @@ impl<O: RouteOps> KernelRoutes<O> {
     /// True when the last reconcile failed (or none ran): the caller should
     /// call [`KernelRoutes::retry`] later.
     pub fn needs_retry(&self) -> bool {
-        self.applied.is_none()
+        self.desired.is_some() && self.applied.is_none()
     }
 
     /// Makes `desired` the wanted set. No netlink call when it equals what
@@ -262,28 +264,34 @@ impl<O: RouteOps> KernelRoutes<O> {
     /// read-back and repair when the kernel's state is unknown (first call,
     /// after a failure).
     pub fn update(&mut self, desired: BTreeSet<KernelRoute>) -> Outcome {
-        self.desired = desired;
-        if self.applied.as_ref() == Some(&self.desired) {
+        if self.applied.as_ref() == Some(&desired) {
+            self.desired = Some(desired);
             return Outcome::default();
         }
-        self.reconcile(self.applied.is_none())
+        let full = self.applied.is_none();
+        self.desired = Some(desired);
+        self.reconcile(full)
     }
 
     /// Tries the wanted set again after a failure (a full reconcile).
+    /// Nothing before the first [`KernelRoutes::update`].
     pub fn retry(&mut self) -> Outcome {
+        if self.desired.is_none() {
+            return Outcome::default();
+        }
         self.reconcile(true)
     }
 
     /// Reads the kernel's routes back and repairs them (one dump; changes
-    /// only when someone removed or added routes with our mark).
+    /// only when someone removed or added routes with our mark). Nothing
+    /// before the first [`KernelRoutes::update`].
     pub fn resync(&mut self) -> Outcome {
-        self.reconcile(true)
+        self.retry()
     }
 
-    /// Removes every route with our mark (clean shutdown, or
-    /// `kernel_routes.enabled: false`).
+    /// Removes every route with our mark (clean shutdown).
     pub fn clear(&mut self) -> Outcome {
-        self.desired.clear();
+        self.desired = Some(BTreeSet::new());
         self.reconcile(true)
     }
 
@@ -313,7 +321,8 @@ impl<O: RouteOps> KernelRoutes<O> {
                 .map(|&route| Installed { route, oif })
                 .collect()
         };
-        let plan = plan(&self.desired, &current, self.oif);
+        let desired = self.desired.clone().unwrap_or_default();
+        let plan = plan(&desired, &current, self.oif);
         let mut installed: BTreeSet<Installed> = current.into_iter().collect();
         // Routes need their interface up (the TAP appears when the EAL
         // probes it and comes up when the port starts).
@@ -378,7 +387,7 @@ impl<O: RouteOps> KernelRoutes<O> {
         self.metrics
             .kernel_routes
             .store(installed.len() as u64, Relaxed);
-        self.applied = out.ok().then(|| self.desired.clone());
+        self.applied = out.ok().then_some(desired);
         if out.added + out.removed > 0 {
             tracing::info!(
                 added = out.added,

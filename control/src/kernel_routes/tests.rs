@@ -394,3 +394,18 @@ fn removing_a_route_already_gone_is_not_an_error() {
     assert_eq!(m.route_errors.load(Relaxed), 0);
     assert_eq!(m.kernel_routes.load(Relaxed), 1);
 }
+
+#[test]
+fn nothing_is_done_before_the_wanted_set_is_known() {
+    // Cluster mode: until the first publication after the API sync, the
+    // routes a crash left stay (they are probably still wanted).
+    let k = Fake::with_tap_up();
+    k.push("198.18.101.10/32", TAP, OURS);
+    let (mut kr, m) = reconciler(&k);
+    assert!(!kr.needs_retry());
+    assert_eq!(kr.retry(), Outcome::default());
+    assert_eq!(kr.resync(), Outcome::default());
+    assert_eq!(k.calls(), 0);
+    assert_eq!(k.ours().len(), 1);
+    assert_eq!(m.kernel_routes.load(Relaxed), 0);
+}
