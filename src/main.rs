@@ -905,7 +905,7 @@ mod tests {
         r
     }
 
-    const ALL_FLAGS: [&str; 21] = [
+    const ALL_FLAGS: [&str; 22] = [
         "--kubeconfig=/flag/kubeconfig",
         "--hostname-override=flag-node",
         "--sync-period=5m0s",
@@ -914,6 +914,7 @@ mod tests {
         "--healthz-bind-address=127.0.0.1:30256",
         "--metrics-bind-address=127.0.0.1:30249",
         "--cluster-cidr=198.18.64.0/18,2001:2:0:8000::/56",
+        "--service-cluster-ip-range=198.18.96.0/20,2001:2:0:9000::/112",
         "--masquerade-all=false",
         "--conntrack-tcp-timeout-established",
         "2h30m",
@@ -961,6 +962,7 @@ mod tests {
             );
             assert_eq!(c.admin.bind.to_string(), "127.0.0.1:30249");
             assert_eq!(c.cluster_cidrs, ["198.18.64.0/18", "2001:2:0:8000::/56"]);
+            assert_eq!(c.service_cidrs, ["198.18.96.0/20", "2001:2:0:9000::/112"]);
             assert!(!c.masquerade_all, "{name}");
             let t = &c.timeouts;
             assert_eq!(
@@ -989,6 +991,10 @@ mod tests {
     fn bad_flag_values_are_named() {
         for (args, want) in [
             (&["--cluster-cidr=198.18.0.0/33"][..], "--cluster-cidr"),
+            (
+                &["--service-cluster-ip-range=198.18.0.0/24,x"],
+                "--service-cluster-ip-range",
+            ),
             (
                 &["--nodeport-addresses=primary,localhost"],
                 "--nodeport-addresses[1]",

@@ -1442,6 +1442,58 @@ services:
     }
 
     #[test]
+    fn service_cidrs_and_kernel_routes() {
+        let base = "ports: [{device: a, addresses: [198.18.0.1/24, 2001:2::1/64]}]\n";
+        let c = Config::parse(base, "t").unwrap();
+        assert_eq!(c.kernel_routes, KernelRoutesConfig::default());
+        assert!(c.kernel_routes.enabled);
+        assert_eq!(c.kernel_routes.protocol, 214);
+        assert!(c.service_cidrs().unwrap().is_empty());
+        assert_eq!(
+            c.node_addresses(),
+            [
+                "198.18.0.1".parse::<IpAddr>().unwrap(),
+                "2001:2::1".parse().unwrap()
+            ]
+        );
+        let text = format!("{base}service_cidrs: [198.18.100.0/24, \"2001:2:0:100::/64\"]\nkernel_routes: {{enabled: false, protocol: 99}}\n");
+        let c = Config::parse(&text, "t").unwrap();
+        assert_eq!(
+            c.service_cidrs().unwrap(),
+            [
+                ("198.18.100.0".parse().unwrap(), 24),
+                ("2001:2:0:100::".parse().unwrap(), 64)
+            ]
+        );
+        assert!(!c.kernel_routes.enabled);
+        // Enabling/disabling and the CIDRs apply at once; the mark needs a restart.
+        let base_cfg = Config::parse(base, "t").unwrap();
+        let mut same_proto = c.clone();
+        same_proto.kernel_routes.protocol = DEFAULT_ROUTE_PROTOCOL;
+        assert_eq!(base_cfg.restart_needed(&same_proto), None);
+        assert_eq!(base_cfg.restart_needed(&c), Some("kernel_routes.protocol"));
+        for (bad, want) in [
+            ("service_cidrs: [198.18.100.0/33]", "service_cidrs[0]"),
+            ("service_cidrs: [198.18.100.0/24, x]", "service_cidrs[1]"),
+            (
+                "kernel_routes: {protocol: 4}",
+                "kernel_routes.protocol: 4 is the kernel's",
+            ),
+            (
+                "kernel_routes: {protocol: 0}",
+                "kernel_routes.protocol: 0 is the kernel's",
+            ),
+            ("kernel_routes: {protocol: 256}", "kernel_routes.protocol"),
+            ("kernel_routes: {table: 10}", "unknown field `table`"),
+        ] {
+            let e = Config::parse(&format!("{base}{bad}\n"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn external_frontends() {
         let text = "ports: [{device: a, addresses: [198.18.0.1/24, 2001:2::1/64]}, {device: b, addresses: [198.18.1.1/24]}]\nservices:\n- name: s\n  vip: 198.18.100.1\n  port: 80\n  node_port: 30080\n  external_ips: [198.18.100.10]\n  load_balancer_ips: [198.18.100.20]\n  load_balancer_source_ranges: [198.18.0.0/24]\n  backends: [198.18.1.11:8080]\n";
         let spec = Config::parse(text, "t").unwrap().table_spec().unwrap();

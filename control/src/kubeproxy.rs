@@ -654,6 +654,21 @@ dpdk:
     }
 
     #[test]
+    fn service_cidrs_and_kernel_routes_in_the_dpdk_section() {
+        let text = minimal("").replace(
+            "dpdk:\n",
+            "dpdk:\n  service_cidrs: [198.18.100.0/24]\n  kernel_routes: {enabled: false}\n",
+        );
+        let c = parse_ok(&text);
+        assert_eq!(c.service_cidrs, ["198.18.100.0/24"]);
+        assert!(!c.kernel_routes.enabled);
+        let e = err(&text.replace("198.18.100.0/24", "198.18.100.0/99"));
+        assert!(e.contains("dpdk.service_cidrs[0]"), "{e}");
+        let e = err(&text.replace("enabled: false", "protocol: 2"));
+        assert!(e.contains("dpdk.kernel_routes.protocol"), "{e}");
+    }
+
+    #[test]
     fn load_balancing_from_the_dpdk_section_or_ipvs_scheduler() {
         let lb = |extra: &str, dpdk: &str| {
             let text = minimal(extra) + dpdk;
