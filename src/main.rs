@@ -7,9 +7,11 @@ use control::duration::parse_flag as duration;
 use control::healthcheck::HealthServers;
 use control::heartbeat::Heartbeat;
 use control::k8s::NodeInfo;
+use control::kernel_routes::{KernelRoute, KernelRoutes, Rtnetlink};
 use control::publisher::Publisher;
 use control::watch::{self, Change, Model};
 use dataplane::dpdk::Eal;
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,6 +75,11 @@ struct Cli {
     /// outside them are masqueraded [file: clusterCIDR / cluster_cidrs].
     #[arg(long, value_delimiter = ',')]
     cluster_cidr: Vec<String>,
+    /// Service (ClusterIP) CIDRs, comma separated, as given to the API
+    /// server: with an exception port they are routed toward it in the host
+    /// kernel [file: service_cidrs / dpdk.service_cidrs].
+    #[arg(long, value_delimiter = ',')]
+    service_cluster_ip_range: Vec<String>,
     /// SNAT all Service traffic [file: masqueradeAll / masquerade_all;
     /// default false]. `--masquerade-all=false` overrides a file's true.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
@@ -152,6 +159,18 @@ impl Cli {
             {
                 control::config::parse_prefix(c, "--cluster-cidr")?;
                 cfg.cluster_cidrs.push(c.to_string());
+            }
+        }
+        if !self.service_cluster_ip_range.is_empty() {
+            cfg.service_cidrs.clear();
+            for c in self
+                .service_cluster_ip_range
+                .iter()
+                .map(|c| c.trim())
+                .filter(|c| !c.is_empty())
+            {
+                control::config::parse_prefix(c, "--service-cluster-ip-range")?;
+                cfg.service_cidrs.push(c.to_string());
             }
         }
         if let Some(v) = self.masquerade_all {
@@ -367,6 +386,7 @@ fn main() -> Result<()> {
         tracing::info!(port = i, device = %cfg.ports[i].device, driver = %running.drivers[i], mac = %p.mac, "port up");
     }
     tracing::info!(workers = lcores.len(), ?lcores, "dataplane running");
+    let mut routes = kernel_routes(&cfg, &running, &publisher.metrics);
 
     // Watching a cluster: not ready until Services and EndpointSlices are
     // listed and programmed.
@@ -398,10 +418,27 @@ fn main() -> Result<()> {
         .build()
         .context("tokio runtime")?;
     let publisher = Arc::new(Mutex::new(publisher));
-    let result = rt.block_on(control_loop(cli, cfg, state, publisher.clone()));
+    let result = rt.block_on(control_loop(
+        cli,
+        cfg,
+        state,
+        publisher.clone(),
+        routes.as_mut(),
+    ));
     // From here the exit is bounded, whatever a worker does.
     exit_after(shutdown_timeout, heartbeat);
     ready.store(false, Ordering::SeqCst);
+    if let Some(r) = routes.as_mut() {
+        // The node's own Service traffic stops reaching the dataplane here
+        // (as with kube-proxy's rules flushed): nothing of ours is left
+        // behind in the kernel.
+        let out = r.clear();
+        tracing::info!(
+            removed = out.removed,
+            errors = out.errors,
+            "kernel routes toward the exception interface removed"
+        );
+    }
     tracing::info!("stopping workers");
     let codes = running.shutdown(&eal);
     // A publish blocked on a worker must not hold the exit either.
@@ -410,6 +447,80 @@ fn main() -> Result<()> {
     tracing::info!(?codes, "stopped");
     drop(eal);
     result
+}
+
+/// The reconciler of the kernel routes toward the exception port's
+/// interface, when there is an exception port. `kernel_routes.enabled:
+/// false` keeps it (it then removes ours), so a reload can turn them on.
+fn kernel_routes(
+    cfg: &Config,
+    running: &dataplane::worker::Running,
+    metrics: &Arc<control::publisher::ControlMetrics>,
+) -> Option<KernelRoutes<Rtnetlink>> {
+    let x = cfg.exception()?;
+    let device = &cfg.ports[usize::from(x.kernel)].device;
+    let Some(ifindex) = running.kernel_ifindex(usize::from(x.kernel)) else {
+        tracing::error!(%device, "the exception port has no kernel interface: no routes toward it are installed");
+        return None;
+    };
+    match Rtnetlink::open() {
+        Ok(nl) => {
+            tracing::info!(%device, ifindex, protocol = cfg.kernel_routes.protocol, "kernel routes toward the exception interface");
+            Some(KernelRoutes::new(
+                nl,
+                ifindex,
+                cfg.kernel_routes.protocol,
+                metrics.clone(),
+            ))
+        }
+        Err(e) => {
+            metrics.route_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                "rtnetlink socket: {e}: no routes toward the exception port are installed"
+            );
+            None
+        }
+    }
+}
+
+/// The routes wanted toward the exception port for a table with these
+/// frontend addresses.
+fn wanted_routes(
+    cfg: &Config,
+    frontends: impl IntoIterator<Item = std::net::IpAddr>,
+) -> BTreeSet<KernelRoute> {
+    if !cfg.kernel_routes.enabled {
+        return BTreeSet::new();
+    }
+    // Validated with the rest of the file.
+    let cidrs = cfg.service_cidrs().unwrap_or_default();
+    control::kernel_routes::desired(&cidrs, frontends, &cfg.node_addresses())
+}
+
+/// Retries of failed route reconciles: 1 s doubling to 30 s.
+struct RouteRetry {
+    at: Option<tokio::time::Instant>,
+    backoff: Duration,
+}
+
+impl RouteRetry {
+    fn new() -> Self {
+        RouteRetry {
+            at: None,
+            backoff: Duration::from_secs(1),
+        }
+    }
+
+    /// Schedules (or cancels) the next retry after a reconcile.
+    fn after(&mut self, r: &KernelRoutes<Rtnetlink>) {
+        if r.needs_retry() {
+            self.at = Some(tokio::time::Instant::now() + self.backoff);
+            self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+        } else {
+            self.at = None;
+            self.backoff = Duration::from_secs(1);
+        }
+    }
 }
 
 /// Exits the process with status 1 if it is still running `timeout` from
@@ -457,6 +568,7 @@ async fn control_loop(
     mut cfg: Config,
     state: AdminState,
     publisher: Arc<Mutex<Publisher>>,
+    mut routes: Option<&mut KernelRoutes<Rtnetlink>>,
 ) -> Result<()> {
     let path = cli.config.clone().unwrap_or_default();
     let metrics_addr = cfg.admin.bind;
@@ -533,12 +645,30 @@ async fn control_loop(
             }
         }));
     }
+    let mut route_retry = RouteRetry::new();
+    if let Some(r) = routes.as_deref_mut() {
+        // Static Services only: the table published at start is the
+        // file's, so the routes follow it now (repairing what a crash left).
+        // Watching a cluster, they follow its first publication instead.
+        if cluster.is_none() {
+            let spec = cfg.table_spec()?;
+            let want = wanted_routes(
+                &cfg,
+                spec.services.iter().map(|s| s.frontend.addr.addr.ip()),
+            );
+            tokio::task::block_in_place(|| r.update(want));
+            route_retry.after(r);
+        }
+    }
     let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(cli.reload_interval);
     // The sync periods in force since start (changes need a restart).
     let (min_sync_period, sync_period) =
         (cfg.kubernetes.min_sync_period, cfg.kubernetes.sync_period);
     let mut full = tokio::time::interval(sync_period);
+    // The kernel routes are read back and repaired this often (one dump).
+    let mut route_resync = tokio::time::interval(sync_period);
+    route_resync.tick().await;
     let mut last_text = std::fs::read_to_string(&path).unwrap_or_default();
     // Something changed that is not published yet.
     let mut pending = false;
@@ -565,6 +695,20 @@ async fn control_loop(
         tokio::select! {
             _ = stop.changed() => break,
             _ = hup.recv() => forced = true,
+            _ = tokio::time::sleep_until(route_retry.at.unwrap_or_else(tokio::time::Instant::now)), if route_retry.at.is_some() => {
+                if let Some(r) = routes.as_deref_mut() {
+                    tokio::task::block_in_place(|| r.retry());
+                    route_retry.after(r);
+                }
+                continue;
+            }
+            _ = route_resync.tick(), if routes.is_some() => {
+                if let Some(r) = routes.as_deref_mut() {
+                    tokio::task::block_in_place(|| r.resync());
+                    route_retry.after(r);
+                }
+                continue;
+            }
             _ = tick.tick() => {}
             _ = full.tick(), if cluster.is_some() => {
                 if let Some(c) = cluster.as_mut() {
@@ -592,9 +736,16 @@ async fn control_loop(
             }
             _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                 match sync(&mut cfg, cluster.as_mut(), &publisher).await {
-                    Ok(()) => {
+                    Ok(frontends) => {
                         if cluster.is_some() && !ready.swap(true, Ordering::SeqCst) {
                             tracing::info!("cluster state programmed: ready");
+                        }
+                        // The routes follow the table (no netlink call when
+                        // their set is unchanged).
+                        if let Some(r) = routes.as_deref_mut() {
+                            let want = wanted_routes(&cfg, frontends);
+                            tokio::task::block_in_place(|| r.update(want));
+                            route_retry.after(r);
                         }
                     }
                     Err(e) => {
@@ -655,12 +806,12 @@ async fn control_loop(
 }
 
 /// Rebuilds what changed and publishes: the configuration file's table plus
-/// the cluster's Services.
+/// the cluster's Services. Returns the published table's frontend addresses.
 async fn sync(
     cfg: &mut Config,
     mut cluster: Option<&mut Cluster>,
     publisher: &Arc<Mutex<Publisher>>,
-) -> Result<()> {
+) -> Result<BTreeSet<std::net::IpAddr>> {
     // This node's pods (the Node's spec.podCIDRs) are behind the kernel.
     let pods = cluster.as_deref().map_or(&[][..], |c| c.model.pod_cidrs());
     let spec = cfg.table_spec_with_pods(pods)?;
@@ -675,6 +826,12 @@ async fn sync(
         })
     });
     let entries = spec.services.len() + built.len();
+    let frontends: BTreeSet<std::net::IpAddr> = spec
+        .services
+        .iter()
+        .map(|s| s.frontend.addr.addr.ip())
+        .chain(built.iter().map(|s| s.frontend.addr.addr.ip()))
+        .collect();
     let p = publisher.clone();
     let (version, metrics) = tokio::task::spawn_blocking(move || {
         let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
@@ -703,7 +860,7 @@ async fn sync(
         rebuilt = report.as_ref().map_or(0, |r| r.rebuilt),
         "published new service table"
     );
-    Ok(())
+    Ok(frontends)
 }
 
 #[cfg(test)]
@@ -750,7 +907,7 @@ mod tests {
         r
     }
 
-    const ALL_FLAGS: [&str; 21] = [
+    const ALL_FLAGS: [&str; 22] = [
         "--kubeconfig=/flag/kubeconfig",
         "--hostname-override=flag-node",
         "--sync-period=5m0s",
@@ -759,6 +916,7 @@ mod tests {
         "--healthz-bind-address=127.0.0.1:30256",
         "--metrics-bind-address=127.0.0.1:30249",
         "--cluster-cidr=198.18.64.0/18,2001:2:0:8000::/56",
+        "--service-cluster-ip-range=198.18.96.0/20,2001:2:0:9000::/112",
         "--masquerade-all=false",
         "--conntrack-tcp-timeout-established",
         "2h30m",
@@ -806,6 +964,7 @@ mod tests {
             );
             assert_eq!(c.admin.bind.to_string(), "127.0.0.1:30249");
             assert_eq!(c.cluster_cidrs, ["198.18.64.0/18", "2001:2:0:8000::/56"]);
+            assert_eq!(c.service_cidrs, ["198.18.96.0/20", "2001:2:0:9000::/112"]);
             assert!(!c.masquerade_all, "{name}");
             let t = &c.timeouts;
             assert_eq!(
@@ -834,6 +993,10 @@ mod tests {
     fn bad_flag_values_are_named() {
         for (args, want) in [
             (&["--cluster-cidr=198.18.0.0/33"][..], "--cluster-cidr"),
+            (
+                &["--service-cluster-ip-range=198.18.0.0/24,x"],
+                "--service-cluster-ip-range",
+            ),
             (
                 &["--nodeport-addresses=primary,localhost"],
                 "--nodeport-addresses[1]",

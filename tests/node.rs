@@ -7,12 +7,14 @@
 //!  P-client 198.18.0.2 ─┐                        P-node (the proxy runs here)
 //!  2001:2::2            ├─ bridge (P-lan) ─ veth ─ Pu  [af_packet uplink, port 0]
 //!  P-be 198.18.0.11 ────┘  ("a pod on another      │     dataplane (NodePort 30080/30053,
-//!   (NodePort backend)       node")                 │      ExternalIP 198.18.100.10)
+//!   (NodePort backend)       node")                 │      ExternalIPs 198.18.101.10/.11,
+//!                                                   │      2001:2:0:101::10)
 //!                                                   Pt  [TAP exception port, port 1]
 //!                                                        kernel: 198.18.0.1/24, 2001:2::1/64,
 //!                                                        the uplink's MAC and MTU, a TCP
-//!                                                        service on :8022; the Service
-//!                                                        CIDR routed onto the TAP
+//!                                                        service on :8022; the proxy routes
+//!                                                        the Service CIDRs and ExternalIPs
+//!                                                        onto the TAP (rtnetlink, proto 214)
 //! ```
 //!
 //! The veth `Pu` also belongs to the node's kernel (af_packet works beside
@@ -22,6 +24,7 @@
 //! clients' addresses route through the TAP, so IPv4 arriving on `Pu` is
 //! dropped as a martian).
 use serde_json::Value;
+use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -126,6 +129,7 @@ impl Node {
         n.ip("client", &format!("addr add 2001:2::2/64 dev {c} nodad"));
         n.ip("client", &format!("link set {c} up"));
         n.ip("client", "route add 198.18.100.0/24 via 198.18.0.1");
+        n.ip("client", "route add 198.18.101.0/24 via 198.18.0.1");
         n.ip("be", &format!("addr add 198.18.0.11/24 dev {b}"));
         n.ip("be", &format!("addr add 2001:2::11/64 dev {b} nodad"));
         n.ip("be", &format!("link set {b} up"));
@@ -157,11 +161,18 @@ impl Node {
                 .expect("peer server");
             n.children.push(child);
         }
-        n.write_config();
+        n.write_config(true);
         n
     }
 
-    fn write_config(&self) {
+    /// The proxy's configuration; `second_external` adds the ExternalIP
+    /// 198.18.101.11 to node/web.
+    fn write_config(&self, second_external: bool) {
+        let externals = if second_external {
+            "[198.18.101.10, 198.18.101.11]"
+        } else {
+            "[198.18.101.10]"
+        };
         let p = &self.p;
         let text = format!(
             r#"eal:
@@ -185,13 +196,14 @@ workers:
   tx_desc: 512
 admin:
   bind: {admin}
+service_cidrs: [198.18.100.0/24, "2001:2:0:100::/64"]
 services:
   - name: node/web
     vip: 198.18.100.1
     port: 80
     protocol: TCP
     node_port: 30080
-    external_ips: [198.18.100.10]
+    external_ips: {externals}
     backends: ["198.18.0.11:8080"]
   - name: node/dns
     vip: 198.18.100.1
@@ -203,6 +215,7 @@ services:
     vip: "2001:2:0:100::1"
     port: 80
     protocol: TCP
+    external_ips: ["2001:2:0:101::10"]
     backends: ["[2001:2::11]:8080"]
 "#,
             admin = self.admin
@@ -239,6 +252,56 @@ services:
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGKILL: nothing is cleaned up.
+    fn kill_proxy(&mut self) {
+        if let Some(mut p) = self.proxy.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
+    /// Routes of the node's main table with routing protocol `proto`,
+    /// IPv4 and IPv6, as `DST dev DEV` (`ip -j route`).
+    fn routes(&self, proto: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for family in ["-4", "-6"] {
+            let text = sh(&mut self.exec(
+                "node",
+                &[
+                    "ip", "-j", family, "route", "show", "table", "main", "proto", proto,
+                ],
+            ));
+            let v: Value = serde_json::from_str(text.trim()).unwrap_or(Value::Null);
+            for r in v.as_array().into_iter().flatten() {
+                out.insert(format!(
+                    "{} dev {}",
+                    r["dst"].as_str().unwrap_or("?"),
+                    r["dev"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        out
+    }
+
+    /// Waits until the proxy's routes (protocol 214) are exactly `want`.
+    fn wait_routes(&mut self, want: &BTreeSet<String>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let have = self.routes(PROTO);
+            if &have == want {
+                return;
+            }
+            if let Some(st) = self.proxy.as_mut().and_then(|p| p.try_wait().unwrap()) {
+                panic!("proxy exited with {st}: {}", self.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kernel routes: have {have:?}, want {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -379,7 +442,7 @@ fn check_node_and_services(n: &Node) {
         &[
             "clients",
             "--vip",
-            "198.18.100.10",
+            "198.18.101.10",
             "--proto",
             "tcp",
             "--count",
@@ -421,6 +484,28 @@ fn check_node_and_services(n: &Node) {
         ],
     );
     assert_all(&own6, "tcp", 20, "be", "2001:2::1");
+    // The node's own connections to an ExternalIP and an IPv6 one: their
+    // host routes lead to the TAP.
+    for (vip, src) in [
+        ("198.18.101.10", "198.18.0.1"),
+        ("2001:2:0:101::10", "2001:2::1"),
+    ] {
+        let own = n.peer(
+            "node",
+            &[
+                "clients",
+                "--vip",
+                vip,
+                "--proto",
+                "tcp",
+                "--count",
+                "10",
+                "--concurrency",
+                "2",
+            ],
+        );
+        assert_all(&own, "tcp", 10, "be", src);
+    }
     // The node's kernel sees the client itself; the backend sees the node
     // (NodePort and ExternalIP traffic is masqueraded).
     assert_all(&kernel, "tcp", 40, "node", "198.18.0.2");
@@ -429,12 +514,42 @@ fn check_node_and_services(n: &Node) {
     assert_all(&external, "tcp", 20, "be", "198.18.0.1");
 }
 
+/// The routing protocol number of the proxy's routes (the default of
+/// `kernel_routes.protocol`).
+const PROTO: &str = "214";
+
+/// The routes the proxy installs for this node's configuration.
+fn wanted(tap: &str, second_external: bool) -> BTreeSet<String> {
+    let mut dsts = vec![
+        "198.18.100.0/24",
+        "198.18.101.10",
+        "2001:2:0:100::/64",
+        "2001:2:0:101::10",
+    ];
+    if second_external {
+        dsts.push("198.18.101.11");
+    }
+    dsts.iter().map(|d| format!("{d} dev {tap}")).collect()
+}
+
 #[test]
 fn node_keeps_working_behind_the_proxy() {
     require_root();
     let t0 = Instant::now();
     let mut n = Node::up("dkn");
     let (tap, uplink) = (format!("{}t", n.p), format!("{}u", n.p));
+    // What an earlier proxy would have left after a crash: a route with our
+    // mark toward an interface that is not the exception port; and an
+    // administrator's route, which is none of the proxy's business.
+    n.ip(
+        "node",
+        &format!("route add 198.18.102.0/24 dev {uplink} proto {PROTO}"),
+    );
+    n.ip(
+        "node",
+        &format!("route add 198.18.103.0/24 dev {uplink} proto static"),
+    );
+    let foreign: BTreeSet<String> = [format!("198.18.103.0/24 dev {uplink}")].into();
     n.start_proxy();
     // The proxy made the TAP in the node's namespace with the uplink's MAC
     // and MTU; the node's addresses go on it (as the node's network
@@ -458,12 +573,13 @@ fn node_keeps_working_behind_the_proxy() {
     ));
     n.ip("node", &format!("addr add 198.18.0.1/24 dev {tap}"));
     n.ip("node", &format!("addr add 2001:2::1/64 dev {tap} nodad"));
-    // The Service CIDR toward the exception port (the proxy will install
-    // this over netlink; for now the test does).
-    let route = format!("route replace 198.18.100.0/24 dev {tap}");
-    let route6 = format!("-6 route replace 2001:2:0:100::/64 dev {tap}");
-    n.ip("node", &route);
-    n.ip("node", &route6);
+    // The proxy routed the Service CIDRs and the ExternalIPs onto the TAP
+    // (and removed the stale route with its mark); the administrator's
+    // route is untouched.
+    n.wait_routes(&wanted(&tap, true));
+    assert_eq!(n.routes("static"), foreign);
+    assert_eq!(n.metric("dpdk_kube_proxy_kernel_routes", ""), 5);
+    assert_eq!(n.metric("dpdk_kube_proxy_route_errors_total", ""), 0);
     check_node_and_services(&n);
     let to_kernel = n.metric("dpdk_kube_proxy_exception_packets_total", "to_kernel");
     let from_kernel = n.metric("dpdk_kube_proxy_exception_packets_total", "from_kernel");
@@ -475,20 +591,64 @@ fn node_keeps_working_behind_the_proxy() {
     let drops = n.metric("dpdk_kube_proxy_dropped_packets_total", "");
     eprintln!("first run: to_kernel {to_kernel}, from_kernel {from_kernel}, drops {drops}");
 
+    // SIGTERM: the proxy removes its routes itself (before its TAP goes
+    // down, which would flush them too).
+    n.stop_proxy();
+    assert_eq!(n.routes(PROTO), BTreeSet::new());
+    assert_eq!(n.routes("static"), foreign);
+    let log = n.log_text();
+    assert!(
+        log.contains("kernel routes toward the exception interface removed removed=5 errors=0"),
+        "no removal logged: {log}"
+    );
     // A restart: the TAP is persistent (`persist`), so the node keeps its
     // addresses while the proxy is away and the new proxy takes it over.
-    n.stop_proxy();
     let addrs = sh(&mut n.exec("node", &["ip", "-br", "addr", "show", &tap]));
     assert!(
         addrs.contains("198.18.0.1/24") && addrs.contains("2001:2::1/64"),
         "{addrs}"
     );
     n.start_proxy();
-    // Routes through the TAP went away while it was down.
-    n.ip("node", &route);
-    n.ip("node", &route6);
+    n.wait_routes(&wanted(&tap, true));
     let t = n.link(&tap);
     assert_eq!(t["address"], u["address"], "after restart: {t}");
     check_node_and_services(&n);
+
+    // SIGKILL, and an ExternalIP removed while the proxy is down: the
+    // restarted proxy removes the stale route (the one it left, and one with
+    // its mark elsewhere) and keeps the wanted ones.
+    n.kill_proxy();
+    // A crash leaves the routes (the persistent TAP stays up).
+    assert_eq!(n.routes(PROTO), wanted(&tap, true));
+    n.ip(
+        "node",
+        &format!("route add 198.18.102.0/24 dev {uplink} proto {PROTO}"),
+    );
+    n.write_config(false);
+    n.start_proxy();
+    n.wait_routes(&wanted(&tap, false));
+    // Repaired by the proxy: the four it wants kept, the two stale removed.
+    let log = n.log_text();
+    assert!(
+        log.contains("kernel routes toward the exception interface updated added=0 removed=2 errors=0 installed=4"),
+        "{log}"
+    );
+    assert_eq!(n.routes("static"), foreign);
+    assert_eq!(n.metric("dpdk_kube_proxy_kernel_routes", ""), 4);
+    let own = n.peer(
+        "node",
+        &[
+            "clients",
+            "--vip",
+            "198.18.100.1",
+            "--count",
+            "10",
+            "--concurrency",
+            "2",
+        ],
+    );
+    assert_all(&own, "tcp", 10, "be", "198.18.0.1");
+    n.stop_proxy();
+    assert_eq!(n.routes(PROTO), BTreeSet::new());
     eprintln!("node test took {:?}", t0.elapsed());
 }

@@ -750,6 +750,20 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         family(
             &mut enc,
+            "dpdk_kube_proxy_kernel_routes",
+            "Routes toward the exception port in the host kernel (ours, by their protocol number)",
+            Gauge,
+            one(c.kernel_routes.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_route_errors",
+            "Failed netlink operations on the kernel routes (each retried at the next reconcile)",
+            Counter,
+            one(c.route_errors.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
             "The last time proxy rules were successfully synced",
             Gauge,
@@ -969,8 +983,17 @@ mod tests {
         // Expired watches, by resource (every resource listed, from 0).
         control.watch_expired.inc("endpointslices");
         control.watch_expired.inc("endpointslices");
+        control
+            .kernel_routes
+            .store(5, std::sync::atomic::Ordering::Relaxed);
+        control
+            .route_errors
+            .store(3, std::sync::atomic::Ordering::Relaxed);
         let r = get(addr, "/metrics").await;
         for want in [
+            "# TYPE dpdk_kube_proxy_kernel_routes gauge",
+            "dpdk_kube_proxy_kernel_routes 5",
+            "dpdk_kube_proxy_route_errors_total 3",
             r#"dpdk_kube_proxy_watch_expired_total{resource="services"} 0"#,
             r#"dpdk_kube_proxy_watch_expired_total{resource="endpointslices"} 2"#,
             r#"dpdk_kube_proxy_watch_expired_total{resource="nodes"} 0"#,

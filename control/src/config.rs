@@ -55,6 +55,17 @@ pub struct Config {
     /// outside them reaching a Service are masqueraded. Empty: no detection.
     #[serde(default)]
     pub cluster_cidrs: Vec<String>,
+    /// Service (ClusterIP) CIDRs, `ADDR/LEN` (the API server's
+    /// `--service-cluster-ip-range`; the `--service-cluster-ip-range` flag
+    /// here): with an exception port, the host kernel routes them toward it
+    /// (see [`KernelRoutesConfig`]). Empty: a host route per ClusterIP instead.
+    #[serde(default)]
+    pub service_cidrs: Vec<String>,
+    /// Routes the proxy installs in the host kernel toward the exception
+    /// port, so the node's own (and its pods') Service traffic reaches the
+    /// dataplane.
+    #[serde(default)]
+    pub kernel_routes: KernelRoutesConfig,
     /// Service ports (static mode).
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
@@ -274,6 +285,43 @@ pub struct ExceptionConfig {
     /// flows are dropped (`no_exception_snat`). Changes need a restart.
     #[serde(default)]
     pub snat_addresses: Vec<IpAddr>,
+}
+
+/// `kernel_routes`: routes in the host kernel toward the exception port's
+/// interface, for every `service_cidrs` prefix and a host route for every
+/// other Service frontend address (ExternalIPs, load-balancer IPs,
+/// ClusterIPs outside the Service CIDRs) that is not a node address. They
+/// are reconciled at start and at every table publication, and removed at
+/// a clean shutdown. Only without an exception port nothing is installed.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KernelRoutesConfig {
+    /// Install them (default true; applied at a reload: false removes them).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The routing protocol number (`rtm_protocol`, `ip route ... proto N`)
+    /// that marks the proxy's routes: only routes of the main table with this
+    /// number are ever added, changed or removed. Default 214 (not one of
+    /// iproute2's `rt_protos`); 0-4 belong to the kernel and administrators.
+    /// A change needs a restart.
+    #[serde(default = "default_route_protocol")]
+    pub protocol: u8,
+}
+
+/// The default `kernel_routes.protocol`.
+pub const DEFAULT_ROUTE_PROTOCOL: u8 = 214;
+
+fn default_route_protocol() -> u8 {
+    DEFAULT_ROUTE_PROTOCOL
+}
+
+impl Default for KernelRoutesConfig {
+    fn default() -> Self {
+        KernelRoutesConfig {
+            enabled: true,
+            protocol: DEFAULT_ROUTE_PROTOCOL,
+        }
+    }
 }
 
 /// A static route.
@@ -736,6 +784,16 @@ impl Config {
             return Err(invalid("workers.rx_desc/tx_desc", "must be powers of two"));
         }
         self.validate_kubernetes()?;
+        self.service_cidrs()?;
+        if self.kernel_routes.protocol <= 4 {
+            return Err(invalid(
+                "kernel_routes.protocol",
+                format!(
+                    "{} is the kernel's or an administrator's (0-4: unspec, redirect, kernel, boot, static)",
+                    self.kernel_routes.protocol
+                ),
+            ));
+        }
         self.algorithm()?;
         self.table_spec().map(|_| ())
     }
@@ -743,6 +801,24 @@ impl Config {
     /// The node-wide load-balancing algorithm.
     pub fn algorithm(&self) -> Result<Algorithm> {
         parse_algorithm(&self.load_balancing, "load_balancing")
+    }
+
+    /// `service_cidrs`, parsed.
+    pub fn service_cidrs(&self) -> Result<Vec<(IpAddr, u8)>> {
+        self.service_cidrs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| parse_prefix(c, &format!("service_cidrs[{i}]")).map(|(a, l)| (a.ip(), l)))
+            .collect()
+    }
+
+    /// The node's own addresses (every dataplane port address).
+    pub fn node_addresses(&self) -> Vec<IpAddr> {
+        self.ports
+            .iter()
+            .flat_map(|p| &p.addresses)
+            .filter_map(|a| a.split_once('/')?.0.parse().ok())
+            .collect()
     }
 
     fn validate_kubernetes(&self) -> Result<()> {
@@ -1280,6 +1356,9 @@ impl Config {
         if self.admin != new.admin {
             return Some("admin");
         }
+        if self.kernel_routes.protocol != new.kernel_routes.protocol {
+            return Some("kernel_routes.protocol");
+        }
         // NodePort addresses are applied at once; the rest needs a restart.
         let k = |c: &Config| KubernetesConfig {
             nodeport_addresses: vec![],
@@ -1461,6 +1540,58 @@ services:
             .unwrap_err()
             .to_string();
         assert!(e.contains("services[1].load_balancing"), "{e}");
+    }
+
+    #[test]
+    fn service_cidrs_and_kernel_routes() {
+        let base = "ports: [{device: a, addresses: [198.18.0.1/24, 2001:2::1/64]}]\n";
+        let c = Config::parse(base, "t").unwrap();
+        assert_eq!(c.kernel_routes, KernelRoutesConfig::default());
+        assert!(c.kernel_routes.enabled);
+        assert_eq!(c.kernel_routes.protocol, 214);
+        assert!(c.service_cidrs().unwrap().is_empty());
+        assert_eq!(
+            c.node_addresses(),
+            [
+                "198.18.0.1".parse::<IpAddr>().unwrap(),
+                "2001:2::1".parse().unwrap()
+            ]
+        );
+        let text = format!("{base}service_cidrs: [198.18.100.0/24, \"2001:2:0:100::/64\"]\nkernel_routes: {{enabled: false, protocol: 99}}\n");
+        let c = Config::parse(&text, "t").unwrap();
+        assert_eq!(
+            c.service_cidrs().unwrap(),
+            [
+                ("198.18.100.0".parse().unwrap(), 24),
+                ("2001:2:0:100::".parse().unwrap(), 64)
+            ]
+        );
+        assert!(!c.kernel_routes.enabled);
+        // Enabling/disabling and the CIDRs apply at once; the mark needs a restart.
+        let base_cfg = Config::parse(base, "t").unwrap();
+        let mut same_proto = c.clone();
+        same_proto.kernel_routes.protocol = DEFAULT_ROUTE_PROTOCOL;
+        assert_eq!(base_cfg.restart_needed(&same_proto), None);
+        assert_eq!(base_cfg.restart_needed(&c), Some("kernel_routes.protocol"));
+        for (bad, want) in [
+            ("service_cidrs: [198.18.100.0/33]", "service_cidrs[0]"),
+            ("service_cidrs: [198.18.100.0/24, x]", "service_cidrs[1]"),
+            (
+                "kernel_routes: {protocol: 4}",
+                "kernel_routes.protocol: 4 is the kernel's",
+            ),
+            (
+                "kernel_routes: {protocol: 0}",
+                "kernel_routes.protocol: 0 is the kernel's",
+            ),
+            ("kernel_routes: {protocol: 256}", "kernel_routes.protocol"),
+            ("kernel_routes: {table: 10}", "unknown field `table`"),
+        ] {
+            let e = Config::parse(&format!("{base}{bad}\n"), "t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! | `nodePortAddresses` | `kubernetes.nodeport_addresses` |
 //! | `oomScoreAdj` | `kubernetes.oom_score_adj` |
 //! | `conntrack.tcpEstablishedTimeout`, `udpTimeout`, `udpStreamTimeout` | `timeouts.tcp_established`, `udp`, `udp_stream` (`tcpCloseWaitTimeout` is checked, not applied: no CLOSE_WAIT state) |
-//! | `dpdk.{eal,ports,routes,neighbors,exception,workers,timeouts,services,load_balancing}` | the native sections of the same names |
+//! | `dpdk.{eal,ports,routes,neighbors,exception,workers,timeouts,services,load_balancing,service_cidrs,kernel_routes}` | the native sections of the same names |
 //! | `ipvs.scheduler` `rr`, `sh`, `mh` (when `dpdk.load_balancing` is unset) | `load_balancing` `round-robin`, `source-hash`, `maglev` (other schedulers: warning, `maglev`) |
 use crate::config::{
     default_algorithm, from_yaml, invalid, parse_nodeport_address, parse_prefix, Config, EalConfig,
@@ -228,6 +228,12 @@ struct DpdkConfiguration {
     /// The node-wide load-balancing algorithm (wins over `ipvs.scheduler`).
     #[serde(default)]
     load_balancing: Option<String>,
+    /// Service CIDRs (the API server's `--service-cluster-ip-range`).
+    #[serde(default)]
+    service_cidrs: Vec<String>,
+    /// Routes toward the exception port in the host kernel.
+    #[serde(default)]
+    kernel_routes: crate::config::KernelRoutesConfig,
 }
 
 /// Parses and validates a `KubeProxyConfiguration` (`origin` names the text
@@ -484,6 +490,8 @@ impl KubeProxyConfiguration {
                 || ipt.masquerade_all.unwrap_or(false)
                 || nft.masquerade_all.unwrap_or(false),
             cluster_cidrs,
+            service_cidrs: dpdk.service_cidrs,
+            kernel_routes: dpdk.kernel_routes,
             services: dpdk.services,
             load_balancing,
             kubernetes: KubernetesConfig {
@@ -515,7 +523,7 @@ fn scheduler_algorithm(s: &str) -> Option<Algorithm> {
 
 /// Names a dataplane field by its path in this format (`dpdk.ports[0].mtu`).
 fn in_dpdk_section(e: Error) -> Error {
-    const DPDK: [&str; 8] = [
+    const DPDK: [&str; 10] = [
         "eal",
         "ports",
         "routes",
@@ -524,6 +532,8 @@ fn in_dpdk_section(e: Error) -> Error {
         "timeouts",
         "services",
         "load_balancing",
+        "service_cidrs",
+        "kernel_routes",
     ];
     match e {
         Error::Invalid { field, msg }
@@ -644,6 +654,21 @@ dpdk:
     /// A minimal file: the header, `extra`, and a one-port dpdk section.
     fn minimal(extra: &str) -> String {
         format!("apiVersion: {API_VERSION}\nkind: {KIND}\n{extra}\ndpdk:\n  ports: [{{device: a, addresses: [198.18.0.1/24, 198.18.1.1/24, 2001:2::1/64]}}]\n")
+    }
+
+    #[test]
+    fn service_cidrs_and_kernel_routes_in_the_dpdk_section() {
+        let text = minimal("").replace(
+            "dpdk:\n",
+            "dpdk:\n  service_cidrs: [198.18.100.0/24]\n  kernel_routes: {enabled: false}\n",
+        );
+        let c = parse_ok(&text);
+        assert_eq!(c.service_cidrs, ["198.18.100.0/24"]);
+        assert!(!c.kernel_routes.enabled);
+        let e = err(&text.replace("198.18.100.0/24", "198.18.100.0/99"));
+        assert!(e.contains("dpdk.service_cidrs[0]"), "{e}");
+        let e = err(&text.replace("enabled: false", "protocol: 2"));
+        assert!(e.contains("dpdk.kernel_routes.protocol"), "{e}");
     }
 
     #[test]

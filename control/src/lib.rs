@@ -8,6 +8,7 @@ pub mod duration;
 pub mod healthcheck;
 pub mod heartbeat;
 pub mod k8s;
+pub mod kernel_routes;
 pub mod kubeproxy;
 pub mod publisher;
 pub mod watch;

@@ -52,6 +52,10 @@ pub struct ControlMetrics {
     pub node_eligible: std::sync::atomic::AtomicBool,
     /// Unix time (ms) since which a change waits to be published; 0: none.
     pub oldest_pending_ms: AtomicU64,
+    /// Routes with our mark in the host kernel (toward the exception port).
+    pub kernel_routes: AtomicU64,
+    /// Failed netlink operations on those routes (each retried).
+    pub route_errors: AtomicU64,
     /// A change waiting longer than this (ms) makes the proxy unhealthy
     /// (kube-proxy: 2 × syncPeriod); 0: never.
     pub health_timeout_ms: AtomicU64,
@@ -95,6 +99,8 @@ impl Default for ControlMetrics {
             annotation_errors: AtomicU64::new(0),
             node_eligible: std::sync::atomic::AtomicBool::new(true),
             oldest_pending_ms: AtomicU64::new(0),
+            kernel_routes: AtomicU64::new(0),
+            route_errors: AtomicU64::new(0),
             health_timeout_ms: AtomicU64::new(0),
         }
     }

@@ -114,6 +114,12 @@ impl Running {
     pub fn pools(&self) -> Vec<Arc<Mempool>> {
         self._pools.clone()
     }
+    /// The host kernel interface index of port `port` (a TAP or af_packet
+    /// port's interface), if it has one.
+    pub fn kernel_ifindex(&self, port: usize) -> Option<u32> {
+        let i = self.ports.get(port)?.caps().ok()?.if_index;
+        (i != 0).then_some(i)
+    }
     /// Port statistics by port number (see [`Port::stats`]).
     pub fn port_stats(&self) -> Vec<Option<dpdk::PortCounters>> {
         self.ports.iter().map(|p| p.stats().ok()).collect()

@@ -724,6 +724,9 @@ pub struct PortCaps {
     pub rss_offloads: u64,
     /// Whether RSS was enabled.
     pub rss_enabled: bool,
+    /// The host kernel interface the port is bound to (TAP, af_packet), 0
+    /// if none.
+    pub if_index: u32,
 }
 
 /// Port queue sizing.
@@ -845,6 +848,7 @@ impl Port {
             max_tx_queues: info.max_tx_queues,
             rss_offloads: info.flow_type_rss_offloads,
             rss_enabled: false,
+            if_index: info.if_index,
         })
     }
 
