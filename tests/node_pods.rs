@@ -223,6 +223,7 @@ exception:
   local_pod_cidrs: [198.18.64.0/24, "2001:2:0:64::/64"]
   snat_addresses: [198.18.0.250, "2001:2::fa"]
 cluster_cidrs: [198.18.64.0/23, "2001:2:0:64::/63"]
+service_cidrs: [198.18.100.0/24, "2001:2:0:100::/64"]
 workers:
   sessions: 4096
   idle_sleep_us: 100
@@ -290,8 +291,9 @@ services:
             std::thread::sleep(Duration::from_millis(200));
         }
         // The node's configuration: its address on the TAP (kept across
-        // restarts: the TAP persists), and the routes through the TAP
-        // (they go when it goes down; the proxy does not install them yet).
+        // restarts: the TAP persists), and the routes to node 2's pods
+        // through the TAP (they go when it goes down). The Service CIDRs'
+        // routes onto the TAP are the proxy's own (kernel_routes).
         let tap = format!("{}t", self.p);
         let addrs = sh(&mut self.exec("node", &["ip", "-br", "addr", "show", &tap]));
         if !addrs.contains("198.18.0.1/24") {
@@ -303,12 +305,19 @@ services:
             self.ip("node", &format!("addr add 2001:2::1/64 dev {tap} nodad"));
         }
         for route in [
-            "route replace 198.18.100.0/24 dev TAP",
             "route replace 198.18.65.0/24 via 198.18.0.3 dev TAP",
-            "-6 route replace 2001:2:0:100::/64 dev TAP",
             "-6 route replace 2001:2:0:65::/64 via 2001:2::3 dev TAP",
         ] {
             self.ip("node", &route.replace("TAP", &tap));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.metric("dpdk_kube_proxy_kernel_routes", "") != 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the proxy did not route the two Service CIDRs onto the TAP: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
