@@ -45,6 +45,9 @@ pub struct Config {
     /// Admin HTTP server.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// What `/metrics` exports beyond the node-wide series.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Masquerade every Service connection (kube-proxy's `masqueradeAll`).
     #[serde(default)]
     pub masquerade_all: bool,
@@ -310,6 +313,39 @@ pub struct WorkersConfig {
     /// takes longer than this it exits anyway, with status 1.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Node-wide per-backend connection counters (one per Service port and
+    /// backend; 128 bytes each, reserved at start). Backends beyond them
+    /// are not counted (`dpdk_kube_proxy_backend_counters_exhausted`).
+    #[serde(default = "default_backend_counters")]
+    pub backend_counters: usize,
+}
+
+fn default_backend_counters() -> usize {
+    16_384
+}
+
+/// What `/metrics` exports beyond the node-wide series.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Per-backend series (`dpdk_kube_proxy_backend_*{service,backend}`)
+    /// for at most this many Service ports, in name order (0: none). Raise
+    /// it to see more; the rest is counted in
+    /// `dpdk_kube_proxy_backend_metrics_hidden_services`.
+    #[serde(default = "default_per_backend_services")]
+    pub per_backend_services: usize,
+}
+
+fn default_per_backend_services() -> usize {
+    100
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            per_backend_services: default_per_backend_services(),
+        }
+    }
 }
 
 fn default_stall_timeout() -> Duration {
@@ -339,6 +375,7 @@ impl Default for WorkersConfig {
             idle_sleep_us: 0,
             stall_timeout: default_stall_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
+            backend_counters: default_backend_counters(),
         }
     }
 }
@@ -704,6 +741,12 @@ impl Config {
         }
         self.check_port_refs()?;
         self.validate_exception()?;
+        if self.workers.backend_counters > 1 << 24 {
+            return Err(invalid(
+                "workers.backend_counters",
+                "must be at most 16777216",
+            ));
+        }
         if self.workers.sessions == 0 {
             return Err(invalid("workers.sessions", "must be > 0"));
         }
@@ -1179,6 +1222,9 @@ impl Config {
         if self.admin != new.admin {
             return Some("admin");
         }
+        if self.metrics != new.metrics {
+            return Some("metrics");
+        }
         // NodePort addresses are applied at once; the rest needs a restart.
         let k = |c: &Config| KubernetesConfig {
             nodeport_addresses: vec![],
@@ -1345,6 +1391,8 @@ services:
         let spec = Config::parse(text, "t").unwrap().table_spec().unwrap();
         let algs: Vec<Algorithm> = spec.services.iter().map(|s| s.algorithm).collect();
         assert_eq!(algs, [Algorithm::RoundRobin, Algorithm::SourceHash]);
+        let lc = Config::parse(&text.replace("round-robin", "least-connections"), "t").unwrap();
+        assert_eq!(lc.algorithm().unwrap(), Algorithm::LeastConnections);
         let dflt = text.replace("load_balancing: round-robin\n", "");
         let c = Config::parse(&dflt, "t").unwrap();
         assert_eq!(c.algorithm().unwrap(), Algorithm::Maglev);
@@ -1355,7 +1403,7 @@ services:
         let e = Config::parse(&text.replace("round-robin", "least-time"), "t")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("load_balancing: \"least-time\" is not a load-balancing algorithm (maglev, round-robin, random, source-hash)"), "{e}");
+        assert!(e.contains("load_balancing: \"least-time\" is not a load-balancing algorithm (maglev, round-robin, random, source-hash, least-connections)"), "{e}");
         let e = Config::parse(&text.replace("source-hash", "sh"), "t")
             .unwrap_err()
             .to_string();
