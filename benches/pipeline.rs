@@ -8,11 +8,11 @@
 //! port rewrite.
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use dataplane::addr::{fmix64, Addr, FlowKey, Proto};
+use dataplane::lbcount::{BackendCounters, CounterRegistry, ServiceCounters};
 use dataplane::packet::{checksum, sctp, Ipv4Packet, UdpPacket};
 use dataplane::pipeline::{PacketBuf, VecBuf, Verdict};
 use dataplane::session::{key_hash, SessionTable};
 use dataplane::stats::WorkerStats;
-use dataplane::lbcount::{BackendCounters, CounterRegistry, ServiceCounters};
 use dataplane::table::{Algorithm, Service};
 
 mod common;

@@ -163,7 +163,10 @@ impl CounterRegistry {
     /// index lookup per previous Service. `reclaim`: no worker can still
     /// read a table older than `prev` (its grace period completed), so
     /// draining counters without sessions may be reused. Call before
-    /// publishing `new`.
+    /// publishing `new`. (A Service that skipped a table keeps the indices
+    /// it was given; if they were reused meanwhile, its counts mix with
+    /// another backend's until it is rebuilt — the Model includes every
+    /// built Service in every table, so this needs a frontend clash.)
     pub fn update(&mut self, new: &ServiceTable, prev: &[Arc<Service>], reclaim: bool) {
         if reclaim {
             let counters = &self.counters;
@@ -178,8 +181,10 @@ impl CounterRegistry {
                 }
             });
         }
-        for s in new.services() {
-            for s in core::iter::once(&**s).chain(s.short_circuit.as_deref()) {
+        let was: hashbrown::HashSet<*const Service> = prev.iter().map(Arc::as_ptr).collect();
+        for n in new.services() {
+            let fresh = !was.contains(&Arc::as_ptr(n));
+            for s in core::iter::once(&**n).chain(n.short_circuit.as_deref()) {
                 if s.counters().is_none() {
                     let ids = s
                         .backends
@@ -190,6 +195,12 @@ impl CounterRegistry {
                         counters: self.counters.clone(),
                         ids,
                     });
+                } else if fresh {
+                    // Built and counted for an earlier table, absent from
+                    // the last one, back now: it names its counters again.
+                    for b in &s.backends {
+                        self.acquire((s.frontend, *b));
+                    }
                 }
             }
         }
@@ -365,6 +376,26 @@ mod tests {
         // Back again with new Service objects: new counters from zero.
         n.publish(vec![svc(1, &[1]), svc(2, &[1, 2])], vec![]);
         assert_eq!(n.reg.in_use(), (3, 0));
+    }
+
+    #[test]
+    fn a_built_service_back_after_skipping_a_table_names_its_counters_again() {
+        let mut n = Node::new(8);
+        let built = Arc::new(Service::new(svc(2, &[1])));
+        n.publish(vec![], vec![built.clone()]);
+        n.publish(vec![], vec![]);
+        n.publish(vec![], vec![built.clone()]);
+        assert_eq!(n.reg.in_use(), (1, 0));
+        // Another Service with the same pair, then the first one leaves:
+        // the counter stays live for the other.
+        let twin = Arc::new(Service::new(svc(2, &[1])));
+        n.publish(vec![], vec![built.clone()]);
+        n.publish(vec![], vec![twin.clone()]);
+        assert_eq!(n.reg.in_use(), (1, 0));
+        assert_eq!(
+            twin.counters().unwrap().ids[0],
+            built.counters().unwrap().ids[0]
+        );
     }
 
     #[test]
