@@ -261,7 +261,9 @@ fn e2e_least_connections_avoids_the_backend_holding_long_lived_connections() {
         "new connections went to be1: {v}"
     );
     assert_eq!(c.len(), 2, "be2 and be3 share them: {v}");
-    assert!(c.iter().all(|x| x.1 >= 20), "{v}");
+    // Ties (both idle) break at random: a binomial split at worst, and
+    // 12 of 60 is 4.6 standard deviations below an even one.
+    assert!(c.iter().all(|x| x.1 >= 12), "{v}");
 
     // Metrics and inspect show the spread: be1 still holds 8; the short
     // connections ended (FIN) and count no longer.
