@@ -1385,6 +1385,31 @@ services:
     }
 
     #[test]
+    fn per_backend_metrics_cap_and_counter_capacity() {
+        let c = Config::parse("ports: [{device: a}]\n", "t").unwrap();
+        assert_eq!(c.metrics.per_backend_services, 100);
+        assert_eq!(c.workers.backend_counters, 16_384);
+        let c = Config::parse(
+            "ports: [{device: a}]\nmetrics: {per_backend_services: 5}\nworkers: {backend_counters: 64}\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.metrics.per_backend_services, 5);
+        assert_eq!(c.workers.backend_counters, 64);
+        let e = Config::parse(
+            "ports: [{device: a}]\nworkers: {backend_counters: 99999999}\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("workers.backend_counters"), "{e}");
+        // A changed cap takes effect after a restart.
+        let mut d = c.clone();
+        d.metrics.per_backend_services = 6;
+        assert_eq!(c.restart_needed(&d), Some("metrics"));
+    }
+
+    #[test]
     fn load_balancing_node_default_and_per_service() {
         use dataplane::table::Algorithm;
         let text = "ports: [{device: a}]\nload_balancing: round-robin\nservices:\n- {name: s, vip: 198.18.100.1, port: 80, backends: [198.18.1.1:80]}\n- {name: t, vip: 198.18.100.2, port: 80, load_balancing: source-hash, backends: [198.18.1.1:80]}\n";

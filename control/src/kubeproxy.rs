@@ -674,6 +674,12 @@ dpdk:
         // The dpdk section wins.
         let c = lb("ipvs: {scheduler: rr}", "  load_balancing: random\n").unwrap();
         assert_eq!(c, "random");
+        let m = Config::parse(
+            &(minimal("") + "  metrics: {per_backend_services: 7}\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(m.metrics.per_backend_services, 7);
         let e = lb("", "  load_balancing: fastest\n")
             .unwrap_err()
             .to_string();
