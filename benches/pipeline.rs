@@ -8,6 +8,7 @@
 //! port rewrite.
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use dataplane::addr::{fmix64, Addr, FlowKey, Proto};
+use dataplane::lbcount::{BackendCounters, CounterRegistry, ServiceCounters};
 use dataplane::packet::{checksum, sctp, Ipv4Packet, UdpPacket};
 use dataplane::pipeline::{PacketBuf, VecBuf, Verdict};
 use dataplane::session::{key_hash, SessionTable};
@@ -136,6 +137,36 @@ fn bench(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // The same per load-balancing algorithm (8 backends, the node-wide
+    // per-backend counters assigned as the publisher does, so every
+    // session also counts in its backend's counter).
+    for alg in Algorithm::ALL {
+        let mut spec = common::spec(16, 8);
+        for s in &mut spec.services {
+            s.algorithm = alg;
+        }
+        let ta = dataplane::table::ServiceTable::new(spec, 1);
+        let counters = std::sync::Arc::new(BackendCounters::new(1024));
+        CounterRegistry::new(counters.clone()).update(&ta, &[], true);
+        let mut port = 0u16;
+        g.bench_function(format!("new_flow_{}", alg.name()), |b| {
+            b.iter_batched_ref(
+                || {
+                    let mut np = pipeline(1 << 12);
+                    np.set_backend_counters(counters.clone());
+                    np
+                },
+                |np| {
+                    np.on_table(&ta);
+                    port = port.wrapping_add(1);
+                    let f = udp_frame([198, 18, 0, 2], port, [198, 18, 200, 0], 80, P0);
+                    let mut nb = VecBuf::new(&f);
+                    black_box(np.process(&ta, &st, 0, &mut nb, 0, false))
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
     g.finish();
 
     let mut g = c.benchmark_group("pieces");
@@ -153,6 +184,17 @@ fn bench(c: &mut Criterion) {
         let mut spec = common::spec(1, 8).services.remove(0);
         spec.algorithm = alg;
         let svc = Service::new(spec);
+        // Counters as the publisher assigns them, with some load.
+        let counters = std::sync::Arc::new(BackendCounters::new(8));
+        for i in 0..8u32 {
+            for _ in 0..(i * 7) % 5 {
+                counters.open(i);
+            }
+        }
+        svc.set_counters(ServiceCounters {
+            counters,
+            ids: (0..8).collect(),
+        });
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut port = 0u16;
         g.bench_function(format!("pick_{}_8_backends", alg.name()), |b| {

@@ -1831,6 +1831,7 @@ impl<'e> Ctx<'e> {
             idle_sleep_us: 0,
             handoff_ring: spec.handoff_ring,
             exception: None,
+            backend_counters: None,
         };
         let rcu = Rcu::new(table, n);
         let running = worker::start(self.eal, &cfg, &rcu).context("worker::start")?;

@@ -312,8 +312,22 @@ fn inspect(admin: &str, what: Option<Inspect>) -> Result<()> {
                 } else if backends.is_empty() {
                     println!("  -> (no endpoints: REJECT)");
                 }
+                // Active connections per backend (node-wide, all workers).
+                let conns = s["connections"].as_array().cloned().unwrap_or_default();
+                let active = |b: &str| {
+                    conns.iter().find(|c| c["backend"] == b).map(|c| {
+                        (
+                            c["active"].as_u64().unwrap_or(0),
+                            c["total"].as_u64().unwrap_or(0),
+                        )
+                    })
+                };
                 for b in backends {
-                    println!("  -> {}", b.as_str().unwrap_or("?"));
+                    let b = b.as_str().unwrap_or("?");
+                    match active(b) {
+                        Some((a, t)) => println!("  -> {b:<26} active {a:<6} total {t}"),
+                        None => println!("  -> {b}"),
+                    }
                 }
             }
         }
@@ -378,10 +392,13 @@ fn main() -> Result<()> {
         bail!("eal.lcores {:?} leaves no worker lcore: list the main lcore first, then one per worker", args[1]);
     }
     // One RCU reader per worker, plus one for the admin server's /debug views.
-    let mut publisher = Publisher::new(lcores.len() + 1);
+    let mut publisher =
+        Publisher::with_backend_counters(lcores.len() + 1, cfg.workers.backend_counters);
     publisher.publish(cfg.table_spec()?);
-    let running = dataplane::worker::start(&eal, &cfg.dataplane(lcores.clone()), publisher.rcu())
-        .context("starting the dataplane")?;
+    let mut dp = cfg.dataplane(lcores.clone());
+    dp.backend_counters = Some(publisher.backend_counters());
+    let running =
+        dataplane::worker::start(&eal, &dp, publisher.rcu()).context("starting the dataplane")?;
     for (i, p) in running.port_info.iter().enumerate() {
         tracing::info!(port = i, device = %cfg.ports[i].device, driver = %running.drivers[i], mac = %p.mac, "port up");
     }
@@ -410,6 +427,7 @@ fn main() -> Result<()> {
         ),
         pools: Arc::new(running.pools()),
         table: admin::table_reader(publisher.rcu(), lcores.len()),
+        per_backend_services: cfg.metrics.per_backend_services,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -165,3 +165,162 @@ fn e2e_load_balancing_algorithms_with_two_workers() {
     check_no_errors(&v, "tcp", 60);
     check_no_errors(&v, "udp", 60);
 }
+
+/// `config` with only backends `web` (of be1..be3) for demo/web.
+fn config_with_web(t: &Topology, algorithm: &str, web: &[u8]) -> String {
+    let list: Vec<String> = web
+        .iter()
+        .map(|i| format!("\"198.18.1.1{i}:8080\""))
+        .collect();
+    config(t, algorithm).replace(
+        r#"["198.18.1.11:8080", "198.18.1.12:8080", "198.18.1.13:8080"]"#,
+        &format!("[{}]", list.join(", ")),
+    )
+}
+
+/// demo/web's active connections per backend, from `/metrics`.
+fn active(t: &Topology) -> Vec<u64> {
+    let m = t.try_get("/metrics").expect("metrics");
+    (1..=3)
+        .map(|i| {
+            metric_sum_of(
+                &m,
+                "dpdk_kube_proxy_backend_active_connections{",
+                &format!("service=\"demo/web\",backend=\"198.18.1.1{i}:8080\""),
+            )
+        })
+        .collect()
+}
+
+/// Polls `active` until `f` holds (10 s at most); returns the last value.
+fn wait_active(t: &Topology, f: impl Fn(&[u64]) -> bool) -> Vec<u64> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let a = active(t);
+        if f(&a) || std::time::Instant::now() > deadline {
+            return a;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn e2e_least_connections_avoids_the_backend_holding_long_lived_connections() {
+    require_root();
+    let prefix = format!("dc{}", std::process::id() % 100_000);
+    let mut t = Topology::up(&prefix);
+    // Phase 1: demo/web has only be1, which takes 8 long-lived connections.
+    t.write_config_text(&config_with_web(&t, "least-connections", &[1]));
+    t.start_proxy();
+    t.wait_version(1);
+    let stop = std::env::temp_dir().join(format!("{prefix}-stop"));
+    let _ = std::fs::remove_file(&stop);
+    let stop_s = stop.to_string_lossy().into_owned();
+    let long = [
+        "longlived",
+        "--vip",
+        VIP,
+        "--duration",
+        "60",
+        "--interval",
+        "0.2",
+        "--stop-file",
+        &stop_s,
+    ];
+    let first = t.children.len();
+    for _ in 0..8 {
+        let c = t.spawn_peer("client", &long);
+        t.children.push(c);
+    }
+    let a = wait_active(&t, |a| a[0] == 8);
+    assert_eq!(a, [8, 0, 0], "8 long-lived connections on be1");
+
+    // Phase 2: all three backends (be1 kept: a rebuilt Service keeps its
+    // counts). 60 new short connections, 4 at a time, all avoid be1: the
+    // others never hold more than the 4 in flight.
+    t.write_config_text(&config_with_web(&t, "least-connections", &[1, 2, 3]));
+    t.wait_version(2);
+    assert_eq!(active(&t)[0], 8, "be1's count survived the table swap");
+    let v = t.peer(
+        "client",
+        &[
+            "clients",
+            "--vip",
+            VIP,
+            "--count",
+            "60",
+            "--concurrency",
+            "4",
+            "--proto",
+            "tcp",
+        ],
+    );
+    let c = check_no_errors(&v, "tcp", 60);
+    assert!(
+        c.iter().all(|(b, _)| b != "be1"),
+        "new connections went to be1: {v}"
+    );
+    assert_eq!(c.len(), 2, "be2 and be3 share them: {v}");
+    // Ties (both idle) break at random: a binomial split at worst, and
+    // 12 of 60 is 4.6 standard deviations below an even one.
+    assert!(c.iter().all(|x| x.1 >= 12), "{v}");
+
+    // Metrics and inspect show the spread: be1 still holds 8; the short
+    // connections ended (FIN) and count no longer.
+    let a = wait_active(&t, |a| a == [8, 0, 0]);
+    assert_eq!(a, [8, 0, 0]);
+    let m = t.try_get("/metrics").unwrap();
+    let total = |i: u8| {
+        metric_sum_of(
+            &m,
+            "dpdk_kube_proxy_backend_connections_total{",
+            &format!("backend=\"198.18.1.1{i}:8080\""),
+        )
+    };
+    assert_eq!(total(1), 8, "{m}");
+    // (A client retry would be one more connection.)
+    assert!(total(2) + total(3) >= 60, "{m}");
+    assert_eq!(
+        metric_sum_of(&m, "dpdk_kube_proxy_backend_metrics_hidden_services", ""),
+        0
+    );
+    let out = inspect(&t, &[]);
+    assert!(out.contains("demo/web  lb least-connections"), "{out}");
+    let be1 = out
+        .lines()
+        .find(|l| l.contains("-> 198.18.1.11:8080"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(be1.contains("active 8 "), "{out}");
+    let s: Value = serde_json::from_str(&t.try_get("/debug/services").unwrap()).unwrap();
+    let web = s["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "demo/web" && x["frontend"] == "198.18.100.1:80/tcp")
+        .unwrap_or_else(|| panic!("{s}"));
+    assert_eq!(web["connections"][0]["active"], 8, "{web}");
+
+    // The long-lived connections end: be1 drains to 0; none had an error or
+    // changed backend.
+    std::fs::write(&stop, b"").unwrap();
+    for mut c in t.children.drain(first..).collect::<Vec<_>>() {
+        let out = output_of(&mut c);
+        let r: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{out:?}: {e}"));
+        assert_eq!(r["n_errors"], 0, "{r}");
+        assert_eq!(r["backends"], serde_json::json!(["be1"]), "{r}");
+    }
+    let _ = std::fs::remove_file(&stop);
+    let a = wait_active(&t, |a| a == [0, 0, 0]);
+    assert_eq!(a, [0, 0, 0], "closed connections no longer count");
+}
+
+/// Waits for `c` and reads all of its stdout (piped by `spawn_peer`).
+fn output_of(c: &mut std::process::Child) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    if let Some(mut o) = c.stdout.take() {
+        let _ = o.read_to_string(&mut s);
+    }
+    let _ = c.wait();
+    s
+}

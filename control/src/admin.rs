@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -38,6 +38,9 @@ pub struct AdminState {
     /// An RCU reader of the published table for `/debug/*` (kept offline
     /// between requests so it never delays a publish).
     pub table: Option<Arc<std::sync::Mutex<Reader<ServiceTable>>>>,
+    /// Per-backend metrics for at most this many Service ports
+    /// (`metrics.per_backend_services`).
+    pub per_backend_services: usize,
 }
 
 /// Registers an admin reader on `rcu` at slot `id` (offline until used).
@@ -60,6 +63,49 @@ fn with_table<R>(s: &AdminState, f: impl FnOnce(&ServiceTable) -> R) -> Option<R
     Some(out)
 }
 
+/// A frontend's backends (short-circuit ones included, each once) with
+/// their active and total connections (node-wide, all workers).
+fn connections(s: &dataplane::table::Service) -> Vec<(SockAddr, u64, u64)> {
+    let mut rows = s.backend_connections();
+    if let Some(c) = &s.short_circuit {
+        for r in c.backend_connections() {
+            // The same backend through the same frontend: the same counter.
+            if !s.has_backend(&r.0) {
+                rows.push(r);
+            }
+        }
+    }
+    rows
+}
+
+/// Per-backend rows for `/metrics`: (service name, backend, active, total)
+/// for the first `cap` Service names in name order, the frontends of one
+/// name (ClusterIP, NodePort, ...) summed; and the number of names left out.
+pub fn backend_rows(t: &ServiceTable, cap: usize) -> (Vec<(String, String, u64, u64)>, usize) {
+    use std::collections::BTreeMap;
+    let mut by_name: BTreeMap<&str, Vec<&dataplane::table::Service>> = BTreeMap::new();
+    for s in t.services() {
+        by_name.entry(s.name.as_str()).or_default().push(s);
+    }
+    let hidden = by_name.len().saturating_sub(cap);
+    let mut rows = Vec::new();
+    for (name, svcs) in by_name.into_iter().take(cap) {
+        let mut per: BTreeMap<SockAddr, (u64, u64)> = BTreeMap::new();
+        for s in svcs {
+            for (b, active, total) in connections(s) {
+                let e = per.entry(b).or_default();
+                e.0 += active;
+                e.1 += total;
+            }
+        }
+        rows.extend(
+            per.into_iter()
+                .map(|(b, (a, t))| (name.to_string(), b.to_string(), a, t)),
+        );
+    }
+    (rows, hidden)
+}
+
 fn services_json(t: &ServiceTable) -> serde_json::Value {
     let list: Vec<serde_json::Value> = t
         .services()
@@ -79,6 +125,9 @@ fn services_json(t: &ServiceTable) -> serde_json::Value {
                 "sessionAffinityTimeoutSeconds": s.affinity_timeout,
                 "loadBalancing": s.algorithm.name(),
                 "sourceRanges": s.source_ranges.iter().map(|(a, l)| format!("{a}/{l}")).collect::<Vec<_>>(),
+                "connections": connections(s).into_iter().map(|(b, active, total)| serde_json::json!({
+                    "backend": b.to_string(), "active": active, "total": total,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -131,6 +180,10 @@ pub fn explain(
         (None, Algorithm::SourceHash) => (by_client(), "source-hash: Maglev over the client IP"),
         (None, Algorithm::RoundRobin) => (any(), "round-robin: the next backend in the rotation"),
         (None, Algorithm::Random) => (any(), "random: any of the candidates"),
+        (None, Algorithm::LeastConnections) => (
+            any(),
+            "least-connections: the candidate with the fewest active connections",
+        ),
     };
     let decided = svc.affinity_timeout.is_some()
         || matches!(svc.algorithm, Algorithm::Maglev | Algorithm::SourceHash);
@@ -320,6 +373,8 @@ struct Collector {
     heartbeat: Arc<Heartbeat>,
     control: Arc<ControlMetrics>,
     ports: Arc<Vec<(String, u16)>>,
+    /// Per-backend rows ([`backend_rows`]) and the Services left out.
+    backends: (Vec<(String, String, u64, u64)>, usize),
 }
 
 impl std::fmt::Debug for AdminState {
@@ -769,9 +824,48 @@ impl prometheus_client::collector::Collector for Collector {
             Gauge,
             one(c.last_sync_ms.load(Relaxed) / 1000),
         )?;
+        let (rows, hidden) = &self.backends;
+        let sb = |s: &str, b: &str| {
+            vec![
+                ("service".to_string(), s.to_string()),
+                ("backend".to_string(), b.to_string()),
+            ]
+        };
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_backend_active_connections",
+            "Open connections (sessions) per backend, all workers (first metrics.per_backend_services Services by name)",
+            Gauge,
+            rows.iter().map(|(s, b, a, _)| (sb(s, b), *a)),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_backend_connections",
+            "Connections (sessions) created per backend since it joined the Service",
+            Counter,
+            rows.iter().map(|(s, b, _, t)| (sb(s, b), *t)),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_backend_metrics_hidden_services",
+            "Service names without per-backend series (beyond metrics.per_backend_services)",
+            Gauge,
+            one(*hidden as u64),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_backend_counters_exhausted",
+            "Backends left without a connection counter (workers.backend_counters all in use)",
+            Gauge,
+            one(c.backend_counters_exhausted.load(Relaxed)),
+        )?;
         Ok(())
     }
 }
+
+/// The hidden-Service count last logged, so the note is logged on changes
+/// only.
+static HIDDEN_LOGGED: AtomicUsize = AtomicUsize::new(0);
 
 async fn metrics(State(s): State<AdminState>) -> Response {
     let mut reg = Registry::default();
@@ -785,12 +879,21 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         "From an EndpointSlice change (last-change-trigger-time) to every worker using it",
         s.control.network_programming.clone(),
     );
+    let backends = with_table(&s, |t| backend_rows(t, s.per_backend_services)).unwrap_or_default();
+    if HIDDEN_LOGGED.swap(backends.1, Relaxed) != backends.1 && backends.1 > 0 {
+        tracing::info!(
+            hidden = backends.1,
+            shown = s.per_backend_services,
+            "per-backend metrics cover the first metrics.per_backend_services Services by name; raise it to see the rest"
+        );
+    }
     reg.register_collector(Box::new(Collector {
         workers: s.workers.clone(),
         pools: s.pools.clone(),
         heartbeat: s.heartbeat.clone(),
         control: s.control.clone(),
         ports: s.ports.clone(),
+        backends,
     }));
     let mut out = String::new();
     match prometheus_client::encoding::text::encode(&mut out, &reg) {
@@ -823,6 +926,69 @@ mod tests {
         out
     }
 
+    #[test]
+    fn backend_rows_are_capped_by_service_name_and_sum_frontends() {
+        use dataplane::lbcount::{BackendCounters, CounterRegistry};
+        use dataplane::table::{ServiceSpec, TableSpec};
+        let be = |i: u8| SockAddr::new(Addr::v4([198, 18, 1, i]), 8080);
+        let svc = |name: &str, vip: u8, port: u16| ServiceSpec {
+            name: name.into(),
+            frontend: Frontend {
+                addr: SockAddr::new(Addr::v4([198, 18, 100, vip]), port),
+                proto: Proto::Tcp,
+            },
+            backends: vec![be(1), be(2)],
+            no_backends: Default::default(),
+            masquerade: false,
+            external: false,
+            affinity_timeout: None,
+            source_ranges: vec![],
+            short_circuit: vec![],
+            algorithm: Algorithm::LeastConnections,
+        };
+        // "b" has a ClusterIP and a NodePort frontend: one series per backend.
+        let t = ServiceTable::new(
+            TableSpec {
+                services: vec![
+                    svc("c", 3, 80),
+                    svc("b", 2, 80),
+                    svc("b", 0, 30080),
+                    svc("a", 1, 80),
+                ],
+                ..Default::default()
+            },
+            1,
+        );
+        let mut reg = CounterRegistry::new(Arc::new(BackendCounters::new(16)));
+        reg.update(&t, &[], true);
+        let c = reg.counters().clone();
+        for s in t.services().iter().filter(|s| s.name == "b") {
+            c.open(s.counter_of(&be(1)));
+        }
+        let (rows, hidden) = backend_rows(&t, 2);
+        assert_eq!(hidden, 1, "service c left out");
+        assert_eq!(
+            rows,
+            vec![
+                ("a".into(), be(1).to_string(), 0, 0),
+                ("a".into(), be(2).to_string(), 0, 0),
+                ("b".into(), be(1).to_string(), 2, 2),
+                ("b".into(), be(2).to_string(), 0, 0),
+            ]
+        );
+        assert_eq!(backend_rows(&t, 0), (vec![], 3));
+        // /debug/services carries them per frontend.
+        let v = services_json(&t);
+        let b = v["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "b")
+            .unwrap();
+        assert_eq!(b["connections"][0]["active"], 1);
+        assert_eq!(b["connections"][0]["backend"], be(1).to_string());
+    }
+
     #[tokio::test]
     async fn debug_views_answer_only_on_localhost() {
         let state = AdminState {
@@ -833,6 +999,7 @@ mod tests {
             ports: Arc::new(vec![]),
             pools: Arc::new(vec![]),
             table: None,
+            per_backend_services: 100,
         };
         // Through `serve`: the peer is this host (no table here: 503, past
         // the check).
@@ -878,6 +1045,7 @@ mod tests {
             ports: Arc::new(vec![]),
             pools: Arc::new(vec![]),
             table: None,
+            per_backend_services: 100,
         };
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();

@@ -48,6 +48,9 @@ pub struct Config {
     /// Admin HTTP server.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// What `/metrics` exports beyond the node-wide series.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Masquerade every Service connection (kube-proxy's `masqueradeAll`).
     #[serde(default)]
     pub masquerade_all: bool,
@@ -380,6 +383,39 @@ pub struct WorkersConfig {
     /// takes longer than this it exits anyway, with status 1.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Node-wide per-backend connection counters (one per Service port and
+    /// backend; 128 bytes each, reserved at start). Backends beyond them
+    /// are not counted (`dpdk_kube_proxy_backend_counters_exhausted`).
+    #[serde(default = "default_backend_counters")]
+    pub backend_counters: usize,
+}
+
+fn default_backend_counters() -> usize {
+    16_384
+}
+
+/// What `/metrics` exports beyond the node-wide series.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Per-backend series (`dpdk_kube_proxy_backend_*{service,backend}`)
+    /// for at most this many Service ports, in name order (0: none). Raise
+    /// it to see more; the rest is counted in
+    /// `dpdk_kube_proxy_backend_metrics_hidden_services`.
+    #[serde(default = "default_per_backend_services")]
+    pub per_backend_services: usize,
+}
+
+fn default_per_backend_services() -> usize {
+    100
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            per_backend_services: default_per_backend_services(),
+        }
+    }
 }
 
 fn default_stall_timeout() -> Duration {
@@ -409,6 +445,7 @@ impl Default for WorkersConfig {
             idle_sleep_us: 0,
             stall_timeout: default_stall_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
+            backend_counters: default_backend_counters(),
         }
     }
 }
@@ -774,6 +811,12 @@ impl Config {
         }
         self.check_port_refs()?;
         self.validate_exception()?;
+        if self.workers.backend_counters > 1 << 24 {
+            return Err(invalid(
+                "workers.backend_counters",
+                "must be at most 16777216",
+            ));
+        }
         if self.workers.sessions == 0 {
             return Err(invalid("workers.sessions", "must be > 0"));
         }
@@ -1359,6 +1402,9 @@ impl Config {
         if self.kernel_routes.protocol != new.kernel_routes.protocol {
             return Some("kernel_routes.protocol");
         }
+        if self.metrics != new.metrics {
+            return Some("metrics");
+        }
         // NodePort addresses are applied at once; the rest needs a restart.
         let k = |c: &Config| KubernetesConfig {
             nodeport_addresses: vec![],
@@ -1519,12 +1565,39 @@ services:
     }
 
     #[test]
+    fn per_backend_metrics_cap_and_counter_capacity() {
+        let c = Config::parse("ports: [{device: a}]\n", "t").unwrap();
+        assert_eq!(c.metrics.per_backend_services, 100);
+        assert_eq!(c.workers.backend_counters, 16_384);
+        let c = Config::parse(
+            "ports: [{device: a}]\nmetrics: {per_backend_services: 5}\nworkers: {backend_counters: 64}\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.metrics.per_backend_services, 5);
+        assert_eq!(c.workers.backend_counters, 64);
+        let e = Config::parse(
+            "ports: [{device: a}]\nworkers: {backend_counters: 99999999}\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("workers.backend_counters"), "{e}");
+        // A changed cap takes effect after a restart.
+        let mut d = c.clone();
+        d.metrics.per_backend_services = 6;
+        assert_eq!(c.restart_needed(&d), Some("metrics"));
+    }
+
+    #[test]
     fn load_balancing_node_default_and_per_service() {
         use dataplane::table::Algorithm;
         let text = "ports: [{device: a}]\nload_balancing: round-robin\nservices:\n- {name: s, vip: 198.18.100.1, port: 80, backends: [198.18.1.1:80]}\n- {name: t, vip: 198.18.100.2, port: 80, load_balancing: source-hash, backends: [198.18.1.1:80]}\n";
         let spec = Config::parse(text, "t").unwrap().table_spec().unwrap();
         let algs: Vec<Algorithm> = spec.services.iter().map(|s| s.algorithm).collect();
         assert_eq!(algs, [Algorithm::RoundRobin, Algorithm::SourceHash]);
+        let lc = Config::parse(&text.replace("round-robin", "least-connections"), "t").unwrap();
+        assert_eq!(lc.algorithm().unwrap(), Algorithm::LeastConnections);
         let dflt = text.replace("load_balancing: round-robin\n", "");
         let c = Config::parse(&dflt, "t").unwrap();
         assert_eq!(c.algorithm().unwrap(), Algorithm::Maglev);
@@ -1535,7 +1608,7 @@ services:
         let e = Config::parse(&text.replace("round-robin", "least-time"), "t")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("load_balancing: \"least-time\" is not a load-balancing algorithm (maglev, round-robin, random, source-hash)"), "{e}");
+        assert!(e.contains("load_balancing: \"least-time\" is not a load-balancing algorithm (maglev, round-robin, random, source-hash, least-connections)"), "{e}");
         let e = Config::parse(&text.replace("source-hash", "sh"), "t")
             .unwrap_err()
             .to_string();

@@ -1192,10 +1192,14 @@ mod tests {
         };
         assert_eq!(alg(&set("random"), &rr), Algorithm::Random);
         assert_eq!(alg(&set(" source-hash "), &node()), Algorithm::SourceHash);
+        assert_eq!(
+            alg(&set("least-connections"), &rr),
+            Algorithm::LeastConnections
+        );
         // Unknown: reported to the caller, the node default used, the
         // Service still served.
-        let bad = set("least-connections");
-        assert_eq!(annotated_algorithm(&bad), Err("least-connections".into()));
+        let bad = set("least-time");
+        assert_eq!(annotated_algorithm(&bad), Err("least-time".into()));
         assert_eq!(alg(&bad, &rr), Algorithm::RoundRobin);
     }
 

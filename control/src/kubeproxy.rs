@@ -23,8 +23,8 @@
 //! | `nodePortAddresses` | `kubernetes.nodeport_addresses` |
 //! | `oomScoreAdj` | `kubernetes.oom_score_adj` |
 //! | `conntrack.tcpEstablishedTimeout`, `udpTimeout`, `udpStreamTimeout` | `timeouts.tcp_established`, `udp`, `udp_stream` (`tcpCloseWaitTimeout` is checked, not applied: no CLOSE_WAIT state) |
-//! | `dpdk.{eal,ports,routes,neighbors,exception,workers,timeouts,services,load_balancing,service_cidrs,kernel_routes}` | the native sections of the same names |
-//! | `ipvs.scheduler` `rr`, `sh`, `mh` (when `dpdk.load_balancing` is unset) | `load_balancing` `round-robin`, `source-hash`, `maglev` (other schedulers: warning, `maglev`) |
+//! | `dpdk.{eal,ports,routes,neighbors,exception,workers,timeouts,services,load_balancing,service_cidrs,kernel_routes,metrics}` | the native sections of the same names |
+//! | `ipvs.scheduler` `rr`, `lc`/`wlc`, `sh`, `mh` (when `dpdk.load_balancing` is unset) | `load_balancing` `round-robin`, `least-connections`, `source-hash`, `maglev` (other schedulers: warning, `maglev`) |
 use crate::config::{
     default_algorithm, from_yaml, invalid, parse_nodeport_address, parse_prefix, Config, EalConfig,
     ExceptionConfig, KubernetesConfig, NeighborConfig, PortConfig, RouteConfig, ServiceConfig,
@@ -234,6 +234,9 @@ struct DpdkConfiguration {
     /// Routes toward the exception port in the host kernel.
     #[serde(default)]
     kernel_routes: crate::config::KernelRoutesConfig,
+    /// Per-backend metrics.
+    #[serde(default)]
+    metrics: crate::config::MetricsConfig,
 }
 
 /// Parses and validates a `KubeProxyConfiguration` (`origin` names the text
@@ -381,7 +384,7 @@ impl KubeProxyConfiguration {
                 None => {
                     tracing::warn!(
                         scheduler = s,
-                        "ipvs.scheduler has no equivalent here (rr, sh and mh map to round-robin, source-hash and maglev): using maglev"
+                        "ipvs.scheduler has no equivalent here (rr, lc/wlc, sh and mh map to round-robin, least-connections, source-hash and maglev): using maglev"
                     );
                     default_algorithm()
                 }
@@ -486,6 +489,7 @@ impl KubeProxyConfiguration {
             workers: dpdk.workers,
             timeouts,
             admin: crate::config::AdminConfig { bind: metrics },
+            metrics: dpdk.metrics,
             masquerade_all: self.masquerade_all.unwrap_or(false)
                 || ipt.masquerade_all.unwrap_or(false)
                 || nft.masquerade_all.unwrap_or(false),
@@ -517,6 +521,9 @@ fn scheduler_algorithm(s: &str) -> Option<Algorithm> {
         "rr" => Some(Algorithm::RoundRobin),
         "sh" => Some(Algorithm::SourceHash),
         "mh" => Some(Algorithm::Maglev),
+        // Kubernetes endpoints have no weights: weighted least-connection
+        // is least-connection.
+        "lc" | "wlc" => Some(Algorithm::LeastConnections),
         _ => None,
     }
 }
@@ -682,11 +689,25 @@ dpdk:
         assert_eq!(lb("ipvs: {scheduler: sh}", "").unwrap(), "source-hash");
         assert_eq!(lb("ipvs: {scheduler: mh}", "").unwrap(), "maglev");
         assert_eq!(lb("ipvs: {scheduler: \"\"}", "").unwrap(), "maglev");
+        assert_eq!(
+            lb("ipvs: {scheduler: lc}", "").unwrap(),
+            "least-connections"
+        );
+        assert_eq!(
+            lb("ipvs: {scheduler: wlc}", "").unwrap(),
+            "least-connections"
+        );
         // No equivalent: a warning and the default, not a failed start.
-        assert_eq!(lb("ipvs: {scheduler: wlc}", "").unwrap(), "maglev");
+        assert_eq!(lb("ipvs: {scheduler: sed}", "").unwrap(), "maglev");
         // The dpdk section wins.
         let c = lb("ipvs: {scheduler: rr}", "  load_balancing: random\n").unwrap();
         assert_eq!(c, "random");
+        let m = Config::parse(
+            &(minimal("") + "  metrics: {per_backend_services: 7}\n"),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(m.metrics.per_backend_services, 7);
         let e = lb("", "  load_balancing: fastest\n")
             .unwrap_err()
             .to_string();

@@ -1,11 +1,15 @@
 //! Builds service tables and publishes them to the workers (RCU swap).
 use dataplane::dpdk::rcu::{Leaked, Rcu};
+use dataplane::lbcount::{BackendCounters, CounterRegistry};
 use dataplane::table::{FlushEpoch, Frontend, Service, ServiceTable, TableSpec};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Per-backend connection counters of a [`Publisher::new`] (128 bytes each).
+pub const DEFAULT_BACKEND_COUNTERS: usize = 16_384;
 
 /// How long a publish waits for every worker to pass a quiescent point.
 const GRACE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,6 +51,9 @@ pub struct ControlMetrics {
     /// Service rebuilds with an annotation value that could not be used
     /// (logged; the default applied).
     pub annotation_errors: AtomicU64,
+    /// Backends left without a connection counter because every counter
+    /// was in use (`workers.backend_counters`).
+    pub backend_counters_exhausted: AtomicU64,
     /// False when the node is being deleted or about to be removed by the
     /// cluster autoscaler (`/healthz` then answers 503, like kube-proxy).
     pub node_eligible: std::sync::atomic::AtomicBool,
@@ -97,6 +104,7 @@ impl Default for ControlMetrics {
             watch_expired: Default::default(),
             translate_errors: AtomicU64::new(0),
             annotation_errors: AtomicU64::new(0),
+            backend_counters_exhausted: AtomicU64::new(0),
             node_eligible: std::sync::atomic::AtomicBool::new(true),
             oldest_pending_ms: AtomicU64::new(0),
             kernel_routes: AtomicU64::new(0),
@@ -119,6 +127,8 @@ pub struct Publisher {
     retired: HashMap<Frontend, Instant>,
     retain: Duration,
     leaked: Mutex<Vec<Leaked>>,
+    /// Per-backend connection counters handed to each table's Services.
+    counters: CounterRegistry,
     /// Counters.
     pub metrics: Arc<ControlMetrics>,
 }
@@ -127,6 +137,12 @@ impl Publisher {
     /// A publisher whose RCU cell starts with an empty table, for `readers`
     /// readers (the workers, plus one for the admin server).
     pub fn new(readers: usize) -> Self {
+        Self::with_backend_counters(readers, DEFAULT_BACKEND_COUNTERS)
+    }
+
+    /// [`Publisher::new`] with room for `n` per-backend connection counters
+    /// (backends of all Services together; see [`dataplane::lbcount`]).
+    pub fn with_backend_counters(readers: usize, n: usize) -> Self {
         Publisher {
             rcu: Rcu::new(ServiceTable::new(TableSpec::default(), 0), readers.max(1)),
             version: 0,
@@ -136,8 +152,15 @@ impl Publisher {
             retired: HashMap::new(),
             retain: Duration::from_secs(86_400),
             leaked: Mutex::new(Vec::new()),
+            counters: CounterRegistry::new(Arc::new(BackendCounters::new(n))),
             metrics: Arc::new(ControlMetrics::default()),
         }
+    }
+
+    /// The node-wide per-backend connection counters: the workers' session
+    /// tables count into them ([`dataplane::worker::DataplaneConfig::backend_counters`]).
+    pub fn backend_counters(&self) -> Arc<BackendCounters> {
+        self.counters.counters().clone()
     }
 
     /// Keep removed frontends steering existing sessions for this long
@@ -179,6 +202,17 @@ impl Publisher {
         self.version += 1;
         let n = (spec.services.len() + built.len()) as u64;
         let mut table = ServiceTable::with_services(spec, built, self.version);
+        // Counters for new Services' backends (kept backends keep theirs);
+        // draining ones are reused only when no older table can be in use.
+        let reclaim = self
+            .leaked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
+        self.counters.update(&table, &self.last, reclaim);
+        self.metrics
+            .backend_counters_exhausted
+            .store(self.counters.exhausted, Ordering::Relaxed);
         // Sessions need revalidating only when some backend or frontend of
         // the last table is gone.
         table.inherit_flush_epoch(&self.epoch, &self.last);
@@ -279,6 +313,52 @@ mod tests {
         });
         assert!(r.read().is_retired(&f));
         assert!(r.read().frontend(&f).is_none());
+    }
+
+    #[test]
+    fn backend_counters_survive_publishes_for_kept_backends() {
+        let mut p = Publisher::with_backend_counters(1, 8);
+        let be = |i: u8| SockAddr::new(Addr::v4([198, 18, 1, i]), 80);
+        let spec = |backends: Vec<SockAddr>| TableSpec {
+            services: vec![ServiceSpec {
+                source_ranges: vec![],
+                affinity_timeout: None,
+                masquerade: false,
+                external: false,
+                no_backends: Default::default(),
+                short_circuit: vec![],
+                algorithm: Default::default(),
+                name: "a".into(),
+                frontend: Frontend {
+                    addr: SockAddr::new(Addr::v4([198, 18, 100, 1]), 80),
+                    proto: Proto::Tcp,
+                },
+                backends,
+            }],
+            ..Default::default()
+        };
+        let mut r = p.rcu().reader(0).unwrap();
+        let id_of = |r: &mut dataplane::dpdk::rcu::Reader<ServiceTable>, b: SockAddr| {
+            let s = &r.read().services()[0];
+            s.counter_of(&b)
+        };
+        p.publish(spec(vec![be(1), be(2)]));
+        let c = p.backend_counters();
+        let (a1, a2) = (id_of(&mut r, be(1)), id_of(&mut r, be(2)));
+        assert_ne!(a1, a2);
+        c.open(a1);
+        c.open(a1);
+        c.open(a2);
+        // Rebuilt from the spec (a new Service): backend 1 keeps its count.
+        p.publish(spec(vec![be(1), be(3)]));
+        assert_eq!(id_of(&mut r, be(1)), a1);
+        let s = r.read().services()[0].clone();
+        let rows = s.backend_connections();
+        assert_eq!(rows, vec![(be(1), 2, 2), (be(3), 0, 0)]);
+        assert_eq!(
+            p.metrics.backend_counters_exhausted.load(Ordering::Relaxed),
+            0
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod addr;
 pub mod affinity;
 pub mod dpdk;
+pub mod lbcount;
 pub mod maglev;
 pub mod neigh;
 pub mod packet;

@@ -350,6 +350,13 @@ impl Pipeline {
         }
     }
 
+    /// Counts this worker's sessions in the node-wide per-backend counters
+    /// (the array the published tables' counter indices refer to; see
+    /// [`crate::lbcount`]). Set before the first packet.
+    pub fn set_backend_counters(&mut self, c: Arc<crate::lbcount::BackendCounters>) {
+        self.sessions.set_counters(c);
+    }
+
     /// Shares one ClientIP-affinity memory between pipelines (all workers).
     pub fn set_affinity(&mut self, a: Arc<AffinityTable>) {
         self.affinity = a;
@@ -822,7 +829,10 @@ impl Pipeline {
             expires: init.expires,
             validated: version_tag(t.epoch.current),
         };
-        match self.sessions.insert(session) {
+        // The backend's node-wide connection counter (a search on creation
+        // only; ending the session finds it beside the session).
+        let counter = svc.counter_of(&backend);
+        match self.sessions.insert_counted(session, counter) {
             Ok(_) => {}
             Err(InsertError::Full) => return Verdict::Drop(DropReason::SessionTableFull),
             Err(InsertError::Conflict) if snat.is_none() => {
@@ -834,7 +844,7 @@ impl Pipeline {
                 match self.remap_port(t, &key, backend) {
                     Ok(s) => {
                         session.snat = Some(s);
-                        if self.sessions.insert(session).is_err() {
+                        if self.sessions.insert_counted(session, counter).is_err() {
                             return Verdict::Drop(DropReason::SessionConflict);
                         }
                         WorkerStats::add(&st.sessions_clash_remapped, 1);

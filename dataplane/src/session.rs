@@ -9,6 +9,8 @@
 //! Expiry walks a bounded number of slab slots per call, so it never stalls
 //! the poll loop.
 use crate::addr::{FlowKey, Proto, SockAddr};
+use crate::lbcount::{BackendCounters, NO_COUNTER};
+use std::sync::Arc;
 
 /// Session timeouts in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,7 +263,9 @@ pub fn key_hash(k: &FlowKey) -> u64 {
 /// Layout, chosen for the per-packet budget and the memory target (≤ 128
 /// bytes per session, both directions included):
 /// * sessions live in a pre-allocated slab of 88-byte [`Session`]s with a
-///   free list (4 bytes) and a live bit;
+///   live bit, the free slots chained through their (dead) expiry field,
+///   and beside each the index of its backend's node-wide connection
+///   counter (4 bytes, [`crate::lbcount`]);
 /// * the index is a bucketised cuckoo hash: each tuple may sit in one of
 ///   two 64-byte buckets (8 places of tag + value), so a lookup reads at
 ///   most two cache lines, both known from the hash before any is read —
@@ -276,7 +280,13 @@ pub struct SessionTable {
     mask: usize,
     slots: Vec<Session>,
     live: Vec<u64>,
-    free: Vec<u32>,
+    /// First free slot below `slots.len()` ([`EMPTY`]: none); each free
+    /// slot's `expires` holds the next.
+    free: u32,
+    /// The counter each live session counts in ([`NO_COUNTER`]: none, or
+    /// already ended), by slot.
+    counted: Vec<u32>,
+    counters: Arc<BackendCounters>,
     capacity: usize,
     active: usize,
     cursor: usize,
@@ -307,12 +317,28 @@ impl SessionTable {
             mask: n_buckets - 1,
             slots: Vec::with_capacity(capacity),
             live: vec![0; capacity.div_ceil(64)],
-            free: Vec::with_capacity(capacity),
+            free: EMPTY,
+            counted: vec![NO_COUNTER; capacity],
+            counters: Arc::new(BackendCounters::default()),
             capacity,
             active: 0,
             cursor: 0,
             timeouts,
         }
+    }
+
+    /// Counts sessions in `counters` (the node-wide array the control
+    /// plane's counter indices refer to). Set before the first session.
+    pub fn set_counters(&mut self, counters: Arc<BackendCounters>) {
+        self.counters = counters;
+    }
+
+    /// The counter session `idx` counts in, if it still does.
+    pub fn counter(&self, idx: u32) -> Option<u32> {
+        self.counted
+            .get(idx as usize)
+            .copied()
+            .filter(|&c| c != NO_COUNTER && self.is_live(idx as usize))
     }
 
     /// Configured capacity.
@@ -334,7 +360,7 @@ impl SessionTable {
         self.buckets.capacity() * core::mem::size_of::<Bucket>()
             + self.slots.capacity() * core::mem::size_of::<Session>()
             + self.live.capacity() * 8
-            + self.free.capacity() * core::mem::size_of::<u32>()
+            + self.counted.capacity() * core::mem::size_of::<u32>()
     }
     /// The timeouts in force.
     pub fn timeouts(&self) -> &Timeouts {
@@ -436,6 +462,13 @@ impl SessionTable {
 
     /// Inserts a new session under both keys; `session.expires` should be set.
     pub fn insert(&mut self, session: Session) -> Result<u32, InsertError> {
+        self.insert_counted(session, NO_COUNTER)
+    }
+
+    /// [`SessionTable::insert`], counting the session as an active
+    /// connection of counter `counter` (its backend's) until it ends —
+    /// only when the insert succeeds.
+    pub fn insert_counted(&mut self, session: Session, counter: u32) -> Result<u32, InsertError> {
         if self.active >= self.capacity {
             return Err(InsertError::Full);
         }
@@ -444,35 +477,42 @@ impl SessionTable {
         if ok == rk || self.lookup(&ok).is_some() || self.lookup(&rk).is_some() {
             return Err(InsertError::Conflict);
         }
-        let idx = match self.free.pop() {
-            Some(i) => i,
+        let idx = match self.free {
             // Within the reserved capacity: never reallocates.
-            None => self.slots.len() as u32,
+            EMPTY => self.slots.len() as u32,
+            i => i,
         };
-        // Place both index entries first, so a failure leaves nothing behind.
+        // Place both index entries first, so a failure leaves nothing behind
+        // (the slot leaves the free list only on success).
         let (ho, hr) = (key_hash(&ok), key_hash(&rk));
         if !self.place(ho, idx << 1) {
-            self.unpop(idx);
             return Err(InsertError::Full);
         }
         if !self.place(hr, (idx << 1) | REPLY_BIT) {
             self.unplace(ho, idx << 1);
-            self.unpop(idx);
             return Err(InsertError::Full);
         }
         if idx as usize == self.slots.len() {
             self.slots.push(session);
         } else {
+            self.free = self.slots[idx as usize].expires as u32;
             self.slots[idx as usize] = session;
         }
         self.live[idx as usize / 64] |= 1 << (idx % 64);
         self.active += 1;
+        self.counted[idx as usize] = counter;
+        self.counters.open(counter);
         Ok(idx)
     }
 
-    fn unpop(&mut self, idx: u32) {
-        if (idx as usize) < self.slots.len() {
-            self.free.push(idx);
+    /// Ends session `idx`'s count (once: later calls do nothing).
+    #[inline]
+    fn end_count(&mut self, idx: u32) {
+        if let Some(c) = self.counted.get_mut(idx as usize) {
+            if *c != NO_COUNTER {
+                self.counters.close(*c);
+                *c = NO_COUNTER;
+            }
         }
     }
 
@@ -544,7 +584,9 @@ impl SessionTable {
         let s = self.slots[idx as usize];
         self.unplace(key_hash(&s.original_key()), idx << 1);
         self.unplace(key_hash(&s.reply_key()), (idx << 1) | REPLY_BIT);
-        self.free.push(idx);
+        self.end_count(idx);
+        self.slots[idx as usize].expires = u64::from(self.free);
+        self.free = idx;
         self.active -= 1;
     }
 
@@ -558,10 +600,15 @@ impl SessionTable {
         if dir == Dir::Reply {
             s.replied = true;
         }
+        let mut ended = false;
         s.expires = now
             + match s.proto {
                 Proto::Tcp => {
-                    s.tcp = next_tcp_state(s.tcp, dir, tcp_flags);
+                    let next = next_tcp_state(s.tcp, dir, tcp_flags);
+                    // FIN or RST: no longer an active connection (counted
+                    // once, on the transition; never per packet).
+                    ended = next != s.tcp && matches!(next, TcpState::Closing | TcpState::Closed);
+                    s.tcp = next;
                     tcp_timeout(&t, s.tcp)
                 }
                 Proto::Udp => {
@@ -573,10 +620,16 @@ impl SessionTable {
                 }
                 Proto::Icmp | Proto::Icmp6 => t.icmp,
                 Proto::Sctp => {
-                    s.sctp = next_sctp_state(s.sctp, tcp_flags);
+                    let next = next_sctp_state(s.sctp, tcp_flags);
+                    ended =
+                        next != s.sctp && matches!(next, SctpState::Closing | SctpState::Closed);
+                    s.sctp = next;
                     sctp_timeout(&t, s.sctp)
                 }
             };
+        if ended {
+            self.end_count(idx);
+        }
     }
 
     /// The initial state and expiry of a new session of `proto` opened with
@@ -939,6 +992,119 @@ mod tests {
             }
         });
         assert_eq!(n, 0, "the session table allocated on the packet path");
+    }
+
+    fn counted_table(cap: usize) -> (SessionTable, Arc<BackendCounters>) {
+        let c = Arc::new(BackendCounters::new(4));
+        let mut t = table(cap);
+        t.set_counters(c.clone());
+        (t, c)
+    }
+
+    fn open_counted(t: &mut SessionTable, cport: u16, proto: Proto, flags: u8, id: u32) -> u32 {
+        let mut s = sess(cport, proto);
+        let i = t.initial_state(proto, flags, 0);
+        (s.tcp, s.sctp, s.expires) = (i.tcp, i.sctp, i.expires);
+        t.insert_counted(s, id).unwrap()
+    }
+
+    #[test]
+    fn sessions_count_once_from_creation_to_their_end() {
+        let (mut t, c) = counted_table(16);
+        let to = Timeouts::default();
+        // Expiry.
+        let u = open_counted(&mut t, 1, Proto::Udp, 0, 0);
+        assert_eq!((c.active(0), c.total(0)), (Some(1), Some(1)));
+        // Packets do not count.
+        for _ in 0..5 {
+            t.touch(u, Dir::Original, 0, 1);
+            t.touch(u, Dir::Reply, 0, 1);
+        }
+        assert_eq!(c.active(0), Some(1));
+        assert_eq!(t.expire(1 + to.udp_stream, 100), 1);
+        assert_eq!((c.active(0), c.total(0)), (Some(0), Some(1)));
+        // Removal (the stale-UDP flush, a reused tuple), and a second
+        // removal of the same slot does nothing.
+        let u = open_counted(&mut t, 2, Proto::Udp, 0, 1);
+        assert_eq!(t.counter(u), Some(1));
+        t.remove(u);
+        t.remove(u);
+        assert_eq!((c.active(1), c.total(1)), (Some(0), Some(1)));
+        assert_eq!(t.counter(u), None);
+        // TCP: the FIN ends it (not the later expiry, nor the RST after it).
+        let k = open_counted(&mut t, 3, Proto::Tcp, tcp::SYN, 2);
+        t.touch(k, Dir::Reply, tcp::SYN | tcp::ACK, 1);
+        t.touch(k, Dir::Original, tcp::ACK, 1);
+        assert_eq!(c.active(2), Some(1));
+        t.touch(k, Dir::Original, tcp::FIN | tcp::ACK, 2);
+        assert_eq!(c.active(2), Some(0));
+        t.touch(k, Dir::Reply, tcp::FIN | tcp::ACK, 3);
+        t.touch(k, Dir::Reply, tcp::RST, 4);
+        while !t.is_empty() {
+            t.expire(u64::MAX, 100);
+        }
+        assert_eq!((c.active(2), c.total(2)), (Some(0), Some(1)));
+        // An RST alone ends it too; so do SCTP ABORT and SHUTDOWN.
+        let k = open_counted(&mut t, 4, Proto::Tcp, tcp::SYN, 3);
+        t.touch(k, Dir::Reply, tcp::RST, 1);
+        assert_eq!(c.active(3), Some(0));
+        use crate::packet::sctp::bits;
+        let a = open_counted(&mut t, 5, Proto::Sctp, bits::INIT, 3);
+        let b = open_counted(&mut t, 6, Proto::Sctp, bits::INIT, 3);
+        assert_eq!(c.active(3), Some(2));
+        t.touch(a, Dir::Reply, bits::ABORT, 1);
+        t.touch(b, Dir::Original, bits::SHUTDOWN, 1);
+        t.touch(b, Dir::Reply, bits::SHUTDOWN_COMPLETE, 2);
+        assert_eq!((c.active(3), c.total(3)), (Some(0), Some(3)));
+        // Removing the ended sessions does not count them again.
+        t.remove(a);
+        t.remove(b);
+        assert_eq!(c.active(3), Some(0));
+    }
+
+    #[test]
+    fn refused_sessions_are_not_counted() {
+        let (mut t, c) = counted_table(1);
+        open_counted(&mut t, 1, Proto::Udp, 0, 0);
+        // Table full, and a conflicting tuple: nothing counted.
+        assert_eq!(
+            t.insert_counted(sess(2, Proto::Udp), 0),
+            Err(InsertError::Full)
+        );
+        let (mut t2, c2) = counted_table(4);
+        open_counted(&mut t2, 1, Proto::Tcp, tcp::SYN, 1);
+        let mut s = sess(1, Proto::Tcp);
+        s.frontend.port = 81;
+        assert_eq!(t2.insert_counted(s, 1), Err(InsertError::Conflict));
+        assert_eq!((c.total(0), c2.total(1)), (Some(1), Some(1)));
+        // An uncounted session, and a counter outside the array.
+        t2.insert_counted(sess(7, Proto::Udp), NO_COUNTER).unwrap();
+        t2.insert_counted(sess(8, Proto::Udp), 99).unwrap();
+        while !t2.is_empty() {
+            t2.expire(u64::MAX, 100);
+        }
+        assert_eq!(c2.active(1), Some(0));
+    }
+
+    #[test]
+    fn free_slots_are_reused_after_churn() {
+        let (mut t, c) = counted_table(64);
+        for round in 0..10u16 {
+            let ids: Vec<u32> = (0..64)
+                .map(|p| open_counted(&mut t, round * 64 + p, Proto::Udp, 0, (p % 4) as u32))
+                .collect();
+            assert!(ids.iter().all(|&i| i < 64));
+            assert_eq!(c.active(0), Some(16));
+            for i in ids.iter().step_by(2) {
+                t.remove(*i);
+            }
+            assert_eq!(t.len(), 32);
+            while !t.is_empty() {
+                t.expire(u64::MAX, 100);
+            }
+            assert_eq!((0..4).map(|i| c.active(i).unwrap()).sum::<u64>(), 0);
+        }
+        assert_eq!(c.total(0), Some(160));
     }
 
     fn random_session(rng: &mut u64, proto: Proto) -> Session {

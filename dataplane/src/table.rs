@@ -4,12 +4,13 @@
 //! in atomically (see [`crate::dpdk::rcu`]); workers read it once per burst.
 use crate::addr::{flow_hash, Addr, FlowKey, Proto, SockAddr};
 use crate::affinity::client_hash;
+use crate::lbcount::{ServiceCounters, NO_COUNTER};
 use crate::maglev::{stable_key, Maglev};
 use crate::packet::ethernet::MacAddr;
 use crossbeam_utils::CachePadded;
 use hashbrown::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A Service frontend: the address, port and protocol clients connect to.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -52,15 +53,20 @@ pub enum Algorithm {
     /// Consistent hashing of the client address only: one client, one
     /// backend, from every core (without affinity state or timeout).
     SourceHash,
+    /// The backend with the fewest active connections, counted node-wide
+    /// ([`crate::lbcount`]); ties go to the first from a random offset, so
+    /// workers picking at once still spread.
+    LeastConnections,
 }
 
 impl Algorithm {
     /// Every algorithm, in documentation order.
-    pub const ALL: [Algorithm; 4] = [
+    pub const ALL: [Algorithm; 5] = [
         Algorithm::Maglev,
         Algorithm::RoundRobin,
         Algorithm::Random,
         Algorithm::SourceHash,
+        Algorithm::LeastConnections,
     ];
 
     /// The name used in configuration, annotations and metrics.
@@ -70,6 +76,7 @@ impl Algorithm {
             Algorithm::RoundRobin => "round-robin",
             Algorithm::Random => "random",
             Algorithm::SourceHash => "source-hash",
+            Algorithm::LeastConnections => "least-connections",
         }
     }
 
@@ -205,6 +212,9 @@ pub struct Service {
     /// Round-robin position, shared by every worker (own cache line: new
     /// connections to other Services do not bounce it).
     rr: CachePadded<AtomicU64>,
+    /// Per-backend connection counters, set once by the control plane
+    /// before the table is published ([`crate::lbcount::CounterRegistry`]).
+    lb: OnceLock<ServiceCounters>,
 }
 
 impl Service {
@@ -252,7 +262,50 @@ impl Service {
             short_circuit,
             algorithm: spec.algorithm,
             rr: CachePadded::new(AtomicU64::new(0)),
+            lb: OnceLock::new(),
         }
+    }
+
+    /// The backends' connection counters, once assigned.
+    #[inline]
+    pub fn counters(&self) -> Option<&ServiceCounters> {
+        self.lb.get()
+    }
+
+    /// Assigns the backends' counters (`c.ids` in the order of
+    /// [`Service::backends`]); false when already assigned or of the wrong
+    /// length (then nothing changes).
+    pub fn set_counters(&self, c: ServiceCounters) -> bool {
+        c.ids.len() == self.backends.len() && self.lb.set(c).is_ok()
+    }
+
+    /// The counter index of backend `b` ([`NO_COUNTER`] when uncounted):
+    /// a binary search, on session creation only.
+    #[inline]
+    pub fn counter_of(&self, b: &SockAddr) -> u32 {
+        match (self.lb.get(), self.backends.binary_search(b)) {
+            (Some(c), Ok(i)) => c.ids.get(i).copied().unwrap_or(NO_COUNTER),
+            _ => NO_COUNTER,
+        }
+    }
+
+    /// Each backend with its active and total connections (zeros without
+    /// counters), for metrics and inspection.
+    pub fn backend_connections(&self) -> Vec<(SockAddr, u64, u64)> {
+        self.backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let (active, total) = self.lb.get().map_or((0, 0), |c| {
+                    let id = c.ids.get(i).copied().unwrap_or(NO_COUNTER);
+                    (
+                        c.counters.active(id).unwrap_or(0),
+                        c.counters.total(id).unwrap_or(0),
+                    )
+                });
+                (*b, active, total)
+            })
+            .collect()
     }
     /// The backend whose [`crate::affinity::backend_key`] is `key`, if any.
     #[inline]
@@ -292,8 +345,39 @@ impl Service {
             Algorithm::RoundRobin => self.rr.fetch_add(1, Relaxed) % n,
             // Multiply-shift: uniform over 0..n without a division.
             Algorithm::Random => ((u128::from(next_random(rng)) * u128::from(n)) >> 64) as u64,
+            Algorithm::LeastConnections => {
+                let start = ((u128::from(next_random(rng)) * u128::from(n)) >> 64) as u64;
+                let Some(c) = self.lb.get() else {
+                    // No counters (not published by a control plane): random.
+                    return self.backends.get(start as usize).copied();
+                };
+                self.least_connected(c, start as usize)
+            }
         };
         self.backends.get(i as usize).copied()
+    }
+
+    /// The index of the backend with the fewest active connections, the
+    /// first from `start` on ties (uncounted backends come last).
+    #[inline]
+    fn least_connected(&self, c: &ServiceCounters, start: usize) -> u64 {
+        let n = c.ids.len();
+        let (mut best, mut least) = (start, u64::MAX);
+        let mut i = start;
+        for _ in 0..n {
+            let active = c.counters.active(c.ids[i]).unwrap_or(u64::MAX);
+            if active < least {
+                (best, least) = (i, active);
+                if active == 0 {
+                    break;
+                }
+            }
+            i += 1;
+            if i == n {
+                i = 0;
+            }
+        }
+        best as u64
     }
 
     /// The Maglev backend for a flow whose hash is `hash`, if there is one.
@@ -922,12 +1006,164 @@ mod tests {
         assert_eq!(empty.pick_new(&flow(1, 1), &mut rng), None);
     }
 
+    fn counted(s: &Service, counters: &Arc<crate::lbcount::BackendCounters>) {
+        let ids = (0..s.backends.len() as u32).collect();
+        assert!(s.set_counters(ServiceCounters {
+            counters: counters.clone(),
+            ids,
+        }));
+    }
+
+    #[test]
+    fn least_connections_picks_the_least_loaded_and_spreads_ties() {
+        let c = Arc::new(crate::lbcount::BackendCounters::new(4));
+        let s = lb_service(Algorithm::LeastConnections, 4);
+        counted(&s, &c);
+        // Backend 0 holds 10 connections, 1 holds 5: new ones go to 2 and 3
+        // (ties spread by the random start), until they catch up.
+        for _ in 0..10 {
+            c.open(0);
+        }
+        for _ in 0..5 {
+            c.open(1);
+        }
+        let mut rng = 0x5eed;
+        let mut got = [0u32; 4];
+        for i in 0..10u16 {
+            let b = s.pick_new(&flow(1, i), &mut rng).unwrap();
+            let j = index(&s, b);
+            got[j] += 1;
+            c.open(j as u32);
+        }
+        assert_eq!(got, [0, 0, 5, 5]);
+        // All at 5 but backend 0 (10): the next ten fill 1, 2 and 3 evenly-ish,
+        // never 0.
+        for i in 0..12u16 {
+            let b = s.pick_new(&flow(2, i), &mut rng).unwrap();
+            let j = index(&s, b);
+            assert_ne!(j, 0);
+            got[j] += 1;
+            c.open(j as u32);
+        }
+        assert_eq!(
+            (c.active(1), c.active(2), c.active(3)),
+            (Some(9), Some(9), Some(9))
+        );
+        // Ended connections are picked up again: backend 0 drains to 0.
+        for _ in 0..10 {
+            c.close(0);
+        }
+        let b = s.pick_new(&flow(3, 1), &mut rng).unwrap();
+        assert_eq!(index(&s, b), 0);
+        // Equal counts: every backend is a first choice from some start.
+        let e = lb_service(Algorithm::LeastConnections, 4);
+        let fresh = Arc::new(crate::lbcount::BackendCounters::new(4));
+        counted(&e, &fresh);
+        let firsts: std::collections::HashSet<_> =
+            (0..64).map(|i| e.pick_new(&flow(4, i), &mut rng)).collect();
+        assert_eq!(firsts.len(), 4);
+        // Without counters (no control plane): still a backend.
+        let bare = lb_service(Algorithm::LeastConnections, 3);
+        assert!(bare.pick_new(&flow(1, 1), &mut rng).is_some());
+        assert!(bare.counters().is_none());
+        assert_eq!(bare.counter_of(&bare.backends[0]), NO_COUNTER);
+    }
+
+    #[test]
+    fn counters_are_set_once_with_one_id_per_backend() {
+        let c = Arc::new(crate::lbcount::BackendCounters::new(8));
+        let s = lb_service(Algorithm::Maglev, 3);
+        let wrong = ServiceCounters {
+            counters: c.clone(),
+            ids: vec![1, 2].into(),
+        };
+        assert!(!s.set_counters(wrong));
+        counted(&s, &c);
+        assert!(!s.set_counters(ServiceCounters {
+            counters: c.clone(),
+            ids: vec![5, 6, 7].into(),
+        }));
+        assert_eq!(s.counter_of(&s.backends[2]), 2);
+        assert_eq!(
+            s.counter_of(&SockAddr::new(v4(198, 18, 9, 9), 1)),
+            NO_COUNTER
+        );
+        c.open(1);
+        c.open(1);
+        c.close(1);
+        let rows = s.backend_connections();
+        assert_eq!(rows[1], (s.backends[1], 1, 2));
+        assert_eq!(rows[0].1, 0);
+    }
+
+    #[test]
+    fn maglev_services_move_about_one_nth_of_flows_and_agree_across_builds() {
+        // Through the Service (the pipeline's pick), not just the Maglev
+        // table: 10 backends, 20,000 flows.
+        let n = 10u8;
+        let all = lb_service(Algorithm::Maglev, n);
+        // An independent build with the endpoints listed in another order
+        // (another node, another EndpointSlice order) makes the same choices.
+        let mut spec = spec().services.remove(0);
+        spec.backends = (1..=n)
+            .rev()
+            .map(|i| SockAddr::new(v4(198, 18, 1, i), 8080))
+            .collect();
+        let other = Service::new(spec);
+        let mut rng = 1;
+        let flows: Vec<FlowKey> = (0..20_000u32)
+            .map(|i| flow((i % 250) as u8, 1024 + (i / 250) as u16))
+            .collect();
+        for k in &flows {
+            assert_eq!(all.pick_new(k, &mut rng), other.pick_new(k, &mut rng));
+        }
+        // One backend goes: its own flows move, and few others.
+        for gone in [1u8, 5, 10] {
+            let gone = SockAddr::new(v4(198, 18, 1, gone), 8080);
+            let mut spec = spec_of(&all);
+            spec.backends.retain(|b| *b != gone);
+            let less = Service::new(spec);
+            let (mut moved, mut own) = (0, 0);
+            for k in &flows {
+                let (a, b) = (all.pick_new(k, &mut rng), less.pick_new(k, &mut rng));
+                if a != b {
+                    moved += 1;
+                }
+                if a == Some(gone) {
+                    own += 1;
+                }
+            }
+            let frac = moved as f64 / flows.len() as f64;
+            assert!(
+                (0.07..=0.15).contains(&frac),
+                "{moved} of {} flows moved",
+                flows.len()
+            );
+            // Beyond the removed backend's own flows, at most 3 % move.
+            assert!(
+                (moved - own) * 100 <= 3 * flows.len(),
+                "{moved} moved, {own} own"
+            );
+        }
+    }
+
+    fn spec_of(s: &Service) -> ServiceSpec {
+        ServiceSpec {
+            algorithm: s.algorithm,
+            backends: s.backends.clone(),
+            ..spec().services.remove(0)
+        }
+    }
+
     #[test]
     fn algorithm_names_round_trip() {
         for a in Algorithm::ALL {
             assert_eq!(Algorithm::from_name(a.name()), Some(a));
         }
-        assert_eq!(Algorithm::from_name("least-connections"), None);
+        assert_eq!(
+            Algorithm::from_name("least-connections"),
+            Some(Algorithm::LeastConnections)
+        );
         assert_eq!(Algorithm::from_name("Maglev"), None);
     }
 }

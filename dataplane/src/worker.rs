@@ -72,6 +72,10 @@ pub struct DataplaneConfig {
     /// The exception path into the host kernel, if any: at start the
     /// exception port gets the uplink's MAC address and MTU.
     pub exception: Option<Exception>,
+    /// The node-wide per-backend connection counters the control plane
+    /// hands out ([`crate::lbcount::CounterRegistry::counters`]); `None`:
+    /// sessions are not counted (least-connections then picks at random).
+    pub backend_counters: Option<Arc<crate::lbcount::BackendCounters>>,
 }
 
 impl Default for DataplaneConfig {
@@ -86,6 +90,7 @@ impl Default for DataplaneConfig {
             idle_sleep_us: 0,
             handoff_ring: 1024,
             exception: None,
+            backend_counters: None,
         }
     }
 }
@@ -275,6 +280,9 @@ pub fn start(
             pipeline: {
                 let mut p = Pipeline::new(id as u16, n as u16, port_info.clone(), cfg.pipeline);
                 p.set_affinity(affinity.clone());
+                if let Some(c) = &cfg.backend_counters {
+                    p.set_backend_counters(c.clone());
+                }
                 p.set_exception(cfg.exception);
                 p
             },

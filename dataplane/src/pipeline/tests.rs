@@ -4707,4 +4707,193 @@ fn exception_kernel_traffic_to_an_ipv6_service_is_translated_and_answered_to_the
 }
 
 mod invariants;
+
+// ---------------------------------------------------------------------------
+// Least-connections and per-backend counters through the NAT function
+
+/// Two workers sharing the node-wide counters over a table whose
+/// VIP4:80/TCP Service uses `algorithm`, counters assigned as the
+/// publisher does.
+fn counted_workers(
+    algorithm: crate::table::Algorithm,
+) -> (
+    [Pipeline; 2],
+    ServiceTable,
+    WorkerStats,
+    Arc<crate::lbcount::BackendCounters>,
+    crate::lbcount::CounterRegistry,
+) {
+    let mut s = spec();
+    for x in &mut s.services {
+        if x.frontend.addr == sa(ip4(VIP4), 80) && x.frontend.proto == Proto::Tcp {
+            x.algorithm = algorithm;
+        }
+    }
+    let t = ServiceTable::new(s, 1);
+    let counters = Arc::new(crate::lbcount::BackendCounters::new(64));
+    let mut reg = crate::lbcount::CounterRegistry::new(counters.clone());
+    reg.update(&t, &[], true);
+    let ps = [0u16, 1].map(|id| {
+        let mut p = pipeline_with(id, 2, PipelineConfig::default(), &t);
+        p.set_backend_counters(counters.clone());
+        p
+    });
+    (ps, t, WorkerStats::default(), counters, reg)
+}
+
+/// Runs `frame` on worker `w`, following a hand-off to its owner.
+fn run2(
+    ps: &mut [Pipeline; 2],
+    t: &ServiceTable,
+    st: &WorkerStats,
+    port: u16,
+    frame: &[u8],
+    now: u64,
+) -> (Verdict, Vec<u8>) {
+    match run(&mut ps[0], t, st, port, frame, now, false) {
+        (Verdict::HandOff(o), _) => run(&mut ps[o as usize], t, st, port, frame, now, true),
+        r => r,
+    }
+}
+
+fn active_by_backend(t: &ServiceTable, c: &crate::lbcount::BackendCounters) -> [u64; 3] {
+    let f = Frontend {
+        addr: sa(ip4(VIP4), 80),
+        proto: Proto::Tcp,
+    };
+    let s = t.service(t.frontend(&f).unwrap()).unwrap();
+    BACKENDS4.map(|b| c.active(s.counter_of(&sa(ip4(b), 8080))).unwrap())
+}
+
+#[test]
+fn least_connections_steers_new_connections_to_the_least_loaded_backend_across_workers() {
+    let (mut ps, t, st, c, _) = counted_workers(crate::table::Algorithm::LeastConnections);
+    // Nine connections from both workers: three per backend exactly.
+    let mut conns = Vec::new();
+    for sport in 43000..43009u16 {
+        let (v, out) = run2(&mut ps, &t, &st, 0, &c_syn4(sport), NOW);
+        assert_eq!(v, Verdict::Tx(1));
+        conns.push((sport, backend_index(parse(&out).dst.unwrap())));
+    }
+    assert_eq!(active_by_backend(&t, &c), [3, 3, 3]);
+    assert!(
+        ps.iter().all(|p| !p.sessions.is_empty()),
+        "both workers own sessions"
+    );
+    // Packets do not count.
+    for &(sport, _) in &conns {
+        run2(
+            &mut ps,
+            &t,
+            &st,
+            0,
+            &c_tcp(ip4(VIP4), sport, 80, ACK, 1001, 1),
+            NOW + 1,
+        );
+    }
+    assert_eq!(active_by_backend(&t, &c), [3, 3, 3]);
+    // The client closes backend 0's connections (FIN): they no longer count,
+    // and the next three new connections all go to backend 0.
+    for &(sport, b) in &conns {
+        if b == 0 {
+            run2(
+                &mut ps,
+                &t,
+                &st,
+                0,
+                &c_tcp(ip4(VIP4), sport, 80, FIN | ACK, 1001, 1),
+                NOW + 2,
+            );
+        }
+    }
+    assert_eq!(active_by_backend(&t, &c), [0, 3, 3]);
+    for sport in 43100..43103u16 {
+        let (_, out) = run2(&mut ps, &t, &st, 0, &c_syn4(sport), NOW + 3);
+        assert_eq!(backend_index(parse(&out).dst.unwrap()), 0);
+    }
+    assert_eq!(active_by_backend(&t, &c), [3, 3, 3]);
+    // Expiry ends every count exactly once (the closed ones are not ended twice).
+    for p in &mut ps {
+        while !p.sessions.is_empty() {
+            p.sessions.expire(u64::MAX, 1024);
+        }
+    }
+    assert_eq!(active_by_backend(&t, &c), [0, 0, 0]);
+}
+
+#[test]
+fn every_algorithm_counts_sessions_until_they_end() {
+    use crate::table::Algorithm;
+    for alg in Algorithm::ALL {
+        let (mut ps, t, st, c, _) = counted_workers(alg);
+        for sport in 44000..44012u16 {
+            let (v, _) = run2(&mut ps, &t, &st, 0, &c_syn4(sport), NOW);
+            assert_eq!(v, Verdict::Tx(1));
+        }
+        let a = active_by_backend(&t, &c);
+        assert_eq!(a.iter().sum::<u64>(), 12, "{alg:?}");
+        for p in &mut ps {
+            while !p.sessions.is_empty() {
+                p.sessions.expire(u64::MAX, 1024);
+            }
+        }
+        assert_eq!(active_by_backend(&t, &c), [0, 0, 0], "{alg:?}");
+    }
+}
+
+#[test]
+fn the_stale_udp_flush_ends_the_count_of_a_removed_backend() {
+    let (mut ps, t, st, _, mut reg) = counted_workers(crate::table::Algorithm::Maglev);
+    let dns = Frontend {
+        addr: sa(ip4(VIP4), 53),
+        proto: Proto::Udp,
+    };
+    let q = |sport| {
+        udp_frame(
+            CLIENT_MAC,
+            P0_MAC,
+            ip4(CLIENT4),
+            ip4(VIP4),
+            sport,
+            53,
+            64,
+            b"q",
+        )
+    };
+    let mut by = [0u64; 3];
+    for sport in 45000..45030u16 {
+        let (v, out) = run2(&mut ps, &t, &st, 0, &q(sport), NOW);
+        assert_eq!(v, Verdict::Tx(1));
+        by[backend_index(parse(&out).dst.unwrap())] += 1;
+    }
+    let svc = t.service(t.frontend(&dns).unwrap()).unwrap();
+    let counts = |s: &crate::table::Service| {
+        s.backend_connections()
+            .iter()
+            .map(|r| r.1)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counts(svc), by.to_vec());
+    // Backend 0 removed (the same counters for the others, as the publisher
+    // hands out): the next packet of each of its flows flushes the session.
+    let mut s2 = spec();
+    for x in &mut s2.services {
+        x.backends
+            .retain(|b| b.addr != Addr::from(ip4(BACKENDS4[0])));
+    }
+    let mut t2 = ServiceTable::new(s2, 2);
+    t2.inherit_flush_epoch(&t.epoch, t.services());
+    reg.update(&t2, t.services(), true);
+    for p in &mut ps {
+        p.on_table(&t2);
+    }
+    for sport in 45000..45030u16 {
+        run2(&mut ps, &t2, &st, 0, &q(sport), NOW + 1);
+    }
+    let svc2 = t2.service(t2.frontend(&dns).unwrap()).unwrap();
+    // Backend 0's count ended; its flows went to 1 and 2 (counted there).
+    assert_eq!(counts(svc)[0], 0);
+    assert_eq!(counts(svc2).iter().sum::<u64>(), 30);
+}
+
 mod pods;
