@@ -78,6 +78,41 @@ fn cluster_objects_drive_the_dataplane() {
     api.put(&path, &slice("web-1", "web", WEB_PORTS, &all3));
     eventually(&t, "scaled up", &args, |v| both(v, &["be1", "be2", "be3"]));
 
+    // The load-balancing annotation, through the API server: round-robin
+    // on this Service (one rotation over both workers: 30 new connections,
+    // exactly 10 per backend); an unknown value is counted and the node's
+    // default (maglev) serves; removing it keeps the default.
+    let svc = format!("{SVCS}/web");
+    let annotate = |v: Value| {
+        api.patch(
+            &svc,
+            &json!({"metadata": {"annotations": {"dpdk-kube-proxy.io/load-balancing": v}}}),
+        );
+    };
+    let wait_lb = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lb_of(&t, "default/web:http") != want {
+            assert!(Instant::now() < deadline, "load balancing never {want}: {}", t.log_text());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    annotate(json!("round-robin"));
+    wait_lb("round-robin");
+    let v = t.peer(
+        "client",
+        &["clients", "--vip", &vip, "--count", "30", "--concurrency", "4"],
+    );
+    let (c, errors) = counts(&v, "tcp");
+    assert_eq!(errors, 0, "{v}");
+    let per: Vec<u64> = c.iter().map(|x| x.1).collect();
+    assert_eq!(per, [10, 10, 10], "round-robin over three backends: {v}");
+    annotate(json!("fastest"));
+    wait_lb("maglev");
+    assert!(t.metric_sum("dpdk_kube_proxy_annotation_errors_total", "") >= 1);
+    annotate(Value::Null);
+    eventually(&t, "annotation removed", &args, |v| both(v, &["be1", "be2", "be3"]));
+    assert_eq!(lb_of(&t, "default/web:http"), "maglev");
+
     // be1 terminating: no new connections to it.
     let term1 = [
         (1, "node-a", TERMINATING),
@@ -261,4 +296,27 @@ fn cluster_objects_drive_the_dataplane() {
         val("kubeproxy_sync_proxy_rules_service_changes_total") >= 3.0,
         "{m}"
     );
+}
+
+/// The load-balancing algorithm `/debug/services` shows for the frontends of
+/// the Service port `name` (empty when it has none; "mixed" if they differ).
+fn lb_of(t: &Topology, name: &str) -> String {
+    let Some(text) = t.try_get("/debug/services") else {
+        return String::new();
+    };
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let mut algos: Vec<String> = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with(name)))
+        .map(|s| s["loadBalancing"].as_str().unwrap().to_string())
+        .collect();
+    algos.sort();
+    algos.dedup();
+    match algos.len() {
+        0 => String::new(),
+        1 => algos.remove(0),
+        _ => "mixed".into(),
+    }
 }
