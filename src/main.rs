@@ -512,7 +512,15 @@ fn wanted_routes(
     }
     // Validated with the rest of the file.
     let cidrs = cfg.service_cidrs().unwrap_or_default();
-    control::kernel_routes::desired(&cidrs, frontends, &cfg.node_addresses())
+    // The exception SNAT addresses too: local backends' answers to them
+    // must reach the dataplane, wherever the address is (a host route onto
+    // the TAP also covers one outside the node's subnet).
+    let snat = cfg.exception.snat_addresses.iter().copied();
+    control::kernel_routes::desired(
+        &cidrs,
+        frontends.into_iter().chain(snat),
+        &cfg.node_addresses(),
+    )
 }
 
 /// Retries of failed route reconciles: 1 s doubling to 30 s.

@@ -92,7 +92,11 @@ fn cluster_objects_drive_the_dataplane() {
     let wait_lb = |want: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while lb_of(&t, "default/web:http") != want {
-            assert!(Instant::now() < deadline, "load balancing never {want}: {}", t.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "load balancing never {want}: {}",
+                t.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     };
@@ -100,7 +104,15 @@ fn cluster_objects_drive_the_dataplane() {
     wait_lb("round-robin");
     let v = t.peer(
         "client",
-        &["clients", "--vip", &vip, "--count", "30", "--concurrency", "4"],
+        &[
+            "clients",
+            "--vip",
+            &vip,
+            "--count",
+            "30",
+            "--concurrency",
+            "4",
+        ],
     );
     let (c, errors) = counts(&v, "tcp");
     assert_eq!(errors, 0, "{v}");
@@ -110,7 +122,9 @@ fn cluster_objects_drive_the_dataplane() {
     wait_lb("maglev");
     assert!(t.metric_sum("dpdk_kube_proxy_annotation_errors_total", "") >= 1);
     annotate(Value::Null);
-    eventually(&t, "annotation removed", &args, |v| both(v, &["be1", "be2", "be3"]));
+    eventually(&t, "annotation removed", &args, |v| {
+        both(v, &["be1", "be2", "be3"])
+    });
     assert_eq!(lb_of(&t, "default/web:http"), "maglev");
 
     // be1 terminating: no new connections to it.

@@ -7,7 +7,7 @@
 //! back through the TAP), over IPv4 and IPv6, as does an outside client
 //! through the NodePort — and all of it again after a proxy restart.
 //! IPv6: the same layout in 2001:2::/64 (LAN), 2001:2:0:64::/64 and
-//! 2001:2:0:65::/64 (pods), Service 2001:2:0:100::1, SNAT 2001:2::fa.
+//! 2001:2:0:65::/64 (pods), Service 2001:2:0:100::1, SNAT 2001:2:0:99::fa.
 //!
 //! ```text
 //!                                   Q-node (node 1, the proxy runs here)
@@ -221,7 +221,7 @@ routes:
   - {{prefix: "2001:2:0:65::/64", port: 0, via: "2001:2::3"}}
 exception:
   local_pod_cidrs: [198.18.64.0/24, "2001:2:0:64::/64"]
-  snat_addresses: [198.18.0.250, "2001:2::fa"]
+  snat_addresses: [198.18.99.250, "2001:2:0:99::fa"]
 cluster_cidrs: [198.18.64.0/23, "2001:2:0:64::/63"]
 service_cidrs: [198.18.100.0/24, "2001:2:0:100::/64"]
 workers:
@@ -292,8 +292,10 @@ services:
         }
         // The node's configuration: its address on the TAP (kept across
         // restarts: the TAP persists), and the routes to node 2's pods
-        // through the TAP (they go when it goes down). The Service CIDRs'
-        // routes onto the TAP are the proxy's own (kernel_routes).
+        // through the TAP (they go when it goes down). The routes onto the
+        // TAP for the Service CIDRs and for the SNAT addresses (outside the
+        // node's subnets: only the proxy's host routes lead there) are the
+        // proxy's own (kernel_routes).
         let tap = format!("{}t", self.p);
         let addrs = sh(&mut self.exec("node", &["ip", "-br", "addr", "show", &tap]));
         if !addrs.contains("198.18.0.1/24") {
@@ -311,10 +313,10 @@ services:
             self.ip("node", &route.replace("TAP", &tap));
         }
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.metric("dpdk_kube_proxy_kernel_routes", "") != 2 {
+        while self.metric("dpdk_kube_proxy_kernel_routes", "") != 4 {
             assert!(
                 Instant::now() < deadline,
-                "the proxy did not route the two Service CIDRs onto the TAP: {}",
+                "the proxy did not route the two Service CIDRs and two SNAT addresses onto the TAP: {}",
                 self.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -451,14 +453,14 @@ fn check_pods(c: &Cluster) {
             &pc,
             proto,
             40,
-            &[("pa", "198.18.0.250"), ("pb", "198.18.64.3")],
+            &[("pa", "198.18.99.250"), ("pb", "198.18.64.3")],
         );
         assert_both(
             c,
             &pa,
             proto,
             40,
-            &[("pa", "198.18.0.250"), ("pb", "198.18.64.2")],
+            &[("pa", "198.18.99.250"), ("pb", "198.18.64.2")],
         );
         // NodePort traffic is masqueraded: to the node address toward the
         // remote pod, to the SNAT address toward the local one.
@@ -467,14 +469,14 @@ fn check_pods(c: &Cluster) {
             &pc6,
             proto,
             40,
-            &[("pa", "2001:2::fa"), ("pb", "2001:2:0:64::3")],
+            &[("pa", "2001:2:0:99::fa"), ("pb", "2001:2:0:64::3")],
         );
         assert_both(
             c,
             &outside,
             proto,
             40,
-            &[("pa", "198.18.0.250"), ("pb", "198.18.0.1")],
+            &[("pa", "198.18.99.250"), ("pb", "198.18.0.1")],
         );
     }
 }
