@@ -25,56 +25,33 @@
 //! dropped as a martian).
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{bin, http_get_in, metric_sum_of, peer_in, require_root, root, sh, spawn_peer_in};
+use support::node::{wait_json, NodeProxy};
+use support::{require_root, root, sh};
 
-struct Node {
-    p: String,
-    admin: String,
-    config: std::path::PathBuf,
-    log: std::path::PathBuf,
-    proxy: Option<Child>,
-    children: Vec<Child>,
+/// The node: a [`NodeProxy`] over the node, LAN, client and backend
+/// namespaces.
+struct Node(NodeProxy);
+
+impl std::ops::Deref for Node {
+    type Target = NodeProxy;
+    fn deref(&self) -> &NodeProxy {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut NodeProxy {
+        &mut self.0
+    }
 }
 
 impl Node {
-    fn ns(&self, n: &str) -> String {
-        format!("{}-{n}", self.p)
-    }
-
-    fn ip(&self, ns: &str, args: &str) {
-        sh(Command::new("ip")
-            .args(["-n", &self.ns(ns)])
-            .args(args.split_whitespace()));
-    }
-
-    fn exec(&self, ns: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns(ns)]).args(args);
-        c
-    }
-
     fn up(p: &str) -> Node {
-        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free admin port")
-            .port();
-        let mut n = Node {
-            p: p.into(),
-            admin: format!("127.0.0.1:{admin_port}"),
-            config: std::env::temp_dir().join(format!("{p}-node.yaml")),
-            log: std::env::temp_dir().join(format!("{p}-node.log")),
-            proxy: None,
-            children: vec![],
-        };
-        n.down();
-        for ns in ["node", "lan", "client", "be"] {
-            sh(Command::new("ip").args(["netns", "add", &n.ns(ns)]));
-            n.ip(ns, "link set lo up");
-        }
+        let mut n = Node(NodeProxy::new(p, &["node", "lan", "client", "be"]));
         let (u, c, b) = (format!("{p}u"), format!("{p}c"), format!("{p}b"));
         n.ip("lan", &format!("link add {p}br type bridge"));
         n.ip("lan", &format!("link set {p}br up"));
@@ -223,46 +200,6 @@ services:
         std::fs::write(&self.config, text).unwrap();
     }
 
-    fn try_get(&self, path: &str) -> Option<String> {
-        http_get_in(&self.ns("node"), &self.admin, path)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn start_proxy(&mut self) {
-        let log = std::fs::File::create(&self.log).unwrap();
-        let c = self
-            .exec("node", &[&bin(), "--config"])
-            .arg(&self.config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("proxy");
-        self.proxy = Some(c);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.try_get("/proxyMode").as_deref() != Some("dpdk") {
-            if let Some(st) = self.proxy.as_mut().unwrap().try_wait().unwrap() {
-                panic!("proxy exited with {st}: {}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "proxy did not come up: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// SIGKILL: nothing is cleaned up.
-    fn kill_proxy(&mut self) {
-        if let Some(mut p) = self.proxy.take() {
-            let _ = p.kill();
-            let _ = p.wait();
-        }
-    }
-
     /// Routes of the node's main table with routing protocol `proto`,
     /// IPv4 and IPv6, as `DST dev DEV` (`ip -j route`).
     fn routes(&self, proto: &str) -> BTreeSet<String> {
@@ -305,79 +242,11 @@ services:
         }
     }
 
-    fn stop_proxy(&mut self) {
-        if let Some(mut p) = self.proxy.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &p.id().to_string()])
-                .status();
-            let st = p.wait().unwrap();
-            assert!(st.success(), "proxy exit: {st}: {}", self.log_text());
-        }
-    }
-
     /// `ip -j link show dev` in the node namespace.
     fn link(&self, dev: &str) -> Value {
         let out = sh(&mut self.exec("node", &["ip", "-j", "link", "show", dev]));
         serde_json::from_str::<Value>(&out).unwrap()[0].clone()
     }
-
-    fn metric(&self, name: &str, filter: &str) -> u64 {
-        metric_sum_of(&self.try_get("/metrics").expect("metrics"), name, filter)
-    }
-
-    fn peer(&self, ns: &str, args: &[&str]) -> Value {
-        peer_in(&self.ns(ns), args)
-    }
-
-    fn spawn_peer(&self, ns: &str, args: &[&str]) -> Child {
-        spawn_peer_in(&self.ns(ns), args)
-    }
-
-    fn down(&self) {
-        for ns in ["node", "lan", "client", "be"] {
-            let ns = self.ns(ns);
-            let listed = Command::new("ip")
-                .args(["netns", "list"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            if listed
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(ns.as_str()))
-            {
-                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-            }
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut p) = self.proxy.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &p.id().to_string()])
-                .status();
-            let _ = p.wait();
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Deleting the namespaces deletes the veths and the (persistent) TAP.
-        self.down();
-        let _ = std::fs::remove_file(&self.config);
-        if std::thread::panicking() {
-            eprintln!("--- proxy log ---\n{}", self.log_text());
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-fn wait_json(c: Child) -> Value {
-    let out = c.wait_with_output().unwrap();
-    assert!(out.status.success(), "peer failed");
-    let s = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("bad peer output {s:?}: {e}"))
 }
 
 /// Answers by `name` only, every one, from `source` as the server saw it.

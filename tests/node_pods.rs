@@ -24,47 +24,32 @@
 //! the masquerade, pa's answer to pc would cross the bridge and never reach
 //! the dataplane's reverse translation.
 use serde_json::Value;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{bin, http_get_in, metric_sum_of, peer_in, require_root, root, sh, spawn_peer_in};
+use support::node::{wait_json, NodeProxy};
+use support::{require_root, root, sh};
 
-const NAMESPACES: [&str; 6] = ["node", "lan", "client", "node2", "pa", "pc"];
-const NAMESPACES2: [&str; 1] = ["pb"];
+const NAMESPACES: [&str; 7] = ["node", "lan", "client", "node2", "pa", "pc", "pb"];
 
-struct Cluster {
-    p: String,
-    admin: String,
-    config: std::path::PathBuf,
-    log: std::path::PathBuf,
-    proxy: Option<Child>,
-    children: Vec<Child>,
+/// The two nodes, their pods, the LAN and the client: a [`NodeProxy`].
+struct Cluster(NodeProxy);
+
+impl std::ops::Deref for Cluster {
+    type Target = NodeProxy;
+    fn deref(&self) -> &NodeProxy {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut NodeProxy {
+        &mut self.0
+    }
 }
 
 impl Cluster {
-    fn ns(&self, n: &str) -> String {
-        format!("{}-{n}", self.p)
-    }
-
-    fn ip(&self, ns: &str, args: &str) {
-        sh(Command::new("ip")
-            .args(["-n", &self.ns(ns)])
-            .args(args.split_whitespace()));
-    }
-
-    fn exec(&self, ns: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns(ns)]).args(args);
-        c
-    }
-
-    fn sysctl(&self, ns: &str, settings: &[&str]) {
-        let mut args = vec!["sysctl", "-qw"];
-        args.extend_from_slice(settings);
-        sh(&mut self.exec(ns, &args));
-    }
-
     /// A veth pair `a` (in namespace `na`) – `b` (in `nb`).
     fn veth(&self, na: &str, a: &str, nb: &str, b: &str) {
         sh(Command::new("ip").args([
@@ -113,23 +98,7 @@ impl Cluster {
     }
 
     fn up(p: &str) -> Cluster {
-        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free admin port")
-            .port();
-        let mut c = Cluster {
-            p: p.into(),
-            admin: format!("127.0.0.1:{admin_port}"),
-            config: std::env::temp_dir().join(format!("{p}-pods.yaml")),
-            log: std::env::temp_dir().join(format!("{p}-pods.log")),
-            proxy: None,
-            children: vec![],
-        };
-        c.down();
-        for ns in NAMESPACES.iter().chain(NAMESPACES2.iter()) {
-            sh(Command::new("ip").args(["netns", "add", &c.ns(ns)]));
-            c.ip(ns, "link set lo up");
-        }
+        let mut c = Cluster(NodeProxy::new(p, &NAMESPACES));
         c.ip("lan", &format!("link add {p}br type bridge"));
         c.ip("lan", &format!("link set {p}br up"));
         // Node 1's only link: the uplink veth, its far end on the LAN.
@@ -260,36 +229,9 @@ services:
         std::fs::write(&self.config, text).unwrap();
     }
 
-    fn try_get(&self, path: &str) -> Option<String> {
-        http_get_in(&self.ns("node"), &self.admin, path)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn start_proxy(&mut self) {
-        let log = std::fs::File::create(&self.log).unwrap();
-        let c = self
-            .exec("node", &[&bin(), "--config"])
-            .arg(&self.config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("proxy");
-        self.proxy = Some(c);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.try_get("/proxyMode").as_deref() != Some("dpdk") {
-            if let Some(st) = self.proxy.as_mut().unwrap().try_wait().unwrap() {
-                panic!("proxy exited with {st}: {}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "proxy did not come up: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    /// Starts the proxy, then configures node 1's side of the TAP.
+    fn start(&mut self) {
+        self.start_proxy();
         // The node's configuration: its address on the TAP (kept across
         // restarts: the TAP persists), and the routes to node 2's pods
         // through the TAP (they go when it goes down). The routes onto the
@@ -323,20 +265,6 @@ services:
         }
     }
 
-    fn stop_proxy(&mut self) {
-        if let Some(mut p) = self.proxy.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &p.id().to_string()])
-                .status();
-            let st = p.wait().unwrap();
-            assert!(st.success(), "proxy exit: {st}: {}", self.log_text());
-        }
-    }
-
-    fn metric(&self, name: &str, filter: &str) -> u64 {
-        metric_sum_of(&self.try_get("/metrics").expect("metrics"), name, filter)
-    }
-
     /// Non-zero drop counters, for failure messages.
     fn drops(&self) -> String {
         let m = self.try_get("/metrics").unwrap_or_default();
@@ -345,52 +273,6 @@ services:
             .collect::<Vec<_>>()
             .join("\n")
     }
-
-    fn down(&self) {
-        let listed = Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for ns in NAMESPACES.iter().chain(NAMESPACES2.iter()) {
-            let ns = self.ns(ns);
-            if listed
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(ns.as_str()))
-            {
-                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-            }
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if let Some(mut p) = self.proxy.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &p.id().to_string()])
-                .status();
-            let _ = p.wait();
-        }
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        // Deleting the namespaces deletes the veths, bridges and the TAP.
-        self.down();
-        let _ = std::fs::remove_file(&self.config);
-        if std::thread::panicking() {
-            eprintln!("--- proxy log ---\n{}", self.log_text());
-        }
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-fn wait_json(c: Child) -> Value {
-    let out = c.wait_with_output().unwrap();
-    assert!(out.status.success(), "peer failed");
-    let s = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(s.trim()).unwrap_or_else(|e| panic!("bad peer output {s:?}: {e}"))
 }
 
 /// `n` answers for `proto`, no errors, from both pods; `sources[pod]` is
@@ -439,10 +321,10 @@ fn check_pods(c: &Cluster) {
     // Pod pc (node 1) to the ClusterIP; pod pa to the ClusterIP (one of
     // whose backends is pa itself); the outside client to the NodePort.
     let cluster_ip6 = clients("2001:2:0:100::1", "80", "53");
-    let pc6 = spawn_peer_in(&c.ns("pc"), &cluster_ip6);
-    let pc = spawn_peer_in(&c.ns("pc"), &cluster_ip);
-    let pa = spawn_peer_in(&c.ns("pa"), &cluster_ip);
-    let outside = peer_in(&c.ns("client"), &node_port);
+    let pc6 = c.spawn_peer("pc", &cluster_ip6);
+    let pc = c.spawn_peer("pc", &cluster_ip);
+    let pa = c.spawn_peer("pa", &cluster_ip);
+    let outside = c.peer("client", &node_port);
     let (pc, pa, pc6) = (wait_json(pc), wait_json(pa), wait_json(pc6));
     for proto in ["tcp", "udp"] {
         // The remote pod sees the client pod itself (DNAT only; its answer
@@ -486,7 +368,7 @@ fn pods_behind_the_node_reach_services_through_the_dataplane() {
     require_root();
     let t0 = Instant::now();
     let mut c = Cluster::up("dkpp");
-    c.start_proxy();
+    c.start();
     check_pods(&c);
     let to_kernel = c.metric("dpdk_kube_proxy_exception_packets_total", "to_kernel");
     let masq = c.metric("dpdk_kube_proxy_sessions_masqueraded_total", "");
@@ -497,7 +379,7 @@ fn pods_behind_the_node_reach_services_through_the_dataplane() {
     // A restart: the TAP persists with the node's address; the new proxy
     // takes it over and everything works again.
     c.stop_proxy();
-    c.start_proxy();
+    c.start();
     check_pods(&c);
     eprintln!("drops after restart: [{}]", c.drops());
     eprintln!("node_pods test took {:?}", t0.elapsed());

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod k8s;
+pub mod node;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dpdk-kube-proxy");
 
