@@ -3,7 +3,7 @@
 # Safe to run repeatedly: apt-get runs only when a package is missing.
 set -euo pipefail
 
-PKGS=(dpdk dpdk-dev libdpdk-dev libclang-dev clang pkg-config build-essential
+PKGS=(dpdk dpdk-dev libdpdk-dev libclang-dev clang libbpf-dev pkg-config build-essential
       iproute2 ethtool python3 procps python3-matplotlib nftables)
 
 missing=()

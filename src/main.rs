@@ -384,7 +384,18 @@ fn main() -> Result<()> {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .with_context(|| format!("setting oom_score_adj to {adj}"))?;
     }
-    let args = cfg.eal_args_resolved()?;
+    let mut args = cfg.eal_args_resolved()?;
+    // Shared ports (beside the kernel): the af_xdp PMD attaches our XDP
+    // program, from a file of this process removed once the ports are up.
+    let shared_ifaces = cfg.shared_ports();
+    let xdp_file = if shared_ifaces.is_empty() {
+        None
+    } else {
+        let path = control::beside::prepare(&shared_ifaces)
+            .context("preparing the shared ports' XDP program")?;
+        args = cfg.with_xdp_prog(args, &path.to_string_lossy());
+        Some(path)
+    };
     tracing::info!(?args, "initialising EAL ({})", Eal::version());
     let eal = Eal::init(&args).context("EAL initialisation failed")?;
     let lcores = eal.worker_lcores();
@@ -397,13 +408,31 @@ fn main() -> Result<()> {
     publisher.publish(cfg.table_spec()?);
     let mut dp = cfg.dataplane(lcores.clone());
     dp.backend_counters = Some(publisher.backend_counters());
-    let running =
-        dataplane::worker::start(&eal, &dp, publisher.rcu()).context("starting the dataplane")?;
+    let running = dataplane::worker::start(&eal, &dp, publisher.rcu());
+    if let Some(f) = &xdp_file {
+        let _ = std::fs::remove_file(f);
+    }
+    let running = running.context("starting the dataplane")?;
     for (i, p) in running.port_info.iter().enumerate() {
         tracing::info!(port = i, device = %cfg.ports[i].device, driver = %running.drivers[i], mac = %p.mac, "port up");
     }
     tracing::info!(workers = lcores.len(), ?lcores, "dataplane running");
     let mut routes = kernel_routes(&cfg, &running, &publisher.metrics);
+    let mut shared = if shared_ifaces.is_empty() {
+        None
+    } else {
+        let ports: Vec<(u16, u32)> = shared_ifaces
+            .iter()
+            .map(|(p, _)| (*p, running.kernel_ifindex(usize::from(*p)).unwrap_or(0)))
+            .collect();
+        let s = control::beside::SharedPorts::open(&ports, publisher.metrics.clone())
+            .context("opening the shared ports' XDP maps")?;
+        tracing::info!(
+            ?shared_ifaces,
+            "shared ports: XDP program attached beside the kernel"
+        );
+        Some(s)
+    };
 
     // Watching a cluster: not ready until Services and EndpointSlices are
     // listed and programmed.
@@ -442,6 +471,7 @@ fn main() -> Result<()> {
         state,
         publisher.clone(),
         routes.as_mut(),
+        shared.as_mut(),
     ));
     // From here the exit is bounded, whatever a worker does.
     exit_after(shutdown_timeout, heartbeat);
@@ -595,6 +625,7 @@ async fn control_loop(
     state: AdminState,
     publisher: Arc<Mutex<Publisher>>,
     mut routes: Option<&mut KernelRoutes<Rtnetlink>>,
+    mut shared: Option<&mut control::beside::SharedPorts>,
 ) -> Result<()> {
     let path = cli.config.clone().unwrap_or_default();
     let metrics_addr = cfg.admin.bind;
@@ -686,6 +717,17 @@ async fn control_loop(
             route_retry.after(r);
         }
     }
+    if let Some(sp) = shared.as_deref_mut() {
+        // The table published at start (static Services): the XDP maps
+        // follow it now; watching a cluster, its first publication.
+        if cluster.is_none() {
+            let spec = cfg.table_spec()?;
+            let published = Published::of(&spec, &[]);
+            tokio::task::block_in_place(|| published.apply(&cfg, sp));
+        }
+    }
+    // The kernel's neighbours (shared ports) are mirrored this often.
+    let mut neigh_tick = tokio::time::interval(Duration::from_millis(500));
     let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(cli.reload_interval);
     // The sync periods in force since start (changes need a restart).
@@ -736,6 +778,12 @@ async fn control_loop(
                 continue;
             }
             _ = tick.tick() => {}
+            _ = neigh_tick.tick(), if shared.is_some() => {
+                if let Some(sp) = shared.as_deref_mut() {
+                    pending |= tokio::task::block_in_place(|| sp.tick());
+                }
+                continue;
+            }
             _ = full.tick(), if cluster.is_some() => {
                 if let Some(c) = cluster.as_mut() {
                     c.model.mark_all();
@@ -761,17 +809,21 @@ async fn control_loop(
                 continue;
             }
             _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                match sync(&mut cfg, cluster.as_mut(), &publisher).await {
-                    Ok(frontends) => {
+                let neighbors = shared.as_deref().map_or(&[][..], |s| s.neighbors()).to_vec();
+                match sync(&mut cfg, cluster.as_mut(), &publisher, &neighbors).await {
+                    Ok(published) => {
                         if cluster.is_some() && !ready.swap(true, Ordering::SeqCst) {
                             tracing::info!("cluster state programmed: ready");
                         }
                         // The routes follow the table (no netlink call when
                         // their set is unchanged).
                         if let Some(r) = routes.as_deref_mut() {
-                            let want = wanted_routes(&cfg, frontends);
+                            let want = wanted_routes(&cfg, published.frontends.iter().map(|f| f.0));
                             tokio::task::block_in_place(|| r.update(want));
                             route_retry.after(r);
+                        }
+                        if let Some(sp) = shared.as_deref_mut() {
+                            tokio::task::block_in_place(|| published.apply(&cfg, sp));
                         }
                     }
                     Err(e) => {
@@ -831,16 +883,70 @@ async fn control_loop(
     Ok(())
 }
 
+/// What a publication holds that the kernel side follows.
+struct Published {
+    /// Frontends: (address, protocol, port).
+    frontends: BTreeSet<(std::net::IpAddr, dataplane::addr::Proto, u16)>,
+    /// Every backend address (next hops to resolve on shared ports).
+    backends: BTreeSet<dataplane::addr::Addr>,
+    interfaces: Vec<dataplane::table::Interface>,
+    routes: Vec<dataplane::table::Route>,
+}
+
+impl Published {
+    fn of(spec: &dataplane::table::TableSpec, built: &[Arc<dataplane::table::Service>]) -> Self {
+        let fe = |f: &dataplane::table::Frontend| (f.addr.addr.ip(), f.proto, f.addr.port);
+        let file = spec.services.iter();
+        Published {
+            frontends: file
+                .clone()
+                .map(|s| fe(&s.frontend))
+                .chain(built.iter().map(|s| fe(&s.frontend)))
+                .collect(),
+            backends: file
+                .flat_map(|s| s.backends.iter().chain(s.short_circuit.iter()))
+                .chain(built.iter().flat_map(|s| {
+                    s.backends
+                        .iter()
+                        .chain(s.short_circuit.iter().flat_map(|c| c.backends.iter()))
+                }))
+                .map(|b| b.addr)
+                .collect(),
+            interfaces: spec.interfaces.clone(),
+            routes: spec.routes.clone(),
+        }
+    }
+
+    /// The shared ports' XDP maps and wanted next hops follow it.
+    fn apply(&self, cfg: &Config, sp: &mut control::beside::SharedPorts) {
+        sp.update(
+            &self.frontends,
+            &cfg.node_addresses(),
+            &self.interfaces,
+            &self.routes,
+            &self.backends,
+        );
+    }
+}
+
 /// Rebuilds what changed and publishes: the configuration file's table plus
-/// the cluster's Services. Returns the published table's frontend addresses.
+/// the cluster's Services, with `neighbors` (the kernel's, of shared ports)
+/// added to the file's static neighbours.
 async fn sync(
     cfg: &mut Config,
     mut cluster: Option<&mut Cluster>,
     publisher: &Arc<Mutex<Publisher>>,
-) -> Result<BTreeSet<std::net::IpAddr>> {
+    neighbors: &[dataplane::table::StaticNeighbor],
+) -> Result<Published> {
     // This node's pods (the Node's spec.podCIDRs) are behind the kernel.
     let pods = cluster.as_deref().map_or(&[][..], |c| c.model.pod_cidrs());
-    let spec = cfg.table_spec_with_pods(pods)?;
+    let mut spec = cfg.table_spec_with_pods(pods)?;
+    for n in neighbors {
+        // The file's static neighbours win.
+        if !spec.neighbors.iter().any(|s| s.addr == n.addr) {
+            spec.neighbors.push(*n);
+        }
+    }
     let mut built = Vec::new();
     // Rebuilding is CPU work (every Service on a full resync): off the
     // async workers' hot path.
@@ -852,12 +958,7 @@ async fn sync(
         })
     });
     let entries = spec.services.len() + built.len();
-    let frontends: BTreeSet<std::net::IpAddr> = spec
-        .services
-        .iter()
-        .map(|s| s.frontend.addr.addr.ip())
-        .chain(built.iter().map(|s| s.frontend.addr.addr.ip()))
-        .collect();
+    let published = Published::of(&spec, &built);
     let p = publisher.clone();
     let (version, metrics) = tokio::task::spawn_blocking(move || {
         let mut p = p.lock().unwrap_or_else(|e| e.into_inner());
@@ -886,7 +987,7 @@ async fn sync(
         rebuilt = report.as_ref().map_or(0, |r| r.rebuilt),
         "published new service table"
     );
-    Ok(frontends)
+    Ok(published)
 }
 
 #[cfg(test)]

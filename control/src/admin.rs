@@ -819,6 +819,41 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         family(
             &mut enc,
+            "dpdk_kube_proxy_xdp_frontends",
+            "Entries in the XDP frontend maps of shared ports (beside the kernel)",
+            Gauge,
+            one(c.xdp_frontends.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_xdp_errors",
+            "Failed operations on the XDP maps or the kernel neighbour mirror (each retried)",
+            Counter,
+            one(c.xdp_errors.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_xdp_redirected_packets",
+            "Packets the shared ports' XDP programs handed the dataplane",
+            Counter,
+            one(c.xdp_redirected.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_xdp_passed_packets",
+            "Packets the shared ports' XDP programs passed to the host kernel",
+            Counter,
+            one(c.xdp_passed.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
+            "dpdk_kube_proxy_kernel_neighbors",
+            "Kernel neighbours of shared ports mirrored into the dataplane",
+            Gauge,
+            one(c.kernel_neighbors.load(Relaxed)),
+        )?;
+        family(
+            &mut enc,
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
             "The last time proxy rules were successfully synced",
             Gauge,
@@ -1157,11 +1192,26 @@ mod tests {
         control
             .route_errors
             .store(3, std::sync::atomic::Ordering::Relaxed);
+        control
+            .xdp_frontends
+            .store(9, std::sync::atomic::Ordering::Relaxed);
+        control
+            .xdp_redirected
+            .store(11, std::sync::atomic::Ordering::Relaxed);
+        control
+            .kernel_neighbors
+            .store(2, std::sync::atomic::Ordering::Relaxed);
         let r = get(addr, "/metrics").await;
         for want in [
             "# TYPE dpdk_kube_proxy_kernel_routes gauge",
             "dpdk_kube_proxy_kernel_routes 5",
             "dpdk_kube_proxy_route_errors_total 3",
+            "# TYPE dpdk_kube_proxy_xdp_frontends gauge",
+            "dpdk_kube_proxy_xdp_frontends 9",
+            "dpdk_kube_proxy_xdp_redirected_packets_total 11",
+            "dpdk_kube_proxy_xdp_passed_packets_total 0",
+            "dpdk_kube_proxy_xdp_errors_total 0",
+            "dpdk_kube_proxy_kernel_neighbors 2",
             r#"dpdk_kube_proxy_watch_expired_total{resource="services"} 0"#,
             r#"dpdk_kube_proxy_watch_expired_total{resource="endpointslices"} 2"#,
             r#"dpdk_kube_proxy_watch_expired_total{resource="nodes"} 0"#,

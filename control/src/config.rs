@@ -251,7 +251,13 @@ pub struct PortConfig {
     /// the `exception` port into the host kernel (a TAP vdev) that carries
     /// the uplink's non-Service traffic to the kernel and the kernel's out of
     /// the uplink. At most one exception port; it pairs with the first
-    /// uplink and takes its MAC address and MTU at start.
+    /// uplink and takes its MAC address and MTU at start. Or `shared`: an
+    /// af_xdp port (`net_af_xdpN,iface=IF` in `eal.vdevs`) on a NIC the
+    /// host kernel keeps ("beside the kernel"): the proxy attaches its own
+    /// XDP program to the interface, which hands the dataplane only Service
+    /// traffic and the answers to its masqueraded connections; everything
+    /// else stays the kernel's. `addresses` are the kernel's addresses on
+    /// that interface.
     #[serde(default)]
     pub role: PortRole,
 }
@@ -265,6 +271,20 @@ pub enum PortRole {
     Uplink,
     /// The exception port into the host kernel.
     Exception,
+    /// An af_xdp port beside the host kernel, which keeps the NIC.
+    Shared,
+}
+
+/// A vdev's name: `net_af_xdp0` of `net_af_xdp0,iface=eth0`.
+fn vdev_name(vdev: &str) -> &str {
+    vdev.split(',').next().unwrap_or("").trim()
+}
+
+/// A vdev's `key=value` argument.
+fn vdev_arg<'a>(vdev: &'a str, key: &str) -> Option<&'a str> {
+    vdev.split(',')
+        .skip(1)
+        .find_map(|kv| kv.trim().strip_prefix(key)?.strip_prefix('='))
 }
 
 fn default_mtu() -> u16 {
@@ -811,6 +831,7 @@ impl Config {
         }
         self.check_port_refs()?;
         self.validate_exception()?;
+        self.validate_shared()?;
         if self.workers.backend_counters > 1 << 24 {
             return Err(invalid(
                 "workers.backend_counters",
@@ -999,6 +1020,95 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// `role: shared` ports: each an af_xdp vdev with an interface, with
+    /// the kernel's addresses listed, without an XDP program of the
+    /// operator's (the proxy brings its own) and without an exception port
+    /// (the kernel already has the NIC).
+    fn validate_shared(&self) -> Result<()> {
+        for (i, p) in self.ports.iter().enumerate() {
+            if p.role != PortRole::Shared {
+                continue;
+            }
+            let f = format!("ports[{i}].role");
+            if self.exception().is_some() {
+                return Err(invalid(
+                    f,
+                    "a shared port (beside the kernel) and an exception port cannot be combined: \
+                     the kernel keeps the NIC of a shared port itself",
+                ));
+            }
+            let Some(vdev) = self.eal.vdevs.iter().find(|v| vdev_name(v) == p.device) else {
+                return Err(invalid(
+                    f,
+                    format!(
+                        "a shared port must be an af_xdp vdev: add `{},iface=IFACE` to eal.vdevs",
+                        p.device
+                    ),
+                ));
+            };
+            if !p.device.starts_with("net_af_xdp") {
+                return Err(invalid(
+                    f,
+                    format!(
+                        "{} is not an af_xdp port: only af_xdp can keep the kernel from also \
+                         answering the Service traffic it hands the dataplane (af_packet only copies it)",
+                        p.device
+                    ),
+                ));
+            }
+            if vdev_arg(vdev, "iface").is_none() {
+                return Err(invalid(
+                    format!("eal.vdevs ({vdev})"),
+                    "a shared port needs iface=INTERFACE",
+                ));
+            }
+            if vdev_arg(vdev, "xdp_prog").is_some() {
+                return Err(invalid(
+                    format!("eal.vdevs ({vdev})"),
+                    "xdp_prog is set by the proxy for a shared port: remove it",
+                ));
+            }
+            if p.addresses.is_empty() {
+                return Err(invalid(
+                    format!("ports[{i}].addresses"),
+                    "list the kernel's addresses on the shared interface (NodePorts and \
+                     masquerading use them)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `role: shared` ports: (port number, kernel interface name).
+    pub fn shared_ports(&self) -> Vec<(u16, String)> {
+        self.ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.role == PortRole::Shared)
+            .filter_map(|(i, p)| {
+                let v = self.eal.vdevs.iter().find(|v| vdev_name(v) == p.device)?;
+                Some((i as u16, vdev_arg(v, "iface")?.to_string()))
+            })
+            .collect()
+    }
+
+    /// `args` (from [`Config::eal_args_resolved`]) with the proxy's XDP
+    /// program `xdp_prog` given to every shared port's vdev.
+    pub fn with_xdp_prog(&self, mut args: Vec<String>, prog: &str) -> Vec<String> {
+        let shared: Vec<&str> = self
+            .ports
+            .iter()
+            .filter(|p| p.role == PortRole::Shared)
+            .map(|p| p.device.as_str())
+            .collect();
+        for i in 1..args.len() {
+            if args[i - 1] == "--vdev" && shared.contains(&vdev_name(&args[i])) {
+                args[i] = format!("{},xdp_prog={prog}", args[i]);
+            }
+        }
+        args
     }
 
     /// The exception path: the exception port and the first uplink.
@@ -1697,6 +1807,65 @@ services:
             .unwrap_err()
             .to_string()
             .contains("services[0].external_ips[0]"));
+    }
+
+    #[test]
+    fn shared_ports_beside_the_kernel() {
+        let parse = |vdevs: &str, ports: &str| {
+            Config::parse(&format!("eal: {{vdevs: {vdevs}}}\nports: {ports}\n"), "t")
+        };
+        let c = parse(
+            "[\"net_af_xdp0,iface=eth1\", \"net_null0\"]",
+            "[{device: net_af_xdp0, role: shared, addresses: [198.18.0.1/24]}, {device: net_null0}]",
+        )
+        .unwrap();
+        assert_eq!(c.ports[0].role, PortRole::Shared);
+        assert_eq!(c.shared_ports(), vec![(0, "eth1".to_string())]);
+        assert_eq!(c.exception(), None);
+        // The proxy's program goes to the shared port's vdev only.
+        let args = c.with_xdp_prog(c.eal_args(), "/run/x.o");
+        assert!(
+            args.contains(&"net_af_xdp0,iface=eth1,xdp_prog=/run/x.o".to_string()),
+            "{args:?}"
+        );
+        assert!(args.contains(&"net_null0".to_string()), "{args:?}");
+        let err = |vdevs: &str, ports: &str| parse(vdevs, ports).unwrap_err().to_string();
+        let e = err(
+            "[\"net_af_packet0,iface=eth1\"]",
+            "[{device: net_af_packet0, role: shared, addresses: [198.18.0.1/24]}]",
+        );
+        assert!(
+            e.contains("ports[0].role") && e.contains("not an af_xdp port"),
+            "{e}"
+        );
+        let e = err(
+            "[]",
+            "[{device: net_af_xdp0, role: shared, addresses: [198.18.0.1/24]}]",
+        );
+        assert!(e.contains("must be an af_xdp vdev"), "{e}");
+        let e = err(
+            "[\"net_af_xdp0,start_queue=0\"]",
+            "[{device: net_af_xdp0, role: shared, addresses: [198.18.0.1/24]}]",
+        );
+        assert!(e.contains("needs iface="), "{e}");
+        let e = err(
+            "[\"net_af_xdp0,iface=eth1,xdp_prog=/x.o\"]",
+            "[{device: net_af_xdp0, role: shared, addresses: [198.18.0.1/24]}]",
+        );
+        assert!(e.contains("xdp_prog is set by the proxy"), "{e}");
+        let e = err(
+            "[\"net_af_xdp0,iface=eth1\"]",
+            "[{device: net_af_xdp0, role: shared}]",
+        );
+        assert!(e.contains("ports[0].addresses"), "{e}");
+        let e = err(
+            "[\"net_af_xdp0,iface=eth1\", \"net_tap0\"]",
+            "[{device: a, addresses: [198.18.0.1/24]}, {device: net_af_xdp0, role: shared, addresses: [198.18.1.1/24]}, {device: net_tap0, role: exception}]",
+        );
+        assert!(
+            e.contains("ports[1].role") && e.contains("cannot be combined"),
+            "{e}"
+        );
     }
 
     #[test]

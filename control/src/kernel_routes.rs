@@ -428,7 +428,11 @@ impl Rtnetlink {
 
     /// Sends `msg` and collects the replies' payloads (message type, bytes)
     /// until the ACK (or, for a dump, DONE). A NACK is the error.
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<(u16, Vec<u8>)>> {
+    pub(crate) fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<(u16, Vec<u8>)>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut header = NetlinkHeader::default();

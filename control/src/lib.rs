@@ -1,8 +1,9 @@
 //! The control side: configuration, building service tables, publishing them
 //! to the workers (RCU), and the admin HTTP server.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one exception: the bpf(2) calls of `beside`
 
 pub mod admin;
+pub mod beside;
 pub mod config;
 pub mod duration;
 pub mod healthcheck;

@@ -63,6 +63,16 @@ pub struct ControlMetrics {
     pub kernel_routes: AtomicU64,
     /// Failed netlink operations on those routes (each retried).
     pub route_errors: AtomicU64,
+    /// Entries in the XDP frontend maps of shared ports.
+    pub xdp_frontends: AtomicU64,
+    /// Failed operations on those maps or the neighbour mirror (retried).
+    pub xdp_errors: AtomicU64,
+    /// Packets the shared ports' XDP programs handed the dataplane.
+    pub xdp_redirected: AtomicU64,
+    /// Packets those programs passed to the kernel.
+    pub xdp_passed: AtomicU64,
+    /// Kernel neighbours mirrored into the dataplane (shared ports).
+    pub kernel_neighbors: AtomicU64,
     /// A change waiting longer than this (ms) makes the proxy unhealthy
     /// (kube-proxy: 2 × syncPeriod); 0: never.
     pub health_timeout_ms: AtomicU64,
@@ -109,6 +119,11 @@ impl Default for ControlMetrics {
             oldest_pending_ms: AtomicU64::new(0),
             kernel_routes: AtomicU64::new(0),
             route_errors: AtomicU64::new(0),
+            xdp_frontends: AtomicU64::new(0),
+            xdp_errors: AtomicU64::new(0),
+            xdp_redirected: AtomicU64::new(0),
+            xdp_passed: AtomicU64::new(0),
+            kernel_neighbors: AtomicU64::new(0),
             health_timeout_ms: AtomicU64::new(0),
         }
     }
