@@ -427,6 +427,9 @@ fn main() -> Result<()> {
             .collect();
         let s = control::beside::SharedPorts::open(&ports, publisher.metrics.clone())
             .context("opening the shared ports' XDP maps")?;
+        for ((_, iface), id) in shared_ifaces.iter().zip(s.prog_ids()) {
+            control::beside::record_prog(iface, id);
+        }
         tracing::info!(
             ?shared_ifaces,
             "shared ports: XDP program attached beside the kernel"
@@ -489,6 +492,10 @@ fn main() -> Result<()> {
     }
     tracing::info!("stopping workers");
     let codes = running.shutdown(&eal);
+    // Closing the ports detached the shared ports' XDP programs.
+    for (_, iface) in &shared_ifaces {
+        control::beside::forget_prog(iface);
+    }
     // A publish blocked on a worker must not hold the exit either.
     rt.shutdown_timeout(Duration::from_secs(1));
     drop(publisher);

@@ -313,14 +313,35 @@ fn shared_port_serves_services_beside_the_kernel() {
     );
     assert_eq!(v["tcp"]["errors"], 2, "{v}");
 
+    // With only the capabilities the DaemonSet grants a shared port
+    // (deploy/README.md): NET_ADMIN, NET_RAW, IPC_LOCK, BPF, PERFMON.
+    let caps = [
+        "setpriv",
+        "--bounding-set=-all,+net_admin,+net_raw,+ipc_lock,+bpf,+perfmon",
+        "--no-new-privs",
+        "--",
+    ];
+    n.start_proxy_wrapped(&caps);
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", n.proxy.as_ref().unwrap().id()))
+            .unwrap();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
+    // CAP_NET_ADMIN 12, CAP_NET_RAW 13, CAP_IPC_LOCK 14, CAP_PERFMON 38, CAP_BPF 39.
+    assert_eq!(cap_eff, Some(0xc0_0000_7000), "{status}");
+    n.wait_neighbors();
+    check_services(&n);
     // SIGKILL leaves the program, with no AF_XDP socket behind it: the
     // kernel gets everything and the node keeps working; a restart removes
-    // the leftover and serves again.
-    n.start_proxy();
+    // the leftover (recognised by the id the killed run recorded, since it
+    // cannot read other processes' programs without CAP_SYS_ADMIN) and
+    // serves again.
     n.kill_proxy();
     assert_eq!(n.xdp_prog().as_deref(), Some("dkp_xdp"));
     check_kernel(&n);
-    n.start_proxy();
+    n.start_proxy_wrapped(&caps);
     assert!(
         n.log_text()
             .contains("removed the XDP program a previous run left attached"),

@@ -288,6 +288,51 @@ fn fd_of(r: i64) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(r as i32) }
 }
 
+/// This process's BPF program and map descriptors: (`"prog"` or `"map"`,
+/// the kernel's id, the descriptor), from `/proc/self/fd` and `fdinfo`.
+fn own_bpf_fds() -> io::Result<Vec<(&'static str, u32, i32)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fd")? {
+        let e = e?;
+        let Some(fd) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let (kind, key) = match target.to_str() {
+            Some("anon_inode:bpf-prog") => ("prog", "prog_id:"),
+            Some("anon_inode:bpf-map") => ("map", "map_id:"),
+            _ => continue,
+        };
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
+            continue;
+        };
+        if let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            out.push((kind, id, fd));
+        }
+    }
+    Ok(out)
+}
+
+/// A descriptor of our own, duplicated (close-on-exec).
+#[allow(unsafe_code)]
+fn dup(fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor number; it fails
+    // cleanly if the number is not open. The result is a new descriptor
+    // owned by nobody else.
+    let r = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(fd_of(i64::from(r)))
+    }
+}
+
 /// `struct bpf_prog_info` fields: `nr_map_ids` at 52, `map_ids` at 56,
 /// `name` at 64..80.
 fn prog_info(fd: &OwnedFd, map_ids: &mut [u32]) -> io::Result<(String, usize)> {
@@ -319,7 +364,10 @@ pub struct BpfMap {
 impl BpfMap {
     fn by_id(id: u32) -> io::Result<BpfMap> {
         let mut a = Attr::new().u32(0, id);
-        let fd = fd_of(bpf(BPF_MAP_GET_FD_BY_ID, &mut a)?);
+        BpfMap::of_fd(fd_of(bpf(BPF_MAP_GET_FD_BY_ID, &mut a)?))
+    }
+
+    fn of_fd(fd: OwnedFd) -> io::Result<BpfMap> {
         // `struct bpf_map_info`: key_size at 8, value_size at 12, name at 24..40.
         let mut info = [0u8; 128];
         let mut a = Attr::new()
@@ -337,7 +385,10 @@ impl BpfMap {
     }
 
     /// The maps of the XDP program attached to interface `ifindex`, which
-    /// must be the proxy's.
+    /// must be the proxy's. The af_xdp PMD loaded it in this process, which
+    /// still holds the program's and maps' descriptors: they are found in
+    /// `/proc/self/fd` (no CAP_SYS_ADMIN needed, unlike opening by id,
+    /// which is the fallback).
     pub fn of_interface(nl: &mut Rtnetlink, ifindex: u32) -> io::Result<Vec<BpfMap>> {
         let Some(id) = xdp_prog_id(nl, ifindex)? else {
             return Err(io::Error::new(
@@ -345,8 +396,14 @@ impl BpfMap {
                 format!("no XDP program on interface {ifindex}"),
             ));
         };
-        let mut a = Attr::new().u32(0, id);
-        let prog = fd_of(bpf(BPF_PROG_GET_FD_BY_ID, &mut a)?);
+        let own = own_bpf_fds()?;
+        let prog = match own.iter().find(|(kind, i, _)| *kind == "prog" && *i == id) {
+            Some((_, _, fd)) => dup(*fd)?,
+            None => {
+                let mut a = Attr::new().u32(0, id);
+                fd_of(bpf(BPF_PROG_GET_FD_BY_ID, &mut a)?)
+            }
+        };
         let mut ids = [0u32; 16];
         let (name, n) = prog_info(&prog, &mut ids)?;
         if name != XDP_PROG_NAME {
@@ -356,7 +413,12 @@ impl BpfMap {
         }
         ids[..n.min(ids.len())]
             .iter()
-            .map(|id| BpfMap::by_id(*id))
+            .map(
+                |id| match own.iter().find(|(k, i, _)| *k == "map" && i == id) {
+                    Some((_, _, fd)) => BpfMap::of_fd(dup(*fd)?),
+                    None => BpfMap::by_id(*id),
+                },
+            )
             .collect()
     }
 
@@ -477,13 +539,33 @@ fn prog_name(id: u32) -> io::Result<String> {
 
 /// Removes the proxy's XDP program from `ifindex` if one is attached (a
 /// killed proxy leaves it behind, and the af_xdp PMD refuses to replace an
-/// attached program). Returns whether one was removed; another program is
-/// an error naming it (the proxy does not remove what is not its own).
-pub fn detach_leftover(nl: &mut Rtnetlink, ifindex: u32) -> io::Result<bool> {
+/// attached program): the one `recorded` by a previous run, else one named
+/// [`XDP_PROG_NAME`] (telling needs CAP_SYS_ADMIN). Returns whether one was
+/// removed; another program is an error naming it (the proxy does not
+/// remove what is not its own).
+pub fn detach_leftover(
+    nl: &mut Rtnetlink,
+    ifindex: u32,
+    recorded: Option<u32>,
+) -> io::Result<bool> {
     let Some(id) = xdp_prog_id(nl, ifindex)? else {
         return Ok(false);
     };
-    let name = prog_name(id)?;
+    let name = if recorded == Some(id) {
+        Ok(XDP_PROG_NAME.to_string())
+    } else {
+        prog_name(id)
+    };
+    let name = name.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "interface {ifindex} has an XDP program attached (id {id}) whose owner cannot be \
+                 told ({e}; reading another process's program needs CAP_SYS_ADMIN): if it is a \
+                 killed proxy's, remove it (`ip link set dev IFACE xdp off`) and start again"
+            ),
+        )
+    })?;
     if name != XDP_PROG_NAME {
         return Err(io::Error::other(format!(
             "interface {ifindex} already runs XDP program {name:?} (id {id}): remove it, the \
@@ -697,7 +779,7 @@ pub fn prepare(ifaces: &[(u16, String)]) -> io::Result<std::path::PathBuf> {
     let mut nl = Rtnetlink::open()?;
     for (port, name) in ifaces {
         let ifindex = ifindex_by_name(&mut nl, name)?;
-        if detach_leftover(&mut nl, ifindex)? {
+        if detach_leftover(&mut nl, ifindex, recorded_prog(name))? {
             tracing::warn!(port, iface = %name, "removed the XDP program a previous run left attached");
         }
     }
@@ -706,10 +788,45 @@ pub fn prepare(ifaces: &[(u16, String)]) -> io::Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// Where the ids of the programs the proxy attached are recorded (one
+/// file per interface), so that a restarted proxy recognises its
+/// predecessor's program without CAP_SYS_ADMIN. Survives a container
+/// restart when the directory is a volume of the pod (deploy/README.md).
+pub const STATE_DIR: &str = "/run/dpdk-kube-proxy";
+
+fn state_file(iface: &str) -> std::path::PathBuf {
+    std::path::Path::new(STATE_DIR).join(format!("xdp-{iface}.id"))
+}
+
+/// The program id recorded for `iface`, if any.
+fn recorded_prog(iface: &str) -> Option<u32> {
+    std::fs::read_to_string(state_file(iface))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Records the id of the program attached to `iface` (best effort: without
+/// it a restart needs CAP_SYS_ADMIN to recognise a leftover).
+pub fn record_prog(iface: &str, id: u32) {
+    let r = std::fs::create_dir_all(STATE_DIR)
+        .and_then(|()| std::fs::write(state_file(iface), format!("{id}\n")));
+    if let Err(e) = r {
+        tracing::warn!(%iface, "recording the XDP program id in {STATE_DIR}: {e}");
+    }
+}
+
+/// Forgets the record of `iface` (its program is gone).
+pub fn forget_prog(iface: &str) {
+    let _ = std::fs::remove_file(state_file(iface));
+}
+
 /// One shared port at run time.
 struct SharedPort {
     port: u16,
     ifindex: u32,
+    prog_id: u32,
     frontends: FrontendMap<BpfMap>,
     stats: Option<BpfMap>,
 }
@@ -747,6 +864,7 @@ impl SharedPorts {
             out.push(SharedPort {
                 port,
                 ifindex,
+                prog_id: xdp_prog_id(&mut nl, ifindex)?.unwrap_or(0),
                 frontends: FrontendMap::new(f),
                 stats,
             });
@@ -828,6 +946,11 @@ impl SharedPorts {
                 false
             }
         }
+    }
+
+    /// The ids of the attached programs, by port.
+    pub fn prog_ids(&self) -> Vec<u32> {
+        self.ports.iter().map(|p| p.prog_id).collect()
     }
 
     /// The kernel's neighbours, to publish as static neighbours.

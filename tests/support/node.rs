@@ -90,9 +90,18 @@ impl NodeProxy {
     /// Starts the proxy in the node namespace with `config`; returns once
     /// its admin server answers.
     pub fn start_proxy(&mut self) {
+        self.start_proxy_wrapped(&[]);
+    }
+
+    /// As [`NodeProxy::start_proxy`], under `wrapper` (e.g. `setpriv ...
+    /// --`).
+    pub fn start_proxy_wrapped(&mut self, wrapper: &[&str]) {
         let log = std::fs::File::create(&self.log).unwrap();
+        let bin = bin();
+        let mut args: Vec<&str> = wrapper.to_vec();
+        args.extend([bin.as_str(), "--config"]);
         let c = self
-            .exec("node", &[&bin(), "--config"])
+            .exec("node", &args)
             .arg(&self.config)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
