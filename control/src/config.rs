@@ -1077,6 +1077,14 @@ impl Config {
                      masquerading use them)",
                 ));
             }
+            if p.vlan.is_some() {
+                // NICs strip the tag before XDP sees the frame (rx VLAN
+                // offload); the VLAN interface is the place to attach.
+                return Err(invalid(
+                    format!("ports[{i}].vlan"),
+                    "a shared port takes no VLAN tag: give af_xdp the VLAN interface (iface=eth0.100)",
+                ));
+            }
         }
         Ok(())
     }

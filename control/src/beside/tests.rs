@@ -160,3 +160,18 @@ fn the_embedded_program_is_an_ebpf_object_with_the_maps_named_here() {
         assert!(has(name), "{name}");
     }
 }
+
+#[test]
+fn the_programs_snat_range_is_the_dataplanes() {
+    // The program redirects answers to ports from SNAT_FIRST up; the
+    // dataplane masquerades to ports of SNAT_PORTS.
+    let src = include_str!("../../bpf/dkp_xdp.c");
+    let first: u16 = src
+        .lines()
+        .find_map(|l| l.strip_prefix("#define SNAT_FIRST "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("SNAT_FIRST in dkp_xdp.c");
+    let range = dataplane::pipeline::SNAT_PORTS;
+    assert_eq!(first, *range.start());
+    assert_eq!(*range.end(), u16::MAX);
+}
