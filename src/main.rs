@@ -421,15 +421,12 @@ fn main() -> Result<()> {
     let mut shared = if shared_ifaces.is_empty() {
         None
     } else {
-        let ports: Vec<(u16, u32)> = shared_ifaces
+        let ports: Vec<(&control::beside::SharedIface, u32)> = shared_ifaces
             .iter()
-            .map(|(p, _)| (*p, running.kernel_ifindex(usize::from(*p)).unwrap_or(0)))
+            .map(|s| (s, running.kernel_ifindex(usize::from(s.port)).unwrap_or(0)))
             .collect();
         let s = control::beside::SharedPorts::open(&ports, publisher.metrics.clone())
             .context("opening the shared ports' XDP maps")?;
-        for ((_, iface), id) in shared_ifaces.iter().zip(s.prog_ids()) {
-            control::beside::record_prog(iface, id);
-        }
         tracing::info!(
             ?shared_ifaces,
             "shared ports: XDP program attached beside the kernel"
@@ -493,8 +490,8 @@ fn main() -> Result<()> {
     tracing::info!("stopping workers");
     let codes = running.shutdown(&eal);
     // Closing the ports detached the shared ports' XDP programs.
-    for (_, iface) in &shared_ifaces {
-        control::beside::forget_prog(iface);
+    for s in &shared_ifaces {
+        control::beside::forget_prog(&s.iface);
     }
     // A publish blocked on a worker must not hold the exit either.
     rt.shutdown_timeout(Duration::from_secs(1));

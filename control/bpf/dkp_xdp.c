@@ -12,11 +12,12 @@
 //    with port 0 and protocol 0 and FE_WHOLE): other ports and protocols
 //    (the dataplane rejects them as kube-proxy does), fragments, ICMP, and
 //    the ARP requests and neighbour solicitations for it;
-//  * the answers to the dataplane's masqueraded connections: TCP/UDP to a
-//    node address (an entry with protocol 255, FE_SNAT) on a port of the
-//    dataplane's SNAT range, unless the kernel has a socket for exactly
-//    that connection (its own connections from the same ports keep
-//    working).
+//  * the answers to the dataplane's masqueraded connections: TCP/UDP/SCTP
+//    to a node address (an entry with protocol 255, FE_SNAT) on a port of
+//    the dataplane's SNAT range, unless the kernel has a socket for it: a
+//    TCP connection (its own connections from the same ports keep
+//    working), a TCP listener for a bare SYN, a UDP socket bound to the
+//    port.
 //
 // Everything else (and everything when no AF_XDP socket is bound to the
 // queue, e.g. after the proxy died) passes to the kernel. The control
@@ -113,13 +114,10 @@ int dkp_xdp(struct xdp_md *ctx)
 		return pass();
 	__u16 type = eth->h_proto;
 	void *l3 = eth + 1;
-	if (type == bpf_htons(ETH_P_8021Q) || type == bpf_htons(ETH_P_8021AD)) {
-		__be16 *tag = l3;
-		if ((void *)(tag + 2) > end)
-			return pass();
-		type = tag[1];
-		l3 = tag + 2;
-	}
+	// Tagged frames are the kernel's VLAN interfaces' (a shared port takes
+	// no tag: af_xdp goes on the VLAN interface itself).
+	if (type == bpf_htons(ETH_P_8021Q) || type == bpf_htons(ETH_P_8021AD))
+		return pass();
 
 	struct fe_key k = {};
 	__u8 proto;
@@ -190,12 +188,16 @@ int dkp_xdp(struct xdp_md *ctx)
 		return to_dataplane(ctx);
 
 	// An answer to a masqueraded connection?
-	if (proto == IPPROTO_SCTP || bpf_ntohs(ports[1]) < SNAT_FIRST)
+	if (bpf_ntohs(ports[1]) < SNAT_FIRST)
 		return pass();
 	k.proto = PROTO_SNAT;
 	k.port = 0;
 	if (!(flags_of(&k) & FE_SNAT))
 		return pass();
+	// SCTP: no socket lookup helper; the masquerade range is the
+	// dataplane's (the kernel's SCTP must not use those ports).
+	if (proto == IPPROTO_SCTP)
+		return to_dataplane(ctx);
 	struct bpf_sock *sk;
 	__u32 len;
 	if (v4) {
@@ -211,12 +213,23 @@ int dkp_xdp(struct xdp_md *ctx)
 		sk = bpf_skc_lookup_tcp(ctx, &t, len, BPF_F_CURRENT_NETNS, 0);
 	else
 		sk = bpf_sk_lookup_udp(ctx, &t, len, BPF_F_CURRENT_NETNS, 0);
-	if (sk) {
-		// The kernel's own connection (or a socket bound to the port).
-		bpf_sk_release(sk);
-		return pass();
+	if (!sk)
+		return to_dataplane(ctx);
+	// A kernel socket: its connection (or a UDP socket bound to the port).
+	// A TCP listener only claims new connections (a SYN without ACK): a
+	// SYN-ACK or segment to its port belongs to no connection of the
+	// kernel's, so it is the dataplane's answer.
+	int listener = proto == IPPROTO_TCP && sk->state == BPF_TCP_LISTEN;
+	bpf_sk_release(sk);
+	if (listener) {
+		__u8 *tcp = l4;
+		if ((void *)(tcp + 14) > end)
+			return pass();
+		__u8 flags = tcp[13];
+		if ((flags & 0x12) != 0x02) // not a bare SYN
+			return to_dataplane(ctx);
 	}
-	return to_dataplane(ctx);
+	return pass();
 }
 
 char _license[] SEC("license") = "Dual MIT/GPL";

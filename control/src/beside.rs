@@ -104,17 +104,19 @@ impl FeKey {
 }
 
 /// The frontend map's wanted contents: an exact entry per frontend, a
-/// whole-address entry for every frontend address that is not a node
-/// address (the kernel holds those: only their Service ports are the
-/// proxy's), and an SNAT entry per node address.
+/// whole-address entry for every frontend address the kernel does not
+/// hold (`node_addresses` from the configuration and `kernel_held`, every
+/// address of the host's interfaces: those stay the kernel's but for their
+/// Service ports), and an SNAT entry per node address.
 pub fn desired(
     frontends: impl IntoIterator<Item = (IpAddr, Proto, u16)>,
     node_addresses: &[IpAddr],
+    kernel_held: &BTreeSet<IpAddr>,
 ) -> BTreeMap<FeKey, u32> {
     let mut m = BTreeMap::new();
     for (ip, proto, port) in frontends {
         *m.entry(FeKey::new(ip, proto as u8, port)).or_insert(0) |= FE_EXACT;
-        if !node_addresses.contains(&ip) {
+        if !node_addresses.contains(&ip) && !kernel_held.contains(&ip) {
             *m.entry(FeKey::new(ip, 0, 0)).or_insert(0) |= FE_WHOLE;
         }
     }
@@ -150,6 +152,8 @@ pub struct FrontendMap<M> {
     map: M,
     /// What the map holds, as far as this process wrote it.
     installed: BTreeMap<FeKey, u32>,
+    /// What it should hold (the last [`FrontendMap::sync`]).
+    want: BTreeMap<FeKey, u32>,
     /// The map must be read back (at start, after an error).
     dirty: bool,
 }
@@ -160,8 +164,21 @@ impl<M: KeyValueMap> FrontendMap<M> {
         FrontendMap {
             map,
             installed: BTreeMap::new(),
+            want: BTreeMap::new(),
             dirty: true,
         }
+    }
+
+    /// True while the last sync failed somewhere.
+    pub fn needs_retry(&self) -> bool {
+        self.dirty
+    }
+
+    /// Syncs again toward the last wanted contents (after a failure).
+    pub fn retry(&mut self) -> MapSync {
+        let want = std::mem::take(&mut self.want);
+        let out = self.sync(&want);
+        out
     }
 
     /// Entries installed.
@@ -178,6 +195,9 @@ impl<M: KeyValueMap> FrontendMap<M> {
     /// system call when nothing changed); after an error or at the first
     /// call, the map's keys are read back first.
     pub fn sync(&mut self, want: &BTreeMap<FeKey, u32>) -> MapSync {
+        if &self.want != want {
+            self.want = want.clone();
+        }
         let mut out = MapSync::default();
         if self.dirty {
             match self.map.keys() {
@@ -599,8 +619,41 @@ const RTM_NEWNEIGH: u16 = 28;
 /// Kernel neighbour states whose link-layer address can be used.
 const NUD_USABLE: u16 = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80;
 
-/// Dumps the kernel's usable neighbours on `ifindex`.
-pub fn kernel_neighbors(nl: &mut Rtnetlink, ifindex: u32) -> io::Result<Vec<(IpAddr, MacAddr)>> {
+const RTM_NEWADDR: u16 = 20;
+
+/// Every address of the host's interfaces (an `RTM_GETADDR` dump).
+pub fn kernel_addresses(nl: &mut Rtnetlink) -> io::Result<BTreeSet<IpAddr>> {
+    use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+    let mut out = BTreeSet::new();
+    let replies = nl.request(
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        NLM_F_REQUEST | NLM_F_DUMP,
+    )?;
+    for (t, p) in replies {
+        if t != RTM_NEWADDR {
+            continue;
+        }
+        let Ok(m) = <AddressMessage as netlink_packet_core::Parseable<[u8]>>::parse(&p[..]) else {
+            continue;
+        };
+        for a in &m.attributes {
+            if let AddressAttribute::Address(ip) | AddressAttribute::Local(ip) = a {
+                out.insert(*ip);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `NUD_STALE`: usable, but not confirmed lately.
+const NUD_STALE: u16 = 0x04;
+
+/// Dumps the kernel's usable neighbours on `ifindex`: (address, MAC,
+/// whether the entry is stale).
+pub fn kernel_neighbors(
+    nl: &mut Rtnetlink,
+    ifindex: u32,
+) -> io::Result<Vec<(IpAddr, MacAddr, bool)>> {
     let mut out = Vec::new();
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut m = NeighbourMessage::default();
@@ -640,7 +693,7 @@ pub fn kernel_neighbors(nl: &mut Rtnetlink, ifindex: u32) -> io::Result<Vec<(IpA
             }
             if let (Some(ip), Some(mac)) = (ip, mac) {
                 if mac.0 != [0; 6] {
-                    out.push((ip, mac));
+                    out.push((ip, mac, u16::from(m.header.state) == NUD_STALE));
                 }
             }
         }
@@ -735,7 +788,7 @@ impl NeighborMirror {
         let mut next = Vec::new();
         for &(port, ifindex) in ports {
             let known = kernel_neighbors(nl, ifindex)?;
-            for &(ip, mac) in &known {
+            for &(ip, mac, _) in &known {
                 next.push(StaticNeighbor {
                     addr: Addr::from(ip),
                     mac,
@@ -743,9 +796,13 @@ impl NeighborMirror {
                 });
             }
             for &(p, hop) in &self.wanted {
-                if p == port && !known.iter().any(|(ip, _)| *ip == hop) {
+                // Missing, or stale: the kernel never sees the dataplane's
+                // traffic, so it would not re-check a stale entry (a
+                // backend address reused by another MAC) by itself.
+                let fresh = known.iter().any(|(ip, _, stale)| *ip == hop && !stale);
+                if p == port && !fresh {
                     // Errors (e.g. an address the kernel will not resolve)
-                    // leave the hop unresolved; it is asked again next time.
+                    // leave the hop as it is; it is asked again next time.
                     let _ = resolve(nl, ifindex, hop);
                 }
             }
@@ -775,17 +832,101 @@ pub fn ifindex_by_name(nl: &mut Rtnetlink, name: &str) -> io::Result<u32> {
 /// predecessor left on each shared interface, and writes [`XDP_OBJECT`] to
 /// a file of this process for the af_xdp PMD's `xdp_prog` (remove it once
 /// the ports started). `ifaces`: (port, interface name).
-pub fn prepare(ifaces: &[(u16, String)]) -> io::Result<std::path::PathBuf> {
+pub fn prepare(ifaces: &[SharedIface]) -> io::Result<std::path::PathBuf> {
     let mut nl = Rtnetlink::open()?;
-    for (port, name) in ifaces {
-        let ifindex = ifindex_by_name(&mut nl, name)?;
-        if detach_leftover(&mut nl, ifindex, recorded_prog(name))? {
-            tracing::warn!(port, iface = %name, "removed the XDP program a previous run left attached");
+    for s in ifaces {
+        let ifindex = ifindex_by_name(&mut nl, &s.iface)?;
+        check_queues(s)?;
+        if detach_leftover(&mut nl, ifindex, recorded_prog(&s.iface))? {
+            tracing::warn!(port = s.port, iface = %s.iface, "removed the XDP program a previous run left attached");
         }
     }
     let path = std::env::temp_dir().join(format!("dpdk-kube-proxy-{}.xdp.o", std::process::id()));
     std::fs::write(&path, XDP_OBJECT)?;
     Ok(path)
+}
+
+/// A `role: shared` port: its number, its kernel interface, the af_xdp
+/// queues it takes (`queue_count`, `start_queue` devargs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedIface {
+    /// The port number.
+    pub port: u16,
+    /// The kernel interface (`iface=`).
+    pub iface: String,
+    /// `queue_count=` (default 1).
+    pub queue_count: u32,
+    /// `start_queue=` (default 0).
+    pub start_queue: u32,
+}
+
+/// Every receive queue of the interface must have an AF_XDP socket: the
+/// program passes what arrives on a queue without one to the kernel, which
+/// would answer Service traffic itself (RSTs, port unreachables).
+fn check_queues(s: &SharedIface) -> io::Result<()> {
+    let (rx, combined) = match rx_channels(&s.iface) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(iface = %s.iface, "cannot read the interface's channels ({e}): make sure queue_count covers every receive queue");
+            return Ok(());
+        }
+    };
+    let queues = rx + combined;
+    queue_coverage(s, queues)
+}
+
+/// The check of [`check_queues`] on a known queue count.
+fn queue_coverage(s: &SharedIface, queues: u32) -> io::Result<()> {
+    if s.start_queue != 0 || s.queue_count < queues {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} has {queues} receive queue(s) but the af_xdp port takes {} from queue {}: \
+                 Service traffic arriving on the others would reach the kernel. Use \
+                 start_queue=0,queue_count={queues} (one worker per queue), or reduce the \
+                 interface's queues (ethtool -L {} combined {})",
+                s.iface, s.queue_count, s.start_queue, s.iface, s.queue_count
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The interface's (rx-only, combined) channel counts (`ETHTOOL_GCHANNELS`).
+#[allow(unsafe_code)]
+fn rx_channels(iface: &str) -> io::Result<(u32, u32)> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GCHANNELS: u32 = 0x3c;
+    // struct ethtool_channels: cmd, max_rx, max_tx, max_other,
+    // max_combined, rx_count, tx_count, other_count, combined_count.
+    let mut ch = [0u32; 9];
+    ch[0] = ETHTOOL_GCHANNELS;
+    let mut ifr = [0u8; 40];
+    let name = iface.as_bytes();
+    if name.len() >= 16 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "interface name too long",
+        ));
+    }
+    ifr[..name.len()].copy_from_slice(name);
+    ifr[16..24].copy_from_slice(&(ch.as_mut_ptr() as u64).to_ne_bytes());
+    // SAFETY: a plain datagram socket, closed below; the ioctl reads the
+    // name from `ifr` and writes at most `ch`'s 36 bytes through the
+    // pointer in it, both live for the call.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let r = libc::ioctl(sock, SIOCETHTOOL as _, ifr.as_mut_ptr());
+        let err = io::Error::last_os_error();
+        libc::close(sock);
+        if r < 0 {
+            return Err(err);
+        }
+    }
+    Ok((ch[5], ch[8]))
 }
 
 /// Where the ids of the programs the proxy attached are recorded (one
@@ -826,7 +967,6 @@ pub fn forget_prog(iface: &str) {
 struct SharedPort {
     port: u16,
     ifindex: u32,
-    prog_id: u32,
     frontends: FrontendMap<BpfMap>,
     stats: Option<BpfMap>,
 }
@@ -841,12 +981,22 @@ pub struct SharedPorts {
 }
 
 impl SharedPorts {
-    /// Opens the maps of the programs the af_xdp PMD attached; `ports`:
-    /// (port, interface index).
-    pub fn open(ports: &[(u16, u32)], metrics: Arc<ControlMetrics>) -> io::Result<SharedPorts> {
+    /// Opens the maps of the programs the af_xdp PMD attached and records
+    /// their ids ([`record_prog`]); `ports`: (shared port, interface index).
+    pub fn open(
+        ports: &[(&SharedIface, u32)],
+        metrics: Arc<ControlMetrics>,
+    ) -> io::Result<SharedPorts> {
         let mut nl = Rtnetlink::open()?;
         let mut out = Vec::new();
-        for &(port, ifindex) in ports {
+        for &(shared, ifindex) in ports {
+            let port = shared.port;
+            // Recorded first: a restart must recognise this program even if
+            // this process dies in what follows.
+            let prog_id = xdp_prog_id(&mut nl, ifindex)?.unwrap_or(0);
+            if prog_id != 0 {
+                record_prog(&shared.iface, prog_id);
+            }
             let mut frontends = None;
             let mut stats = None;
             for m in BpfMap::of_interface(&mut nl, ifindex)? {
@@ -861,10 +1011,16 @@ impl SharedPorts {
                     "the XDP program on interface {ifindex} has no {FRONTEND_MAP} map"
                 )));
             };
+            if (f.key_size, f.value_size) != (20, 4) {
+                return Err(io::Error::other(format!(
+                    "{FRONTEND_MAP} on interface {ifindex} has {}-byte keys and {}-byte values, \
+                     not 20 and 4: not this build's program",
+                    f.key_size, f.value_size
+                )));
+            }
             out.push(SharedPort {
                 port,
                 ifindex,
-                prog_id: xdp_prog_id(&mut nl, ifindex)?.unwrap_or(0),
                 frontends: FrontendMap::new(f),
                 stats,
             });
@@ -887,7 +1043,17 @@ impl SharedPorts {
         routes: &[Route],
         backends: &BTreeSet<Addr>,
     ) {
-        let want = desired(frontends.iter().copied(), node_addresses);
+        // The kernel's own addresses (all interfaces) are never taken as a
+        // whole, even when a Service names one (a keepalived VIP, say).
+        let held = match kernel_addresses(&mut self.nl) {
+            Ok(a) => a,
+            Err(e) => {
+                self.metrics.xdp_errors.fetch_add(1, Relaxed);
+                tracing::warn!("reading the kernel's addresses: {e}");
+                BTreeSet::new()
+            }
+        };
+        let want = desired(frontends.iter().copied(), node_addresses, &held);
         let mut installed = 0;
         for p in &mut self.ports {
             let s = p.frontends.sync(&want);
@@ -920,9 +1086,8 @@ impl SharedPorts {
     pub fn tick(&mut self) -> bool {
         let (mut redirected, mut passed) = (0, 0);
         for p in &mut self.ports {
-            if p.frontends.dirty {
-                let want = p.frontends.installed.clone();
-                let s = p.frontends.sync(&want);
+            if p.frontends.needs_retry() {
+                let s = p.frontends.retry();
                 self.metrics.xdp_errors.fetch_add(s.errors as u64, Relaxed);
             }
             if let Some(m) = &p.stats {
@@ -946,11 +1111,6 @@ impl SharedPorts {
                 false
             }
         }
-    }
-
-    /// The ids of the attached programs, by port.
-    pub fn prog_ids(&self) -> Vec<u32> {
-        self.ports.iter().map(|p| p.prog_id).collect()
     }
 
     /// The kernel's neighbours, to publish as static neighbours.

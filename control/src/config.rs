@@ -1089,15 +1089,23 @@ impl Config {
         Ok(())
     }
 
-    /// The `role: shared` ports: (port number, kernel interface name).
-    pub fn shared_ports(&self) -> Vec<(u16, String)> {
+    /// The `role: shared` ports: number, kernel interface and the af_xdp
+    /// queues (`queue_count`, default 1; `start_queue`, default 0).
+    pub fn shared_ports(&self) -> Vec<crate::beside::SharedIface> {
         self.ports
             .iter()
             .enumerate()
             .filter(|(_, p)| p.role == PortRole::Shared)
             .filter_map(|(i, p)| {
                 let v = self.eal.vdevs.iter().find(|v| vdev_name(v) == p.device)?;
-                Some((i as u16, vdev_arg(v, "iface")?.to_string()))
+                let num =
+                    |k: &str, d: u32| vdev_arg(v, k).and_then(|n| n.parse().ok()).unwrap_or(d);
+                Some(crate::beside::SharedIface {
+                    port: i as u16,
+                    iface: vdev_arg(v, "iface")?.to_string(),
+                    queue_count: num("queue_count", 1),
+                    start_queue: num("start_queue", 0),
+                })
             })
             .collect()
     }
@@ -1828,7 +1836,10 @@ services:
         )
         .unwrap();
         assert_eq!(c.ports[0].role, PortRole::Shared);
-        assert_eq!(c.shared_ports(), vec![(0, "eth1".to_string())]);
+        let sp = c.shared_ports();
+        assert_eq!(sp.len(), 1);
+        assert_eq!((sp[0].port, sp[0].iface.as_str()), (0, "eth1"));
+        assert_eq!((sp[0].queue_count, sp[0].start_queue), (1, 0));
         assert_eq!(c.exception(), None);
         // The proxy's program goes to the shared port's vdev only.
         let args = c.with_xdp_prog(c.eal_args(), "/run/x.o");

@@ -62,6 +62,7 @@ fn desired_entries_keep_node_addresses_for_the_kernel() {
             (node, Proto::Tcp, 30080),
         ],
         &[node],
+        &BTreeSet::new(),
     );
     assert_eq!(want.get(&FeKey::new(vip, 6, 80)), Some(&FE_EXACT));
     assert_eq!(want.get(&FeKey::new(vip, 17, 53)), Some(&FE_EXACT));
@@ -83,7 +84,8 @@ fn sync_reads_back_then_applies_diffs() {
     let stale = FeKey::new(v4(198, 18, 5, 99), 0, 0);
     fake.m.insert(stale, FE_WHOLE);
     let mut fm = FrontendMap::new(fake);
-    let want = desired([(vip, Proto::Tcp, 80)], &[]);
+    let none = BTreeSet::new();
+    let want = desired([(vip, Proto::Tcp, 80)], &[], &none);
     let s = fm.sync(&want);
     assert_eq!((s.written, s.removed, s.errors), (2, 1, 0));
     assert_eq!(fm.map.m, want);
@@ -92,7 +94,7 @@ fn sync_reads_back_then_applies_diffs() {
     assert_eq!(fm.sync(&want), MapSync::default());
     assert_eq!(fm.map.calls, calls);
     // A change writes only the difference.
-    let want2 = desired([(vip, Proto::Tcp, 80), (vip, Proto::Tcp, 443)], &[]);
+    let want2 = desired([(vip, Proto::Tcp, 80), (vip, Proto::Tcp, 443)], &[], &none);
     let s = fm.sync(&want2);
     assert_eq!((s.written, s.removed), (1, 0));
     assert_eq!(fm.map.m, want2);
@@ -110,13 +112,49 @@ fn failed_writes_are_counted_and_retried() {
         fail_put: true,
         ..FakeMap::default()
     });
-    let want = desired([(vip, Proto::Tcp, 80)], &[]);
+    let want = desired([(vip, Proto::Tcp, 80)], &[], &BTreeSet::new());
     assert_eq!(fm.sync(&want).errors, 2);
-    assert!(fm.map.m.is_empty());
+    assert!(fm.map.m.is_empty() && fm.needs_retry());
+    // The retry (the periodic tick) goes for what was wanted, not for
+    // what got written.
     fm.map.fail_put = false;
-    let s = fm.sync(&want);
+    let s = fm.retry();
     assert_eq!((s.written, s.errors), (2, 0));
     assert_eq!(fm.map.m, want);
+    assert!(!fm.needs_retry());
+    assert_eq!(fm.retry(), MapSync::default());
+}
+
+#[test]
+fn addresses_the_kernel_holds_are_never_taken_whole() {
+    // A Service naming an address the host holds (a keepalived VIP, a
+    // secondary address not listed in the configuration): only its ports.
+    let held_vip = v4(198, 18, 0, 77);
+    let want = desired(
+        [(held_vip, Proto::Tcp, 443)],
+        &[v4(198, 18, 0, 2)],
+        &BTreeSet::from([held_vip]),
+    );
+    assert_eq!(want.get(&FeKey::new(held_vip, 6, 443)), Some(&FE_EXACT));
+    assert_eq!(want.get(&FeKey::new(held_vip, 0, 0)), None);
+}
+
+#[test]
+fn every_receive_queue_needs_a_socket() {
+    let s = |queue_count, start_queue| SharedIface {
+        port: 0,
+        iface: "eth0".into(),
+        queue_count,
+        start_queue,
+    };
+    assert!(queue_coverage(&s(1, 0), 1).is_ok());
+    assert!(queue_coverage(&s(4, 0), 4).is_ok());
+    let e = queue_coverage(&s(1, 0), 4).unwrap_err().to_string();
+    assert!(
+        e.contains("eth0 has 4 receive queue(s)") && e.contains("queue_count=4"),
+        "{e}"
+    );
+    assert!(queue_coverage(&s(4, 1), 4).is_err());
 }
 
 #[test]
