@@ -20,89 +20,63 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::node::{wait_json, NodeProxy};
-use support::{require_root, root, sh};
+use support::node::{assert_all, wait_json, NodeProxy};
+use support::{cap_eff, require_root, sh};
 
-struct Node(NodeProxy);
-
-impl std::ops::Deref for Node {
-    type Target = NodeProxy;
-    fn deref(&self) -> &NodeProxy {
-        &self.0
+/// The node, LAN, client and backend namespaces, with the servers and
+/// the proxy's configuration.
+fn up(p: &str) -> NodeProxy {
+    let mut n = NodeProxy::new(p, &["node", "lan", "client", "be"]);
+    n.ip("lan", &format!("link add {p}br type bridge"));
+    n.ip("lan", &format!("link set {p}br up"));
+    for (ns, dev, end) in [
+        ("node", "u", "lu"),
+        ("client", "c", "lc"),
+        ("be", "b", "lb"),
+    ] {
+        sh(Command::new("ip").args([
+            "link",
+            "add",
+            &format!("{p}{dev}"),
+            "netns",
+            &n.ns(ns),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{p}{end}"),
+            "netns",
+            &n.ns("lan"),
+        ]));
+        n.ip("lan", &format!("link set {p}{end} master {p}br up"));
     }
-}
-
-impl std::ops::DerefMut for Node {
-    fn deref_mut(&mut self) -> &mut NodeProxy {
-        &mut self.0
+    for (ns, dev, v4, v6) in [
+        ("node", "u", "198.18.0.1/24", "2001:2::1/64"),
+        ("client", "c", "198.18.0.2/24", "2001:2::2/64"),
+        ("be", "b", "198.18.0.11/24", "2001:2::11/64"),
+    ] {
+        let d = format!("{p}{dev}");
+        n.ip(ns, &format!("addr add {v4} dev {d}"));
+        n.ip(ns, &format!("addr add {v6} dev {d} nodad"));
+        n.ip(ns, &format!("link set {d} up"));
+        // Checksums computed by the sender (XDP sees them unfilled otherwise).
+        let _ = n
+            .exec(
+                ns,
+                &["ethtool", "-K", &d, "tx", "off", "tso", "off", "gso", "off"],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
-}
-
-impl Node {
-    fn up(p: &str) -> Node {
-        let mut n = Node(NodeProxy::new(p, &["node", "lan", "client", "be"]));
-        n.ip("lan", &format!("link add {p}br type bridge"));
-        n.ip("lan", &format!("link set {p}br up"));
-        for (ns, dev, end) in [
-            ("node", "u", "lu"),
-            ("client", "c", "lc"),
-            ("be", "b", "lb"),
-        ] {
-            sh(Command::new("ip").args([
-                "link",
-                "add",
-                &format!("{p}{dev}"),
-                "netns",
-                &n.ns(ns),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &format!("{p}{end}"),
-                "netns",
-                &n.ns("lan"),
-            ]));
-            n.ip("lan", &format!("link set {p}{end} master {p}br up"));
-        }
-        for (ns, dev, v4, v6) in [
-            ("node", "u", "198.18.0.1/24", "2001:2::1/64"),
-            ("client", "c", "198.18.0.2/24", "2001:2::2/64"),
-            ("be", "b", "198.18.0.11/24", "2001:2::11/64"),
-        ] {
-            let d = format!("{p}{dev}");
-            n.ip(ns, &format!("addr add {v4} dev {d}"));
-            n.ip(ns, &format!("addr add {v6} dev {d} nodad"));
-            n.ip(ns, &format!("link set {d} up"));
-            // Checksums computed by the sender (XDP sees them unfilled otherwise).
-            let _ = n
-                .exec(
-                    ns,
-                    &["ethtool", "-K", &d, "tx", "off", "tso", "off", "gso", "off"],
-                )
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-        // The kernel's own connections use ports inside the dataplane's
-        // SNAT range (32768-65535), as by default: the XDP program must
-        // leave their answers to the kernel.
-        n.sysctl("node", &["net.ipv4.ip_local_port_range=40000 40100"]);
-        for (ns, name, tcp, udp) in [
-            ("node", "node", "8022", "5022"),
-            ("be", "be", "8080", "5353"),
-        ] {
-            let child = n
-                .exec(ns, &["python3"])
-                .arg(root().join("tests/e2e/peer.py"))
-                .args(["serve", "--name", name, "--tcp", tcp, "--udp", udp])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("peer server");
-            n.children.push(child);
-        }
-        let text = format!(
-            r#"eal:
+    // The kernel's own connections use ports inside the dataplane's
+    // SNAT range (32768-65535), as by default: the XDP program must
+    // leave their answers to the kernel.
+    n.sysctl("node", &["net.ipv4.ip_local_port_range=40000 40100"]);
+    n.serve("node", "node", "8022", "5022");
+    n.serve("be", "be", "8080", "5353");
+    let text = format!(
+        r#"eal:
   lcores: "0@(0-1),1@(0-1)"
   no_huge: true
   memory_mb: 256
@@ -138,66 +112,56 @@ services:
     external_ips: ["2001:2::50"]
     backends: ["[2001:2::11]:8080"]
 "#,
-            admin = n.admin
+        admin = n.admin
+    );
+    std::fs::write(&n.config, text).unwrap();
+    n
+}
+
+/// The XDP program attached to the node's interface, if any.
+fn xdp_prog(n: &NodeProxy) -> Option<String> {
+    let out = sh(&mut n.exec(
+        "node",
+        &["ip", "-d", "-j", "link", "show", &format!("{}u", n.p)],
+    ));
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v[0]["xdp"]["prog"]["name"].as_str().map(String::from)
+}
+
+/// The node kernel's TCP RSTs sent and UDP datagrams to closed ports.
+fn kernel_refusals(n: &NodeProxy) -> (u64, u64) {
+    let snmp = sh(&mut n.exec("node", &["cat", "/proc/net/snmp"]));
+    let field = |proto: &str, name: &str| {
+        let mut lines = snmp.lines().filter(|l| l.starts_with(proto));
+        let (h, v) = (lines.next().unwrap(), lines.next().unwrap());
+        let i = h.split_whitespace().position(|f| f == name).unwrap();
+        v.split_whitespace().nth(i).unwrap().parse::<u64>().unwrap()
+    };
+    (field("Tcp:", "OutRsts"), field("Udp:", "NoPorts"))
+}
+
+/// Waits until the proxy mirrored the kernel's neighbours and
+/// published them (the backend's MAC comes from there).
+fn wait_neighbors(n: &NodeProxy) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while n.metric("dpdk_kube_proxy_kernel_neighbors", "") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no kernel neighbours mirrored: {}",
+            n.log_text()
         );
-        std::fs::write(&n.config, text).unwrap();
-        n
-    }
-
-    /// The XDP program attached to the node's interface, if any.
-    fn xdp_prog(&self) -> Option<String> {
-        let out = sh(&mut self.exec(
-            "node",
-            &["ip", "-d", "-j", "link", "show", &format!("{}u", self.p)],
-        ));
-        let v: Value = serde_json::from_str(&out).unwrap();
-        v[0]["xdp"]["prog"]["name"].as_str().map(String::from)
-    }
-
-    /// The node kernel's TCP RSTs sent and UDP datagrams to closed ports.
-    fn kernel_refusals(&self) -> (u64, u64) {
-        let snmp = sh(&mut self.exec("node", &["cat", "/proc/net/snmp"]));
-        let field = |proto: &str, name: &str| {
-            let mut lines = snmp.lines().filter(|l| l.starts_with(proto));
-            let (h, v) = (lines.next().unwrap(), lines.next().unwrap());
-            let i = h.split_whitespace().position(|f| f == name).unwrap();
-            v.split_whitespace().nth(i).unwrap().parse::<u64>().unwrap()
-        };
-        (field("Tcp:", "OutRsts"), field("Udp:", "NoPorts"))
-    }
-
-    /// Waits until the proxy mirrored the kernel's neighbours and
-    /// published them (the backend's MAC comes from there).
-    fn wait_neighbors(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.metric("dpdk_kube_proxy_kernel_neighbors", "") < 2 {
-            assert!(
-                Instant::now() < deadline,
-                "no kernel neighbours mirrored: {}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
-/// Answers by `name` only, every one, from `source` as the server saw it.
-fn assert_all(v: &Value, proto: &str, n: u64, name: &str, source: &str) {
-    let r = &v[proto];
-    assert_eq!(r["errors"], 0, "{proto}: {v}");
-    assert_eq!(r["counts"][name].as_u64(), Some(n), "{proto}: {v}");
-    assert_eq!(r["counts"].as_object().unwrap().len(), 1, "{proto}: {v}");
-    assert_eq!(r["sources"][name][source].as_u64(), Some(n), "{proto}: {v}");
-}
-
-fn clients(n: &Node, ns: &str, vip: &str, extra: &[&str]) -> Value {
+fn clients(n: &NodeProxy, ns: &str, vip: &str, extra: &[&str]) -> Value {
     let mut args = vec!["clients", "--vip", vip, "--concurrency", "4"];
     args.extend_from_slice(extra);
     n.peer(ns, &args)
 }
 
 /// The node's kernel: ping and its TCP service, from the client.
-fn check_kernel(n: &Node) {
+fn check_kernel(n: &NodeProxy) {
     for addr in ["198.18.0.1", "2001:2::1"] {
         let r = n.peer("client", &["ping", addr, "--count", "3"]);
         assert_eq!(r["received"], 3, "ping {addr}: {r}");
@@ -212,8 +176,8 @@ fn check_kernel(n: &Node) {
 }
 
 /// The Services, through the dataplane; the kernel never sees them.
-fn check_services(n: &Node) {
-    let before = n.kernel_refusals();
+fn check_services(n: &NodeProxy) {
+    let before = kernel_refusals(n);
     let v = clients(
         n,
         "client",
@@ -245,21 +209,17 @@ fn check_services(n: &Node) {
     );
     assert_all(&v, "tcp", 20, "be", "2001:2::1");
     // Not one SYN or datagram reached the kernel, which would refuse it.
-    assert_eq!(
-        n.kernel_refusals(),
-        before,
-        "the kernel saw Service traffic"
-    );
+    assert_eq!(kernel_refusals(n), before, "the kernel saw Service traffic");
 }
 
 #[test]
 fn shared_port_serves_services_beside_the_kernel() {
     require_root();
     let t0 = Instant::now();
-    let mut n = Node::up("dkx");
+    let mut n = up("dkx");
     n.start_proxy();
-    assert_eq!(n.xdp_prog().as_deref(), Some("dkp_xdp"));
-    n.wait_neighbors();
+    assert_eq!(xdp_prog(&n).as_deref(), Some("dkp_xdp"));
+    wait_neighbors(&n);
     check_kernel(&n);
     check_services(&n);
     // The kernel's own connections from ports in the SNAT range, while
@@ -303,7 +263,7 @@ fn shared_port_serves_services_beside_the_kernel() {
     // SIGTERM: the program goes with the proxy; the kernel answers alone
     // (a NodePort is refused, the node itself works).
     n.stop_proxy();
-    assert_eq!(n.xdp_prog(), None);
+    assert_eq!(xdp_prog(&n), None);
     check_kernel(&n);
     let v = clients(
         &n,
@@ -322,16 +282,9 @@ fn shared_port_serves_services_beside_the_kernel() {
         "--",
     ];
     n.start_proxy_wrapped(&caps);
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", n.proxy.as_ref().unwrap().id()))
-            .unwrap();
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
     // CAP_NET_ADMIN 12, CAP_NET_RAW 13, CAP_IPC_LOCK 14, CAP_PERFMON 38, CAP_BPF 39.
-    assert_eq!(cap_eff, Some(0xc0_0000_7000), "{status}");
-    n.wait_neighbors();
+    assert_eq!(cap_eff(n.proxy.as_ref().unwrap().id()), 0xc0_0000_7000);
+    wait_neighbors(&n);
     check_services(&n);
     // SIGKILL leaves the program, with no AF_XDP socket behind it: the
     // kernel gets everything and the node keeps working; a restart removes
@@ -339,7 +292,7 @@ fn shared_port_serves_services_beside_the_kernel() {
     // cannot read other processes' programs without CAP_SYS_ADMIN) and
     // serves again.
     n.kill_proxy();
-    assert_eq!(n.xdp_prog().as_deref(), Some("dkp_xdp"));
+    assert_eq!(xdp_prog(&n).as_deref(), Some("dkp_xdp"));
     check_kernel(&n);
     n.start_proxy_wrapped(&caps);
     assert!(
@@ -348,10 +301,10 @@ fn shared_port_serves_services_beside_the_kernel() {
         "{}",
         n.log_text()
     );
-    n.wait_neighbors();
+    wait_neighbors(&n);
     check_services(&n);
     check_kernel(&n);
     n.stop_proxy();
-    assert_eq!(n.xdp_prog(), None);
+    assert_eq!(xdp_prog(&n), None);
     eprintln!("beside-the-kernel e2e: {:.1?}", t0.elapsed());
 }

@@ -221,15 +221,8 @@ fn e2e_worker_stall_sigterm_and_restart() {
         ],
         &[],
     );
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", t.proxy.as_ref().unwrap().id()))
-            .unwrap();
-    let cap_eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap());
     // CAP_NET_ADMIN 12, CAP_NET_RAW 13, CAP_IPC_LOCK 14.
-    assert_eq!(cap_eff, Some(0x7000), "{status}");
+    assert_eq!(cap_eff(t.proxy.as_ref().unwrap().id()), 0x7000);
     t.wait_version(1);
     assert_spread(&clients(&t, vip, 60), "tcp", 60, &["be1", "be2", "be3"]);
     assert_spread(&clients(&t, vip, 60), "udp", 60, &["be1", "be2", "be3"]);

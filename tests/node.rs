@@ -29,8 +29,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod support;
-use support::node::{wait_json, NodeProxy};
-use support::{require_root, root, sh};
+use support::node::{assert_all, wait_json, NodeProxy};
+use support::{require_root, sh};
 
 /// The node: a [`NodeProxy`] over the node, LAN, client and backend
 /// namespaces.
@@ -124,20 +124,8 @@ impl Node {
                 .status();
         }
         // A TCP service of the node itself, and the NodePort's backend pod.
-        for (ns, name, tcp, udp) in [
-            ("node", "node", "8022", "5022"),
-            ("be", "be", "8080", "5353"),
-        ] {
-            let child = n
-                .exec(ns, &["python3"])
-                .arg(root().join("tests/e2e/peer.py"))
-                .args(["serve", "--name", name, "--tcp", tcp, "--udp", udp])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("peer server");
-            n.children.push(child);
-        }
+        n.serve("node", "node", "8022", "5022");
+        n.serve("be", "be", "8080", "5353");
         n.write_config(true);
         n
     }
@@ -247,15 +235,6 @@ services:
         let out = sh(&mut self.exec("node", &["ip", "-j", "link", "show", dev]));
         serde_json::from_str::<Value>(&out).unwrap()[0].clone()
     }
-}
-
-/// Answers by `name` only, every one, from `source` as the server saw it.
-fn assert_all(v: &Value, proto: &str, n: u64, name: &str, source: &str) {
-    let r = &v[proto];
-    assert_eq!(r["errors"], 0, "{proto}: {v}");
-    assert_eq!(r["counts"][name].as_u64(), Some(n), "{proto}: {v}");
-    assert_eq!(r["counts"].as_object().unwrap().len(), 1, "{proto}: {v}");
-    assert_eq!(r["sources"][name][source].as_u64(), Some(n), "{proto}: {v}");
 }
 
 /// Ping from the client: every echo answered exactly once (no duplicates).

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 mod support;
 use support::node::{wait_json, NodeProxy};
-use support::{require_root, root, sh};
+use support::{require_root, sh};
 
 const NAMESPACES: [&str; 7] = ["node", "lan", "client", "node2", "pa", "pc", "pb"];
 
@@ -155,15 +155,7 @@ impl Cluster {
         c.ip("client", &format!("addr add 198.18.0.2/24 dev {p}c"));
         c.ip("client", &format!("link set {p}c up"));
         for pod in ["pa", "pb"] {
-            let child = c
-                .exec(pod, &["python3"])
-                .arg(root().join("tests/e2e/peer.py"))
-                .args(["serve", "--name", pod, "--tcp", "8080", "--udp", "5353"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("peer server");
-            c.children.push(child);
+            c.serve(pod, pod, "8080", "5353");
         }
         c.write_config();
         c

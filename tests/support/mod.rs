@@ -386,6 +386,16 @@ pub fn assert_sources(v: &Value, want: &[&str]) {
     }
 }
 
+/// The effective capability set of process `pid` (`CapEff` in its status).
+pub fn cap_eff(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap_or_else(|| panic!("no CapEff: {status}"))
+}
+
 pub fn require_root() {
     let uid = sh(Command::new("id").arg("-u"));
     assert_eq!(

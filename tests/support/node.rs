@@ -1,10 +1,10 @@
 //! A proxy running inside a "node" network namespace among others the
 //! test creates (`P-node`, `P-lan`, …): the namespaces, the proxy process
 //! (its admin server on the node's 127.0.0.1), the peers, and their cleanup.
-use super::{bin, http_get_in, metric_sum_of, peer_in, sh, spawn_peer_in};
+use super::{bin, http_get_in, metric_sum_of, peer_in, root, sh, spawn_peer_in};
 use serde_json::Value;
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct NodeProxy {
@@ -59,6 +59,20 @@ impl NodeProxy {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns(ns)]).args(args);
         c
+    }
+
+    /// Starts `peer.py serve --name NAME --tcp TCP --udp UDP` in `ns`
+    /// (killed at the end).
+    pub fn serve(&mut self, ns: &str, name: &str, tcp: &str, udp: &str) {
+        let child = self
+            .exec(ns, &["python3"])
+            .arg(root().join("tests/e2e/peer.py"))
+            .args(["serve", "--name", name, "--tcp", tcp, "--udp", udp])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("peer server");
+        self.children.push(child);
     }
 
     pub fn sysctl(&self, ns: &str, settings: &[&str]) {
@@ -179,6 +193,16 @@ impl Drop for NodeProxy {
         }
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// A `clients` report: answers by `name` only, every one of `n`, from
+/// `source` as the server saw it.
+pub fn assert_all(v: &Value, proto: &str, n: u64, name: &str, source: &str) {
+    let r = &v[proto];
+    assert_eq!(r["errors"], 0, "{proto}: {v}");
+    assert_eq!(r["counts"][name].as_u64(), Some(n), "{proto}: {v}");
+    assert_eq!(r["counts"].as_object().unwrap().len(), 1, "{proto}: {v}");
+    assert_eq!(r["sources"][name][source].as_u64(), Some(n), "{proto}: {v}");
 }
 
 /// The JSON report of a peer started with `spawn_peer`.
