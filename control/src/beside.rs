@@ -177,8 +177,7 @@ impl<M: KeyValueMap> FrontendMap<M> {
     /// Syncs again toward the last wanted contents (after a failure).
     pub fn retry(&mut self) -> MapSync {
         let want = std::mem::take(&mut self.want);
-        let out = self.sync(&want);
-        out
+        self.sync(&want)
     }
 
     /// Entries installed.
