@@ -9,7 +9,10 @@
 //! replies), `fwd60k` / `fwd1m` (60,000 / 1,000,000 established flows in a
 //! scattered order, one packet at a time), `fwd60k_burst` / `fwd1m_burst`
 //! (the same in bursts of 32 with the worker's pre-pass: index and session
-//! prefetch for the whole burst first), `new` (every packet opens a flow:
+//! prefetch for the whole burst first), `fwd60k_10k` / `fwd60k_10k_burst`
+//! (60,000 flows spread over 10,000 Services × 10 backends on 60,000
+//! backend addresses with static neighbours, as the replay bench's
+//! `established_60k_10k_services`), `new` (every packet opens a flow:
 //! session insert + Maglev pick). Prints `SCENARIO PACKETS NS_PER_PACKET`.
 use dataplane::pipeline::{PacketBuf, Pipeline, VecBuf, Verdict};
 use dataplane::stats::WorkerStats;
@@ -22,11 +25,18 @@ use common::*;
 
 const BURST: usize = 32;
 
-fn flow_frame(i: u32) -> Vec<u8> {
+fn flow_frame(i: u32, services: u32) -> Vec<u8> {
+    let vip = if services == 16 {
+        [198, 18, 200, (i % 16) as u8]
+    } else {
+        // Spread over the Services by a hash (as the replay bench does).
+        let h = (u64::from(i) ^ 0x5eed_f10e).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        wide_vip((h % u64::from(services)) as usize)
+    };
     udp_frame(
         [198, 18, 1 + (i >> 16) as u8, (i >> 8) as u8],
         (i as u16) | 1024,
-        [198, 18, 200, (i % 16) as u8],
+        vip,
         80,
         P0,
     )
@@ -84,12 +94,20 @@ fn main() {
         .map(|s| s.parse().expect("PACKETS must be a number"))
         .unwrap_or(1_000_000);
     let st = WorkerStats::default();
-    let t = table(16, 8);
+    let wide = scenario.starts_with("fwd60k_10k");
+    let services = if wide { 10_000 } else { 16 };
+    let t = if wide {
+        ServiceTable::new(wide_spec(10_000, 10), 1)
+    } else {
+        table(16, 8)
+    };
     let (flows, burst, reply, new) = match scenario.as_str() {
         "fwd1" => (1, 1, false, false),
         "rev1" => (1, 1, true, false),
         "fwd60k" => (60_000, 1, false, false),
         "fwd60k_burst" => (60_000, BURST, false, false),
+        "fwd60k_10k" => (60_000, 1, false, false),
+        "fwd60k_10k_burst" => (60_000, BURST, false, false),
         "fwd1m" => (1_000_000, 1, false, false),
         "fwd1m_burst" => (1_000_000, BURST, false, false),
         "new" => (n as u32, 1, false, true),
@@ -102,9 +120,12 @@ fn main() {
         // A client with a static neighbour entry, so replies go straight out.
         vec![udp_frame([198, 18, 0, 2], 40000, [198, 18, 200, 0], 80, P0)]
     } else {
-        (0..flows).map(flow_frame).collect()
+        (0..flows).map(|i| flow_frame(i, services)).collect()
     };
-    let mut p = pipeline((flows as usize).max(1024) + 1024);
+    // The neighbour cache sized to the table's next hops (as the replay
+    // bench does).
+    let neighbors = if wide { WIDE_ADDRS + 1024 } else { 4096 };
+    let mut p = pipeline_with((flows as usize).max(1024) + 1024, neighbors);
     p.on_table(&t);
     let mut frames = frames;
     if !new {

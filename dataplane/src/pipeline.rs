@@ -307,7 +307,7 @@ pub struct Pipeline {
     exception: Option<Exception>,
     /// The fast path's next-hop cache: route + fresh neighbour per
     /// destination, valid for one table version and neighbour generation.
-    egress: Box<[fast::Egress; fast::EGRESS_SLOTS]>,
+    egress: fast::EgressCache,
     /// The `random` algorithm's generator state (never 0).
     rng: u64,
 }
@@ -345,7 +345,7 @@ impl Pipeline {
             affinity: Arc::new(AffinityTable::new(cfg.affinity_slots)),
             fast_path: true,
             exception: None,
-            egress: Box::new([fast::Egress::default(); fast::EGRESS_SLOTS]),
+            egress: fast::EgressCache::new(cfg.neighbors),
             rng: random_seed(id),
         }
     }

@@ -133,41 +133,117 @@ impl Pipeline {
     }
 }
 
-/// Slots of the next-hop cache (direct-mapped by destination).
-pub(super) const EGRESS_SLOTS: usize = 256;
-
-/// A cached next hop: where packets to `dst` go and the MAC they get.
+/// A cached next hop (32 bytes: two per cache line, see [`EgressSet`]).
 #[derive(Clone, Copy, Default)]
+#[repr(C)]
 pub(super) struct Egress {
-    dst: Addr,
-    version: u64,
-    generation: u64,
+    /// The neighbour stays fresh before this time (ms).
     until: u64,
+    /// The IPv4 destination (its octets in memory order).
+    dst: u32,
+    /// The cache's stamp when this was resolved; 0: empty.
+    stamp: u32,
     port: u16,
     mac: MacAddr,
-    valid: bool,
+    _pad: [u8; 8],
+}
+
+/// Two ways of the set-associative cache, one cache line.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+pub(super) struct EgressSet([Egress; 2]);
+
+/// The fast path's next-hop cache: route + fresh neighbour per IPv4
+/// destination, two-way set-associative, sized to the neighbour cache
+/// (two places per neighbour, [`EgressCache::new`]) so that a table with
+/// as many next hops as the neighbour cache holds stays in it. Every entry
+/// is valid only for the stamp it was resolved under, and the stamp moves
+/// whenever the table version (routes) or the neighbour generation (every
+/// neighbour change) does — the same rule as one compare of both per entry,
+/// in a 32-byte entry; and only until the neighbour would go stale.
+pub(super) struct EgressCache {
+    sets: Vec<EgressSet>,
+    /// `32 - log2(sets.len())`: the set is the top bits of a multiplicative hash.
+    shift: u32,
+    /// The current stamp (never 0 once a lookup ran).
+    stamp: u32,
+    /// (table version, neighbour generation) of `stamp`.
+    key: Option<(u64, u64)>,
+    /// Lookups that had to route and resolve (for tests and benchmarks).
+    misses: u64,
+}
+
+/// Bounds of the number of sets (64 bytes each).
+const EGRESS_MIN_SETS: usize = 128;
+const EGRESS_MAX_SETS: usize = 1 << 20;
+
+impl EgressCache {
+    /// A cache with two places per neighbour-cache entry (`neighbors`),
+    /// rounded up to a power of two: 64 bytes per neighbour, at least
+    /// 8 KiB, at most 64 MiB. Allocated once.
+    pub(super) fn new(neighbors: usize) -> Self {
+        let n = neighbors
+            .clamp(EGRESS_MIN_SETS, EGRESS_MAX_SETS)
+            .next_power_of_two();
+        EgressCache {
+            sets: vec![EgressSet::default(); n],
+            shift: 32 - n.trailing_zeros(),
+            stamp: 0,
+            key: None,
+            misses: 0,
+        }
+    }
+
+    /// Bytes this cache takes.
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.sets.len() * core::mem::size_of::<EgressSet>()
+    }
+
+    /// Moves to a new stamp when the table version or the neighbour
+    /// generation changed (everything cached before is then dead); on the
+    /// (theoretical) wrap of the stamp, empties the cache.
+    #[inline]
+    fn sync(&mut self, version: u64, generation: u64) -> u32 {
+        if self.key != Some((version, generation)) {
+            self.key = Some((version, generation));
+            self.stamp = self.stamp.wrapping_add(1);
+            if self.stamp == 0 {
+                self.sets.fill(EgressSet::default());
+                self.stamp = 1;
+            }
+        }
+        self.stamp
+    }
+
+    #[inline]
+    fn set_of(&self, d4: u32) -> usize {
+        (d4.wrapping_mul(0x9E37_79B1) >> self.shift) as usize
+    }
 }
 
 impl Pipeline {
-    /// Egress port and destination MAC for `dst`: the route and a fresh
-    /// neighbour, from the cache while the table version and the neighbour
-    /// generation are unchanged and the neighbour stays fresh; `None` when
-    /// there is no route or the neighbour is not fresh (the general path
-    /// then routes, solicits or holds).
+    /// Egress port and destination MAC for the IPv4 destination `dst`: the
+    /// route and a fresh neighbour, from the cache while the table version
+    /// and the neighbour generation are unchanged and the neighbour stays
+    /// fresh; `None` when there is no route or the neighbour is not fresh
+    /// (the general path then routes, solicits or holds).
     #[inline]
-    fn egress_for(&mut self, t: &ServiceTable, dst: &Addr, now: u64) -> Option<(u16, MacAddr)> {
-        let h = u32::from_ne_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]);
-        let slot = (h.wrapping_mul(0x9E37_79B1) >> 24) as usize % EGRESS_SLOTS;
-        let generation = self.neighbors.generation();
-        let e = &self.egress[slot];
-        if e.valid
-            && e.dst == *dst
-            && e.version == t.version
-            && e.generation == generation
-            && now < e.until
-        {
-            return Some((e.port, e.mac));
+    pub(super) fn egress_for(
+        &mut self,
+        t: &ServiceTable,
+        dst: &Addr,
+        now: u64,
+    ) -> Option<(u16, MacAddr)> {
+        let d4 = u32::from_ne_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]);
+        let stamp = self.egress.sync(t.version, self.neighbors.generation());
+        let si = self.egress.set_of(d4);
+        let set = &self.egress.sets[si];
+        for e in &set.0 {
+            if e.stamp == stamp && e.dst == d4 && now < e.until {
+                return Some((e.port, e.mac));
+            }
         }
+        self.egress.misses += 1;
         if self.exception.is_some() && t.local_port(dst).is_some() {
             // For the node's kernel: the general path delivers it (never cached).
             return None;
@@ -178,16 +254,37 @@ impl Pipeline {
             return None;
         }
         let (mac, until) = self.neighbors.fresh_until(&hop.addr, now)?;
-        self.egress[slot] = Egress {
-            dst: *dst,
-            version: t.version,
-            generation,
+        let e = Egress {
             until,
+            dst: d4,
+            stamp,
             port: hop.port,
             mac,
-            valid: true,
+            _pad: [0; 8],
         };
+        // The way that held this destination or a dead entry; else the
+        // older way goes (way 0 holds the most recently resolved).
+        let set = &mut self.egress.sets[si].0;
+        let w = set
+            .iter()
+            .position(|x| x.dst == d4 || x.stamp != stamp)
+            .unwrap_or_else(|| {
+                set[1] = set[0];
+                0
+            });
+        set[w] = e;
         Some((hop.port, mac))
+    }
+
+    /// Fast-path next-hop lookups that missed the cache so far.
+    pub fn next_hop_misses(&self) -> u64 {
+        self.egress.misses
+    }
+
+    /// Bytes of the fast path's next-hop cache (allocated once, sized to
+    /// the neighbour cache: 64 bytes per neighbour).
+    pub fn next_hop_cache_bytes(&self) -> usize {
+        self.egress.memory_bytes()
     }
 }
 
@@ -291,6 +388,11 @@ mod tests {
 
     /// [`table`] without backend `198.19.0.<skip>`.
     fn table_without(version: u64, skip: Option<u8>) -> ServiceTable {
+        ServiceTable::new(spec_without(skip), version)
+    }
+
+    /// What [`table_without`] builds.
+    fn spec_without(skip: Option<u8>) -> TableSpec {
         let svc = |vip: u8, proto, masquerade| ServiceSpec {
             source_ranges: vec![],
             affinity_timeout: None,
@@ -309,7 +411,7 @@ mod tests {
                 .map(|b| SockAddr::new(v4([198, 19, 0, b]), 8080))
                 .collect(),
         };
-        let spec = TableSpec {
+        TableSpec {
             services: vec![
                 svc(1, Proto::Tcp, false),
                 svc(1, Proto::Udp, false),
@@ -343,8 +445,7 @@ mod tests {
                 .collect(),
             masquerade: MasqueradePolicy::default(),
             ..Default::default()
-        };
-        ServiceTable::new(spec, version)
+        }
     }
 
     fn pipeline(fast: bool, mtu1: u16) -> Pipeline {
@@ -698,5 +799,159 @@ mod tests {
         );
         let probes: Vec<_> = p.take_solicits().collect();
         assert_eq!(probes, vec![(1, v4([198, 19, 0, 12]))]);
+    }
+
+    /// A UDP flow of `p` whose backend is `198.19.0.<want>`: (request, output).
+    fn flow_to(
+        p: &mut Pipeline,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        want: u8,
+    ) -> (Vec<u8>, Vec<u8>) {
+        (40000u16..41000)
+            .map(|port| {
+                let f = frame(
+                    P0,
+                    ([198, 18, 0, 2], port),
+                    ([198, 18, 100, 1], 80),
+                    None,
+                    18,
+                );
+                let (v, out) = run(p, t, st, 0, &f, 0);
+                assert_eq!(v, Verdict::Tx(1));
+                (f, out)
+            })
+            .find(|(_, out)| out[33] == want)
+            .expect("some flow lands on the backend")
+    }
+
+    #[test]
+    fn cached_next_hops_follow_route_changes() {
+        let t = table(1);
+        let st = WorkerStats::default();
+        let mut p = pipeline(true, 1500);
+        p.on_table(&t);
+        // A flow to the static backend .10, on port 1, cached.
+        let (f, out) = flow_to(&mut p, &t, &st, 10);
+        assert_eq!(&out[0..6], &[2, 0, 0, 1, 0, 10]);
+        for now in [1, 2] {
+            let (v, o) = run(&mut p, &t, &st, 0, &f, now);
+            assert_eq!((v, &o[0..6]), (Verdict::Tx(1), &[2, 0, 0, 1, 0, 10][..]));
+        }
+        let fast = st.fast_path.load(Relaxed);
+        let misses = p.next_hop_misses();
+        // The next table routes .10 through a gateway on port 0: the very
+        // next packet follows the new route, still on the fast path.
+        let mut spec = spec_without(None);
+        spec.routes.push(crate::table::Route {
+            prefix: v4([198, 19, 0, 10]),
+            len: 32,
+            port: 0,
+            via: Some(v4([198, 18, 0, 2])),
+        });
+        let t2 = ServiceTable::new(spec, 2);
+        p.on_table(&t2);
+        let (v, o) = run(&mut p, &t2, &st, 0, &f, 3);
+        assert_eq!((v, &o[0..6]), (Verdict::Tx(0), &CLIENT_MAC.0[..]));
+        assert_eq!(st.fast_path.load(Relaxed), fast + 1);
+        assert_eq!(p.next_hop_misses(), misses + 1, "re-resolved once");
+        let (v, _) = run(&mut p, &t2, &st, 0, &f, 4);
+        assert_eq!(v, Verdict::Tx(0));
+        assert_eq!(p.next_hop_misses(), misses + 1, "then cached again");
+        // And back (a table without the route): port 1 again.
+        let t3 = table(3);
+        p.on_table(&t3);
+        let (v, o) = run(&mut p, &t3, &st, 0, &f, 5);
+        assert_eq!((v, &o[0..6]), (Verdict::Tx(1), &[2, 0, 0, 1, 0, 10][..]));
+    }
+
+    /// A table with `n` static neighbours on port 1 (198.19.x.y, all on-link).
+    fn wide_table(n: u32) -> (ServiceTable, Vec<Addr>) {
+        let addrs: Vec<Addr> = (0..n)
+            .map(|i| v4([198, 19, 1 + (i / 250) as u8, 1 + (i % 250) as u8]))
+            .collect();
+        let mut spec = spec_without(None);
+        spec.interfaces[1].prefix_len = 16;
+        spec.neighbors
+            .extend(addrs.iter().map(|&addr| StaticNeighbor {
+                addr,
+                mac: MacAddr([2, 0, 1, 0, 0, 1]),
+                port: 1,
+            }));
+        (ServiceTable::new(spec, 1), addrs)
+    }
+
+    fn pipeline_with_neighbors(neighbors: usize) -> Pipeline {
+        Pipeline::new(
+            0,
+            1,
+            vec![
+                PortInfo {
+                    mac: P0,
+                    vlan: None,
+                    mtu: 1500,
+                },
+                PortInfo {
+                    mac: P1,
+                    vlan: None,
+                    mtu: 1500,
+                },
+            ],
+            PipelineConfig {
+                sessions: 1024,
+                neighbors,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn next_hop_cache_holds_as_many_destinations_as_the_neighbour_cache() {
+        // 6,000 next hops (far more than the old 256-slot cache) in a
+        // pipeline whose neighbour cache is sized for them: each is
+        // resolved once, then every lookup hits.
+        let (t, addrs) = wide_table(6000);
+        let mut p = pipeline_with_neighbors(8192);
+        p.on_table(&t);
+        assert_eq!(p.next_hop_cache_bytes(), 8192 * 64);
+        for round in 0..3 {
+            for a in &addrs {
+                assert_eq!(
+                    p.egress_for(&t, a, round),
+                    Some((1, MacAddr([2, 0, 1, 0, 0, 1])))
+                );
+            }
+            assert_eq!(p.next_hop_misses(), 6000, "round {round}");
+        }
+        // Default-sized pipelines keep a small cache.
+        assert_eq!(pipeline(true, 1500).next_hop_cache_bytes(), 4096 * 64);
+    }
+
+    #[test]
+    fn next_hop_cache_stamp_wrap_forgets_every_entry() {
+        let t = table(1);
+        let mut p = pipeline(true, 1500);
+        p.on_table(&t);
+        let b = v4([198, 19, 0, 12]);
+        assert_eq!(
+            p.egress_for(&t, &b, 1),
+            Some((1, MacAddr([2, 0, 0, 1, 0, 12])))
+        );
+        let stamp = p.egress.stamp;
+        // 2^32 - 1 changes later the stamp comes round again to the one the
+        // entry was resolved under: it must not be taken for current.
+        p.egress.stamp = stamp.wrapping_sub(1).wrapping_sub(1);
+        p.learn_from_peer(
+            NeighborUpdate {
+                addr: b,
+                mac: MacAddr([2, 0, 0, 9, 9, 12]),
+                port: 1,
+            },
+            2,
+        );
+        assert_eq!(
+            p.egress_for(&t, &b, 3),
+            Some((1, MacAddr([2, 0, 0, 9, 9, 12])))
+        );
     }
 }
