@@ -35,6 +35,30 @@ pub trait PacketBuf {
     fn truncate(&mut self, len: usize);
     /// Grows the packet by `n` bytes at the end; false if there is no tailroom.
     fn extend(&mut self, n: usize) -> bool;
+    /// What the NIC found checking the IPv4 header checksum on receipt
+    /// (an mbuf's `RTE_MBUF_F_RX_IP_CKSUM_*` flags); unknown by default.
+    #[inline]
+    fn rx_ip_checksum(&self) -> RxChecksum {
+        RxChecksum::Unknown
+    }
+}
+
+/// A receive checksum check the NIC did (DPDK's `RTE_MBUF_F_RX_*_CKSUM_*`).
+/// Only [`RxChecksum::Good`] changes anything: the fast path then skips
+/// its own IPv4 header checksum check; every other value (a NIC that did
+/// not check, a `Bad` verdict) leaves the check to software as without
+/// offloads, so a bad header is dropped and counted as before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RxChecksum {
+    /// Not checked (no offload, or the PMD does not say).
+    #[default]
+    Unknown,
+    /// Checked and correct.
+    Good,
+    /// Checked and wrong.
+    Bad,
+    /// Not checkable (the NIC says the packet has none / is not IPv4).
+    None,
 }
 
 /// A heap buffer with mbuf-like head- and tailroom: a [`PacketBuf`] for
@@ -44,6 +68,7 @@ pub struct VecBuf {
     buf: Vec<u8>,
     off: usize,
     len: usize,
+    ip_checksum: RxChecksum,
 }
 
 /// Headroom of a [`VecBuf`] (as an mbuf's).
@@ -60,12 +85,20 @@ impl VecBuf {
             buf,
             off: VECBUF_HEADROOM,
             len: frame.len(),
+            ip_checksum: RxChecksum::Unknown,
         }
+    }
+    /// Sets what [`PacketBuf::rx_ip_checksum`] reports (as a NIC's receive
+    /// checksum offload would); kept across [`VecBuf::reset`].
+    pub fn set_rx_ip_checksum(&mut self, c: RxChecksum) {
+        self.ip_checksum = c;
     }
     /// Puts `frame` back in (reuses the allocation when it fits).
     pub fn reset(&mut self, frame: &[u8]) {
         if self.buf.len() < VECBUF_HEADROOM + frame.len() + VECBUF_TAILROOM {
+            let c = self.ip_checksum;
             *self = VecBuf::new(frame);
+            self.ip_checksum = c;
             return;
         }
         self.off = VECBUF_HEADROOM;
@@ -79,6 +112,10 @@ impl VecBuf {
 }
 
 impl PacketBuf for VecBuf {
+    #[inline]
+    fn rx_ip_checksum(&self) -> RxChecksum {
+        self.ip_checksum
+    }
     fn data(&self) -> &[u8] {
         &self.buf[self.off..self.off + self.len]
     }

@@ -6,7 +6,8 @@
 //! against a new table as the general path does), state touch,
 //! DNAT/SNAT or reverse rewrite with the same incremental-checksum helpers
 //! as the general path, TTL, L2 rewrite. Anything else — IP options,
-//! fragments, TCP SYN/FIN/RST, a UDP session whose backend a new table
+//! fragments, TCP SYN/FIN/RST, a bad IPv4 header checksum (not checked
+//! again when the NIC's receive offload reported it good), a UDP session whose backend a new table
 //! removed, a packet over the egress MTU, a neighbour that is not fresh, VLAN
 //! tags, SCTP, IPv6, malformed headers — returns `None` before any side
 //! effect and the general path in [`Pipeline::process`] takes the packet
@@ -45,7 +46,11 @@ impl Pipeline {
         if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 || ip[8] <= 1 {
             return None;
         }
-        if checksum::fold(checksum::sum(&ip[..20], 0)) != 0xFFFF {
+        // The header checksum, unless the NIC checked it (a `Bad` or
+        // unknown verdict: checked here, and the general path drops it).
+        if pkt.rx_ip_checksum() != RxChecksum::Good
+            && checksum::fold(checksum::sum(&ip[..20], 0)) != 0xFFFF
+        {
             return None;
         }
         let l4 = &ip[20..total];
@@ -165,10 +170,12 @@ pub(super) struct EgressCache {
     sets: Vec<EgressSet>,
     /// `32 - log2(sets.len())`: the set is the top bits of a multiplicative hash.
     shift: u32,
-    /// The current stamp (never 0 once a lookup ran).
+    /// The current stamp. It starts at 0 with `key` at a value no table
+    /// and neighbour cache have together; empty entries (stamp 0) never
+    /// match because their `until` is 0.
     stamp: u32,
     /// (table version, neighbour generation) of `stamp`.
-    key: Option<(u64, u64)>,
+    key: (u64, u64),
     /// Lookups that had to route and resolve (for tests and benchmarks).
     misses: u64,
 }
@@ -189,7 +196,7 @@ impl EgressCache {
             sets: vec![EgressSet::default(); n],
             shift: 32 - n.trailing_zeros(),
             stamp: 0,
-            key: None,
+            key: (u64::MAX, u64::MAX),
             misses: 0,
         }
     }
@@ -199,23 +206,31 @@ impl EgressCache {
         self.sets.len() * core::mem::size_of::<EgressSet>()
     }
 
-    /// Moves to a new stamp when the table version or the neighbour
-    /// generation changed (everything cached before is then dead); on the
-    /// (theoretical) wrap of the stamp, empties the cache.
-    #[inline]
+    /// The stamp for `(version, generation)`: the current one, or (on a
+    /// change of either) the next, which makes everything cached before
+    /// dead; on the (theoretical) wrap of the stamp the cache is emptied.
+    #[inline(always)]
     fn sync(&mut self, version: u64, generation: u64) -> u32 {
-        if self.key != Some((version, generation)) {
-            self.key = Some((version, generation));
-            self.stamp = self.stamp.wrapping_add(1);
-            if self.stamp == 0 {
-                self.sets.fill(EgressSet::default());
-                self.stamp = 1;
-            }
+        if self.key == (version, generation) {
+            self.stamp
+        } else {
+            self.advance(version, generation)
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn advance(&mut self, version: u64, generation: u64) -> u32 {
+        self.key = (version, generation);
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.sets.fill(EgressSet::default());
+            self.stamp = 1;
         }
         self.stamp
     }
 
-    #[inline]
+    #[inline(always)]
     fn set_of(&self, d4: u32) -> usize {
         (d4.wrapping_mul(0x9E37_79B1) >> self.shift) as usize
     }
@@ -227,7 +242,7 @@ impl Pipeline {
     /// and the neighbour generation are unchanged and the neighbour stays
     /// fresh; `None` when there is no route or the neighbour is not fresh
     /// (the general path then routes, solicits or holds).
-    #[inline]
+    #[inline(always)]
     pub(super) fn egress_for(
         &mut self,
         t: &ServiceTable,
@@ -237,12 +252,27 @@ impl Pipeline {
         let d4 = u32::from_ne_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]);
         let stamp = self.egress.sync(t.version, self.neighbors.generation());
         let si = self.egress.set_of(d4);
-        let set = &self.egress.sets[si];
-        for e in &set.0 {
-            if e.stamp == stamp && e.dst == d4 && now < e.until {
-                return Some((e.port, e.mac));
+        if let Some(set) = self.egress.sets.get(si) {
+            for e in &set.0 {
+                if e.stamp == stamp && e.dst == d4 && now < e.until {
+                    return Some((e.port, e.mac));
+                }
             }
         }
+        self.egress_miss(t, dst, si, stamp, now)
+    }
+
+    /// [`Self::egress_for`] when the cache has no fresh entry: route,
+    /// resolve, and cache the answer in set `si` under `stamp`.
+    #[inline(never)]
+    fn egress_miss(
+        &mut self,
+        t: &ServiceTable,
+        dst: &Addr,
+        si: usize,
+        stamp: u32,
+        now: u64,
+    ) -> Option<(u16, MacAddr)> {
         self.egress.misses += 1;
         if self.exception.is_some() && t.local_port(dst).is_some() {
             // For the node's kernel: the general path delivers it (never cached).
@@ -254,6 +284,7 @@ impl Pipeline {
             return None;
         }
         let (mac, until) = self.neighbors.fresh_until(&hop.addr, now)?;
+        let d4 = u32::from_ne_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]);
         let e = Egress {
             until,
             dst: d4,
@@ -264,15 +295,17 @@ impl Pipeline {
         };
         // The way that held this destination or a dead entry; else the
         // older way goes (way 0 holds the most recently resolved).
-        let set = &mut self.egress.sets[si].0;
-        let w = set
-            .iter()
-            .position(|x| x.dst == d4 || x.stamp != stamp)
-            .unwrap_or_else(|| {
-                set[1] = set[0];
-                0
-            });
-        set[w] = e;
+        if let Some(set) = self.egress.sets.get_mut(si) {
+            let set = &mut set.0;
+            let w = set
+                .iter()
+                .position(|x| x.dst == d4 || x.stamp != stamp)
+                .unwrap_or_else(|| {
+                    set[1] = set[0];
+                    0
+                });
+            set[w] = e;
+        }
         Some((hop.port, mac))
     }
 
@@ -863,6 +896,60 @@ mod tests {
         p.on_table(&t3);
         let (v, o) = run(&mut p, &t3, &st, 0, &f, 5);
         assert_eq!((v, &o[0..6]), (Verdict::Tx(1), &[2, 0, 0, 1, 0, 10][..]));
+    }
+
+    #[test]
+    fn nic_checksum_verdicts() {
+        let t = table(1);
+        let st = WorkerStats::default();
+        let mut p = pipeline(true, 1500);
+        p.on_table(&t);
+        let f = frame(
+            P0,
+            ([198, 18, 0, 2], 40000),
+            ([198, 18, 100, 1], 80),
+            None,
+            18,
+        );
+        assert_eq!(run(&mut p, &t, &st, 0, &f, 0).0, Verdict::Tx(1));
+        let mut bad = f.clone();
+        bad[14 + 10] ^= 0x5a;
+        let go = |p: &mut Pipeline, f: &[u8], c: RxChecksum| {
+            let mut b = VecBuf::new(f);
+            b.set_rx_ip_checksum(c);
+            let v = p.process(&t, &st, 0, &mut b, 1, false);
+            (v, b.bytes())
+        };
+        let fast = |st: &WorkerStats| st.fast_path.load(Relaxed);
+        // A good header: the fast path whatever the NIC says (a `Bad`
+        // verdict is not trusted over software, as without offloads).
+        let reference = run(&mut p, &t, &st, 0, &f, 1);
+        for c in [
+            RxChecksum::Unknown,
+            RxChecksum::Good,
+            RxChecksum::Bad,
+            RxChecksum::None,
+        ] {
+            let before = fast(&st);
+            let (v, out) = go(&mut p, &f, c);
+            assert_eq!((v, &out), (reference.0, &reference.1), "{c:?}");
+            assert_eq!(fast(&st), before + 1, "{c:?}");
+        }
+        // A bad header checksum is dropped (the worker counts the verdict)
+        // unless the NIC vouched for it.
+        for c in [RxChecksum::Unknown, RxChecksum::Bad, RxChecksum::None] {
+            let before = fast(&st);
+            assert_eq!(
+                go(&mut p, &bad, c).0,
+                Verdict::Drop(DropReason::BadChecksum),
+                "{c:?}"
+            );
+            assert_eq!(fast(&st), before, "{c:?}");
+        }
+        // `Good`: the NIC's word is taken, the header is not summed again.
+        let before = fast(&st);
+        assert_eq!(go(&mut p, &bad, RxChecksum::Good).0, Verdict::Tx(1));
+        assert_eq!(fast(&st), before + 1);
     }
 
     /// A table with `n` static neighbours on port 1 (198.19.x.y, all on-link).
