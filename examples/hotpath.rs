@@ -9,7 +9,8 @@
 //! replies), `fwd60k` / `fwd1m` (60,000 / 1,000,000 established flows in a
 //! scattered order, one packet at a time), `fwd60k_burst` / `fwd1m_burst`
 //! (the same in bursts of 32 with the worker's pre-pass: index and session
-//! prefetch for the whole burst first), `fwd60k_10k` / `fwd60k_10k_burst`
+//! prefetch for the whole burst first; next-hop lines 4 packets ahead when
+//! there are many neighbours), `fwd60k_10k` / `fwd60k_10k_burst`
 //! (60,000 flows spread over 10,000 Services × 10 backends on 60,000
 //! backend addresses with static neighbours, as the replay bench's
 //! `established_60k_10k_services`), `new` (every packet opens a flow:
@@ -26,6 +27,8 @@ mod common;
 use common::*;
 
 const BURST: usize = 32;
+/// Next-hop prefetch distance (as the worker's `NEXT_HOP_AHEAD`).
+const AHEAD: usize = 4;
 
 fn flow_frame(i: u32, services: u32) -> Vec<u8> {
     let vip = if services == 16 {
@@ -61,6 +64,8 @@ fn measure(
     let mut sent = 0;
     let mut k = 0usize;
     let mut hashes = [0u64; BURST];
+    let mut cands = [0u32; BURST];
+    let hops = prepass && p.next_hop_prefetch_pays();
     let len = frames.len();
     let mut done = 0;
     while done < n {
@@ -74,13 +79,33 @@ fn measure(
             for (h, b) in hashes.iter_mut().zip(&bufs[..m]) {
                 *h = p.prefetch_index(b.data());
             }
-            for &h in &hashes[..m] {
-                p.prefetch_session(h);
+            if hops {
+                for (h, c) in hashes[..m].iter().zip(&mut cands[..m]) {
+                    *c = p.prefetch_session(*h);
+                }
+                for &c in cands[..m].iter().take(AHEAD) {
+                    p.prefetch_next_hop(c);
+                }
+            } else {
+                for &h in &hashes[..m] {
+                    p.prefetch_session(h);
+                }
             }
         }
-        for b in bufs[..m].iter_mut() {
-            if matches!(p.process(t, st, in_port, b, 1, false), Verdict::Tx(_)) {
-                sent += 1;
+        if hops {
+            for (i, b) in bufs[..m].iter_mut().enumerate() {
+                if let Some(&c) = cands[..m].get(i + AHEAD) {
+                    p.prefetch_next_hop(c);
+                }
+                if matches!(p.process(t, st, in_port, b, 1, false), Verdict::Tx(_)) {
+                    sent += 1;
+                }
+            }
+        } else {
+            for b in bufs[..m].iter_mut() {
+                if matches!(p.process(t, st, in_port, b, 1, false), Verdict::Tx(_)) {
+                    sent += 1;
+                }
             }
         }
         done += m;

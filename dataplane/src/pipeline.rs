@@ -283,6 +283,8 @@ impl Default for PipelineConfig {
 }
 
 const MAX_PENDING: usize = 16;
+/// See [`Pipeline::next_hop_prefetch_pays`].
+pub const NEXT_HOP_PREFETCH_NEIGHBORS: usize = 1024;
 /// Masquerade ports: this range is split into one contiguous partition per
 /// worker, so the SNAT port of a reply names its owning worker.
 pub const SNAT_PORTS: core::ops::RangeInclusive<u16> = 32768..=65535;
@@ -578,12 +580,44 @@ impl Pipeline {
     }
 
     /// Burst pre-pass, step 2 (after step 1 for the whole burst): prefetches
-    /// the session a tuple with hash `h` probably belongs to.
+    /// the session a tuple with hash `h` probably belongs to, and returns
+    /// that candidate for step 3 ([`Pipeline::prefetch_next_hop`]).
     #[inline]
-    pub fn prefetch_session(&self, h: u64) {
+    pub fn prefetch_session(&self, h: u64) -> u32 {
         if h != 0 {
-            self.sessions.prefetch_session(h);
+            self.sessions.prefetch_session(h)
+        } else {
+            crate::session::NO_CANDIDATE
         }
+    }
+
+    /// Burst pre-pass, step 3 (a few packets before the packet whose step 2
+    /// returned `c` is processed, so that its session has landed):
+    /// prefetches the fast path's next-hop cache line for the destination
+    /// the candidate session would send the packet to (its backend, or its
+    /// client for a reply). Only a hint, like steps 1 and 2: with a table
+    /// of many backends that line is the one miss the session prefetch
+    /// leaves. Worth its instructions only when
+    /// [`Pipeline::next_hop_prefetch_pays`].
+    #[inline]
+    pub fn prefetch_next_hop(&self, c: u32) {
+        if let Some((s, reply)) = self.sessions.candidate(c) {
+            let to = if reply {
+                &s.client.addr
+            } else {
+                &s.backend.addr
+            };
+            self.egress.prefetch(to);
+        }
+    }
+
+    /// Whether step 3 of the pre-pass pays: with more than
+    /// [`NEXT_HOP_PREFETCH_NEIGHBORS`] neighbours the next-hop cache lines
+    /// in use outgrow the core's own caches; below that they stay hot and
+    /// the prefetch would only add instructions.
+    #[inline]
+    pub fn next_hop_prefetch_pays(&self) -> bool {
+        self.neighbors.len() > NEXT_HOP_PREFETCH_NEIGHBORS
     }
 
     /// Processes one packet that arrived on `in_port` (or was handed over by

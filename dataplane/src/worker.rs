@@ -36,6 +36,9 @@ const HOLD_MS: u64 = 3_000;
 /// (below, the table is cache-resident and the pre-pass would cost more
 /// than it saves).
 const PREFETCH_SESSIONS: usize = 16_384;
+/// How many packets ahead of processing the pre-pass prefetches next-hop
+/// cache lines (their sessions must have landed by then).
+const NEXT_HOP_AHEAD: usize = 4;
 /// Empty polls before the optional idle sleep kicks in.
 const IDLE_POLLS: u32 = 256;
 
@@ -382,6 +385,7 @@ impl Worker {
         // Allocated once, before the loop.
         let mut rx = RxBurst::default();
         let mut hashes = [0u64; dpdk::BURST];
+        let mut cands = [crate::session::NO_CANDIDATE; dpdk::BURST];
         let mut b = Buffers {
             tx: (0..n_ports).map(|_| TxBuffer::default()).collect(),
             handoff: (0..n_workers).map(|_| TxBuffer::default()).collect(),
@@ -419,20 +423,38 @@ impl Worker {
                     }
                     work += got;
                     WorkerStats::add(&st.rx_packets, got as u64);
-                    if self.pipeline.sessions.len() >= PREFETCH_SESSIONS {
+                    let n = rx.remaining();
+                    let prepass = self.pipeline.sessions.len() >= PREFETCH_SESSIONS;
+                    let hops = prepass && self.pipeline.next_hop_prefetch_pays();
+                    if prepass {
                         // Burst-wide pre-pass: packet data, then the session
                         // index lines, then the sessions, so the misses of a
-                        // large table overlap instead of stalling one by one.
+                        // large table overlap instead of stalling one by one;
+                        // with many neighbours the next-hop lines follow a
+                        // few packets ahead.
                         rx.prefetch_all();
-                        let n = rx.remaining();
                         for (i, h) in hashes[..n].iter_mut().enumerate() {
                             *h = self.pipeline.prefetch_index(rx.peek(i));
                         }
-                        for &h in &hashes[..n] {
-                            self.pipeline.prefetch_session(h);
+                        if hops {
+                            for (h, c) in hashes[..n].iter().zip(&mut cands[..n]) {
+                                *c = self.pipeline.prefetch_session(*h);
+                            }
+                            for &c in cands[..n].iter().take(NEXT_HOP_AHEAD) {
+                                self.pipeline.prefetch_next_hop(c);
+                            }
+                        } else {
+                            for &h in &hashes[..n] {
+                                self.pipeline.prefetch_session(h);
+                            }
                         }
                     }
-                    for mut m in rx.by_ref() {
+                    for (i, mut m) in rx.by_ref().enumerate() {
+                        if hops {
+                            if let Some(&c) = cands[..n].get(i + NEXT_HOP_AHEAD) {
+                                self.pipeline.prefetch_next_hop(c);
+                            }
+                        }
                         WorkerStats::add(&st.rx_bytes, m.len() as u64);
                         m.set_port(pi as u16);
                         handle(&mut self.pipeline, table, st, &mut b, m, now, false);

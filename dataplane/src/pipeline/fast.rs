@@ -234,6 +234,16 @@ impl EgressCache {
     fn set_of(&self, d4: u32) -> usize {
         (d4.wrapping_mul(0x9E37_79B1) >> self.shift) as usize
     }
+
+    /// Prefetches the set an IPv4 destination `dst` would be cached in
+    /// (for an IPv6 one, some set: a wasted hint, not worth a branch).
+    #[inline(always)]
+    pub(super) fn prefetch(&self, dst: &Addr) {
+        let d4 = u32::from_ne_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]);
+        if let Some(set) = self.sets.get(self.set_of(d4)) {
+            crate::dpdk::prefetch_read(set);
+        }
+    }
 }
 
 impl Pipeline {
@@ -1010,8 +1020,17 @@ mod tests {
             }
             assert_eq!(p.next_hop_misses(), 6000, "round {round}");
         }
+        // With that many neighbours the worker's pre-pass prefetches next-hop
+        // lines (any candidate value is a safe hint); with few it does not.
+        assert!(p.next_hop_prefetch_pays());
+        for c in [0, 1, 12_345, u32::MAX - 1, crate::session::NO_CANDIDATE] {
+            p.prefetch_next_hop(c);
+        }
         // Default-sized pipelines keep a small cache.
-        assert_eq!(pipeline(true, 1500).next_hop_cache_bytes(), 4096 * 64);
+        let mut small = pipeline(true, 1500);
+        small.on_table(&table(1));
+        assert!(!small.next_hop_prefetch_pays());
+        assert_eq!(small.next_hop_cache_bytes(), 4096 * 64);
     }
 
     #[test]
