@@ -97,11 +97,20 @@ fn measure(
                 if let Some(&c) = cands[..m].get(i + AHEAD) {
                     p.prefetch_next_hop(c);
                 }
-                if matches!(p.process(t, st, in_port, b, 1, false), Verdict::Tx(_)) {
+                let v = p.process_hinted(t, st, in_port, b, 1, false, hashes[i]);
+                if matches!(v, Verdict::Tx(_)) {
+                    sent += 1;
+                }
+            }
+        } else if prepass {
+            for (i, b) in bufs[..m].iter_mut().enumerate() {
+                let v = p.process_hinted(t, st, in_port, b, 1, false, hashes[i]);
+                if matches!(v, Verdict::Tx(_)) {
                     sent += 1;
                 }
             }
         } else {
+            // As the worker calls it (no pre-pass: no hash).
             for b in bufs[..m].iter_mut() {
                 if matches!(p.process(t, st, in_port, b, 1, false), Verdict::Tx(_)) {
                     sent += 1;

@@ -622,6 +622,7 @@ impl Pipeline {
 
     /// Processes one packet that arrived on `in_port` (or was handed over by
     /// another worker when `handed_off`). The buffer may be rewritten in place.
+    #[inline]
     pub fn process<B: PacketBuf>(
         &mut self,
         t: &ServiceTable,
@@ -632,10 +633,50 @@ impl Pipeline {
         handed_off: bool,
     ) -> Verdict {
         if self.fast_path {
-            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now) {
+            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now, 0) {
                 return v;
             }
         }
+        self.general(t, st, in_port, pkt, now, handed_off)
+    }
+
+    /// [`Pipeline::process`] with the session-index hash the burst pre-pass
+    /// computed for this frame ([`Pipeline::prefetch_index`]; 0: none), so
+    /// that the fast path does not hash the tuple again. Only a hint: a
+    /// wrong one makes the fast path miss and the general path (which
+    /// hashes for itself) take the packet — never a wrong session, since
+    /// every hit is checked against the whole tuple.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn process_hinted<B: PacketBuf>(
+        &mut self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        in_port: u16,
+        pkt: &mut B,
+        now: u64,
+        handed_off: bool,
+        hash: u64,
+    ) -> Verdict {
+        if self.fast_path {
+            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now, hash) {
+                return v;
+            }
+        }
+        self.general(t, st, in_port, pkt, now, handed_off)
+    }
+
+    /// The general path: every packet the fast path did not take.
+    #[inline(never)]
+    fn general<B: PacketBuf>(
+        &mut self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        in_port: u16,
+        pkt: &mut B,
+        now: u64,
+        handed_off: bool,
+    ) -> Verdict {
         let Some(pinfo) = self.ports.get(in_port as usize).copied() else {
             return Verdict::Drop(DropReason::BadPort);
         };

@@ -455,9 +455,12 @@ impl Worker {
                                 self.pipeline.prefetch_next_hop(c);
                             }
                         }
+                        // The pre-pass's tuple hash, so the fast path does
+                        // not compute it again.
+                        let h = if prepass { hashes[i] } else { 0 };
                         WorkerStats::add(&st.rx_bytes, m.len() as u64);
                         m.set_port(pi as u16);
-                        handle(&mut self.pipeline, table, st, &mut b, m, now, false);
+                        handle(&mut self.pipeline, table, st, &mut b, m, now, false, h);
                     }
                 }
                 for r in &self.handoff_rx {
@@ -468,7 +471,7 @@ impl Worker {
                     work += got;
                     WorkerStats::add(&st.handoff_in, got as u64);
                     for m in rx.by_ref() {
-                        handle(&mut self.pipeline, table, st, &mut b, m, now, true);
+                        handle(&mut self.pipeline, table, st, &mut b, m, now, true, 0);
                     }
                 }
                 // Neighbour solicitations the packets above asked for.
@@ -607,6 +610,7 @@ fn push_tx(tx: &mut [TxBuffer], ports: &[u16], queue: u16, st: &WorkerStats, por
 }
 
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn handle(
     p: &mut Pipeline,
     table: &ServiceTable,
@@ -615,13 +619,19 @@ fn handle(
     mut m: Mbuf,
     now: u64,
     handed_off: bool,
+    hash: u64,
 ) {
     if m.nb_segs() != 1 {
         st.count_drop(DropReason::MultiSegment);
         return;
     }
     let in_port = m.port();
-    match p.process(table, st, in_port, &mut m, now, handed_off) {
+    let v = if hash != 0 {
+        p.process_hinted(table, st, in_port, &mut m, now, handed_off, hash)
+    } else {
+        p.process(table, st, in_port, &mut m, now, handed_off)
+    };
+    match v {
         Verdict::Tx(port) | Verdict::ToKernel(port) | Verdict::FromKernel(port) => {
             push_tx(&mut b.tx, &b.ports, b.queue, st, port, m)
         }

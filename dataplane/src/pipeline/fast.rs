@@ -16,8 +16,9 @@
 use super::*;
 
 impl Pipeline {
-    /// See the module docs. `None`: not handled, nothing changed.
-    #[inline]
+    /// See the module docs. `None`: not handled, nothing changed. `hash`:
+    /// the tuple's session-index hash if known (0: compute it).
+    #[inline(always)]
     pub(super) fn fast_v4<B: PacketBuf>(
         &mut self,
         t: &ServiceTable,
@@ -25,6 +26,7 @@ impl Pipeline {
         in_port: u16,
         pkt: &mut B,
         now: u64,
+        hash: u64,
     ) -> Option<Verdict> {
         let pinfo = self.ports.get(in_port as usize)?;
         if pinfo.vlan.is_some() {
@@ -81,7 +83,10 @@ impl Pipeline {
             dport: u16::from_be_bytes([l4[2], l4[3]]),
             proto,
         };
-        let (idx, dir) = self.sessions.lookup_hashed(&key, key_hash(&key))?;
+        // The pre-pass's hash of this tuple when there is one (see
+        // `process_hinted`).
+        let h = if hash != 0 { hash } else { key_hash(&key) };
+        let (idx, dir) = self.sessions.lookup_hashed(&key, h)?;
         let s = self.sessions.get(idx);
         // First packet since a table change: as on the general path, a UDP
         // session's backend must still be there (else the general path
@@ -906,6 +911,40 @@ mod tests {
         p.on_table(&t3);
         let (v, o) = run(&mut p, &t3, &st, 0, &f, 5);
         assert_eq!((v, &o[0..6]), (Verdict::Tx(1), &[2, 0, 0, 1, 0, 10][..]));
+    }
+
+    #[test]
+    fn the_pre_pass_hash_spares_the_fast_path_hashing_and_is_only_a_hint() {
+        let t = table(1);
+        let st = WorkerStats::default();
+        let mut p = pipeline(true, 1500);
+        p.on_table(&t);
+        let f = frame(
+            P0,
+            ([198, 18, 0, 2], 40000),
+            ([198, 18, 100, 1], 80),
+            None,
+            18,
+        );
+        assert_eq!(run(&mut p, &t, &st, 0, &f, 0).0, Verdict::Tx(1));
+        let reference = run(&mut p, &t, &st, 0, &f, 1);
+        let fast = |st: &WorkerStats| st.fast_path.load(Relaxed);
+        let go = |p: &mut Pipeline, h: u64| {
+            let mut b = VecBuf::new(&f);
+            let v = p.process_hinted(&t, &st, 0, &mut b, 1, false, h);
+            (v, b.bytes())
+        };
+        // The right hash (what the pre-pass computes): the fast path.
+        let h = p.prefetch_index(&f);
+        assert_ne!(h, 0);
+        let before = fast(&st);
+        assert_eq!(go(&mut p, h), reference);
+        assert_eq!(fast(&st), before + 1);
+        // A wrong one: the fast path misses with it (so it is used, not
+        // recomputed) and the general path translates the packet all the same.
+        let before = fast(&st);
+        assert_eq!(go(&mut p, h ^ 0x5555_0000_0000_1234), reference);
+        assert_eq!(fast(&st), before, "the general path took it");
     }
 
     #[test]
