@@ -17,7 +17,7 @@
 //! session insert + Maglev pick). A `+good` suffix (`fwd1+good`, ...) marks
 //! every buffer as a NIC with receive checksum offload would
 //! (`RxChecksum::Good`: the IPv4 header checksum was checked). Prints `SCENARIO PACKETS NS_PER_PACKET`.
-use dataplane::pipeline::{PacketBuf, Pipeline, RxChecksum, VecBuf, Verdict};
+use dataplane::pipeline::{PacketBuf, Pipeline, PrePass, RxChecksum, VecBuf, Verdict};
 use dataplane::stats::WorkerStats;
 use dataplane::table::ServiceTable;
 use std::time::Instant;
@@ -27,6 +27,10 @@ mod common;
 use common::*;
 
 const BURST: usize = 32;
+
+fn hint(hash: u64, session: u32) -> PrePass {
+    PrePass { hash, session }
+}
 /// Next-hop prefetch distance (as the worker's `NEXT_HOP_AHEAD`).
 const AHEAD: usize = 4;
 
@@ -79,16 +83,12 @@ fn measure(
             for (h, b) in hashes.iter_mut().zip(&bufs[..m]) {
                 *h = p.prefetch_index(b.data());
             }
+            for (h, c) in hashes[..m].iter().zip(&mut cands[..m]) {
+                *c = p.prefetch_session(*h);
+            }
             if hops {
-                for (h, c) in hashes[..m].iter().zip(&mut cands[..m]) {
-                    *c = p.prefetch_session(*h);
-                }
                 for &c in cands[..m].iter().take(AHEAD) {
                     p.prefetch_next_hop(c);
-                }
-            } else {
-                for &h in &hashes[..m] {
-                    p.prefetch_session(h);
                 }
             }
         }
@@ -97,14 +97,14 @@ fn measure(
                 if let Some(&c) = cands[..m].get(i + AHEAD) {
                     p.prefetch_next_hop(c);
                 }
-                let v = p.process_hinted(t, st, in_port, b, 1, false, hashes[i]);
+                let v = p.process_hinted(t, st, in_port, b, 1, false, hint(hashes[i], cands[i]));
                 if matches!(v, Verdict::Tx(_)) {
                     sent += 1;
                 }
             }
         } else if prepass {
             for (i, b) in bufs[..m].iter_mut().enumerate() {
-                let v = p.process_hinted(t, st, in_port, b, 1, false, hashes[i]);
+                let v = p.process_hinted(t, st, in_port, b, 1, false, hint(hashes[i], cands[i]));
                 if matches!(v, Verdict::Tx(_)) {
                     sent += 1;
                 }

@@ -43,6 +43,25 @@ pub trait PacketBuf {
     }
 }
 
+/// What the burst pre-pass found for one frame: the tuple's session-index
+/// hash ([`Pipeline::prefetch_index`], 0: none) and the candidate session
+/// ([`Pipeline::prefetch_session`]). See [`Pipeline::process_hinted`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrePass {
+    /// The tuple's session-index hash (0: none).
+    pub hash: u64,
+    /// The candidate session ([`crate::session::NO_CANDIDATE`]: none).
+    pub session: u32,
+}
+
+impl PrePass {
+    /// Nothing known.
+    pub const NONE: PrePass = PrePass {
+        hash: 0,
+        session: crate::session::NO_CANDIDATE,
+    };
+}
+
 /// A receive checksum check the NIC did (DPDK's `RTE_MBUF_F_RX_*_CKSUM_*`).
 /// Only [`RxChecksum::Good`] changes anything: the fast path then skips
 /// its own IPv4 header checksum check; every other value (a NIC that did
@@ -633,19 +652,21 @@ impl Pipeline {
         handed_off: bool,
     ) -> Verdict {
         if self.fast_path {
-            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now, 0) {
+            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now, PrePass::NONE) {
                 return v;
             }
         }
         self.general(t, st, in_port, pkt, now, handed_off)
     }
 
-    /// [`Pipeline::process`] with the session-index hash the burst pre-pass
-    /// computed for this frame ([`Pipeline::prefetch_index`]; 0: none), so
-    /// that the fast path does not hash the tuple again. Only a hint: a
-    /// wrong one makes the fast path miss and the general path (which
-    /// hashes for itself) take the packet — never a wrong session, since
-    /// every hit is checked against the whole tuple.
+    /// [`Pipeline::process`] with what the burst pre-pass found for this
+    /// frame ([`PrePass`]), so that the fast path neither hashes the tuple
+    /// nor probes the index again when the candidate session is the one.
+    /// Only a hint: a candidate that is not live or not this tuple's is
+    /// ignored (the index is probed with the hash), and a wrong hash makes
+    /// the fast path miss and the general path (which hashes for itself)
+    /// take the packet — never a wrong session, since every hit is checked
+    /// against the whole tuple.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub fn process_hinted<B: PacketBuf>(
@@ -656,10 +677,10 @@ impl Pipeline {
         pkt: &mut B,
         now: u64,
         handed_off: bool,
-        hash: u64,
+        hint: PrePass,
     ) -> Verdict {
         if self.fast_path {
-            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now, hash) {
+            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now, hint) {
                 return v;
             }
         }

@@ -415,6 +415,31 @@ impl SessionTable {
         NO_CANDIDATE
     }
 
+    /// What [`SessionTable::lookup`] would answer for `key`, from a
+    /// candidate of [`SessionTable::prefetch_session`] instead of the index:
+    /// the candidate's session if it is live and `key` is its tuple in the
+    /// candidate's direction (tuples are unique among live sessions, so
+    /// that session is the one). `None` when it is not — a candidate read
+    /// earlier in the burst whose slot was freed or reused since, another
+    /// tuple's tag, no candidate — and the caller then looks up as usual.
+    #[inline(always)]
+    pub fn confirm_candidate(&self, c: u32, key: &FlowKey) -> Option<(u32, Dir)> {
+        if c == NO_CANDIDATE {
+            return None;
+        }
+        let idx = (c >> 1) as usize;
+        let reply = c & REPLY_BIT != 0;
+        let s = self.slots.get(idx)?;
+        let live = self
+            .live
+            .get(idx / 64)
+            .is_some_and(|w| w & (1 << (idx % 64)) != 0);
+        if !live || !s.matches(key, reply) {
+            return None;
+        }
+        Some((c >> 1, if reply { Dir::Reply } else { Dir::Original }))
+    }
+
     /// The session a candidate of [`SessionTable::prefetch_session`] names
     /// and whether the tuple would be its reply direction: only a hint
     /// (the tag may belong to another tuple, the slot may be free since).

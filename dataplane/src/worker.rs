@@ -13,7 +13,7 @@ use crate::addr::Addr;
 use crate::dpdk::rcu::{Rcu, Reader};
 use crate::dpdk::{self, Eal, Mbuf, Mempool, Port, PortConfig, Ring, RxBurst, TxBuffer};
 use crate::neigh::NeighborUpdate;
-use crate::pipeline::{Exception, PacketBuf, Pipeline, PipelineConfig, PortInfo, Verdict};
+use crate::pipeline::{Exception, PacketBuf, Pipeline, PipelineConfig, PortInfo, PrePass, Verdict};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::ServiceTable;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -436,16 +436,12 @@ impl Worker {
                         for (i, h) in hashes[..n].iter_mut().enumerate() {
                             *h = self.pipeline.prefetch_index(rx.peek(i));
                         }
+                        for (h, c) in hashes[..n].iter().zip(&mut cands[..n]) {
+                            *c = self.pipeline.prefetch_session(*h);
+                        }
                         if hops {
-                            for (h, c) in hashes[..n].iter().zip(&mut cands[..n]) {
-                                *c = self.pipeline.prefetch_session(*h);
-                            }
                             for &c in cands[..n].iter().take(NEXT_HOP_AHEAD) {
                                 self.pipeline.prefetch_next_hop(c);
-                            }
-                        } else {
-                            for &h in &hashes[..n] {
-                                self.pipeline.prefetch_session(h);
                             }
                         }
                     }
@@ -455,9 +451,16 @@ impl Worker {
                                 self.pipeline.prefetch_next_hop(c);
                             }
                         }
-                        // The pre-pass's tuple hash, so the fast path does
-                        // not compute it again.
-                        let h = if prepass { hashes[i] } else { 0 };
+                        // What the pre-pass found, so the fast path does not
+                        // hash and probe again.
+                        let h = if prepass {
+                            PrePass {
+                                hash: hashes[i],
+                                session: cands[i],
+                            }
+                        } else {
+                            PrePass::NONE
+                        };
                         WorkerStats::add(&st.rx_bytes, m.len() as u64);
                         m.set_port(pi as u16);
                         handle(&mut self.pipeline, table, st, &mut b, m, now, false, h);
@@ -471,7 +474,16 @@ impl Worker {
                     work += got;
                     WorkerStats::add(&st.handoff_in, got as u64);
                     for m in rx.by_ref() {
-                        handle(&mut self.pipeline, table, st, &mut b, m, now, true, 0);
+                        handle(
+                            &mut self.pipeline,
+                            table,
+                            st,
+                            &mut b,
+                            m,
+                            now,
+                            true,
+                            PrePass::NONE,
+                        );
                     }
                 }
                 // Neighbour solicitations the packets above asked for.
@@ -619,15 +631,15 @@ fn handle(
     mut m: Mbuf,
     now: u64,
     handed_off: bool,
-    hash: u64,
+    hint: PrePass,
 ) {
     if m.nb_segs() != 1 {
         st.count_drop(DropReason::MultiSegment);
         return;
     }
     let in_port = m.port();
-    let v = if hash != 0 {
-        p.process_hinted(table, st, in_port, &mut m, now, handed_off, hash)
+    let v = if hint != PrePass::NONE {
+        p.process_hinted(table, st, in_port, &mut m, now, handed_off, hint)
     } else {
         p.process(table, st, in_port, &mut m, now, handed_off)
     };

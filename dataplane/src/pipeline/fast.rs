@@ -16,8 +16,8 @@
 use super::*;
 
 impl Pipeline {
-    /// See the module docs. `None`: not handled, nothing changed. `hash`:
-    /// the tuple's session-index hash if known (0: compute it).
+    /// See the module docs. `None`: not handled, nothing changed. `hint`:
+    /// what the burst pre-pass found for this frame, if anything.
     #[inline(always)]
     pub(super) fn fast_v4<B: PacketBuf>(
         &mut self,
@@ -26,7 +26,7 @@ impl Pipeline {
         in_port: u16,
         pkt: &mut B,
         now: u64,
-        hash: u64,
+        hint: PrePass,
     ) -> Option<Verdict> {
         let pinfo = self.ports.get(in_port as usize)?;
         if pinfo.vlan.is_some() {
@@ -83,10 +83,20 @@ impl Pipeline {
             dport: u16::from_be_bytes([l4[2], l4[3]]),
             proto,
         };
-        // The pre-pass's hash of this tuple when there is one (see
+        // The pre-pass's candidate session if it is this tuple's, else the
+        // index, probed with the pre-pass's hash when there is one (see
         // `process_hinted`).
-        let h = if hash != 0 { hash } else { key_hash(&key) };
-        let (idx, dir) = self.sessions.lookup_hashed(&key, h)?;
+        let (idx, dir) = match self.sessions.confirm_candidate(hint.session, &key) {
+            Some(hit) => hit,
+            None => {
+                let h = if hint.hash != 0 {
+                    hint.hash
+                } else {
+                    key_hash(&key)
+                };
+                self.sessions.lookup_hashed(&key, h)?
+            }
+        };
         let s = self.sessions.get(idx);
         // First packet since a table change: as on the general path, a UDP
         // session's backend must still be there (else the general path
@@ -931,7 +941,11 @@ mod tests {
         let fast = |st: &WorkerStats| st.fast_path.load(Relaxed);
         let go = |p: &mut Pipeline, h: u64| {
             let mut b = VecBuf::new(&f);
-            let v = p.process_hinted(&t, &st, 0, &mut b, 1, false, h);
+            let hint = PrePass {
+                hash: h,
+                session: crate::session::NO_CANDIDATE,
+            };
+            let v = p.process_hinted(&t, &st, 0, &mut b, 1, false, hint);
             (v, b.bytes())
         };
         // The right hash (what the pre-pass computes): the fast path.
@@ -945,6 +959,72 @@ mod tests {
         let before = fast(&st);
         assert_eq!(go(&mut p, h ^ 0x5555_0000_0000_1234), reference);
         assert_eq!(fast(&st), before, "the general path took it");
+    }
+
+    #[test]
+    fn the_pre_pass_candidate_is_used_only_when_it_is_the_live_session_of_the_tuple() {
+        let t = table(1);
+        let st = WorkerStats::default();
+        let mut p = pipeline(true, 1500);
+        p.on_table(&t);
+        let flow = |port: u16| {
+            frame(
+                P0,
+                ([198, 18, 0, 2], port),
+                ([198, 18, 100, 1], 80),
+                None,
+                18,
+            )
+        };
+        let (fa, fb) = (flow(40000), flow(40001));
+        for f in [&fa, &fb] {
+            assert_eq!(run(&mut p, &t, &st, 0, f, 0).0, Verdict::Tx(1));
+        }
+        let reference = run(&mut p, &t, &st, 0, &fa, 1);
+        let hint_of = |p: &Pipeline, f: &[u8]| {
+            let hash = p.prefetch_index(f);
+            PrePass {
+                hash,
+                session: p.prefetch_session(hash),
+            }
+        };
+        let (ha, hb) = (hint_of(&p, &fa), hint_of(&p, &fb));
+        assert!(p.sessions.candidate(ha.session).is_some());
+        let go = |p: &mut Pipeline, f: &[u8], hint: PrePass| {
+            let mut b = VecBuf::new(f);
+            let v = p.process_hinted(&t, &st, 0, &mut b, 1, false, hint);
+            (v, b.bytes())
+        };
+        let fast = |st: &WorkerStats| st.fast_path.load(Relaxed);
+        let created = |st: &WorkerStats| st.sessions_created.load(Relaxed);
+        // Its own candidate: the fast path, the same bytes.
+        let before = fast(&st);
+        assert_eq!(go(&mut p, &fa, ha), reference);
+        assert_eq!(fast(&st), before + 1);
+        // Another flow's candidate (with this flow's hash): not taken for
+        // this tuple's session; the index finds the right one.
+        assert_eq!(
+            go(
+                &mut p,
+                &fa,
+                PrePass {
+                    session: hb.session,
+                    ..ha
+                }
+            ),
+            reference
+        );
+        assert_eq!(fast(&st), before + 2);
+        // The candidate's session ended since the pre-pass read it: the
+        // dead slot still holds the tuple, but it is not live, so the packet
+        // is not translated by it: the general path opens a new session.
+        let (idx, _) = p.sessions.lookup(&quick_key(&fa).unwrap()).unwrap();
+        p.sessions.remove(idx);
+        let n = created(&st);
+        let (v, _) = go(&mut p, &fa, ha);
+        assert_eq!(v, Verdict::Tx(1));
+        assert_eq!(created(&st), n + 1, "a new session, not the dead one");
+        assert_eq!(fast(&st), before + 2);
     }
 
     #[test]
