@@ -9,9 +9,15 @@
 //! replies), `fwd60k` / `fwd1m` (60,000 / 1,000,000 established flows in a
 //! scattered order, one packet at a time), `fwd60k_burst` / `fwd1m_burst`
 //! (the same in bursts of 32 with the worker's pre-pass: index and session
-//! prefetch for the whole burst first), `new` (every packet opens a flow:
-//! session insert + Maglev pick). Prints `SCENARIO PACKETS NS_PER_PACKET`.
-use dataplane::pipeline::{PacketBuf, Pipeline, VecBuf, Verdict};
+//! prefetch for the whole burst first; next-hop lines 4 packets ahead when
+//! there are many neighbours), `fwd60k_10k` / `fwd60k_10k_burst`
+//! (60,000 flows spread over 10,000 Services × 10 backends on 60,000
+//! backend addresses with static neighbours, as the replay bench's
+//! `established_60k_10k_services`), `new` (every packet opens a flow:
+//! session insert + Maglev pick). A `+good` suffix (`fwd1+good`, ...) marks
+//! every buffer as a NIC with receive checksum offload would
+//! (`RxChecksum::Good`: the IPv4 header checksum was checked). Prints `SCENARIO PACKETS NS_PER_PACKET`.
+use dataplane::pipeline::{PacketBuf, Pipeline, PrePass, RxChecksum, VecBuf, Verdict};
 use dataplane::stats::WorkerStats;
 use dataplane::table::ServiceTable;
 use std::time::Instant;
@@ -22,11 +28,24 @@ use common::*;
 
 const BURST: usize = 32;
 
-fn flow_frame(i: u32) -> Vec<u8> {
+fn hint(hash: u64, session: u32) -> PrePass {
+    PrePass { hash, session }
+}
+/// Next-hop prefetch distance (as the worker's `NEXT_HOP_AHEAD`).
+const AHEAD: usize = 4;
+
+fn flow_frame(i: u32, services: u32) -> Vec<u8> {
+    let vip = if services == 16 {
+        [198, 18, 200, (i % 16) as u8]
+    } else {
+        // Spread over the Services by a hash (as the replay bench does).
+        let h = (u64::from(i) ^ 0x5eed_f10e).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        wide_vip((h % u64::from(services)) as usize)
+    };
     udp_frame(
         [198, 18, 1 + (i >> 16) as u8, (i >> 8) as u8],
         (i as u16) | 1024,
-        [198, 18, 200, (i % 16) as u8],
+        vip,
         80,
         P0,
     )
@@ -49,6 +68,8 @@ fn measure(
     let mut sent = 0;
     let mut k = 0usize;
     let mut hashes = [0u64; BURST];
+    let mut cands = [0u32; BURST];
+    let hops = prepass && p.next_hop_prefetch_pays();
     let len = frames.len();
     let mut done = 0;
     while done < n {
@@ -62,13 +83,38 @@ fn measure(
             for (h, b) in hashes.iter_mut().zip(&bufs[..m]) {
                 *h = p.prefetch_index(b.data());
             }
-            for &h in &hashes[..m] {
-                p.prefetch_session(h);
+            for (h, c) in hashes[..m].iter().zip(&mut cands[..m]) {
+                *c = p.prefetch_session(*h);
+            }
+            if hops {
+                for &c in cands[..m].iter().take(AHEAD) {
+                    p.prefetch_next_hop(c);
+                }
             }
         }
-        for b in bufs[..m].iter_mut() {
-            if matches!(p.process(t, st, in_port, b, 1, false), Verdict::Tx(_)) {
-                sent += 1;
+        if hops {
+            for (i, b) in bufs[..m].iter_mut().enumerate() {
+                if let Some(&c) = cands[..m].get(i + AHEAD) {
+                    p.prefetch_next_hop(c);
+                }
+                let v = p.process_hinted(t, st, in_port, b, 1, false, hint(hashes[i], cands[i]));
+                if matches!(v, Verdict::Tx(_)) {
+                    sent += 1;
+                }
+            }
+        } else if prepass {
+            for (i, b) in bufs[..m].iter_mut().enumerate() {
+                let v = p.process_hinted(t, st, in_port, b, 1, false, hint(hashes[i], cands[i]));
+                if matches!(v, Verdict::Tx(_)) {
+                    sent += 1;
+                }
+            }
+        } else {
+            // As the worker calls it (no pre-pass: no hash).
+            for b in bufs[..m].iter_mut() {
+                if matches!(p.process(t, st, in_port, b, 1, false), Verdict::Tx(_)) {
+                    sent += 1;
+                }
             }
         }
         done += m;
@@ -79,17 +125,29 @@ fn measure(
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| "fwd1".into());
+    let (scenario, good) = match scenario.strip_suffix("+good") {
+        Some(s) => (s.to_string(), true),
+        None => (scenario, false),
+    };
     let n: usize = args
         .next()
         .map(|s| s.parse().expect("PACKETS must be a number"))
         .unwrap_or(1_000_000);
     let st = WorkerStats::default();
-    let t = table(16, 8);
+    let wide = scenario.starts_with("fwd60k_10k");
+    let services = if wide { 10_000 } else { 16 };
+    let t = if wide {
+        ServiceTable::new(wide_spec(10_000, 10), 1)
+    } else {
+        table(16, 8)
+    };
     let (flows, burst, reply, new) = match scenario.as_str() {
         "fwd1" => (1, 1, false, false),
         "rev1" => (1, 1, true, false),
         "fwd60k" => (60_000, 1, false, false),
         "fwd60k_burst" => (60_000, BURST, false, false),
+        "fwd60k_10k" => (60_000, 1, false, false),
+        "fwd60k_10k_burst" => (60_000, BURST, false, false),
         "fwd1m" => (1_000_000, 1, false, false),
         "fwd1m_burst" => (1_000_000, BURST, false, false),
         "new" => (n as u32, 1, false, true),
@@ -102,15 +160,19 @@ fn main() {
         // A client with a static neighbour entry, so replies go straight out.
         vec![udp_frame([198, 18, 0, 2], 40000, [198, 18, 200, 0], 80, P0)]
     } else {
-        (0..flows).map(flow_frame).collect()
+        (0..flows).map(|i| flow_frame(i, services)).collect()
     };
-    let mut p = pipeline((flows as usize).max(1024) + 1024);
+    // The neighbour cache sized to the table's next hops (as the replay
+    // bench does).
+    let neighbors = if wide { WIDE_ADDRS + 1024 } else { 4096 };
+    let mut p = pipeline_with((flows as usize).max(1024) + 1024, neighbors);
     p.on_table(&t);
     let mut frames = frames;
     if !new {
-        // Open every session first (not measured).
+        // Open every session first, then send every frame once more (the
+        // fast path's next-hop cache filled): steady state, not measured.
         let mut first_out = None;
-        for f in &frames {
+        for f in frames.iter().chain(&frames) {
             let mut b = VecBuf::new(f);
             assert!(matches!(
                 p.process(&t, &st, 0, &mut b, 0, false),
@@ -130,6 +192,12 @@ fn main() {
         .sessions_created
         .load(core::sync::atomic::Ordering::Relaxed);
     let mut bufs: Vec<VecBuf> = (0..burst).map(|_| VecBuf::new(&frames[0])).collect();
+    if good {
+        for b in &mut bufs {
+            b.set_rx_ip_checksum(RxChecksum::Good);
+        }
+    }
+    let misses = p.next_hop_misses();
     let start = Instant::now();
     let sent = if new {
         // Frames in order: each one a new flow.
@@ -153,5 +221,10 @@ fn main() {
     } else {
         assert_eq!(created_now, 0, "no session created while measuring");
     }
+    eprintln!(
+        "next-hop cache misses in the measured loop: {} ({} bytes)",
+        p.next_hop_misses() - misses,
+        p.next_hop_cache_bytes()
+    );
     println!("{scenario} {n} {ns:.1}");
 }

@@ -83,6 +83,58 @@ pub fn spec(services: usize, backends: usize) -> TableSpec {
     spec
 }
 
+/// Distinct backend addresses of [`wide_spec`] (as in the replay bench).
+pub const WIDE_ADDRS: usize = 60_000;
+
+/// The VIP of Service `s` of [`wide_spec`].
+pub fn wide_vip(s: usize) -> [u8; 4] {
+    [198, 18, 128 + (s >> 8) as u8, s as u8]
+}
+
+/// `services` UDP Services × `per` backends, every backend its own
+/// endpoint: backend `k` on address `k % 60,000` (198.19.1.1 ...) with a
+/// static neighbour each, port 8080 + `k / 60,000` — the replay bench's
+/// 10,000 Services × 10 backends plan. VIPs: [`wide_vip`].
+pub fn wide_spec(services: usize, per: usize) -> TableSpec {
+    let addr = |k: usize| {
+        let a = k % WIDE_ADDRS;
+        [198, 19, 1 + (a / 250) as u8, 1 + (a % 250) as u8]
+    };
+    let mut spec = spec(0, 0);
+    spec.services.clear();
+    spec.neighbors.retain(|n| n.port == 0);
+    for s in 0..services {
+        spec.services.push(ServiceSpec {
+            source_ranges: vec![],
+            affinity_timeout: None,
+            masquerade: false,
+            external: false,
+            no_backends: Default::default(),
+            short_circuit: vec![],
+            algorithm: Default::default(),
+            name: format!("bench/wide{s}"),
+            frontend: Frontend {
+                addr: SockAddr::new(Addr::v4(wide_vip(s)), 80),
+                proto: Proto::Udp,
+            },
+            backends: (0..per)
+                .map(|j| {
+                    let k = s * per + j;
+                    SockAddr::new(Addr::v4(addr(k)), 8080 + (k / WIDE_ADDRS) as u16)
+                })
+                .collect(),
+        });
+    }
+    for a in 0..(services * per).min(WIDE_ADDRS) {
+        spec.neighbors.push(StaticNeighbor {
+            addr: Addr::v4(addr(a)),
+            mac: MacAddr([2, 0, 1, 0, (a >> 8) as u8, a as u8]),
+            port: 1,
+        });
+    }
+    spec
+}
+
 /// A 64-byte Ethernet + IPv4 + UDP frame (18 bytes of payload), checksums valid.
 pub fn udp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, dmac: MacAddr) -> Vec<u8> {
     let mut f = vec![0u8; 60];
@@ -133,6 +185,11 @@ pub fn sctp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: u
 }
 
 pub fn pipeline(sessions: usize) -> Pipeline {
+    pipeline_with(sessions, PipelineConfig::default().neighbors)
+}
+
+/// [`pipeline`] with a neighbour cache of `neighbors` entries.
+pub fn pipeline_with(sessions: usize, neighbors: usize) -> Pipeline {
     Pipeline::new(
         0,
         1,
@@ -150,6 +207,7 @@ pub fn pipeline(sessions: usize) -> Pipeline {
         ],
         PipelineConfig {
             sessions,
+            neighbors,
             ..Default::default()
         },
     )

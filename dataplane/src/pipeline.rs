@@ -35,6 +35,49 @@ pub trait PacketBuf {
     fn truncate(&mut self, len: usize);
     /// Grows the packet by `n` bytes at the end; false if there is no tailroom.
     fn extend(&mut self, n: usize) -> bool;
+    /// What the NIC found checking the IPv4 header checksum on receipt
+    /// (an mbuf's `RTE_MBUF_F_RX_IP_CKSUM_*` flags); unknown by default.
+    #[inline]
+    fn rx_ip_checksum(&self) -> RxChecksum {
+        RxChecksum::Unknown
+    }
+}
+
+/// What the burst pre-pass found for one frame: the tuple's session-index
+/// hash ([`Pipeline::prefetch_index`], 0: none) and the candidate session
+/// ([`Pipeline::prefetch_session`]). See [`Pipeline::process_hinted`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrePass {
+    /// The tuple's session-index hash (0: none).
+    pub hash: u64,
+    /// The candidate session ([`crate::session::NO_CANDIDATE`]: none).
+    pub session: u32,
+}
+
+impl PrePass {
+    /// Nothing known.
+    pub const NONE: PrePass = PrePass {
+        hash: 0,
+        session: crate::session::NO_CANDIDATE,
+    };
+}
+
+/// A receive checksum check the NIC did (DPDK's `RTE_MBUF_F_RX_*_CKSUM_*`).
+/// Only [`RxChecksum::Good`] changes anything: the fast path then skips
+/// its own IPv4 header checksum check; every other value (a NIC that did
+/// not check, a `Bad` verdict) leaves the check to software as without
+/// offloads, so a bad header is dropped and counted as before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RxChecksum {
+    /// Not checked (no offload, or the PMD does not say).
+    #[default]
+    Unknown,
+    /// Checked and correct.
+    Good,
+    /// Checked and wrong.
+    Bad,
+    /// Not checkable (the NIC says the packet has none / is not IPv4).
+    None,
 }
 
 /// A heap buffer with mbuf-like head- and tailroom: a [`PacketBuf`] for
@@ -44,6 +87,7 @@ pub struct VecBuf {
     buf: Vec<u8>,
     off: usize,
     len: usize,
+    ip_checksum: RxChecksum,
 }
 
 /// Headroom of a [`VecBuf`] (as an mbuf's).
@@ -60,12 +104,20 @@ impl VecBuf {
             buf,
             off: VECBUF_HEADROOM,
             len: frame.len(),
+            ip_checksum: RxChecksum::Unknown,
         }
+    }
+    /// Sets what [`PacketBuf::rx_ip_checksum`] reports (as a NIC's receive
+    /// checksum offload would); kept across [`VecBuf::reset`].
+    pub fn set_rx_ip_checksum(&mut self, c: RxChecksum) {
+        self.ip_checksum = c;
     }
     /// Puts `frame` back in (reuses the allocation when it fits).
     pub fn reset(&mut self, frame: &[u8]) {
         if self.buf.len() < VECBUF_HEADROOM + frame.len() + VECBUF_TAILROOM {
+            let c = self.ip_checksum;
             *self = VecBuf::new(frame);
+            self.ip_checksum = c;
             return;
         }
         self.off = VECBUF_HEADROOM;
@@ -79,6 +131,10 @@ impl VecBuf {
 }
 
 impl PacketBuf for VecBuf {
+    #[inline]
+    fn rx_ip_checksum(&self) -> RxChecksum {
+        self.ip_checksum
+    }
     fn data(&self) -> &[u8] {
         &self.buf[self.off..self.off + self.len]
     }
@@ -246,6 +302,8 @@ impl Default for PipelineConfig {
 }
 
 const MAX_PENDING: usize = 16;
+/// See [`Pipeline::next_hop_prefetch_pays`].
+pub const NEXT_HOP_PREFETCH_NEIGHBORS: usize = 1024;
 /// Masquerade ports: this range is split into one contiguous partition per
 /// worker, so the SNAT port of a reply names its owning worker.
 pub const SNAT_PORTS: core::ops::RangeInclusive<u16> = 32768..=65535;
@@ -307,7 +365,7 @@ pub struct Pipeline {
     exception: Option<Exception>,
     /// The fast path's next-hop cache: route + fresh neighbour per
     /// destination, valid for one table version and neighbour generation.
-    egress: Box<[fast::Egress; fast::EGRESS_SLOTS]>,
+    egress: fast::EgressCache,
     /// The `random` algorithm's generator state (never 0).
     rng: u64,
 }
@@ -345,7 +403,7 @@ impl Pipeline {
             affinity: Arc::new(AffinityTable::new(cfg.affinity_slots)),
             fast_path: true,
             exception: None,
-            egress: Box::new([fast::Egress::default(); fast::EGRESS_SLOTS]),
+            egress: fast::EgressCache::new(cfg.neighbors),
             rng: random_seed(id),
         }
     }
@@ -541,16 +599,49 @@ impl Pipeline {
     }
 
     /// Burst pre-pass, step 2 (after step 1 for the whole burst): prefetches
-    /// the session a tuple with hash `h` probably belongs to.
+    /// the session a tuple with hash `h` probably belongs to, and returns
+    /// that candidate for step 3 ([`Pipeline::prefetch_next_hop`]).
     #[inline]
-    pub fn prefetch_session(&self, h: u64) {
+    pub fn prefetch_session(&self, h: u64) -> u32 {
         if h != 0 {
-            self.sessions.prefetch_session(h);
+            self.sessions.prefetch_session(h)
+        } else {
+            crate::session::NO_CANDIDATE
         }
+    }
+
+    /// Burst pre-pass, step 3 (a few packets before the packet whose step 2
+    /// returned `c` is processed, so that its session has landed):
+    /// prefetches the fast path's next-hop cache line for the destination
+    /// the candidate session would send the packet to (its backend, or its
+    /// client for a reply). Only a hint, like steps 1 and 2: with a table
+    /// of many backends that line is the one miss the session prefetch
+    /// leaves. Worth its instructions only when
+    /// [`Pipeline::next_hop_prefetch_pays`].
+    #[inline]
+    pub fn prefetch_next_hop(&self, c: u32) {
+        if let Some((s, reply)) = self.sessions.candidate(c) {
+            let to = if reply {
+                &s.client.addr
+            } else {
+                &s.backend.addr
+            };
+            self.egress.prefetch(to);
+        }
+    }
+
+    /// Whether step 3 of the pre-pass pays: with more than
+    /// [`NEXT_HOP_PREFETCH_NEIGHBORS`] neighbours the next-hop cache lines
+    /// in use outgrow the core's own caches; below that they stay hot and
+    /// the prefetch would only add instructions.
+    #[inline]
+    pub fn next_hop_prefetch_pays(&self) -> bool {
+        self.neighbors.len() > NEXT_HOP_PREFETCH_NEIGHBORS
     }
 
     /// Processes one packet that arrived on `in_port` (or was handed over by
     /// another worker when `handed_off`). The buffer may be rewritten in place.
+    #[inline]
     pub fn process<B: PacketBuf>(
         &mut self,
         t: &ServiceTable,
@@ -561,10 +652,52 @@ impl Pipeline {
         handed_off: bool,
     ) -> Verdict {
         if self.fast_path {
-            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now) {
+            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now, PrePass::NONE) {
                 return v;
             }
         }
+        self.general(t, st, in_port, pkt, now, handed_off)
+    }
+
+    /// [`Pipeline::process`] with what the burst pre-pass found for this
+    /// frame ([`PrePass`]), so that the fast path neither hashes the tuple
+    /// nor probes the index again when the candidate session is the one.
+    /// Only a hint: a candidate that is not live or not this tuple's is
+    /// ignored (the index is probed with the hash), and a wrong hash makes
+    /// the fast path miss and the general path (which hashes for itself)
+    /// take the packet — never a wrong session, since every hit is checked
+    /// against the whole tuple.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub fn process_hinted<B: PacketBuf>(
+        &mut self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        in_port: u16,
+        pkt: &mut B,
+        now: u64,
+        handed_off: bool,
+        hint: PrePass,
+    ) -> Verdict {
+        if self.fast_path {
+            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now, hint) {
+                return v;
+            }
+        }
+        self.general(t, st, in_port, pkt, now, handed_off)
+    }
+
+    /// The general path: every packet the fast path did not take.
+    #[inline(never)]
+    fn general<B: PacketBuf>(
+        &mut self,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        in_port: u16,
+        pkt: &mut B,
+        now: u64,
+        handed_off: bool,
+    ) -> Verdict {
         let Some(pinfo) = self.ports.get(in_port as usize).copied() else {
             return Verdict::Drop(DropReason::BadPort);
         };

@@ -202,6 +202,8 @@ const MAX_LOAD: f64 = 0.9;
 const MAX_PATH: usize = 24;
 /// An empty index place.
 const EMPTY: u32 = u32::MAX;
+/// No candidate session (see [`SessionTable::prefetch_session`]).
+pub const NO_CANDIDATE: u32 = EMPTY;
 /// Index values carry the slot index shifted left by one and the direction in bit 0.
 const REPLY_BIT: u32 = 1;
 
@@ -383,8 +385,10 @@ impl SessionTable {
     /// Step 2 of the burst pre-pass (after [`SessionTable::prefetch`] had
     /// time to land): prefetches the session the primary bucket names for
     /// the tag of `h`, or the alternative bucket when the primary has none.
+    /// Returns that candidate ([`SessionTable::candidate`]), or
+    /// [`NO_CANDIDATE`].
     #[inline]
-    pub fn prefetch_session(&self, h: u64) {
+    pub fn prefetch_session(&self, h: u64) -> u32 {
         let tag = tag_of(h);
         let b1 = h as usize & self.mask;
         let bucket = &self.buckets[b1];
@@ -404,10 +408,49 @@ impl SessionTable {
                         crate::dpdk::prefetch_addr(last);
                     }
                 }
-                return;
+                return bucket.vals[w];
             }
         }
         crate::dpdk::prefetch_read(&self.buckets[alt_bucket(b1, tag, self.mask)]);
+        NO_CANDIDATE
+    }
+
+    /// What [`SessionTable::lookup`] would answer for `key`, from a
+    /// candidate of [`SessionTable::prefetch_session`] instead of the index:
+    /// the candidate's session if it is live and `key` is its tuple in the
+    /// candidate's direction (tuples are unique among live sessions, so
+    /// that session is the one). `None` when it is not — a candidate read
+    /// earlier in the burst whose slot was freed or reused since, another
+    /// tuple's tag, no candidate — and the caller then looks up as usual.
+    #[inline(always)]
+    pub fn confirm_candidate(&self, c: u32, key: &FlowKey) -> Option<(u32, Dir)> {
+        if c == NO_CANDIDATE {
+            return None;
+        }
+        let idx = (c >> 1) as usize;
+        let reply = c & REPLY_BIT != 0;
+        let s = self.slots.get(idx)?;
+        let live = self
+            .live
+            .get(idx / 64)
+            .is_some_and(|w| w & (1 << (idx % 64)) != 0);
+        if !live || !s.matches(key, reply) {
+            return None;
+        }
+        Some((c >> 1, if reply { Dir::Reply } else { Dir::Original }))
+    }
+
+    /// The session a candidate of [`SessionTable::prefetch_session`] names
+    /// and whether the tuple would be its reply direction: only a hint
+    /// (the tag may belong to another tuple, the slot may be free since).
+    #[inline]
+    pub fn candidate(&self, c: u32) -> Option<(&Session, bool)> {
+        if c == NO_CANDIDATE {
+            return None;
+        }
+        self.slots
+            .get((c >> 1) as usize)
+            .map(|s| (s, c & REPLY_BIT != 0))
     }
 
     /// Finds the session a packet with tuple `key` belongs to.
@@ -1122,6 +1165,39 @@ mod tests {
             s.snat = Some(SockAddr::new(Addr::v4([198, 19, 0, 1]), (b >> 32) as u16));
         }
         s
+    }
+
+    #[test]
+    fn prefetch_names_the_candidate_session_and_its_direction() {
+        let mut t = table(4096);
+        let mut idx = Vec::new();
+        for cport in 40000..41000 {
+            idx.push(open(&mut t, cport, Proto::Udp, 0, 0));
+        }
+        let mut found = 0;
+        for (n, cport) in (40000..41000).enumerate() {
+            let s = *t.get(idx[n]);
+            assert_eq!(s.client.port, cport);
+            for (key, reply) in [(s.original_key(), false), (s.reply_key(), true)] {
+                // The primary bucket usually holds the tuple (else the
+                // alternative bucket is prefetched and there is no candidate).
+                let c = t.prefetch_session(key_hash(&key));
+                if let Some((got, r)) = t.candidate(c) {
+                    assert_eq!((got.client, r), (s.client, reply));
+                    found += 1;
+                }
+            }
+        }
+        assert!(found > 1500, "{found} of 2000 tuples named their session");
+        // A tuple no session has: no candidate (with so few sessions, no
+        // tag in its bucket matches).
+        let mut stranger = sess(7, Proto::Tcp).original_key();
+        stranger.src = Addr::v4([198, 18, 9, 9]);
+        assert!(t
+            .candidate(t.prefetch_session(key_hash(&stranger)))
+            .is_none());
+        // Any value is safe to pass: a slot beyond the table is no candidate.
+        assert!(t.candidate(u32::MAX - 1).is_none());
     }
 
     #[test]

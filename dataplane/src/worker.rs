@@ -13,7 +13,7 @@ use crate::addr::Addr;
 use crate::dpdk::rcu::{Rcu, Reader};
 use crate::dpdk::{self, Eal, Mbuf, Mempool, Port, PortConfig, Ring, RxBurst, TxBuffer};
 use crate::neigh::NeighborUpdate;
-use crate::pipeline::{Exception, PacketBuf, Pipeline, PipelineConfig, PortInfo, Verdict};
+use crate::pipeline::{Exception, PacketBuf, Pipeline, PipelineConfig, PortInfo, PrePass, Verdict};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::ServiceTable;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +36,9 @@ const HOLD_MS: u64 = 3_000;
 /// (below, the table is cache-resident and the pre-pass would cost more
 /// than it saves).
 const PREFETCH_SESSIONS: usize = 16_384;
+/// How many packets ahead of processing the pre-pass prefetches next-hop
+/// cache lines (their sessions must have landed by then).
+const NEXT_HOP_AHEAD: usize = 4;
 /// Empty polls before the optional idle sleep kicks in.
 const IDLE_POLLS: u32 = 256;
 
@@ -382,6 +385,7 @@ impl Worker {
         // Allocated once, before the loop.
         let mut rx = RxBurst::default();
         let mut hashes = [0u64; dpdk::BURST];
+        let mut cands = [crate::session::NO_CANDIDATE; dpdk::BURST];
         let mut b = Buffers {
             tx: (0..n_ports).map(|_| TxBuffer::default()).collect(),
             handoff: (0..n_workers).map(|_| TxBuffer::default()).collect(),
@@ -419,23 +423,47 @@ impl Worker {
                     }
                     work += got;
                     WorkerStats::add(&st.rx_packets, got as u64);
-                    if self.pipeline.sessions.len() >= PREFETCH_SESSIONS {
+                    let n = rx.remaining();
+                    let prepass = self.pipeline.sessions.len() >= PREFETCH_SESSIONS;
+                    let hops = prepass && self.pipeline.next_hop_prefetch_pays();
+                    if prepass {
                         // Burst-wide pre-pass: packet data, then the session
                         // index lines, then the sessions, so the misses of a
-                        // large table overlap instead of stalling one by one.
+                        // large table overlap instead of stalling one by one;
+                        // with many neighbours the next-hop lines follow a
+                        // few packets ahead.
                         rx.prefetch_all();
-                        let n = rx.remaining();
                         for (i, h) in hashes[..n].iter_mut().enumerate() {
                             *h = self.pipeline.prefetch_index(rx.peek(i));
                         }
-                        for &h in &hashes[..n] {
-                            self.pipeline.prefetch_session(h);
+                        for (h, c) in hashes[..n].iter().zip(&mut cands[..n]) {
+                            *c = self.pipeline.prefetch_session(*h);
+                        }
+                        if hops {
+                            for &c in cands[..n].iter().take(NEXT_HOP_AHEAD) {
+                                self.pipeline.prefetch_next_hop(c);
+                            }
                         }
                     }
-                    for mut m in rx.by_ref() {
+                    for (i, mut m) in rx.by_ref().enumerate() {
+                        if hops {
+                            if let Some(&c) = cands[..n].get(i + NEXT_HOP_AHEAD) {
+                                self.pipeline.prefetch_next_hop(c);
+                            }
+                        }
+                        // What the pre-pass found, so the fast path does not
+                        // hash and probe again.
+                        let h = if prepass {
+                            PrePass {
+                                hash: hashes[i],
+                                session: cands[i],
+                            }
+                        } else {
+                            PrePass::NONE
+                        };
                         WorkerStats::add(&st.rx_bytes, m.len() as u64);
                         m.set_port(pi as u16);
-                        handle(&mut self.pipeline, table, st, &mut b, m, now, false);
+                        handle(&mut self.pipeline, table, st, &mut b, m, now, false, h);
                     }
                 }
                 for r in &self.handoff_rx {
@@ -446,7 +474,16 @@ impl Worker {
                     work += got;
                     WorkerStats::add(&st.handoff_in, got as u64);
                     for m in rx.by_ref() {
-                        handle(&mut self.pipeline, table, st, &mut b, m, now, true);
+                        handle(
+                            &mut self.pipeline,
+                            table,
+                            st,
+                            &mut b,
+                            m,
+                            now,
+                            true,
+                            PrePass::NONE,
+                        );
                     }
                 }
                 // Neighbour solicitations the packets above asked for.
@@ -585,6 +622,7 @@ fn push_tx(tx: &mut [TxBuffer], ports: &[u16], queue: u16, st: &WorkerStats, por
 }
 
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn handle(
     p: &mut Pipeline,
     table: &ServiceTable,
@@ -593,13 +631,19 @@ fn handle(
     mut m: Mbuf,
     now: u64,
     handed_off: bool,
+    hint: PrePass,
 ) {
     if m.nb_segs() != 1 {
         st.count_drop(DropReason::MultiSegment);
         return;
     }
     let in_port = m.port();
-    match p.process(table, st, in_port, &mut m, now, handed_off) {
+    let v = if hint != PrePass::NONE {
+        p.process_hinted(table, st, in_port, &mut m, now, handed_off, hint)
+    } else {
+        p.process(table, st, in_port, &mut m, now, handed_off)
+    };
+    match v {
         Verdict::Tx(port) | Verdict::ToKernel(port) | Verdict::FromKernel(port) => {
             push_tx(&mut b.tx, &b.ports, b.queue, st, port, m)
         }

@@ -377,6 +377,16 @@ impl Mbuf {
 
 impl PacketBuf for Mbuf {
     #[inline(always)]
+    fn rx_ip_checksum(&self) -> crate::pipeline::RxChecksum {
+        use crate::pipeline::RxChecksum;
+        match self.m().ol_flags & u64::from(sys::RTE_MBUF_F_RX_IP_CKSUM_MASK) {
+            f if f == u64::from(sys::RTE_MBUF_F_RX_IP_CKSUM_GOOD) => RxChecksum::Good,
+            f if f == u64::from(sys::RTE_MBUF_F_RX_IP_CKSUM_BAD) => RxChecksum::Bad,
+            f if f == u64::from(sys::RTE_MBUF_F_RX_IP_CKSUM_NONE) => RxChecksum::None,
+            _ => RxChecksum::Unknown,
+        }
+    }
+    #[inline(always)]
     fn data(&self) -> &[u8] {
         let m = self.m();
         // SAFETY: [data_off, data_off + data_len) lies inside the mbuf's buffer, which we own.
@@ -711,6 +721,10 @@ impl Drop for Ring {
     }
 }
 
+/// `RTE_ETH_RX_OFFLOAD_IPV4_CKSUM` (`RTE_BIT64(1)`, a function-like macro
+/// bindgen does not expand).
+const RX_OFFLOAD_IPV4_CKSUM: u64 = 1 << 1;
+
 /// What a port can do, as reported by its driver.
 #[derive(Clone, Debug)]
 pub struct PortCaps {
@@ -724,6 +738,12 @@ pub struct PortCaps {
     pub rss_offloads: u64,
     /// Whether RSS was enabled.
     pub rss_enabled: bool,
+    /// Receive offloads the driver reports (`rx_offload_capa`).
+    pub rx_offloads: u64,
+    /// Whether IPv4 header checksum checking on receive was enabled (the
+    /// driver reports it): the fast path then trusts the mbufs'
+    /// `RTE_MBUF_F_RX_IP_CKSUM_GOOD` flags.
+    pub rx_ip_checksum: bool,
     /// The host kernel interface the port is bound to (TAP, af_packet), 0
     /// if none.
     pub if_index: u32,
@@ -848,6 +868,8 @@ impl Port {
             max_tx_queues: info.max_tx_queues,
             rss_offloads: info.flow_type_rss_offloads,
             rss_enabled: false,
+            rx_offloads: info.rx_offload_capa,
+            rx_ip_checksum: false,
             if_index: info.if_index,
         })
     }
@@ -870,8 +892,14 @@ impl Port {
             conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
             caps.rss_enabled = true;
         }
-        // No offloads requested: checksums are updated in software, so the
-        // port works on every PMD.
+        // Receive: IPv4 header checksum checking when the driver offers it
+        // (the fast path skips its own check of packets flagged good).
+        // Nothing else: checksums are updated in software, so the port
+        // works on every PMD.
+        if caps.rx_offloads & RX_OFFLOAD_IPV4_CKSUM != 0 {
+            conf.rxmode.offloads |= RX_OFFLOAD_IPV4_CKSUM;
+            caps.rx_ip_checksum = true;
+        }
         // SAFETY: conf is a valid, fully initialised struct.
         check("rte_eth_dev_configure", unsafe {
             sys::rte_eth_dev_configure(self.id, q, q, &conf)

@@ -6,7 +6,8 @@
 //! against a new table as the general path does), state touch,
 //! DNAT/SNAT or reverse rewrite with the same incremental-checksum helpers
 //! as the general path, TTL, L2 rewrite. Anything else — IP options,
-//! fragments, TCP SYN/FIN/RST, a UDP session whose backend a new table
+//! fragments, TCP SYN/FIN/RST, a bad IPv4 header checksum (not checked
+//! again when the NIC's receive offload reported it good), a UDP session whose backend a new table
 //! removed, a packet over the egress MTU, a neighbour that is not fresh, VLAN
 //! tags, SCTP, IPv6, malformed headers — returns `None` before any side
 //! effect and the general path in [`Pipeline::process`] takes the packet
@@ -15,8 +16,9 @@
 use super::*;
 
 impl Pipeline {
-    /// See the module docs. `None`: not handled, nothing changed.
-    #[inline]
+    /// See the module docs. `None`: not handled, nothing changed. `hint`:
+    /// what the burst pre-pass found for this frame, if anything.
+    #[inline(always)]
     pub(super) fn fast_v4<B: PacketBuf>(
         &mut self,
         t: &ServiceTable,
@@ -24,6 +26,7 @@ impl Pipeline {
         in_port: u16,
         pkt: &mut B,
         now: u64,
+        hint: PrePass,
     ) -> Option<Verdict> {
         let pinfo = self.ports.get(in_port as usize)?;
         if pinfo.vlan.is_some() {
@@ -45,7 +48,11 @@ impl Pipeline {
         if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 || ip[8] <= 1 {
             return None;
         }
-        if checksum::fold(checksum::sum(&ip[..20], 0)) != 0xFFFF {
+        // The header checksum, unless the NIC checked it (a `Bad` or
+        // unknown verdict: checked here, and the general path drops it).
+        if pkt.rx_ip_checksum() != RxChecksum::Good
+            && checksum::fold(checksum::sum(&ip[..20], 0)) != 0xFFFF
+        {
             return None;
         }
         let l4 = &ip[20..total];
@@ -76,7 +83,20 @@ impl Pipeline {
             dport: u16::from_be_bytes([l4[2], l4[3]]),
             proto,
         };
-        let (idx, dir) = self.sessions.lookup_hashed(&key, key_hash(&key))?;
+        // The pre-pass's candidate session if it is this tuple's, else the
+        // index, probed with the pre-pass's hash when there is one (see
+        // `process_hinted`).
+        let (idx, dir) = match self.sessions.confirm_candidate(hint.session, &key) {
+            Some(hit) => hit,
+            None => {
+                let h = if hint.hash != 0 {
+                    hint.hash
+                } else {
+                    key_hash(&key)
+                };
+                self.sessions.lookup_hashed(&key, h)?
+            }
+        };
         let s = self.sessions.get(idx);
         // First packet since a table change: as on the general path, a UDP
         // session's backend must still be there (else the general path
@@ -133,41 +153,152 @@ impl Pipeline {
     }
 }
 
-/// Slots of the next-hop cache (direct-mapped by destination).
-pub(super) const EGRESS_SLOTS: usize = 256;
-
-/// A cached next hop: where packets to `dst` go and the MAC they get.
+/// A cached next hop (32 bytes: two per cache line, see [`EgressSet`]).
 #[derive(Clone, Copy, Default)]
+#[repr(C)]
 pub(super) struct Egress {
-    dst: Addr,
-    version: u64,
-    generation: u64,
+    /// The neighbour stays fresh before this time (ms).
     until: u64,
+    /// The IPv4 destination (its octets in memory order).
+    dst: u32,
+    /// The cache's stamp when this was resolved; 0: empty.
+    stamp: u32,
     port: u16,
     mac: MacAddr,
-    valid: bool,
+    _pad: [u8; 8],
+}
+
+/// Two ways of the set-associative cache, one cache line.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+pub(super) struct EgressSet([Egress; 2]);
+
+/// The fast path's next-hop cache: route + fresh neighbour per IPv4
+/// destination, two-way set-associative, sized to the neighbour cache
+/// (two places per neighbour, [`EgressCache::new`]) so that a table with
+/// as many next hops as the neighbour cache holds stays in it. Every entry
+/// is valid only for the stamp it was resolved under, and the stamp moves
+/// whenever the table version (routes) or the neighbour generation (every
+/// neighbour change) does — the same rule as one compare of both per entry,
+/// in a 32-byte entry; and only until the neighbour would go stale.
+pub(super) struct EgressCache {
+    sets: Vec<EgressSet>,
+    /// `32 - log2(sets.len())`: the set is the top bits of a multiplicative hash.
+    shift: u32,
+    /// The current stamp. It starts at 0 with `key` at a value no table
+    /// and neighbour cache have together; empty entries (stamp 0) never
+    /// match because their `until` is 0.
+    stamp: u32,
+    /// (table version, neighbour generation) of `stamp`.
+    key: (u64, u64),
+    /// Lookups that had to route and resolve (for tests and benchmarks).
+    misses: u64,
+}
+
+/// Bounds of the number of sets (64 bytes each).
+const EGRESS_MIN_SETS: usize = 128;
+const EGRESS_MAX_SETS: usize = 1 << 20;
+
+impl EgressCache {
+    /// A cache with two places per neighbour-cache entry (`neighbors`),
+    /// rounded up to a power of two: 64 bytes per neighbour, at least
+    /// 8 KiB, at most 64 MiB. Allocated once.
+    pub(super) fn new(neighbors: usize) -> Self {
+        let n = neighbors
+            .clamp(EGRESS_MIN_SETS, EGRESS_MAX_SETS)
+            .next_power_of_two();
+        EgressCache {
+            sets: vec![EgressSet::default(); n],
+            shift: 32 - n.trailing_zeros(),
+            stamp: 0,
+            key: (u64::MAX, u64::MAX),
+            misses: 0,
+        }
+    }
+
+    /// Bytes this cache takes.
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.sets.len() * core::mem::size_of::<EgressSet>()
+    }
+
+    /// The stamp for `(version, generation)`: the current one, or (on a
+    /// change of either) the next, which makes everything cached before
+    /// dead; on the (theoretical) wrap of the stamp the cache is emptied.
+    #[inline(always)]
+    fn sync(&mut self, version: u64, generation: u64) -> u32 {
+        if self.key == (version, generation) {
+            self.stamp
+        } else {
+            self.advance(version, generation)
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn advance(&mut self, version: u64, generation: u64) -> u32 {
+        self.key = (version, generation);
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.sets.fill(EgressSet::default());
+            self.stamp = 1;
+        }
+        self.stamp
+    }
+
+    #[inline(always)]
+    fn set_of(&self, d4: u32) -> usize {
+        (d4.wrapping_mul(0x9E37_79B1) >> self.shift) as usize
+    }
+
+    /// Prefetches the set an IPv4 destination `dst` would be cached in
+    /// (for an IPv6 one, some set: a wasted hint, not worth a branch).
+    #[inline(always)]
+    pub(super) fn prefetch(&self, dst: &Addr) {
+        let d4 = u32::from_ne_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]);
+        if let Some(set) = self.sets.get(self.set_of(d4)) {
+            crate::dpdk::prefetch_read(set);
+        }
+    }
 }
 
 impl Pipeline {
-    /// Egress port and destination MAC for `dst`: the route and a fresh
-    /// neighbour, from the cache while the table version and the neighbour
-    /// generation are unchanged and the neighbour stays fresh; `None` when
-    /// there is no route or the neighbour is not fresh (the general path
-    /// then routes, solicits or holds).
-    #[inline]
-    fn egress_for(&mut self, t: &ServiceTable, dst: &Addr, now: u64) -> Option<(u16, MacAddr)> {
-        let h = u32::from_ne_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]);
-        let slot = (h.wrapping_mul(0x9E37_79B1) >> 24) as usize % EGRESS_SLOTS;
-        let generation = self.neighbors.generation();
-        let e = &self.egress[slot];
-        if e.valid
-            && e.dst == *dst
-            && e.version == t.version
-            && e.generation == generation
-            && now < e.until
-        {
-            return Some((e.port, e.mac));
+    /// Egress port and destination MAC for the IPv4 destination `dst`: the
+    /// route and a fresh neighbour, from the cache while the table version
+    /// and the neighbour generation are unchanged and the neighbour stays
+    /// fresh; `None` when there is no route or the neighbour is not fresh
+    /// (the general path then routes, solicits or holds).
+    #[inline(always)]
+    pub(super) fn egress_for(
+        &mut self,
+        t: &ServiceTable,
+        dst: &Addr,
+        now: u64,
+    ) -> Option<(u16, MacAddr)> {
+        let d4 = u32::from_ne_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]);
+        let stamp = self.egress.sync(t.version, self.neighbors.generation());
+        let si = self.egress.set_of(d4);
+        if let Some(set) = self.egress.sets.get(si) {
+            for e in &set.0 {
+                if e.stamp == stamp && e.dst == d4 && now < e.until {
+                    return Some((e.port, e.mac));
+                }
+            }
         }
+        self.egress_miss(t, dst, si, stamp, now)
+    }
+
+    /// [`Self::egress_for`] when the cache has no fresh entry: route,
+    /// resolve, and cache the answer in set `si` under `stamp`.
+    #[inline(never)]
+    fn egress_miss(
+        &mut self,
+        t: &ServiceTable,
+        dst: &Addr,
+        si: usize,
+        stamp: u32,
+        now: u64,
+    ) -> Option<(u16, MacAddr)> {
+        self.egress.misses += 1;
         if self.exception.is_some() && t.local_port(dst).is_some() {
             // For the node's kernel: the general path delivers it (never cached).
             return None;
@@ -178,16 +309,40 @@ impl Pipeline {
             return None;
         }
         let (mac, until) = self.neighbors.fresh_until(&hop.addr, now)?;
-        self.egress[slot] = Egress {
-            dst: *dst,
-            version: t.version,
-            generation,
+        let d4 = u32::from_ne_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]);
+        let e = Egress {
             until,
+            dst: d4,
+            stamp,
             port: hop.port,
             mac,
-            valid: true,
+            _pad: [0; 8],
         };
+        // The way that held this destination or a dead entry; else the
+        // older way goes (way 0 holds the most recently resolved).
+        if let Some(set) = self.egress.sets.get_mut(si) {
+            let set = &mut set.0;
+            let w = set
+                .iter()
+                .position(|x| x.dst == d4 || x.stamp != stamp)
+                .unwrap_or_else(|| {
+                    set[1] = set[0];
+                    0
+                });
+            set[w] = e;
+        }
         Some((hop.port, mac))
+    }
+
+    /// Fast-path next-hop lookups that missed the cache so far.
+    pub fn next_hop_misses(&self) -> u64 {
+        self.egress.misses
+    }
+
+    /// Bytes of the fast path's next-hop cache (allocated once, sized to
+    /// the neighbour cache: 64 bytes per neighbour).
+    pub fn next_hop_cache_bytes(&self) -> usize {
+        self.egress.memory_bytes()
     }
 }
 
@@ -291,6 +446,11 @@ mod tests {
 
     /// [`table`] without backend `198.19.0.<skip>`.
     fn table_without(version: u64, skip: Option<u8>) -> ServiceTable {
+        ServiceTable::new(spec_without(skip), version)
+    }
+
+    /// What [`table_without`] builds.
+    fn spec_without(skip: Option<u8>) -> TableSpec {
         let svc = |vip: u8, proto, masquerade| ServiceSpec {
             source_ranges: vec![],
             affinity_timeout: None,
@@ -309,7 +469,7 @@ mod tests {
                 .map(|b| SockAddr::new(v4([198, 19, 0, b]), 8080))
                 .collect(),
         };
-        let spec = TableSpec {
+        TableSpec {
             services: vec![
                 svc(1, Proto::Tcp, false),
                 svc(1, Proto::Udp, false),
@@ -343,8 +503,7 @@ mod tests {
                 .collect(),
             masquerade: MasqueradePolicy::default(),
             ..Default::default()
-        };
-        ServiceTable::new(spec, version)
+        }
     }
 
     fn pipeline(fast: bool, mtu1: u16) -> Pipeline {
@@ -698,5 +857,326 @@ mod tests {
         );
         let probes: Vec<_> = p.take_solicits().collect();
         assert_eq!(probes, vec![(1, v4([198, 19, 0, 12]))]);
+    }
+
+    /// A UDP flow of `p` whose backend is `198.19.0.<want>`: (request, output).
+    fn flow_to(
+        p: &mut Pipeline,
+        t: &ServiceTable,
+        st: &WorkerStats,
+        want: u8,
+    ) -> (Vec<u8>, Vec<u8>) {
+        (40000u16..41000)
+            .map(|port| {
+                let f = frame(
+                    P0,
+                    ([198, 18, 0, 2], port),
+                    ([198, 18, 100, 1], 80),
+                    None,
+                    18,
+                );
+                let (v, out) = run(p, t, st, 0, &f, 0);
+                assert_eq!(v, Verdict::Tx(1));
+                (f, out)
+            })
+            .find(|(_, out)| out[33] == want)
+            .expect("some flow lands on the backend")
+    }
+
+    #[test]
+    fn cached_next_hops_follow_route_changes() {
+        let t = table(1);
+        let st = WorkerStats::default();
+        let mut p = pipeline(true, 1500);
+        p.on_table(&t);
+        // A flow to the static backend .10, on port 1, cached.
+        let (f, out) = flow_to(&mut p, &t, &st, 10);
+        assert_eq!(&out[0..6], &[2, 0, 0, 1, 0, 10]);
+        for now in [1, 2] {
+            let (v, o) = run(&mut p, &t, &st, 0, &f, now);
+            assert_eq!((v, &o[0..6]), (Verdict::Tx(1), &[2, 0, 0, 1, 0, 10][..]));
+        }
+        let fast = st.fast_path.load(Relaxed);
+        let misses = p.next_hop_misses();
+        // The next table routes .10 through a gateway on port 0: the very
+        // next packet follows the new route, still on the fast path.
+        let mut spec = spec_without(None);
+        spec.routes.push(crate::table::Route {
+            prefix: v4([198, 19, 0, 10]),
+            len: 32,
+            port: 0,
+            via: Some(v4([198, 18, 0, 2])),
+        });
+        let t2 = ServiceTable::new(spec, 2);
+        p.on_table(&t2);
+        let (v, o) = run(&mut p, &t2, &st, 0, &f, 3);
+        assert_eq!((v, &o[0..6]), (Verdict::Tx(0), &CLIENT_MAC.0[..]));
+        assert_eq!(st.fast_path.load(Relaxed), fast + 1);
+        assert_eq!(p.next_hop_misses(), misses + 1, "re-resolved once");
+        let (v, _) = run(&mut p, &t2, &st, 0, &f, 4);
+        assert_eq!(v, Verdict::Tx(0));
+        assert_eq!(p.next_hop_misses(), misses + 1, "then cached again");
+        // And back (a table without the route): port 1 again.
+        let t3 = table(3);
+        p.on_table(&t3);
+        let (v, o) = run(&mut p, &t3, &st, 0, &f, 5);
+        assert_eq!((v, &o[0..6]), (Verdict::Tx(1), &[2, 0, 0, 1, 0, 10][..]));
+    }
+
+    #[test]
+    fn the_pre_pass_hash_spares_the_fast_path_hashing_and_is_only_a_hint() {
+        let t = table(1);
+        let st = WorkerStats::default();
+        let mut p = pipeline(true, 1500);
+        p.on_table(&t);
+        let f = frame(
+            P0,
+            ([198, 18, 0, 2], 40000),
+            ([198, 18, 100, 1], 80),
+            None,
+            18,
+        );
+        assert_eq!(run(&mut p, &t, &st, 0, &f, 0).0, Verdict::Tx(1));
+        let reference = run(&mut p, &t, &st, 0, &f, 1);
+        let fast = |st: &WorkerStats| st.fast_path.load(Relaxed);
+        let go = |p: &mut Pipeline, h: u64| {
+            let mut b = VecBuf::new(&f);
+            let hint = PrePass {
+                hash: h,
+                session: crate::session::NO_CANDIDATE,
+            };
+            let v = p.process_hinted(&t, &st, 0, &mut b, 1, false, hint);
+            (v, b.bytes())
+        };
+        // The right hash (what the pre-pass computes): the fast path.
+        let h = p.prefetch_index(&f);
+        assert_ne!(h, 0);
+        let before = fast(&st);
+        assert_eq!(go(&mut p, h), reference);
+        assert_eq!(fast(&st), before + 1);
+        // A wrong one: the fast path misses with it (so it is used, not
+        // recomputed) and the general path translates the packet all the same.
+        let before = fast(&st);
+        assert_eq!(go(&mut p, h ^ 0x5555_0000_0000_1234), reference);
+        assert_eq!(fast(&st), before, "the general path took it");
+    }
+
+    #[test]
+    fn the_pre_pass_candidate_is_used_only_when_it_is_the_live_session_of_the_tuple() {
+        let t = table(1);
+        let st = WorkerStats::default();
+        let mut p = pipeline(true, 1500);
+        p.on_table(&t);
+        let flow = |port: u16| {
+            frame(
+                P0,
+                ([198, 18, 0, 2], port),
+                ([198, 18, 100, 1], 80),
+                None,
+                18,
+            )
+        };
+        let (fa, fb) = (flow(40000), flow(40001));
+        for f in [&fa, &fb] {
+            assert_eq!(run(&mut p, &t, &st, 0, f, 0).0, Verdict::Tx(1));
+        }
+        let reference = run(&mut p, &t, &st, 0, &fa, 1);
+        let hint_of = |p: &Pipeline, f: &[u8]| {
+            let hash = p.prefetch_index(f);
+            PrePass {
+                hash,
+                session: p.prefetch_session(hash),
+            }
+        };
+        let (ha, hb) = (hint_of(&p, &fa), hint_of(&p, &fb));
+        assert!(p.sessions.candidate(ha.session).is_some());
+        let go = |p: &mut Pipeline, f: &[u8], hint: PrePass| {
+            let mut b = VecBuf::new(f);
+            let v = p.process_hinted(&t, &st, 0, &mut b, 1, false, hint);
+            (v, b.bytes())
+        };
+        let fast = |st: &WorkerStats| st.fast_path.load(Relaxed);
+        let created = |st: &WorkerStats| st.sessions_created.load(Relaxed);
+        // Its own candidate: the fast path, the same bytes.
+        let before = fast(&st);
+        assert_eq!(go(&mut p, &fa, ha), reference);
+        assert_eq!(fast(&st), before + 1);
+        // Another flow's candidate (with this flow's hash): not taken for
+        // this tuple's session; the index finds the right one.
+        assert_eq!(
+            go(
+                &mut p,
+                &fa,
+                PrePass {
+                    session: hb.session,
+                    ..ha
+                }
+            ),
+            reference
+        );
+        assert_eq!(fast(&st), before + 2);
+        // The candidate's session ended since the pre-pass read it: the
+        // dead slot still holds the tuple, but it is not live, so the packet
+        // is not translated by it: the general path opens a new session.
+        let (idx, _) = p.sessions.lookup(&quick_key(&fa).unwrap()).unwrap();
+        p.sessions.remove(idx);
+        let n = created(&st);
+        let (v, _) = go(&mut p, &fa, ha);
+        assert_eq!(v, Verdict::Tx(1));
+        assert_eq!(created(&st), n + 1, "a new session, not the dead one");
+        assert_eq!(fast(&st), before + 2);
+    }
+
+    #[test]
+    fn nic_checksum_verdicts() {
+        let t = table(1);
+        let st = WorkerStats::default();
+        let mut p = pipeline(true, 1500);
+        p.on_table(&t);
+        let f = frame(
+            P0,
+            ([198, 18, 0, 2], 40000),
+            ([198, 18, 100, 1], 80),
+            None,
+            18,
+        );
+        assert_eq!(run(&mut p, &t, &st, 0, &f, 0).0, Verdict::Tx(1));
+        let mut bad = f.clone();
+        bad[14 + 10] ^= 0x5a;
+        let go = |p: &mut Pipeline, f: &[u8], c: RxChecksum| {
+            let mut b = VecBuf::new(f);
+            b.set_rx_ip_checksum(c);
+            let v = p.process(&t, &st, 0, &mut b, 1, false);
+            (v, b.bytes())
+        };
+        let fast = |st: &WorkerStats| st.fast_path.load(Relaxed);
+        // A good header: the fast path whatever the NIC says (a `Bad`
+        // verdict is not trusted over software, as without offloads).
+        let reference = run(&mut p, &t, &st, 0, &f, 1);
+        for c in [
+            RxChecksum::Unknown,
+            RxChecksum::Good,
+            RxChecksum::Bad,
+            RxChecksum::None,
+        ] {
+            let before = fast(&st);
+            let (v, out) = go(&mut p, &f, c);
+            assert_eq!((v, &out), (reference.0, &reference.1), "{c:?}");
+            assert_eq!(fast(&st), before + 1, "{c:?}");
+        }
+        // A bad header checksum is dropped (the worker counts the verdict)
+        // unless the NIC vouched for it.
+        for c in [RxChecksum::Unknown, RxChecksum::Bad, RxChecksum::None] {
+            let before = fast(&st);
+            assert_eq!(
+                go(&mut p, &bad, c).0,
+                Verdict::Drop(DropReason::BadChecksum),
+                "{c:?}"
+            );
+            assert_eq!(fast(&st), before, "{c:?}");
+        }
+        // `Good`: the NIC's word is taken, the header is not summed again.
+        let before = fast(&st);
+        assert_eq!(go(&mut p, &bad, RxChecksum::Good).0, Verdict::Tx(1));
+        assert_eq!(fast(&st), before + 1);
+    }
+
+    /// A table with `n` static neighbours on port 1 (198.19.x.y, all on-link).
+    fn wide_table(n: u32) -> (ServiceTable, Vec<Addr>) {
+        let addrs: Vec<Addr> = (0..n)
+            .map(|i| v4([198, 19, 1 + (i / 250) as u8, 1 + (i % 250) as u8]))
+            .collect();
+        let mut spec = spec_without(None);
+        spec.interfaces[1].prefix_len = 16;
+        spec.neighbors
+            .extend(addrs.iter().map(|&addr| StaticNeighbor {
+                addr,
+                mac: MacAddr([2, 0, 1, 0, 0, 1]),
+                port: 1,
+            }));
+        (ServiceTable::new(spec, 1), addrs)
+    }
+
+    fn pipeline_with_neighbors(neighbors: usize) -> Pipeline {
+        Pipeline::new(
+            0,
+            1,
+            vec![
+                PortInfo {
+                    mac: P0,
+                    vlan: None,
+                    mtu: 1500,
+                },
+                PortInfo {
+                    mac: P1,
+                    vlan: None,
+                    mtu: 1500,
+                },
+            ],
+            PipelineConfig {
+                sessions: 1024,
+                neighbors,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn next_hop_cache_holds_as_many_destinations_as_the_neighbour_cache() {
+        // 6,000 next hops (far more than the old 256-slot cache) in a
+        // pipeline whose neighbour cache is sized for them: each is
+        // resolved once, then every lookup hits.
+        let (t, addrs) = wide_table(6000);
+        let mut p = pipeline_with_neighbors(8192);
+        p.on_table(&t);
+        assert_eq!(p.next_hop_cache_bytes(), 8192 * 64);
+        for round in 0..3 {
+            for a in &addrs {
+                assert_eq!(
+                    p.egress_for(&t, a, round),
+                    Some((1, MacAddr([2, 0, 1, 0, 0, 1])))
+                );
+            }
+            assert_eq!(p.next_hop_misses(), 6000, "round {round}");
+        }
+        // With that many neighbours the worker's pre-pass prefetches next-hop
+        // lines (any candidate value is a safe hint); with few it does not.
+        assert!(p.next_hop_prefetch_pays());
+        for c in [0, 1, 12_345, u32::MAX - 1, crate::session::NO_CANDIDATE] {
+            p.prefetch_next_hop(c);
+        }
+        // Default-sized pipelines keep a small cache.
+        let mut small = pipeline(true, 1500);
+        small.on_table(&table(1));
+        assert!(!small.next_hop_prefetch_pays());
+        assert_eq!(small.next_hop_cache_bytes(), 4096 * 64);
+    }
+
+    #[test]
+    fn next_hop_cache_stamp_wrap_forgets_every_entry() {
+        let t = table(1);
+        let mut p = pipeline(true, 1500);
+        p.on_table(&t);
+        let b = v4([198, 19, 0, 12]);
+        assert_eq!(
+            p.egress_for(&t, &b, 1),
+            Some((1, MacAddr([2, 0, 0, 1, 0, 12])))
+        );
+        let stamp = p.egress.stamp;
+        // 2^32 - 1 changes later the stamp comes round again to the one the
+        // entry was resolved under: it must not be taken for current.
+        p.egress.stamp = stamp.wrapping_sub(1).wrapping_sub(1);
+        p.learn_from_peer(
+            NeighborUpdate {
+                addr: b,
+                mac: MacAddr([2, 0, 0, 9, 9, 12]),
+                port: 1,
+            },
+            2,
+        );
+        assert_eq!(
+            p.egress_for(&t, &b, 3),
+            Some((1, MacAddr([2, 0, 0, 9, 9, 12])))
+        );
     }
 }
