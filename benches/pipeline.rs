@@ -94,7 +94,7 @@ fn bench(c: &mut Criterion) {
     });
     // Full-size frames (1514 bytes: 1472 bytes of UDP payload): the NAT
     // work is the same (incremental checksums); the copy grows.
-    let big = udp4_frame_len([198, 18, 0, 3], 40000, [198, 18, 200, 0], 80, 1472);
+    let big = udp_frame_len([198, 18, 0, 3], 40000, [198, 18, 200, 0], 80, P0, 1472);
     let mut bigbuf = VecBuf::new(&big);
     assert!(matches!(
         p.process(&t, &st, 0, &mut bigbuf, 0, false),
@@ -412,30 +412,6 @@ fn udp6_frame(
     u[2..4].copy_from_slice(&dport.to_be_bytes());
     u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
     let c = checksum::l4_v6(&src, &dst, 17, &u[..udp_len]);
-    u[6..8].copy_from_slice(&c.to_be_bytes());
-    f
-}
-
-/// Ethernet + IPv4 + UDP with `payload` bytes to port 0's MAC, checksums valid.
-fn udp4_frame_len(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: usize) -> Vec<u8> {
-    let udp_len = 8 + payload;
-    let mut f = vec![0u8; 14 + 20 + udp_len];
-    EthernetFrame::emit(&mut f, P0, MacAddr([2, 0, 0, 0, 0, 0xaa]), 0x0800).unwrap();
-    let ip = &mut f[14..];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-    ip[6] = 0x40;
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&src);
-    ip[16..20].copy_from_slice(&dst);
-    let c = checksum::ipv4_header(&ip[..20]);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let u = &mut ip[20..];
-    u[0..2].copy_from_slice(&sport.to_be_bytes());
-    u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
-    let c = checksum::l4_v4(src, dst, 17, &u[..udp_len]);
     u[6..8].copy_from_slice(&c.to_be_bytes());
     f
 }

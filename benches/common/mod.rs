@@ -137,11 +137,24 @@ pub fn wide_spec(services: usize, per: usize) -> TableSpec {
 
 /// A 64-byte Ethernet + IPv4 + UDP frame (18 bytes of payload), checksums valid.
 pub fn udp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, dmac: MacAddr) -> Vec<u8> {
-    let mut f = vec![0u8; 60];
+    udp_frame_len(src, sport, dst, dport, dmac, 18)
+}
+
+/// Ethernet + IPv4 + UDP with `payload` bytes, checksums valid.
+pub fn udp_frame_len(
+    src: [u8; 4],
+    sport: u16,
+    dst: [u8; 4],
+    dport: u16,
+    dmac: MacAddr,
+    payload: usize,
+) -> Vec<u8> {
+    let udp_len = 8 + payload;
+    let mut f = vec![0u8; 14 + 20 + udp_len];
     EthernetFrame::emit(&mut f, dmac, MacAddr([2, 0, 0, 0, 0, 0xaa]), 0x0800).unwrap();
     let ip = &mut f[14..];
     ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&46u16.to_be_bytes());
+    ip[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
     ip[6] = 0x40;
     ip[8] = 64;
     ip[9] = 17;
@@ -152,8 +165,8 @@ pub fn udp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, dmac: MacAd
     let u = &mut ip[20..];
     u[0..2].copy_from_slice(&sport.to_be_bytes());
     u[2..4].copy_from_slice(&dport.to_be_bytes());
-    u[4..6].copy_from_slice(&26u16.to_be_bytes());
-    let c = checksum::l4_v4(src, dst, 17, &u[..26]);
+    u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    let c = checksum::l4_v4(src, dst, 17, &u[..udp_len]);
     u[6..8].copy_from_slice(&c.to_be_bytes());
     f
 }
