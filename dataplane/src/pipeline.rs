@@ -651,12 +651,7 @@ impl Pipeline {
         now: u64,
         handed_off: bool,
     ) -> Verdict {
-        if self.fast_path {
-            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now, PrePass::NONE) {
-                return v;
-            }
-        }
-        self.general(t, st, in_port, pkt, now, handed_off)
+        self.process_hinted(t, st, in_port, pkt, now, handed_off, PrePass::NONE)
     }
 
     /// [`Pipeline::process`] with what the burst pre-pass found for this

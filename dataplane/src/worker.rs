@@ -638,11 +638,7 @@ fn handle(
         return;
     }
     let in_port = m.port();
-    let v = if hint != PrePass::NONE {
-        p.process_hinted(table, st, in_port, &mut m, now, handed_off, hint)
-    } else {
-        p.process(table, st, in_port, &mut m, now, handed_off)
-    };
+    let v = p.process_hinted(table, st, in_port, &mut m, now, handed_off, hint);
     match v {
         Verdict::Tx(port) | Verdict::ToKernel(port) | Verdict::FromKernel(port) => {
             push_tx(&mut b.tx, &b.ports, b.queue, st, port, m)

@@ -506,8 +506,11 @@ mod tests {
         }
     }
 
-    fn pipeline(fast: bool, mtu1: u16) -> Pipeline {
-        let mut p = Pipeline::new(
+    /// A two-port pipeline (port 1's MTU `mtu1`) with 1024 sessions and
+    /// `neighbors` neighbour places (`None`: the default).
+    fn bare_pipeline(mtu1: u16, neighbors: Option<usize>) -> Pipeline {
+        let d = PipelineConfig::default();
+        Pipeline::new(
             0,
             1,
             vec![
@@ -524,9 +527,14 @@ mod tests {
             ],
             PipelineConfig {
                 sessions: 1024,
-                ..Default::default()
+                neighbors: neighbors.unwrap_or(d.neighbors),
+                ..d
             },
-        );
+        )
+    }
+
+    fn pipeline(fast: bool, mtu1: u16) -> Pipeline {
+        let mut p = bare_pipeline(mtu1, None);
         p.set_fast_path(fast);
         // Backend .12 is learned (not static): it ages, goes stale, is re-probed.
         p.neighbors.learn(
@@ -1097,37 +1105,13 @@ mod tests {
         (ServiceTable::new(spec, 1), addrs)
     }
 
-    fn pipeline_with_neighbors(neighbors: usize) -> Pipeline {
-        Pipeline::new(
-            0,
-            1,
-            vec![
-                PortInfo {
-                    mac: P0,
-                    vlan: None,
-                    mtu: 1500,
-                },
-                PortInfo {
-                    mac: P1,
-                    vlan: None,
-                    mtu: 1500,
-                },
-            ],
-            PipelineConfig {
-                sessions: 1024,
-                neighbors,
-                ..Default::default()
-            },
-        )
-    }
-
     #[test]
     fn next_hop_cache_holds_as_many_destinations_as_the_neighbour_cache() {
         // 6,000 next hops (far more than the old 256-slot cache) in a
         // pipeline whose neighbour cache is sized for them: each is
         // resolved once, then every lookup hits.
         let (t, addrs) = wide_table(6000);
-        let mut p = pipeline_with_neighbors(8192);
+        let mut p = bare_pipeline(1500, Some(8192));
         p.on_table(&t);
         assert_eq!(p.next_hop_cache_bytes(), 8192 * 64);
         for round in 0..3 {
