@@ -2053,6 +2053,11 @@ fn established_inner(ctx: &Ctx, e: &Established, world: World, out: &mut Outcome
     let base = snap(dp.stats());
     let base_drops = drop_counts(dp.stats());
     out.extra.insert("session_capacity".into(), json!(cap));
+    if let Some(m) = dp.running.as_ref().and_then(|r| r.table_memory.first()) {
+        out.extra.insert("table_bytes".into(), json!(m.bytes));
+        out.extra
+            .insert("table_huge_page_bytes".into(), json!(m.huge_page_bytes));
+    }
     out.extra
         .insert("udp_timeout_ms".into(), json!(established_timeouts().udp));
     out.extra

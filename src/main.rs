@@ -416,7 +416,20 @@ fn main() -> Result<()> {
     for (i, p) in running.port_info.iter().enumerate() {
         tracing::info!(port = i, device = %cfg.ports[i].device, driver = %running.drivers[i], mac = %p.mac, "port up");
     }
-    tracing::info!(workers = lcores.len(), ?lcores, "dataplane running");
+    let mib = |b: usize| b.div_ceil(1 << 20);
+    let table_mib: usize = running.table_memory.iter().map(|m| mib(m.bytes)).sum();
+    let huge_page_mib: usize = running
+        .table_memory
+        .iter()
+        .map(|m| mib(m.huge_page_bytes))
+        .sum();
+    tracing::info!(
+        workers = lcores.len(),
+        ?lcores,
+        table_mib,
+        huge_page_mib,
+        "dataplane running (session and next-hop tables: {table_mib} MiB, {huge_page_mib} MiB of it on huge pages)"
+    );
     let mut routes = kernel_routes(&cfg, &running, &publisher.metrics);
     let mut shared = if shared_ifaces.is_empty() {
         None

@@ -2316,5 +2316,6 @@ fn set_l2<B: PacketBuf>(
 }
 
 mod fast;
+pub use fast::TableMemory;
 #[cfg(test)]
 mod tests;

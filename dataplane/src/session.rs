@@ -3,12 +3,16 @@
 //! Each worker owns one [`SessionTable`]; nothing in it is shared. A session
 //! is stored once in a slab and indexed twice in a pre-sized cuckoo index: by
 //! the original (client → frontend) tuple and by the reply (backend → client)
-//! tuple. Memory is reserved up front for the configured capacity, so inserts
-//! on the worker path never allocate; when the table is full new flows are
+//! tuple. Memory is reserved and faulted in up front for the configured
+//! capacity, on transparent huge pages where the kernel has them
+//! ([`crate::hugemem`]: a million sessions on 4 KiB pages would add a TLB
+//! miss to nearly every lookup), so inserts on the worker path never
+//! allocate nor fault; when the table is full new flows are
 //! refused (and counted by the caller) while existing flows keep working.
 //! Expiry walks a bounded number of slab slots per call, so it never stalls
 //! the poll loop.
 use crate::addr::{FlowKey, Proto, SockAddr};
+use crate::hugemem::HugeVec;
 use crate::lbcount::{BackendCounters, NO_COUNTER};
 use std::sync::Arc;
 
@@ -278,16 +282,16 @@ pub fn key_hash(k: &FlowKey) -> u64 {
 ///   most 90 % (less after rounding the bucket count to a power of two):
 ///   17.8–35.6 bytes per session.
 pub struct SessionTable {
-    buckets: Vec<Bucket>,
+    buckets: HugeVec<Bucket>,
     mask: usize,
-    slots: Vec<Session>,
-    live: Vec<u64>,
+    slots: HugeVec<Session>,
+    live: HugeVec<u64>,
     /// First free slot below `slots.len()` ([`EMPTY`]: none); each free
     /// slot's `expires` holds the next.
     free: u32,
     /// The counter each live session counts in ([`NO_COUNTER`]: none, or
     /// already ended), by slot.
-    counted: Vec<u32>,
+    counted: HugeVec<u32>,
     counters: Arc<BackendCounters>,
     capacity: usize,
     active: usize,
@@ -315,12 +319,12 @@ impl SessionTable {
         let places = ((2 * capacity) as f64 / MAX_LOAD).ceil() as usize;
         let n_buckets = places.div_ceil(WAYS).next_power_of_two().max(2);
         SessionTable {
-            buckets: vec![EMPTY_BUCKET; n_buckets],
+            buckets: HugeVec::from_elem(EMPTY_BUCKET, n_buckets),
             mask: n_buckets - 1,
-            slots: Vec::with_capacity(capacity),
-            live: vec![0; capacity.div_ceil(64)],
+            slots: HugeVec::with_capacity(capacity),
+            live: HugeVec::from_elem(0, capacity.div_ceil(64)),
             free: EMPTY,
-            counted: vec![NO_COUNTER; capacity],
+            counted: HugeVec::from_elem(NO_COUNTER, capacity),
             counters: Arc::new(BackendCounters::default()),
             capacity,
             active: 0,
@@ -363,6 +367,19 @@ impl SessionTable {
             + self.slots.capacity() * core::mem::size_of::<Session>()
             + self.live.capacity() * 8
             + self.counted.capacity() * core::mem::size_of::<u32>()
+    }
+    /// Bytes of this table the kernel backs with huge pages now (see
+    /// [`HugeVec::huge_page_bytes`]; reads `/proc`: not for the worker path).
+    pub fn huge_page_bytes(&self) -> usize {
+        [
+            self.buckets.huge_page_bytes(),
+            self.slots.huge_page_bytes(),
+            self.live.huge_page_bytes(),
+            self.counted.huge_page_bytes(),
+        ]
+        .into_iter()
+        .flatten()
+        .sum()
     }
     /// The timeouts in force.
     pub fn timeouts(&self) -> &Timeouts {
@@ -536,7 +553,12 @@ impl SessionTable {
             return Err(InsertError::Full);
         }
         if idx as usize == self.slots.len() {
-            self.slots.push(session);
+            // Below capacity here (active < capacity and no free slot).
+            if self.slots.push(session).is_err() {
+                self.unplace(hr, (idx << 1) | REPLY_BIT);
+                self.unplace(ho, idx << 1);
+                return Err(InsertError::Full);
+            }
         } else {
             self.free = self.slots[idx as usize].expires as u32;
             self.slots[idx as usize] = session;
@@ -846,6 +868,35 @@ fn tcp_timeout(t: &Timeouts, s: TcpState) -> u64 {
 mod tests {
     use super::*;
     use crate::addr::Addr;
+
+    #[test]
+    fn a_large_table_is_faulted_in_on_huge_pages_at_creation() {
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .unwrap_or_default();
+        let mut t = SessionTable::new(1 << 20, Timeouts::default());
+        let bytes = t.memory_bytes();
+        assert!(bytes > 100 << 20, "{bytes}");
+        let huge = t.huge_page_bytes();
+        if thp.contains("[never]") || thp.is_empty() {
+            eprintln!("transparent huge pages are off here: {huge} of {bytes} bytes");
+        } else {
+            // Index, slab, live bits and counters: most of it on 2 MiB
+            // pages before the first session (faulted in, not on first use).
+            assert!(
+                huge * 4 >= bytes * 3,
+                "{huge} of {bytes} bytes on huge pages"
+            );
+        }
+        // The whole capacity is usable, and one more is refused.
+        for i in 0..(1u32 << 20) {
+            let mut s = sess(0, Proto::Udp);
+            let [_, _, a, b] = i.to_be_bytes();
+            s.client = SockAddr::new(Addr::v4([198, 18, a, b]), 1000 + (i >> 16) as u16);
+            t.insert(s).expect("within capacity");
+        }
+        assert_eq!(t.insert(sess(1, Proto::Udp)), Err(InsertError::Full));
+        assert_eq!(t.len(), 1 << 20);
+    }
 
     fn sess(cport: u16, proto: Proto) -> Session {
         Session {

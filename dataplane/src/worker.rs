@@ -108,6 +108,8 @@ pub struct Running {
     pub port_info: Vec<PortInfo>,
     /// Driver names, by port number.
     pub drivers: Vec<String>,
+    /// Each worker's table memory, by worker (see [`Pipeline::table_memory`]).
+    pub table_memory: Vec<crate::pipeline::TableMemory>,
     ports: Vec<Port>,
     _rings: Vec<Arc<Ring>>,
     _pools: Vec<Arc<Mempool>>,
@@ -273,6 +275,7 @@ pub fn start(
         cfg.pipeline.affinity_slots,
     ));
     let mut launched = Vec::new();
+    let mut table_memory = Vec::new();
     for (id, &lcore) in cfg.lcores.iter().enumerate() {
         let reader = table
             .reader(id)
@@ -287,6 +290,7 @@ pub fn start(
                     p.set_backend_counters(c.clone());
                 }
                 p.set_exception(cfg.exception);
+                table_memory.push(p.table_memory());
                 p
             },
             stats: stats[id].clone(),
@@ -318,6 +322,7 @@ pub fn start(
         stats,
         port_info,
         drivers,
+        table_memory,
         ports,
         _rings: all_rings,
         _pools: pools.into_iter().map(|(_, p)| p).collect(),

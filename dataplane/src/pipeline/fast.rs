@@ -182,7 +182,7 @@ pub(super) struct EgressSet([Egress; 2]);
 /// neighbour change) does — the same rule as one compare of both per entry,
 /// in a 32-byte entry; and only until the neighbour would go stale.
 pub(super) struct EgressCache {
-    sets: Vec<EgressSet>,
+    sets: crate::hugemem::HugeVec<EgressSet>,
     /// `32 - log2(sets.len())`: the set is the top bits of a multiplicative hash.
     shift: u32,
     /// The current stamp. It starts at 0 with `key` at a value no table
@@ -208,7 +208,7 @@ impl EgressCache {
             .clamp(EGRESS_MIN_SETS, EGRESS_MAX_SETS)
             .next_power_of_two();
         EgressCache {
-            sets: vec![EgressSet::default(); n],
+            sets: crate::hugemem::HugeVec::from_elem(EgressSet::default(), n),
             shift: 32 - n.trailing_zeros(),
             stamp: 0,
             key: (u64::MAX, u64::MAX),
@@ -344,6 +344,26 @@ impl Pipeline {
     pub fn next_hop_cache_bytes(&self) -> usize {
         self.egress.memory_bytes()
     }
+
+    /// The memory of this pipeline's large tables (sessions and next-hop
+    /// cache, all reserved at creation) and how much of it the kernel backs
+    /// with huge pages ([`crate::hugemem`]; reads `/proc`: control time only).
+    pub fn table_memory(&self) -> TableMemory {
+        TableMemory {
+            bytes: self.sessions.memory_bytes() + self.egress.memory_bytes(),
+            huge_page_bytes: self.sessions.huge_page_bytes()
+                + self.egress.sets.huge_page_bytes().unwrap_or(0),
+        }
+    }
+}
+
+/// See [`Pipeline::table_memory`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableMemory {
+    /// Bytes reserved (and faulted in) for the tables.
+    pub bytes: usize,
+    /// Of which on huge pages.
+    pub huge_page_bytes: usize,
 }
 
 /// The 16-bit words of an IPv4 address, for checksum arithmetic.
