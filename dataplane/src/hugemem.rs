@@ -146,7 +146,10 @@ impl<T: Copy> HugeVec<T> {
             return None;
         }
         let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
-        huge_bytes_in(&smaps, self.ptr.as_ptr() as usize)
+        // At most this vector's own pages (were its entry ever merged with
+        // a neighbour's).
+        let own = (self.cap * core::mem::size_of::<T>()).next_multiple_of(HUGE_PAGE);
+        huge_bytes_in(&smaps, self.ptr.as_ptr() as usize).map(|b| b.min(own))
     }
 }
 
