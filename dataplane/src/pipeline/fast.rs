@@ -1,25 +1,31 @@
 //! The established-flow fast path.
 //!
 //! Most packets a proxy sees belong to an established TCP/UDP session over
-//! IPv4 on an untagged port. [`Pipeline::fast_v4`] handles exactly those, at
+//! IPv4 or IPv6 on an untagged port. [`Pipeline::fast_v4`] handles exactly
+//! those (IPv6 in [`Pipeline::fast_v6`], which it calls when the ethertype
+//! is not IPv4's: IPv4 packets pay nothing for it), at
 //! fixed offsets and with one route lookup: parse, session hit (revalidated
 //! against a new table as the general path does), state touch,
-//! DNAT/SNAT or reverse rewrite with the same incremental-checksum helpers
-//! as the general path, TTL, L2 rewrite. Anything else — IP options,
-//! fragments, TCP SYN/FIN/RST, a bad IPv4 header checksum (not checked
-//! again when the NIC's receive offload reported it good), a UDP session whose backend a new table
+//! DNAT/SNAT or reverse rewrite with one incremental checksum update per
+//! checksum (the same bytes as the general path's one-change-at-a-time
+//! helpers), TTL / hop limit, L2 rewrite; the next hop (route + fresh
+//! neighbour) comes from a cache per family ([`EgressCache`]). Anything
+//! else — IP options,
+//! fragments, IPv6 extension headers, TCP SYN/FIN/RST, a bad IPv4 header checksum (not checked
+//! again when the NIC's receive offload reported it good), an IPv6 UDP
+//! datagram without a checksum (0), a TTL or hop limit that expires here,
+//! a UDP session whose backend a new table
 //! removed, a packet over the egress MTU, a neighbour that is not fresh, VLAN
-//! tags, SCTP, IPv6, malformed headers — returns `None` before any side
+//! tags, SCTP, a translation that would mix IPv4 and IPv6 (IPv4-mapped
+//! addresses in an IPv6 header), malformed headers — returns `None` before any side
 //! effect and the general path in [`Pipeline::process`] takes the packet
 //! from the start. The differential test below holds the two paths to the
-//! same verdicts, bytes and counters.
+//! same verdicts, bytes and counters, over IPv4 and IPv6.
 use super::*;
 
 impl Pipeline {
     /// See the module docs. `None`: not handled, nothing changed. `hint`:
     /// what the burst pre-pass found for this frame, if anything.
-    /// IPv4 inline; IPv6 (its ethertype tested only once the IPv4 one
-    /// did not match, so IPv4 pays nothing for it) in [`Self::fast_v6`].
     #[inline(always)]
     pub(super) fn fast_v4<B: PacketBuf>(
         &mut self,
@@ -35,13 +41,7 @@ impl Pipeline {
             return None;
         }
         let d = pkt.data();
-        if d.len() < 14 + 28 || d[0..6] != pinfo.mac.0 {
-            return None;
-        }
-        if d[12..14] != [0x08, 0x00] {
-            if d[12..14] == [0x86, 0xdd] {
-                return self.fast_v6(t, st, pkt, now, hint);
-            }
+        if d.len() < 14 + 28 || d[0..6] != pinfo.mac.0 || d[12..14] != [0x08, 0x00] {
             return None;
         }
         let ip = &d[14..];
@@ -162,23 +162,31 @@ impl Pipeline {
 }
 
 impl Pipeline {
-    /// [`Self::fast_v4`]'s contract for IPv6 (see the module docs), called
-    /// by it for an untagged frame to our MAC with the IPv6 ethertype: no
-    /// extension header (TCP/UDP right after the fixed header), the payload
-    /// length within the frame, a hop limit that does not expire here, TCP
+    /// [`Self::fast_v4`]'s contract for IPv6 (see the module docs): an
+    /// untagged frame to our MAC with the IPv6 ethertype, no extension
+    /// header (TCP/UDP right after the fixed header), the payload length
+    /// within the frame, a hop limit that does not expire here, TCP
     /// without SYN/FIN/RST, UDP with a checksum (0 is invalid in IPv6; the
-    /// general path passes it on as it is) and a sane length. Out of line:
-    /// the IPv4 path's code stays as it was.
-    #[inline(never)]
-    fn fast_v6<B: PacketBuf>(
+    /// general path passes it on as it is) and a sane length. Inlined into
+    /// the general path's entry, out of the IPv4 fast path's line.
+    #[inline(always)]
+    pub(super) fn fast_v6<B: PacketBuf>(
         &mut self,
         t: &ServiceTable,
         st: &WorkerStats,
+        in_port: u16,
         pkt: &mut B,
         now: u64,
         hint: PrePass,
     ) -> Option<Verdict> {
+        let pinfo = self.ports.get(in_port as usize)?;
+        if pinfo.vlan.is_some() {
+            return None;
+        }
         let d = pkt.data();
+        if d.get(0..6)? != pinfo.mac.0 || d.get(12..14)? != [0x86, 0xdd] {
+            return None;
+        }
         let ip = d.get(14..14 + 48)?;
         if ip[0] >> 4 != 6 || ip[7] <= 1 {
             return None;
@@ -340,10 +348,6 @@ pub(super) struct EgressCache {
     sets: Vec<EgressSet>,
     /// `32 - log2(sets.len())`: the set is the top bits of a multiplicative hash.
     shift: u32,
-    /// The IPv6 sets (as many, 128 bytes each).
-    sets6: Vec<EgressSet6>,
-    /// `64 - log2(sets6.len())`.
-    shift6: u32,
     /// The current stamp. It starts at 0 with `key` at a value no table
     /// and neighbour cache have together; empty entries (stamp 0) never
     /// match because their `until` is 0.
@@ -352,6 +356,10 @@ pub(super) struct EgressCache {
     key: (u64, u64),
     /// Lookups that had to route and resolve (for tests and benchmarks).
     misses: u64,
+    /// The IPv6 sets (as many, 128 bytes each).
+    sets6: Vec<EgressSet6>,
+    /// `64 - log2(sets6.len())`.
+    shift6: u32,
 }
 
 /// Bounds of the number of sets (64 bytes each).
@@ -371,11 +379,11 @@ impl EgressCache {
         EgressCache {
             sets: vec![EgressSet::default(); n],
             shift: 32 - n.trailing_zeros(),
-            sets6: vec![EgressSet6::default(); n6],
-            shift6: 64 - n6.trailing_zeros(),
             stamp: 0,
             key: (u64::MAX, u64::MAX),
             misses: 0,
+            sets6: vec![EgressSet6::default(); n6],
+            shift6: 64 - n6.trailing_zeros(),
         }
     }
 
