@@ -7,17 +7,13 @@
 //! carries a 100-byte DATA chunk: CRC32c check plus recomputation after the
 //! port rewrite.
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use dataplane::addr::SockAddr;
 use dataplane::addr::{fmix64, Addr, FlowKey, Proto};
 use dataplane::lbcount::{BackendCounters, CounterRegistry, ServiceCounters};
 use dataplane::packet::{checksum, sctp, Ipv4Packet, UdpPacket};
-use dataplane::packet::{EthernetFrame, MacAddr};
 use dataplane::pipeline::{PacketBuf, VecBuf, Verdict};
 use dataplane::session::{key_hash, SessionTable};
 use dataplane::stats::WorkerStats;
-use dataplane::table::{
-    Algorithm, Frontend, Interface, Service, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec,
-};
+use dataplane::table::{Algorithm, Service, ServiceTable};
 
 mod common;
 use common::*;
