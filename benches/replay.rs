@@ -25,7 +25,9 @@
 //! backends (port 1, 2001:2:0:1::/64), 2 for the VIPs — and 80-byte frames
 //! (84 on the wire: IPv6 + UDP with the same 18-byte payload). The checks
 //! are the same (the hop limit for the TTL; the full parse verifies the UDP
-//! checksum over the IPv6 pseudo-header and that it is not 0).
+//! checksum over the IPv6 pseudo-header and that it is not 0). Every
+//! established scenario reports `fast_path_share`, the share of its
+//! packets the established-flow fast path took.
 //!
 //! **Generator mode** (one worker; all scenarios but the two below): a
 //! warm-up pass sends the first packet of every flow (creating its session,
@@ -2344,6 +2346,8 @@ fn established_inner(ctx: &Ctx, e: &Established, world: World, out: &mut Outcome
             format!("{} of {} packets translated", d.nat_fwd, d.rx)
         });
     }
+    out.extra
+        .insert("fast_path_share".into(), json!(fast_share(&m)));
     out.measured = Some(m);
     finish(dp, &base, &base_drops, Some(e.flows.into()), out);
     Ok(())
