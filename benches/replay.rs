@@ -19,6 +19,16 @@
 //! (198.19.x.y, static neighbours). Service VIPs are 198.18.128.0/17, port 80.
 //! All addresses are in 198.18.0.0/15.
 //!
+//! **IPv6** (`established_60k_v6`): `established_60k` with every address of
+//! that plan mapped into 2001:2::/48 — 2001:2:0:N::a.b.c.d for the IPv4
+//! address a.b.c.d, N = 0 for the clients (port 0, 2001:2::/64), 1 for the
+//! backends (port 1, 2001:2:0:1::/64), 2 for the VIPs — and 80-byte frames
+//! (84 on the wire: IPv6 + UDP with the same 18-byte payload). The checks
+//! are the same (the hop limit for the TTL; the full parse verifies the UDP
+//! checksum over the IPv6 pseudo-header and that it is not 0). Every
+//! established scenario reports `fast_path_share`, the share of its
+//! packets the established-flow fast path took.
+//!
 //! **Generator mode** (one worker; all scenarios but the two below): a
 //! warm-up pass sends the first packet of every flow (creating its session,
 //! recording its backend); then 2048 mbufs circulate: the generator drains
@@ -134,6 +144,9 @@ const HUGEPAGES_SYSFS: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_huge
 
 /// Frame length without the FCS: 64 bytes on the wire.
 const FRAME_LEN: usize = 60;
+/// Bytes of a generated IPv6 frame: Ethernet + IPv6 + UDP with the same
+/// 18-byte payload as the IPv4 frames' (84 bytes on the wire).
+const FRAME6_LEN: usize = 80;
 /// UDP payload marker; the flow id follows it.
 const MAGIC: [u8; 4] = *b"DKPR";
 /// "No backend recorded yet".
@@ -187,9 +200,10 @@ const BACKEND_ADDRS: u32 = 60_000;
 const SVC_PORT: u16 = 80;
 const BACKEND_PORT: u16 = 8080;
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "established_1flow",
     "established_60k",
+    "established_60k_v6",
     "established_1m",
     "established_60k_10k_services",
     "reply_60k",
@@ -225,7 +239,7 @@ const USAGE: &str = "usage: cargo bench --bench replay -- [--quick] [--out FILE]
 more times, keep the least contended\n--updates-duration SECS: total time of the `updates` \
 scenario's windows with backend changes (default 30, --quick 3; as long again without \
 changes for the baseline)\n--updates-rate N: backend changes per second in `updates` (default 100)\n\
-scenarios: established_1flow established_60k established_1m established_60k_10k_services \
+scenarios: established_1flow established_60k established_60k_v6 established_1m established_60k_10k_services \
 reply_60k new_connections two_workers handoff updates";
 
 fn parse_args() -> Result<Opts> {
@@ -349,6 +363,29 @@ type Ep = ([u8; 4], u16);
 struct World {
     services: u32,
     per_service: u32,
+    /// IPv6: every address of the IPv4 plan mapped into 2001:2::/48 ([`six`]).
+    v6: bool,
+}
+
+/// IPv6 networks of the IPv6 plan: clients (port 0's 2001:2::/64),
+/// backends (port 1's 2001:2:0:1::/64), VIPs (2001:2:0:2::/64).
+const NET6_CLIENTS: u8 = 0;
+const NET6_BACKENDS: u8 = 1;
+const NET6_VIPS: u8 = 2;
+
+/// The IPv6 address of IPv4 address `a` of the plan in network `net`:
+/// 2001:2:0:<net>::<a as the last 32 bits>.
+fn six(net: u8, a: [u8; 4]) -> [u8; 16] {
+    [
+        0x20, 0x01, 0, 2, 0, net, 0, 0, 0, 0, 0, 0, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// The inverse of [`six`]: (network, IPv4 address).
+fn unsix(d: &[u8]) -> Option<(u8, [u8; 4])> {
+    let d: &[u8; 16] = d.try_into().ok()?;
+    (d[..5] == [0x20, 0x01, 0, 2, 0] && d[6..12] == [0; 6])
+        .then_some((d[5], [d[12], d[13], d[14], d[15]]))
 }
 
 fn vip(s: u32) -> [u8; 4] {
@@ -425,6 +462,14 @@ impl World {
     fn backends(&self) -> u32 {
         self.services * self.per_service
     }
+    /// Bytes of this world's frames (without the FCS).
+    fn frame_len(&self) -> usize {
+        if self.v6 {
+            FRAME6_LEN
+        } else {
+            FRAME_LEN
+        }
+    }
     /// Neighbour cache capacity for this world (static entries + room).
     fn neighbors(&self) -> usize {
         (self.backends().min(BACKEND_ADDRS) + CLIENT_ADDRS) as usize + 1024
@@ -435,6 +480,9 @@ impl World {
     }
     /// What [`World::table`] is built from.
     fn spec(&self, protos: &[Proto]) -> TableSpec {
+        if self.v6 {
+            return self.spec6(protos);
+        }
         let mut spec = TableSpec {
             interfaces: vec![
                 Interface {
@@ -490,6 +538,63 @@ impl World {
         }
         spec
     }
+    /// [`World::spec`] on the IPv6 plan.
+    fn spec6(&self, protos: &[Proto]) -> TableSpec {
+        let mut spec = TableSpec {
+            interfaces: vec![
+                Interface {
+                    port: 0,
+                    addr: Addr::v6(six(NET6_CLIENTS, [0, 0, 0, 1])),
+                    prefix_len: 64,
+                },
+                Interface {
+                    port: 1,
+                    addr: Addr::v6(six(NET6_BACKENDS, [0, 0, 0, 1])),
+                    prefix_len: 64,
+                },
+            ],
+            ..Default::default()
+        };
+        for &proto in protos {
+            for s in 0..self.services {
+                spec.services.push(ServiceSpec {
+                    name: format!("replay/svc6-{s}:{}", proto.as_str()),
+                    frontend: Frontend {
+                        addr: SockAddr::new(Addr::v6(six(NET6_VIPS, vip(s))), SVC_PORT),
+                        proto,
+                    },
+                    backends: (0..self.per_service)
+                        .map(|j| {
+                            let (ip, port) = backend(s * self.per_service + j);
+                            SockAddr::new(Addr::v6(six(NET6_BACKENDS, ip)), port)
+                        })
+                        .collect(),
+                    no_backends: Default::default(),
+                    masquerade: false,
+                    external: false,
+                    affinity_timeout: None,
+                    source_ranges: vec![],
+                    short_circuit: vec![],
+                    algorithm: Default::default(),
+                });
+            }
+        }
+        for a in 0..self.backends().min(BACKEND_ADDRS) {
+            spec.neighbors.push(StaticNeighbor {
+                addr: Addr::v6(six(NET6_BACKENDS, backend(a).0)),
+                mac: backend_mac(a),
+                port: 1,
+            });
+        }
+        for c in 0..CLIENT_ADDRS {
+            spec.neighbors.push(StaticNeighbor {
+                addr: Addr::v6(six(NET6_CLIENTS, client_ip(c))),
+                mac: client_mac(c),
+                port: 0,
+            });
+        }
+        spec
+    }
 }
 
 /// Session timeouts of the established scenarios: the defaults, but UDP
@@ -512,7 +617,8 @@ fn session_capacity(flows: u32) -> usize {
 
 // ---- frames ----
 
-type Frame = [u8; FRAME_LEN];
+/// A frame (IPv4 ones use the first [`FRAME_LEN`] bytes).
+type Frame = [u8; FRAME6_LEN];
 
 fn write_eth_ipv4(f: &mut [u8], dmac: MacAddr, smac: MacAddr, proto: u8, src: Ep, dst: Ep) {
     let l4_len = if proto == 6 { 20 } else { FRAME_LEN - 34 };
@@ -546,6 +652,40 @@ fn write_udp(f: &mut [u8], dmac: MacAddr, smac: MacAddr, src: Ep, dst: Ep, flow:
     u[6..8].copy_from_slice(&c.to_be_bytes());
 }
 
+/// [`write_udp`] on the IPv6 plan: `src` in network `nets.0`, `dst` in
+/// `nets.1` ([`six`]); an 80-byte frame.
+fn write_udp6(
+    f: &mut [u8],
+    dmac: MacAddr,
+    smac: MacAddr,
+    (src, dst): (Ep, Ep),
+    nets: (u8, u8),
+    flow: u32,
+) {
+    let (s6, d6) = (six(nets.0, src.0), six(nets.1, dst.0));
+    let udp_len = FRAME6_LEN - 54;
+    f[0..6].copy_from_slice(&dmac.0);
+    f[6..12].copy_from_slice(&smac.0);
+    f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+    let ip = &mut f[14..54];
+    ip.fill(0);
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    ip[6] = 17;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&s6);
+    ip[24..40].copy_from_slice(&d6);
+    let u = &mut f[54..FRAME6_LEN];
+    u.fill(0);
+    u[0..2].copy_from_slice(&src.1.to_be_bytes());
+    u[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    u[8..12].copy_from_slice(&MAGIC);
+    u[12..16].copy_from_slice(&flow.to_be_bytes());
+    let c = checksum::udp_final(checksum::l4_v6(&s6, &d6, 17, u));
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+}
+
 /// A TCP SYN without options (54 bytes), padded to 60 as on a real wire.
 fn write_syn(f: &mut [u8], dmac: MacAddr, smac: MacAddr, src: Ep, dst: Ep, seq: u32) {
     write_eth_ipv4(f, dmac, smac, 6, src, dst);
@@ -565,15 +705,21 @@ fn write_syn(f: &mut [u8], dmac: MacAddr, smac: MacAddr, src: Ep, dst: Ep, seq: 
 fn forward_frames(w: &World, flows: u32, port0_mac: MacAddr) -> Vec<Frame> {
     (0..flows)
         .map(|f| {
-            let mut fr = [0u8; FRAME_LEN];
-            write_udp(
-                &mut fr,
-                port0_mac,
-                client_mac(f % CLIENT_ADDRS),
-                client(f),
-                (vip(w.svc_of_flow(f)), SVC_PORT),
-                f,
-            );
+            let mut fr = [0u8; FRAME6_LEN];
+            let (src, dst) = (client(f), (vip(w.svc_of_flow(f)), SVC_PORT));
+            let smac = client_mac(f % CLIENT_ADDRS);
+            if w.v6 {
+                write_udp6(
+                    &mut fr,
+                    port0_mac,
+                    smac,
+                    (src, dst),
+                    (NET6_CLIENTS, NET6_VIPS),
+                    f,
+                );
+            } else {
+                write_udp(&mut fr, port0_mac, smac, src, dst, f);
+            }
             fr
         })
         .collect()
@@ -584,7 +730,7 @@ fn reply_frames(backend_of: &[u32], port1_mac: MacAddr) -> Vec<Frame> {
         .iter()
         .enumerate()
         .map(|(f, &k)| {
-            let mut fr = [0u8; FRAME_LEN];
+            let mut fr = [0u8; FRAME6_LEN];
             write_udp(
                 &mut fr,
                 port1_mac,
@@ -614,6 +760,9 @@ fn permutation(n: u32, seed: u64) -> Vec<u32> {
 /// checksum, lengths, TCP/UDP checksum.
 fn full_check(d: &[u8]) -> Result<(), String> {
     let h = PacketHeaders::from_ethernet_slice(d).map_err(|e| format!("etherparse: {e}"))?;
+    if let Some((ip6, ext)) = h.net.as_ref().and_then(|n| n.ipv6_ref()) {
+        return full_check6(&h, ip6, ext, d);
+    }
     let (ip, _) = h
         .net
         .as_ref()
@@ -640,6 +789,43 @@ fn full_check(d: &[u8]) -> Result<(), String> {
         }
         Some(TransportHeader::Tcp(t)) => {
             if Ok(t.checksum) != t.calc_checksum_ipv4(ip, payload) {
+                return Err(format!("bad TCP checksum {:#06x}", t.checksum));
+            }
+        }
+        _ => return Err("not TCP/UDP".into()),
+    }
+    Ok(())
+}
+
+/// [`full_check`] of an IPv6 frame: no extension header, lengths, TCP/UDP
+/// checksum (a UDP checksum of 0 is invalid in IPv6).
+fn full_check6(
+    h: &PacketHeaders,
+    ip: &etherparse::Ipv6Header,
+    ext: &etherparse::Ipv6Extensions,
+    d: &[u8],
+) -> Result<(), String> {
+    if !ext.is_empty() {
+        return Err("IPv6 extension headers".into());
+    }
+    if 40 + usize::from(ip.payload_length) > d.len() - 14 {
+        return Err("IPv6 payload length beyond the frame".into());
+    }
+    let payload = match h.payload {
+        PayloadSlice::Tcp(p) | PayloadSlice::Udp(p) => p,
+        _ => return Err("no TCP/UDP payload".into()),
+    };
+    match &h.transport {
+        Some(TransportHeader::Udp(u)) => {
+            if usize::from(u.length) != 8 + payload.len() {
+                return Err("bad UDP length".into());
+            }
+            if u.checksum == 0 || Ok(u.checksum) != u.calc_checksum_ipv6(ip, payload) {
+                return Err(format!("bad UDP checksum {:#06x}", u.checksum));
+            }
+        }
+        Some(TransportHeader::Tcp(t)) => {
+            if Ok(t.checksum) != t.calc_checksum_ipv6(ip, payload) {
                 return Err(format!("bad TCP checksum {:#06x}", t.checksum));
             }
         }
@@ -752,7 +938,9 @@ impl<'a> Checker<'a> {
         ) as usize
     }
 
-    fn verify(&mut self, q: usize, d: &[u8]) -> Result<(), String> {
+    /// The IPv4 header of an output: (protocol, source, destination,
+    /// offset of the L4 header).
+    fn header4(&self, d: &[u8]) -> Result<(u8, Ep, Ep, usize), String> {
         if d.len() < 54 {
             return Err(format!("short frame ({} bytes)", d.len()));
         }
@@ -765,15 +953,52 @@ impl<'a> Checker<'a> {
         if d[22] != 63 {
             return Err(format!("TTL {} (want 63)", d[22]));
         }
-        let proto = d[23];
         let (src, dst) = ((ip4(d, 26), be16(d, 34)), (ip4(d, 30), be16(d, 36)));
+        Ok((d[23], src, dst, 34))
+    }
+
+    /// [`Checker::header4`] for IPv6 (no extension header); the addresses
+    /// must be in the networks the direction goes between, and are
+    /// returned as the IPv4 addresses of the plan ([`unsix`]).
+    fn header6(&self, d: &[u8]) -> Result<(u8, Ep, Ep, usize), String> {
+        if d.len() < 62 {
+            return Err(format!("short frame ({} bytes)", d.len()));
+        }
+        if be16(d, 12) != 0x86dd || d[14] >> 4 != 6 {
+            return Err("not IPv6".into());
+        }
+        if d[6..12] != self.out_mac.0 {
+            return Err("source MAC is not the egress port's".into());
+        }
+        if d[21] != 63 {
+            return Err(format!("hop limit {} (want 63)", d[21]));
+        }
+        let want = match self.kind {
+            Kind::Reply => (NET6_VIPS, NET6_CLIENTS),
+            Kind::Forward | Kind::New(_) => (NET6_CLIENTS, NET6_BACKENDS),
+        };
+        let (sn, s4) = unsix(&d[22..38]).ok_or("source outside the IPv6 plan")?;
+        let (dn, d4) = unsix(&d[38..54]).ok_or("destination outside the IPv6 plan")?;
+        if (sn, dn) != want {
+            return Err(format!("networks {sn} -> {dn}, want {want:?}"));
+        }
+        Ok((d[20], (s4, be16(d, 54)), (d4, be16(d, 56)), 54))
+    }
+
+    fn verify(&mut self, q: usize, d: &[u8]) -> Result<(), String> {
+        let (proto, src, dst, l4) = if self.world.v6 {
+            self.header6(d)?
+        } else {
+            self.header4(d)?
+        };
         let w = self.world;
         let client_ep = match self.kind {
             Kind::Forward | Kind::Reply => {
-                if proto != 17 || d.len() < FRAME_LEN || d[42..46] != MAGIC {
+                let pl = l4 + 8;
+                if proto != 17 || d.len() < pl + 8 || d[pl..pl + 4] != MAGIC {
                     return Err("not one of our UDP frames".into());
                 }
-                let flow = u32::from_be_bytes([d[46], d[47], d[48], d[49]]);
+                let flow = u32::from_be_bytes([d[pl + 4], d[pl + 5], d[pl + 6], d[pl + 7]]);
                 if flow as usize >= self.backend_of.len() {
                     return Err(format!("flow id {flow} out of range"));
                 }
@@ -1275,6 +1500,8 @@ enum Source<'a> {
     /// Prebuilt frames, replayed cyclically in `order`.
     Frames {
         frames: &'a [Frame],
+        /// Bytes of each frame.
+        len: usize,
         order: &'a [u32],
         pos: usize,
     },
@@ -1291,16 +1518,22 @@ impl Source<'_> {
     /// Writes the next frame into `m`; returns the client endpoint of its flow.
     #[inline]
     fn fill(&mut self, m: &mut Mbuf) -> Ep {
-        m.set_len(FRAME_LEN);
+        let len = match self {
+            Source::Frames { len, .. } => *len,
+            Source::New { .. } => FRAME_LEN,
+        };
+        m.set_len(len);
         let d = m.data_mut();
         match self {
-            Source::Frames { frames, order, pos } => {
+            Source::Frames {
+                frames, order, pos, ..
+            } => {
                 let f = order[*pos];
                 *pos += 1;
                 if *pos == order.len() {
                     *pos = 0;
                 }
-                d.copy_from_slice(&frames[f as usize]);
+                d.copy_from_slice(&frames[f as usize][..len]);
                 client(f)
             }
             Source::New {
@@ -1712,7 +1945,7 @@ impl Outcome {
             "valid": self.valid(),
             "note": self.note(),
             "mode": self.mode,
-            "frame_bytes": FRAME_LEN + 4,
+            "frame_bytes": self.world.frame_len() + 4,
             "window_s": m.map(|m| m.wall.as_secs_f64()),
             "mpps_wall": m.map(|m| m.packets() as f64 / m.wall.as_secs_f64().max(1e-9) / 1e6),
             "idle_fraction": m.map(|m| m.idle_fraction()),
@@ -1891,6 +2124,7 @@ fn warm_up(
     );
     let src = Source::Frames {
         frames,
+        len: world.frame_len(),
         order: &order,
         pos: 0,
     };
@@ -2019,12 +2253,15 @@ struct Established {
     services: u32,
     per_service: u32,
     reply: bool,
+    /// Over IPv6 (forward only).
+    v6: bool,
 }
 
 fn established(ctx: &Ctx, e: &Established) -> Outcome {
     let world = World {
         services: e.services,
         per_service: e.per_service,
+        v6: e.v6,
     };
     let dir = if e.reply { "reply" } else { "forward" };
     let mut out = Outcome::new(e.name, dir, e.flows.into(), world, 1, "generator");
@@ -2036,6 +2273,7 @@ fn established(ctx: &Ctx, e: &Established) -> Outcome {
 
 fn established_inner(ctx: &Ctx, e: &Established, world: World, out: &mut Outcome) -> Result<()> {
     ensure!(e.flows <= MAX_FLOWS, "at most {MAX_FLOWS} flows");
+    ensure!(!(e.v6 && e.reply), "IPv6 scenarios are forward only");
     let t = Instant::now();
     let table = world.table(&[Proto::Udp]);
     let cap = session_capacity(e.flows);
@@ -2082,6 +2320,7 @@ fn established_inner(ctx: &Ctx, e: &Established, world: World, out: &mut Outcome
     out.extra.insert("warmup_s".into(), json!(warm_s));
     let src = Source::Frames {
         frames,
+        len: world.frame_len(),
         order: &order,
         pos: 0,
     };
@@ -2112,6 +2351,8 @@ fn established_inner(ctx: &Ctx, e: &Established, world: World, out: &mut Outcome
             format!("{} of {} packets translated", d.nat_fwd, d.rx)
         });
     }
+    out.extra
+        .insert("fast_path_share".into(), json!(fast_share(&m)));
     out.measured = Some(m);
     finish(dp, &base, &base_drops, Some(e.flows.into()), out);
     Ok(())
@@ -2122,6 +2363,7 @@ fn new_connections(ctx: &Ctx) -> (Outcome, Value) {
     let world = World {
         services: 16,
         per_service: 8,
+        v6: false,
     };
     let mut out = Outcome::new("new_connections", "new", 0, world, 1, "generator");
     let mut nc = Map::new();
@@ -2278,6 +2520,7 @@ fn prefill(ctx: &Ctx, name: &str, workers: usize, place: Placement) -> Outcome {
     let world = World {
         services: 16,
         per_service: 8,
+        v6: false,
     };
     let flows: u32 = 60_000;
     let mut out = Outcome::new(name, "forward", flows.into(), world, workers, "prefill");
@@ -2326,6 +2569,7 @@ fn prefill_inner(
     let order = permutation(flows, 0x7265_706c_6179);
     let src = Source::Frames {
         frames: &fwd,
+        len: world.frame_len(),
         order: &order,
         pos: 0,
     };
@@ -2728,6 +2972,7 @@ fn updates(ctx: &Ctx) -> (Vec<Outcome>, Value) {
     let world = World {
         services: 16,
         per_service: 8,
+        v6: false,
     };
     let flows: u32 = 60_000;
     let mut base = Outcome::new(
@@ -2785,6 +3030,7 @@ fn updates_inner(
     let order = permutation(flows, 0x7265_706c_6179);
     let src = Source::Frames {
         frames: &fwd,
+        len: world.frame_len(),
         order: &order,
         pos: 0,
     };
@@ -3226,11 +3472,12 @@ fn self_test(pool: &Mempool) -> Result<()> {
     let w = World {
         services: 16,
         per_service: 8,
+        v6: false,
     };
     let mac = MacAddr([0; 6]);
     let mut frames = forward_frames(&w, 3, mac);
     frames.extend(reply_frames(&[0, 7, 127], mac));
-    let mut syn = [0u8; FRAME_LEN];
+    let mut syn = [0u8; FRAME6_LEN];
     write_syn(
         &mut syn,
         mac,
@@ -3247,6 +3494,12 @@ fn self_test(pool: &Mempool) -> Result<()> {
     let b = backend(71_234);
     ensure!(backend_index(b.0, b.1) == Some(71_234));
     checker_self_test(w)?;
+    let w6 = World { v6: true, ..w };
+    for f in &forward_frames(&w6, 3, mac) {
+        full_check(&f[..FRAME6_LEN])
+            .map_err(|e| anyhow::anyhow!("IPv6 frame builder self-test: {e}"))?;
+    }
+    checker_self_test6(w6)?;
     let mut m = pool.alloc().context("mbuf for the self-test")?;
     m.set_len(FRAME_LEN);
     ensure!(
@@ -3258,7 +3511,7 @@ fn self_test(pool: &Mempool) -> Result<()> {
 
 /// What the worker should make of forward flow `f` sent to backend `k`.
 fn expected_forward(f: u32, k: u32, out_mac: MacAddr) -> Frame {
-    let mut fr = [0u8; FRAME_LEN];
+    let mut fr = [0u8; FRAME6_LEN];
     write_udp(&mut fr, backend_mac(k), out_mac, client(f), backend(k), f);
     fr[22] = 63;
     let c = checksum::ipv4_header(&fr[14..34]);
@@ -3328,6 +3581,57 @@ fn checker_self_test(w: World) -> Result<()> {
     Ok(())
 }
 
+/// [`checker_self_test`] for the IPv6 plan.
+fn checker_self_test6(w: World) -> Result<()> {
+    let mac = MacAddr([2, 0, 0, 0, 9, 9]);
+    let f = 5;
+    let k = w.svc_of_flow(f) * w.per_service + 3;
+    let fwd = |k: u32, nets| {
+        let mut fr = [0u8; FRAME6_LEN];
+        write_udp6(
+            &mut fr,
+            backend_mac(k),
+            mac,
+            (client(f), backend(k)),
+            nets,
+            f,
+        );
+        fr[21] = 63;
+        fr
+    };
+    let good = fwd(k, (NET6_CLIENTS, NET6_BACKENDS));
+    let mut backend_of = vec![UNSET; 16];
+    let mut c = Checker::new(w, Kind::Forward, mac, 1, &mut backend_of, true, 1, 1);
+    c.on_output(0, &good);
+    ensure!(c.errors == 0, "IPv6 checker self-test: {}", c.summary());
+    let mut bad = vec![
+        // Another backend: the flow moved.
+        fwd(k + 1, (NET6_CLIENTS, NET6_BACKENDS)),
+        // The backend's address in the wrong network.
+        fwd(k, (NET6_CLIENTS, NET6_VIPS)),
+    ];
+    // Hop limit not decremented.
+    let mut b = good;
+    b[21] = 64;
+    bad.push(b);
+    // Payload changed without fixing the UDP checksum.
+    let mut b = good;
+    b[75] ^= 1;
+    bad.push(b);
+    let mut c = Checker::new(w, Kind::Forward, mac, 1, &mut backend_of, false, 1, 1);
+    c.on_output(0, &good);
+    ensure!(c.errors == 0, "IPv6 checker self-test: {}", c.summary());
+    for (i, b) in bad.iter().enumerate() {
+        let before = c.errors;
+        c.on_output(0, b);
+        ensure!(
+            c.errors == before + 1,
+            "IPv6 checker self-test: bad frame {i} accepted"
+        );
+    }
+    Ok(())
+}
+
 // ---- main ----
 
 fn main() {
@@ -3366,12 +3670,24 @@ fn run_scenario(ctx: &Ctx, name: &str) -> Result<(Vec<Outcome>, Extra)> {
                 services,
                 per_service: per,
                 reply,
+                v6: false,
             },
         )
     };
     let results = match name {
         "established_1flow" => vec![run_est("established_1flow", 1, 16, 8, false)],
         "established_60k" => vec![run_est("established_60k", 60_000, 16, 8, false)],
+        "established_60k_v6" => vec![established(
+            ctx,
+            &Established {
+                name: "established_60k_v6",
+                flows: 60_000,
+                services: 16,
+                per_service: 8,
+                reply: false,
+                v6: true,
+            },
+        )],
         "established_1m" => {
             vec![run_est("established_1m", ctx.p.flows_1m, 16, 8, false)]
         }

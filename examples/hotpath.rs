@@ -14,7 +14,8 @@
 //! (60,000 flows spread over 10,000 Services × 10 backends on 60,000
 //! backend addresses with static neighbours, as the replay bench's
 //! `established_60k_10k_services`), `new` (every packet opens a flow:
-//! session insert + Maglev pick). A `+good` suffix (`fwd1+good`, ...) marks
+//! session insert + Maglev pick), `fwd1_v6` / `rev1_v6` (`fwd1` / `rev1`
+//! over IPv6: the same Services on 2001:2::/48 addresses, 84-byte frames). A `+good` suffix (`fwd1+good`, ...) marks
 //! every buffer as a NIC with receive checksum offload would
 //! (`RxChecksum::Good`: the IPv4 header checksum was checked). Prints `SCENARIO PACKETS NS_PER_PACKET`.
 use dataplane::pipeline::{PacketBuf, Pipeline, PrePass, RxChecksum, VecBuf, Verdict};
@@ -136,14 +137,19 @@ fn main() {
     let st = WorkerStats::default();
     let wide = scenario.starts_with("fwd60k_10k");
     let services = if wide { 10_000 } else { 16 };
+    let v6 = scenario.ends_with("_v6");
     let t = if wide {
         ServiceTable::new(wide_spec(10_000, 10), 1)
+    } else if v6 {
+        ServiceTable::new(spec_v6(16, 8), 1)
     } else {
         table(16, 8)
     };
     let (flows, burst, reply, new) = match scenario.as_str() {
         "fwd1" => (1, 1, false, false),
         "rev1" => (1, 1, true, false),
+        "fwd1_v6" => (1, 1, false, false),
+        "rev1_v6" => (1, 1, true, false),
         "fwd60k" => (60_000, 1, false, false),
         "fwd60k_burst" => (60_000, BURST, false, false),
         "fwd60k_10k" => (60_000, 1, false, false),
@@ -156,7 +162,10 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let frames: Vec<Vec<u8>> = if reply {
+    let frames: Vec<Vec<u8>> = if v6 {
+        // The client has a static neighbour entry (replies go straight out).
+        vec![udp6_frame(V6_CLIENT, 40000, v6_vip(0), 80, P0, 18)]
+    } else if reply {
         // A client with a static neighbour entry, so replies go straight out.
         vec![udp_frame([198, 18, 0, 2], 40000, [198, 18, 200, 0], 80, P0)]
     } else {
@@ -180,7 +189,12 @@ fn main() {
             ));
             first_out.get_or_insert_with(|| b.bytes());
         }
-        if reply {
+        if reply && v6 {
+            let d = first_out.expect("one flow");
+            let backend: [u8; 16] = d[38..54].try_into().expect("IPv6");
+            let bport = u16::from_be_bytes([d[56], d[57]]);
+            frames = vec![udp6_frame(backend, bport, V6_CLIENT, 40000, P1, 18)];
+        } else if reply {
             // The backend's reply to the flow.
             let d = first_out.expect("one flow");
             let backend: [u8; 4] = d[30..34].try_into().expect("IPv4");

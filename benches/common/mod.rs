@@ -197,6 +197,105 @@ pub fn sctp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, payload: u
     f
 }
 
+/// The IPv6 client.
+pub const V6_CLIENT: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// The IPv6 VIP of Service `s`: 2001:2:0:200::s.
+pub fn v6_vip(s: usize) -> [u8; 16] {
+    let mut a = [0x20, 0x01, 0, 2, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    a[14] = (s >> 8) as u8;
+    a[15] = s as u8;
+    a
+}
+
+/// Backend `b` of every IPv6 Service: 2001:2:1::(10+b) on port 1.
+pub fn v6_backend(b: usize) -> [u8; 16] {
+    let mut a = [0x20, 0x01, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    a[14] = (b >> 8) as u8;
+    a[15] = 10 + b as u8;
+    a
+}
+
+/// [`spec`]'s shape on IPv6: client subnet 2001:2::/64 on port 0, backends
+/// in 2001:2:1::/64 on port 1 (static neighbours), UDP Services.
+pub fn spec_v6(services: usize, backends: usize) -> TableSpec {
+    let mut spec = TableSpec {
+        interfaces: vec![
+            Interface {
+                port: 0,
+                addr: Addr::v6([0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+                prefix_len: 64,
+            },
+            Interface {
+                port: 1,
+                addr: Addr::v6([0x20, 0x01, 0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+                prefix_len: 64,
+            },
+        ],
+        ..Default::default()
+    };
+    for s in 0..services {
+        spec.services.push(ServiceSpec {
+            source_ranges: vec![],
+            affinity_timeout: None,
+            masquerade: false,
+            external: false,
+            no_backends: Default::default(),
+            short_circuit: vec![],
+            algorithm: Default::default(),
+            name: format!("bench/svc6-{s}"),
+            frontend: Frontend {
+                addr: SockAddr::new(Addr::v6(v6_vip(s)), 80),
+                proto: Proto::Udp,
+            },
+            backends: (0..backends)
+                .map(|b| SockAddr::new(Addr::v6(v6_backend(b)), 8080))
+                .collect(),
+        });
+    }
+    for b in 0..backends {
+        spec.neighbors.push(StaticNeighbor {
+            addr: Addr::v6(v6_backend(b)),
+            mac: MacAddr([2, 0, 0, 1, 0, b as u8]),
+            port: 1,
+        });
+    }
+    spec.neighbors.push(StaticNeighbor {
+        addr: Addr::v6(V6_CLIENT),
+        mac: MacAddr([2, 0, 0, 0, 0, 0xaa]),
+        port: 0,
+    });
+    spec
+}
+
+/// Ethernet + IPv6 + UDP with `payload` bytes, checksum valid.
+pub fn udp6_frame(
+    src: [u8; 16],
+    sport: u16,
+    dst: [u8; 16],
+    dport: u16,
+    dmac: MacAddr,
+    payload: usize,
+) -> Vec<u8> {
+    let udp_len = 8 + payload;
+    let mut f = vec![0u8; 14 + 40 + udp_len];
+    EthernetFrame::emit(&mut f, dmac, MacAddr([2, 0, 0, 0, 0, 0xaa]), 0x86dd).unwrap();
+    let ip = &mut f[14..];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    ip[6] = 17;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src);
+    ip[24..40].copy_from_slice(&dst);
+    let u = &mut ip[40..];
+    u[0..2].copy_from_slice(&sport.to_be_bytes());
+    u[2..4].copy_from_slice(&dport.to_be_bytes());
+    u[4..6].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    let c = checksum::l4_v6(&src, &dst, 17, &u[..udp_len]);
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
 pub fn pipeline(sessions: usize) -> Pipeline {
     pipeline_with(sessions, PipelineConfig::default().neighbors)
 }

@@ -539,7 +539,7 @@ impl prometheus_client::collector::Collector for Collector {
         );
         per_worker!(
             "dpdk_kube_proxy_fast_path_packets",
-            "Packets of established IPv4 TCP/UDP sessions handled by the fast path",
+            "Packets of established IPv4/IPv6 TCP/UDP sessions handled by the fast path",
             Counter,
             fast_path
         );

@@ -156,7 +156,7 @@ pub struct WorkerStats {
     pub nat_forward: AtomicU64,
     /// Packets translated in the reply direction (backend → client).
     pub nat_reverse: AtomicU64,
-    /// Packets of established IPv4 TCP/UDP sessions handled by the fast path
+    /// Packets of established IPv4/IPv6 TCP/UDP sessions handled by the fast path
     /// (a subset of `nat_forward` + `nat_reverse`).
     pub fast_path: AtomicU64,
     /// ICMP errors about translated flows, translated and forwarded.
