@@ -335,6 +335,12 @@ pub(super) struct Egress6 {
 #[repr(C)]
 pub(super) struct EgressSet6([Egress6; 2]);
 
+// The layouts the docs above promise.
+const _: () = assert!(core::mem::size_of::<Egress>() == 32);
+const _: () = assert!(core::mem::size_of::<EgressSet>() == 64);
+const _: () = assert!(core::mem::size_of::<Egress6>() == 64);
+const _: () = assert!(core::mem::size_of::<EgressSet6>() == 128);
+
 /// The fast path's next-hop cache: route + fresh neighbour per IPv4
 /// destination, two-way set-associative, sized to the neighbour cache
 /// (two places per neighbour, [`EgressCache::new`]) so that a table with
