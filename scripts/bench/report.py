@@ -213,17 +213,30 @@ def plot_io(d, plt, path):
 
 # --- replay -------------------------------------------------------------------
 
+def pct(x):
+    """A share (0..1) as a percentage, or an empty cell."""
+    return "" if x is None else f"{100 * x:.1f}%"
+
+
+def huge(s):
+    """A scenario's table memory on huge pages: "X of Y MiB", or an empty cell."""
+    b, h = s.get("table_bytes"), s.get("table_huge_page_bytes")
+    if b is None or h is None:
+        return ""
+    return f"{h / 2**20:.0f} of {b / 2**20:.0f} MiB"
+
+
 def render_replay(d, source, img):
     env = d.get("env", {})
     rows = [[s.get("name"), s.get("direction"), s.get("flows"), s.get("services"), s.get("backends_per_service"),
              s.get("workers"), s.get("packets"), num(s.get("cycles_per_packet"), 1), num(s.get("mpps_per_worker")),
-             num(s.get("mpps_total")), num(s.get("avg_burst"), 1), s.get("drops"),
-             "yes" if s.get("valid") else "**no**", s.get("note") or ""]
+             num(s.get("mpps_total")), num(s.get("avg_burst"), 1), pct(s.get("fast_path_share")),
+             huge(s), s.get("drops"), "yes" if s.get("valid") else "**no**", s.get("note") or ""]
             for s in d.get("scenarios", [])]
     out = [header(source), "", env_line(env, source), "",
            table(["scenario", "direction", "flows", "services", "backends/svc", "workers", "packets",
                   f"cycles/packet (target {REPLAY_TARGET_CYCLES})", "Mpps/worker", "Mpps total", "avg burst",
-                  "drops", "valid", "note"], rows)]
+                  "fast path", "tables on huge pages", "drops", "valid", "note"], rows)]
     nc = d.get("new_connections") or {}
     if nc:
         out += ["", "New connections: " + "; ".join(f"{k.replace('_', ' ')} {num(v, 1)}" for k, v in nc.items()) + "."]
