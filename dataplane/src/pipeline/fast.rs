@@ -64,26 +64,7 @@ impl Pipeline {
             return None;
         }
         let l4 = &ip[20..total];
-        let (proto, flags) = match ip[9] {
-            ip_proto::TCP => {
-                if l4.len() < 20 {
-                    return None;
-                }
-                let hl = usize::from(l4[12] >> 4) * 4;
-                if hl < 20 || hl > l4.len() || l4[13] & (tcp::SYN | tcp::FIN | tcp::RST) != 0 {
-                    return None;
-                }
-                (Proto::Tcp, l4[13])
-            }
-            ip_proto::UDP => {
-                let ul = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
-                if ul < 8 || ul > l4.len() {
-                    return None;
-                }
-                (Proto::Udp, 0)
-            }
-            _ => return None,
-        };
+        let (proto, flags) = l4_of(ip[9], l4, false)?;
         let key = FlowKey {
             src: Addr::v4([ip[12], ip[13], ip[14], ip[15]]),
             dst: Addr::v4([ip[16], ip[17], ip[18], ip[19]]),
@@ -91,44 +72,8 @@ impl Pipeline {
             dport: u16::from_be_bytes([l4[2], l4[3]]),
             proto,
         };
-        // The pre-pass's candidate session if it is this tuple's, else the
-        // index, probed with the pre-pass's hash when there is one (see
-        // `process_hinted`).
-        let (idx, dir) = match self.sessions.confirm_candidate(hint.session, &key) {
-            Some(hit) => hit,
-            None => {
-                let h = if hint.hash != 0 {
-                    hint.hash
-                } else {
-                    key_hash(&key)
-                };
-                self.sessions.lookup_hashed(&key, h)?
-            }
-        };
-        let s = self.sessions.get(idx);
-        // First packet since a table change: as on the general path, a UDP
-        // session's backend must still be there (else the general path
-        // flushes it); TCP keeps its backend. Checked here so that a
-        // publication does not send every flow through the general path.
-        let tag = version_tag(t.epoch.current);
-        let revalidate = s.validated != tag;
-        if revalidate
-            && proto == Proto::Udp
-            && !t.backend_still_valid(
-                s.validated,
-                &Frontend {
-                    addr: s.frontend,
-                    proto,
-                },
-                &s.backend,
-            )
-        {
-            return None;
-        }
-        let (new_src, new_dst) = match dir {
-            Dir::Original => (s.snat, Some(s.backend)),
-            Dir::Reply => (Some(s.frontend), s.snat.map(|_| s.client)),
-        };
+        let hit = self.fast_hit(t, &key, hint)?;
+        let (new_src, new_dst) = (hit.new_src, hit.new_dst);
         let to = new_dst.map_or(key.dst, |n| n.addr);
         if !to.is_v4() || to.is_multicast_or_broadcast() || new_src.is_some_and(|n| !n.addr.is_v4())
         {
@@ -140,19 +85,7 @@ impl Pipeline {
             return None;
         }
         // Committed: from here on the packet is translated and sent.
-        if revalidate {
-            self.sessions.get_mut(idx).validated = tag;
-        }
-        self.sessions.touch(idx, dir, flags, now);
-        WorkerStats::add(
-            if dir == Dir::Original {
-                &st.nat_forward
-            } else {
-                &st.nat_reverse
-            },
-            1,
-        );
-        WorkerStats::add(&st.fast_path, 1);
+        self.fast_commit(st, hit, flags, now);
         rewrite_v4(pkt.data_mut(), proto == Proto::Udp, new_src, new_dst);
         let d = pkt.data_mut();
         d[0..6].copy_from_slice(&mac.0);
@@ -198,27 +131,8 @@ impl Pipeline {
             return None;
         }
         let l4 = d.get(14 + 40..14 + total)?;
-        let (proto, flags) = match ip[6] {
-            ip_proto::TCP => {
-                if l4.len() < 20 {
-                    return None;
-                }
-                let hl = usize::from(l4[12] >> 4) * 4;
-                if hl < 20 || hl > l4.len() || l4[13] & (tcp::SYN | tcp::FIN | tcp::RST) != 0 {
-                    return None;
-                }
-                (Proto::Tcp, l4[13])
-            }
-            ip_proto::UDP => {
-                let ul = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
-                if ul < 8 || ul > l4.len() || l4[6..8] == [0, 0] {
-                    return None;
-                }
-                (Proto::Udp, 0)
-            }
-            // Extension headers included.
-            _ => return None,
-        };
+        // Extension headers (any other next header) are not taken.
+        let (proto, flags) = l4_of(ip[6], l4, true)?;
         let mut src = [0u8; 16];
         src.copy_from_slice(&ip[8..24]);
         let mut dst = [0u8; 16];
@@ -230,37 +144,8 @@ impl Pipeline {
             dport: u16::from_be_bytes([l4[2], l4[3]]),
             proto,
         };
-        let (idx, dir) = match self.sessions.confirm_candidate(hint.session, &key) {
-            Some(hit) => hit,
-            None => {
-                let h = if hint.hash != 0 {
-                    hint.hash
-                } else {
-                    key_hash(&key)
-                };
-                self.sessions.lookup_hashed(&key, h)?
-            }
-        };
-        let s = self.sessions.get(idx);
-        let tag = version_tag(t.epoch.current);
-        let revalidate = s.validated != tag;
-        if revalidate
-            && proto == Proto::Udp
-            && !t.backend_still_valid(
-                s.validated,
-                &Frontend {
-                    addr: s.frontend,
-                    proto,
-                },
-                &s.backend,
-            )
-        {
-            return None;
-        }
-        let (new_src, new_dst) = match dir {
-            Dir::Original => (s.snat, Some(s.backend)),
-            Dir::Reply => (Some(s.frontend), s.snat.map(|_| s.client)),
-        };
+        let hit = self.fast_hit(t, &key, hint)?;
+        let (new_src, new_dst) = (hit.new_src, hit.new_dst);
         let to = new_dst.map_or(key.dst, |n| n.addr);
         // Only IPv6 to IPv6 (an IPv4-mapped address in an IPv6 header is
         // the general path's business), and never multicast.
@@ -273,12 +158,117 @@ impl Pipeline {
             return None;
         }
         // Committed: from here on the packet is translated and sent.
-        if revalidate {
-            self.sessions.get_mut(idx).validated = tag;
+        self.fast_commit(st, hit, flags, now);
+        rewrite_v6(pkt.data_mut(), proto == Proto::Udp, new_src, new_dst);
+        let d = pkt.data_mut();
+        d[0..6].copy_from_slice(&mac.0);
+        d[6..12].copy_from_slice(&out.mac.0);
+        Some(Verdict::Tx(port))
+    }
+}
+
+/// The transport header checks both families share: TCP without
+/// SYN/FIN/RST and a sane header length, or UDP with a sane length (and,
+/// for IPv6, a checksum: 0 is invalid there and left to the general path).
+/// `(protocol, TCP flags)`, or `None` for anything else.
+#[inline(always)]
+fn l4_of(next: u8, l4: &[u8], v6: bool) -> Option<(Proto, u8)> {
+    match next {
+        ip_proto::TCP => {
+            if l4.len() < 20 {
+                return None;
+            }
+            let hl = usize::from(l4[12] >> 4) * 4;
+            if hl < 20 || hl > l4.len() || l4[13] & (tcp::SYN | tcp::FIN | tcp::RST) != 0 {
+                return None;
+            }
+            Some((Proto::Tcp, l4[13]))
         }
-        self.sessions.touch(idx, dir, flags, now);
+        ip_proto::UDP => {
+            let ul = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
+            if ul < 8 || ul > l4.len() || (v6 && l4[6..8] == [0, 0]) {
+                return None;
+            }
+            Some((Proto::Udp, 0))
+        }
+        _ => None,
+    }
+}
+
+/// A fast-path session hit ([`Pipeline::fast_hit`]).
+#[derive(Clone, Copy)]
+struct Hit {
+    idx: u32,
+    dir: Dir,
+    /// The session was validated against an older flush epoch (`tag` is the current one).
+    revalidate: bool,
+    tag: u16,
+    /// The translation: new source and destination, if they change.
+    new_src: Option<SockAddr>,
+    new_dst: Option<SockAddr>,
+}
+
+impl Pipeline {
+    /// The session of `key` for either family: the pre-pass's candidate
+    /// if it is this tuple's, else the index, probed with the pre-pass's
+    /// hash when there is one (see `process_hinted`); `None` when there is
+    /// none or (UDP, first packet since a table change) its backend is
+    /// gone — as on the general path, which then flushes it; TCP keeps its
+    /// backend. Checked here so that a publication does not send every
+    /// flow through the general path. No side effect.
+    #[inline(always)]
+    fn fast_hit(&self, t: &ServiceTable, key: &FlowKey, hint: PrePass) -> Option<Hit> {
+        let (idx, dir) = match self.sessions.confirm_candidate(hint.session, key) {
+            Some(hit) => hit,
+            None => {
+                let h = if hint.hash != 0 {
+                    hint.hash
+                } else {
+                    key_hash(key)
+                };
+                self.sessions.lookup_hashed(key, h)?
+            }
+        };
+        let s = self.sessions.get(idx);
+        let tag = version_tag(t.epoch.current);
+        let revalidate = s.validated != tag;
+        if revalidate
+            && key.proto == Proto::Udp
+            && !t.backend_still_valid(
+                s.validated,
+                &Frontend {
+                    addr: s.frontend,
+                    proto: key.proto,
+                },
+                &s.backend,
+            )
+        {
+            return None;
+        }
+        let (new_src, new_dst) = match dir {
+            Dir::Original => (s.snat, Some(s.backend)),
+            Dir::Reply => (Some(s.frontend), s.snat.map(|_| s.client)),
+        };
+        Some(Hit {
+            idx,
+            dir,
+            revalidate,
+            tag,
+            new_src,
+            new_dst,
+        })
+    }
+
+    /// The session side of a translated packet: the new validation tag,
+    /// state and expiry, and the counters.
+    #[inline(always)]
+    fn fast_commit(&mut self, st: &WorkerStats, hit: Hit, flags: u8, now: u64) {
+        if hit.revalidate {
+            self.sessions.get_mut(hit.idx).validated = hit.tag;
+        }
+        self.sessions.touch(hit.idx, hit.dir, flags, now);
         WorkerStats::add(
-            if dir == Dir::Original {
+            if hit.dir == Dir::Original {
                 &st.nat_forward
             } else {
                 &st.nat_reverse
@@ -286,11 +276,6 @@ impl Pipeline {
             1,
         );
         WorkerStats::add(&st.fast_path, 1);
-        rewrite_v6(pkt.data_mut(), proto == Proto::Udp, new_src, new_dst);
-        let d = pkt.data_mut();
-        d[0..6].copy_from_slice(&mac.0);
-        d[6..12].copy_from_slice(&out.mac.0);
-        Some(Verdict::Tx(port))
     }
 }
 
