@@ -697,6 +697,37 @@ impl SessionTable {
         }
     }
 
+    /// [`SessionTable::touch`] for a packet of an established TCP or UDP
+    /// flow without SYN, FIN or RST (what the fast path takes): the same
+    /// state and expiry, without the general state machines (no such packet
+    /// ends a session). Other protocols go through `touch`.
+    #[inline(always)]
+    pub fn touch_established(&mut self, idx: u32, dir: Dir, now: u64) {
+        let Some(s) = self.slots.get_mut(idx as usize) else {
+            return;
+        };
+        let reply = dir == Dir::Reply;
+        match s.proto {
+            Proto::Udp => {
+                s.replied |= reply;
+                s.expires = now
+                    + if s.replied {
+                        self.timeouts.udp_stream
+                    } else {
+                        self.timeouts.udp
+                    };
+            }
+            Proto::Tcp => {
+                s.replied |= reply;
+                if reply && s.tcp == TcpState::SynSent {
+                    s.tcp = TcpState::Established;
+                }
+                s.expires = now + tcp_timeout(&self.timeouts, s.tcp);
+            }
+            _ => self.touch(idx, dir, 0, now),
+        }
+    }
+
     /// The initial state and expiry of a new session of `proto` opened with
     /// `flags` (TCP flags or SCTP chunk bits, as for [`SessionTable::touch`]).
     pub fn initial_state(&self, proto: Proto, flags: u8, now: u64) -> InitialState {
@@ -935,6 +966,45 @@ mod tests {
         assert_eq!(t.lookup(&s.reply_key()), Some((i, Dir::Reply)));
         assert_eq!(t.lookup(&s.original_key().reversed()), None);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn touch_established_is_touch_for_packets_without_syn_fin_rst() {
+        // Every state, direction, reply flag and a few flag sets without
+        // SYN/FIN/RST: the same session afterwards as `touch`.
+        let states = [
+            TcpState::SynSent,
+            TcpState::Established,
+            TcpState::Closing,
+            TcpState::Closed,
+        ];
+        for proto in [Proto::Tcp, Proto::Udp, Proto::Icmp, Proto::Sctp] {
+            for st in states {
+                for replied in [false, true] {
+                    for dir in [Dir::Original, Dir::Reply] {
+                        for flags in [0, tcp::ACK, tcp::ACK | 0x08] {
+                            let flags = if proto == Proto::Tcp { flags } else { 0 };
+                            let mut a = table(4);
+                            let i = open(&mut a, 40000, proto, 0, 1000);
+                            a.get_mut(i).tcp = st;
+                            a.get_mut(i).replied = replied;
+                            let mut b = table(4);
+                            let j = open(&mut b, 40000, proto, 0, 1000);
+                            *b.get_mut(j) = *a.get(i);
+                            a.touch(i, dir, flags, 5000);
+                            b.touch_established(j, dir, 5000);
+                            let (x, y) = (a.get(i), b.get(j));
+                            let what =
+                                format!("{proto:?} {st:?} replied={replied} {dir:?} {flags:#x}");
+                            assert_eq!(x.expires, y.expires, "{what}");
+                            assert_eq!(x.tcp, y.tcp, "{what}");
+                            assert_eq!(x.sctp, y.sctp, "{what}");
+                            assert_eq!(x.replied, y.replied, "{what}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl Pipeline {
             return None;
         }
         let l4 = &ip[20..total];
-        let (proto, flags) = l4_of(ip[9], l4, false)?;
+        let proto = l4_of(ip[9], l4, false)?;
         let key = FlowKey {
             src: Addr::v4([ip[12], ip[13], ip[14], ip[15]]),
             dst: Addr::v4([ip[16], ip[17], ip[18], ip[19]]),
@@ -85,7 +85,7 @@ impl Pipeline {
             return None;
         }
         // Committed: from here on the packet is translated and sent.
-        self.fast_commit(st, hit, flags, now);
+        self.fast_commit(st, hit, now);
         rewrite_v4(pkt.data_mut(), proto == Proto::Udp, new_src, new_dst);
         let d = pkt.data_mut();
         d[0..6].copy_from_slice(&mac.0);
@@ -132,7 +132,7 @@ impl Pipeline {
         }
         let l4 = d.get(14 + 40..14 + total)?;
         // Extension headers (any other next header) are not taken.
-        let (proto, flags) = l4_of(ip[6], l4, true)?;
+        let proto = l4_of(ip[6], l4, true)?;
         let mut src = [0u8; 16];
         src.copy_from_slice(&ip[8..24]);
         let mut dst = [0u8; 16];
@@ -158,7 +158,7 @@ impl Pipeline {
             return None;
         }
         // Committed: from here on the packet is translated and sent.
-        self.fast_commit(st, hit, flags, now);
+        self.fast_commit(st, hit, now);
         rewrite_v6(pkt.data_mut(), proto == Proto::Udp, new_src, new_dst);
         let d = pkt.data_mut();
         d[0..6].copy_from_slice(&mac.0);
@@ -170,9 +170,9 @@ impl Pipeline {
 /// The transport header checks both families share: TCP without
 /// SYN/FIN/RST and a sane header length, or UDP with a sane length (and,
 /// for IPv6, a checksum: 0 is invalid there and left to the general path).
-/// `(protocol, TCP flags)`, or `None` for anything else.
+/// The protocol, or `None` for anything else.
 #[inline(always)]
-fn l4_of(next: u8, l4: &[u8], v6: bool) -> Option<(Proto, u8)> {
+fn l4_of(next: u8, l4: &[u8], v6: bool) -> Option<Proto> {
     match next {
         ip_proto::TCP => {
             if l4.len() < 20 {
@@ -182,14 +182,14 @@ fn l4_of(next: u8, l4: &[u8], v6: bool) -> Option<(Proto, u8)> {
             if hl < 20 || hl > l4.len() || l4[13] & (tcp::SYN | tcp::FIN | tcp::RST) != 0 {
                 return None;
             }
-            Some((Proto::Tcp, l4[13]))
+            Some(Proto::Tcp)
         }
         ip_proto::UDP => {
             let ul = usize::from(u16::from_be_bytes([l4[4], l4[5]]));
             if ul < 8 || ul > l4.len() || (v6 && l4[6..8] == [0, 0]) {
                 return None;
             }
-            Some((Proto::Udp, 0))
+            Some(Proto::Udp)
         }
         _ => None,
     }
@@ -262,11 +262,12 @@ impl Pipeline {
     /// The session side of a translated packet: the new validation tag,
     /// state and expiry, and the counters.
     #[inline(always)]
-    fn fast_commit(&mut self, st: &WorkerStats, hit: Hit, flags: u8, now: u64) {
+    fn fast_commit(&mut self, st: &WorkerStats, hit: Hit, now: u64) {
         if hit.revalidate {
             self.sessions.get_mut(hit.idx).validated = hit.tag;
         }
-        self.sessions.touch(hit.idx, hit.dir, flags, now);
+        // No SYN/FIN/RST here (`l4_of`): no state machine to run.
+        self.sessions.touch_established(hit.idx, hit.dir, now);
         WorkerStats::add(
             if hit.dir == Dir::Original {
                 &st.nat_forward
