@@ -478,38 +478,54 @@ impl World {
     fn table(&self, protos: &[Proto]) -> ServiceTable {
         ServiceTable::new(self.spec(protos), 1)
     }
-    /// What [`World::table`] is built from.
+    /// What [`World::table`] is built from (the IPv4 plan, or with
+    /// `v6` every address mapped into 2001:2::/48 by [`six`]).
     fn spec(&self, protos: &[Proto]) -> TableSpec {
-        if self.v6 {
-            return self.spec6(protos);
-        }
+        let v6 = self.v6;
+        let at = |net: u8, ip: [u8; 4]| {
+            if v6 {
+                Addr::v6(six(net, ip))
+            } else {
+                Addr::v4(ip)
+            }
+        };
+        let (clients, backends, prefix_len) = if v6 {
+            (
+                at(NET6_CLIENTS, [0, 0, 0, 1]),
+                at(NET6_BACKENDS, [0, 0, 0, 1]),
+                64,
+            )
+        } else {
+            (Addr::v4([198, 18, 0, 1]), Addr::v4([198, 19, 0, 1]), 16)
+        };
         let mut spec = TableSpec {
             interfaces: vec![
                 Interface {
                     port: 0,
-                    addr: Addr::v4([198, 18, 0, 1]),
-                    prefix_len: 16,
+                    addr: clients,
+                    prefix_len,
                 },
                 Interface {
                     port: 1,
-                    addr: Addr::v4([198, 19, 0, 1]),
-                    prefix_len: 16,
+                    addr: backends,
+                    prefix_len,
                 },
             ],
             ..Default::default()
         };
+        let family = if v6 { "6-" } else { "" };
         for &proto in protos {
             for s in 0..self.services {
                 spec.services.push(ServiceSpec {
-                    name: format!("replay/svc{s}:{}", proto.as_str()),
+                    name: format!("replay/svc{family}{s}:{}", proto.as_str()),
                     frontend: Frontend {
-                        addr: SockAddr::new(Addr::v4(vip(s)), SVC_PORT),
+                        addr: SockAddr::new(at(NET6_VIPS, vip(s)), SVC_PORT),
                         proto,
                     },
                     backends: (0..self.per_service)
                         .map(|j| {
                             let (ip, port) = backend(s * self.per_service + j);
-                            SockAddr::new(Addr::v4(ip), port)
+                            SockAddr::new(at(NET6_BACKENDS, ip), port)
                         })
                         .collect(),
                     no_backends: Default::default(),
@@ -524,71 +540,14 @@ impl World {
         }
         for a in 0..self.backends().min(BACKEND_ADDRS) {
             spec.neighbors.push(StaticNeighbor {
-                addr: Addr::v4(backend(a).0),
+                addr: at(NET6_BACKENDS, backend(a).0),
                 mac: backend_mac(a),
                 port: 1,
             });
         }
         for c in 0..CLIENT_ADDRS {
             spec.neighbors.push(StaticNeighbor {
-                addr: Addr::v4(client_ip(c)),
-                mac: client_mac(c),
-                port: 0,
-            });
-        }
-        spec
-    }
-    /// [`World::spec`] on the IPv6 plan.
-    fn spec6(&self, protos: &[Proto]) -> TableSpec {
-        let mut spec = TableSpec {
-            interfaces: vec![
-                Interface {
-                    port: 0,
-                    addr: Addr::v6(six(NET6_CLIENTS, [0, 0, 0, 1])),
-                    prefix_len: 64,
-                },
-                Interface {
-                    port: 1,
-                    addr: Addr::v6(six(NET6_BACKENDS, [0, 0, 0, 1])),
-                    prefix_len: 64,
-                },
-            ],
-            ..Default::default()
-        };
-        for &proto in protos {
-            for s in 0..self.services {
-                spec.services.push(ServiceSpec {
-                    name: format!("replay/svc6-{s}:{}", proto.as_str()),
-                    frontend: Frontend {
-                        addr: SockAddr::new(Addr::v6(six(NET6_VIPS, vip(s))), SVC_PORT),
-                        proto,
-                    },
-                    backends: (0..self.per_service)
-                        .map(|j| {
-                            let (ip, port) = backend(s * self.per_service + j);
-                            SockAddr::new(Addr::v6(six(NET6_BACKENDS, ip)), port)
-                        })
-                        .collect(),
-                    no_backends: Default::default(),
-                    masquerade: false,
-                    external: false,
-                    affinity_timeout: None,
-                    source_ranges: vec![],
-                    short_circuit: vec![],
-                    algorithm: Default::default(),
-                });
-            }
-        }
-        for a in 0..self.backends().min(BACKEND_ADDRS) {
-            spec.neighbors.push(StaticNeighbor {
-                addr: Addr::v6(six(NET6_BACKENDS, backend(a).0)),
-                mac: backend_mac(a),
-                port: 1,
-            });
-        }
-        for c in 0..CLIENT_ADDRS {
-            spec.neighbors.push(StaticNeighbor {
-                addr: Addr::v6(six(NET6_CLIENTS, client_ip(c))),
+                addr: at(NET6_CLIENTS, client_ip(c)),
                 mac: client_mac(c),
                 port: 0,
             });
@@ -760,8 +719,14 @@ fn permutation(n: u32, seed: u64) -> Vec<u32> {
 /// checksum, lengths, TCP/UDP checksum.
 fn full_check(d: &[u8]) -> Result<(), String> {
     let h = PacketHeaders::from_ethernet_slice(d).map_err(|e| format!("etherparse: {e}"))?;
-    if let Some((ip6, ext)) = h.net.as_ref().and_then(|n| n.ipv6_ref()) {
-        return full_check6(&h, ip6, ext, d);
+    if let Some((ip, ext)) = h.net.as_ref().and_then(|n| n.ipv6_ref()) {
+        if !ext.is_empty() {
+            return Err("IPv6 extension headers".into());
+        }
+        if 40 + usize::from(ip.payload_length) > d.len() - 14 {
+            return Err("IPv6 payload length beyond the frame".into());
+        }
+        return transport_check(&h, Ip::V6(ip));
     }
     let (ip, _) = h
         .net
@@ -774,43 +739,19 @@ fn full_check(d: &[u8]) -> Result<(), String> {
     if usize::from(ip.total_len) > d.len() - 14 {
         return Err("IPv4 total length beyond the frame".into());
     }
-    let payload = match h.payload {
-        PayloadSlice::Tcp(p) | PayloadSlice::Udp(p) => p,
-        _ => return Err("no TCP/UDP payload".into()),
-    };
-    match &h.transport {
-        Some(TransportHeader::Udp(u)) => {
-            if usize::from(u.length) != 8 + payload.len() {
-                return Err("bad UDP length".into());
-            }
-            if u.checksum == 0 || Ok(u.checksum) != u.calc_checksum_ipv4(ip, payload) {
-                return Err(format!("bad UDP checksum {:#06x}", u.checksum));
-            }
-        }
-        Some(TransportHeader::Tcp(t)) => {
-            if Ok(t.checksum) != t.calc_checksum_ipv4(ip, payload) {
-                return Err(format!("bad TCP checksum {:#06x}", t.checksum));
-            }
-        }
-        _ => return Err("not TCP/UDP".into()),
-    }
-    Ok(())
+    transport_check(&h, Ip::V4(ip))
 }
 
-/// [`full_check`] of an IPv6 frame: no extension header, lengths, TCP/UDP
-/// checksum (a UDP checksum of 0 is invalid in IPv6).
-fn full_check6(
-    h: &PacketHeaders,
-    ip: &etherparse::Ipv6Header,
-    ext: &etherparse::Ipv6Extensions,
-    d: &[u8],
-) -> Result<(), String> {
-    if !ext.is_empty() {
-        return Err("IPv6 extension headers".into());
-    }
-    if 40 + usize::from(ip.payload_length) > d.len() - 14 {
-        return Err("IPv6 payload length beyond the frame".into());
-    }
+/// The network header a transport checksum covers.
+enum Ip<'a> {
+    V4(&'a etherparse::Ipv4Header),
+    V6(&'a etherparse::Ipv6Header),
+}
+
+/// [`full_check`]'s TCP/UDP part: UDP length, and the TCP/UDP checksum
+/// over the pseudo-header of `ip` (a UDP checksum of 0 is refused: it is
+/// invalid in IPv6, and the proxy's IPv4 output always carries one here).
+fn transport_check(h: &PacketHeaders, ip: Ip) -> Result<(), String> {
     let payload = match h.payload {
         PayloadSlice::Tcp(p) | PayloadSlice::Udp(p) => p,
         _ => return Err("no TCP/UDP payload".into()),
@@ -820,12 +761,20 @@ fn full_check6(
             if usize::from(u.length) != 8 + payload.len() {
                 return Err("bad UDP length".into());
             }
-            if u.checksum == 0 || Ok(u.checksum) != u.calc_checksum_ipv6(ip, payload) {
+            let sum = match ip {
+                Ip::V4(i) => u.calc_checksum_ipv4(i, payload).ok(),
+                Ip::V6(i) => u.calc_checksum_ipv6(i, payload).ok(),
+            };
+            if u.checksum == 0 || Some(u.checksum) != sum {
                 return Err(format!("bad UDP checksum {:#06x}", u.checksum));
             }
         }
         Some(TransportHeader::Tcp(t)) => {
-            if Ok(t.checksum) != t.calc_checksum_ipv6(ip, payload) {
+            let sum = match ip {
+                Ip::V4(i) => t.calc_checksum_ipv4(i, payload).ok(),
+                Ip::V6(i) => t.calc_checksum_ipv6(i, payload).ok(),
+            };
+            if Some(t.checksum) != sum {
                 return Err(format!("bad TCP checksum {:#06x}", t.checksum));
             }
         }

@@ -10,6 +10,31 @@ use dataplane::table::{Frontend, Interface, ServiceSpec, ServiceTable, StaticNei
 pub const P0: MacAddr = MacAddr([2, 0, 0, 0, 0, 0]);
 pub const P1: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
 
+/// A plain Service port (no masquerade, affinity or source ranges):
+/// `frontend` over `proto`, load-balanced to `backends`.
+pub fn service(
+    name: String,
+    proto: Proto,
+    frontend: SockAddr,
+    backends: Vec<SockAddr>,
+) -> ServiceSpec {
+    ServiceSpec {
+        source_ranges: vec![],
+        affinity_timeout: None,
+        masquerade: false,
+        external: false,
+        no_backends: Default::default(),
+        short_circuit: vec![],
+        algorithm: Default::default(),
+        name,
+        frontend: Frontend {
+            addr: frontend,
+            proto,
+        },
+        backends,
+    }
+}
+
 pub fn table(services: usize, backends: usize) -> ServiceTable {
     ServiceTable::new(spec(services, backends), 1)
 }
@@ -32,42 +57,24 @@ pub fn spec(services: usize, backends: usize) -> TableSpec {
         ..Default::default()
     };
     for s in 0..services {
-        spec.services.push(ServiceSpec {
-            source_ranges: vec![],
-            affinity_timeout: None,
-            masquerade: false,
-            external: false,
-            no_backends: Default::default(),
-            short_circuit: vec![],
-            algorithm: Default::default(),
-            name: format!("bench/svc{s}"),
-            frontend: Frontend {
-                addr: SockAddr::new(Addr::v4([198, 18, 200 + (s >> 8) as u8, s as u8]), 80),
-                proto: Proto::Udp,
-            },
-            backends: (0..backends)
+        spec.services.push(service(
+            format!("bench/svc{s}"),
+            Proto::Udp,
+            SockAddr::new(Addr::v4([198, 18, 200 + (s >> 8) as u8, s as u8]), 80),
+            (0..backends)
                 .map(|b| SockAddr::new(Addr::v4([198, 19, (b >> 8) as u8, 10 + b as u8]), 8080))
                 .collect(),
-        });
+        ));
     }
     // One SCTP Service on the first VIP (port 3868 -> 9999: a port rewrite).
-    spec.services.push(ServiceSpec {
-        source_ranges: vec![],
-        affinity_timeout: None,
-        masquerade: false,
-        external: false,
-        no_backends: Default::default(),
-        short_circuit: vec![],
-        algorithm: Default::default(),
-        name: "bench/sctp".into(),
-        frontend: Frontend {
-            addr: SockAddr::new(Addr::v4([198, 18, 200, 0]), 3868),
-            proto: Proto::Sctp,
-        },
-        backends: (0..backends)
+    spec.services.push(service(
+        "bench/sctp".into(),
+        Proto::Sctp,
+        SockAddr::new(Addr::v4([198, 18, 200, 0]), 3868),
+        (0..backends)
             .map(|b| SockAddr::new(Addr::v4([198, 19, (b >> 8) as u8, 10 + b as u8]), 9999))
             .collect(),
-    });
+    ));
     for b in 0..backends {
         spec.neighbors.push(StaticNeighbor {
             addr: Addr::v4([198, 19, (b >> 8) as u8, 10 + b as u8]),
@@ -104,26 +111,17 @@ pub fn wide_spec(services: usize, per: usize) -> TableSpec {
     spec.services.clear();
     spec.neighbors.retain(|n| n.port == 0);
     for s in 0..services {
-        spec.services.push(ServiceSpec {
-            source_ranges: vec![],
-            affinity_timeout: None,
-            masquerade: false,
-            external: false,
-            no_backends: Default::default(),
-            short_circuit: vec![],
-            algorithm: Default::default(),
-            name: format!("bench/wide{s}"),
-            frontend: Frontend {
-                addr: SockAddr::new(Addr::v4(wide_vip(s)), 80),
-                proto: Proto::Udp,
-            },
-            backends: (0..per)
+        spec.services.push(service(
+            format!("bench/wide{s}"),
+            Proto::Udp,
+            SockAddr::new(Addr::v4(wide_vip(s)), 80),
+            (0..per)
                 .map(|j| {
                     let k = s * per + j;
                     SockAddr::new(Addr::v4(addr(k)), 8080 + (k / WIDE_ADDRS) as u16)
                 })
                 .collect(),
-        });
+        ));
     }
     for a in 0..(services * per).min(WIDE_ADDRS) {
         spec.neighbors.push(StaticNeighbor {
@@ -235,23 +233,14 @@ pub fn spec_v6(services: usize, backends: usize) -> TableSpec {
         ..Default::default()
     };
     for s in 0..services {
-        spec.services.push(ServiceSpec {
-            source_ranges: vec![],
-            affinity_timeout: None,
-            masquerade: false,
-            external: false,
-            no_backends: Default::default(),
-            short_circuit: vec![],
-            algorithm: Default::default(),
-            name: format!("bench/svc6-{s}"),
-            frontend: Frontend {
-                addr: SockAddr::new(Addr::v6(v6_vip(s)), 80),
-                proto: Proto::Udp,
-            },
-            backends: (0..backends)
+        spec.services.push(service(
+            format!("bench/svc6-{s}"),
+            Proto::Udp,
+            SockAddr::new(Addr::v6(v6_vip(s)), 80),
+            (0..backends)
                 .map(|b| SockAddr::new(Addr::v6(v6_backend(b)), 8080))
                 .collect(),
-        });
+        ));
     }
     for b in 0..backends {
         spec.neighbors.push(StaticNeighbor {

@@ -437,6 +437,19 @@ impl EgressCache {
     }
 }
 
+/// Puts a newly resolved next hop `e` into a two-way set: in the way
+/// `reusable` accepts (the one that held this destination, or a dead
+/// entry), else way 0 after the older entry moved to way 1 (way 0 holds
+/// the most recently resolved).
+#[inline(always)]
+fn place<E: Copy>(set: &mut [E; 2], e: E, reusable: impl Fn(&E) -> bool) {
+    let w = set.iter().position(reusable).unwrap_or_else(|| {
+        set[1] = set[0];
+        0
+    });
+    set[w] = e;
+}
+
 impl Pipeline {
     /// Egress port and destination MAC for the IPv4 destination `dst`: the
     /// route and a fresh neighbour, from the cache while the table version
@@ -484,18 +497,8 @@ impl Pipeline {
             mac,
             _pad: [0; 8],
         };
-        // The way that held this destination or a dead entry; else the
-        // older way goes (way 0 holds the most recently resolved).
         if let Some(set) = self.egress.sets.get_mut(si) {
-            let set = &mut set.0;
-            let w = set
-                .iter()
-                .position(|x| x.dst == d4 || x.stamp != stamp)
-                .unwrap_or_else(|| {
-                    set[1] = set[0];
-                    0
-                });
-            set[w] = e;
+            place(&mut set.0, e, |x| x.dst == d4 || x.stamp != stamp);
         }
         Some((port, mac))
     }
@@ -564,17 +567,8 @@ impl Pipeline {
             port,
             mac,
         };
-        // As for IPv4: this destination's or a dead way, else the older one.
         if let Some(set) = self.egress.sets6.get_mut(si) {
-            let set = &mut set.0;
-            let w = set
-                .iter()
-                .position(|x| x.dst == dst.0 || x.stamp != stamp)
-                .unwrap_or_else(|| {
-                    set[1] = set[0];
-                    0
-                });
-            set[w] = e;
+            place(&mut set.0, e, |x| x.dst == dst.0 || x.stamp != stamp);
         }
         Some((port, mac))
     }
