@@ -53,6 +53,22 @@ pub fn ipv4_header(hdr: &[u8]) -> u16 {
     }
 }
 
+/// True when the 20-byte IPv4 header `hdr` (no options) carries a valid
+/// header checksum: `fold(sum(hdr, 0)) == 0xFFFF`, computed over
+/// native-endian words (a ones-complement sum read in the other byte order
+/// is the byte swap of the sum, and 0xFFFF is its own swap), which saves
+/// the per-word byte swaps on the fast path.
+#[inline(always)]
+pub fn ipv4_header_ok(hdr: &[u8; 20]) -> bool {
+    let acc: u64 = hdr
+        .chunks_exact(4)
+        .map(|c| u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+        .sum();
+    let acc = (acc & 0xFFFF_FFFF) + (acc >> 32);
+    let acc = (acc & 0xFFFF_FFFF) + (acc >> 32);
+    fold(acc as u32) == 0xFFFF
+}
+
 /// Unfolded sum of the IPv4 pseudo-header (src, dst, zero+protocol, upper-layer length).
 #[inline]
 pub fn pseudo_header_v4(src: [u8; 4], dst: [u8; 4], proto: u8, len: u32) -> u32 {
@@ -238,6 +254,27 @@ mod tests {
             // Splitting at an even boundary composes.
             let mid = (data.len() / 2) & !1;
             prop_assert_eq!(fold(sum(&data[mid..], sum(&data[..mid], 0))), fold(sum(&data, 0)));
+        }
+
+        #[test]
+        fn ipv4_header_ok_is_the_header_sum_check(
+            mut hdr in proptest::array::uniform20(any::<u8>()), valid in any::<bool>(),
+        ) {
+            if valid {
+                // Fill the checksum field so that the header checks.
+                hdr[10] = 0; hdr[11] = 0;
+                let c = finish(sum(&hdr, 0));
+                hdr[10..12].copy_from_slice(&c.to_be_bytes());
+            }
+            let want = fold(sum(&hdr, 0)) == 0xFFFF;
+            prop_assert_eq!(ipv4_header_ok(&hdr), want);
+            prop_assert!(!valid || want);
+            // Any one-bit flip breaks a valid header.
+            if want {
+                let mut bad = hdr;
+                bad[(hdr[0] as usize) % 20] ^= 1 << (hdr[1] % 8);
+                prop_assert!(!ipv4_header_ok(&bad));
+            }
         }
 
         #[test]

@@ -59,7 +59,7 @@ impl Pipeline {
         // The header checksum, unless the NIC checked it (a `Bad` or
         // unknown verdict: checked here, and the general path drops it).
         if pkt.rx_ip_checksum() != RxChecksum::Good
-            && checksum::fold(checksum::sum(&ip[..20], 0)) != 0xFFFF
+            && !ip.first_chunk::<20>().is_some_and(checksum::ipv4_header_ok)
         {
             return None;
         }
@@ -71,6 +71,21 @@ impl Pipeline {
             sport: u16::from_be_bytes([l4[0], l4[1]]),
             dport: u16::from_be_bytes([l4[2], l4[3]]),
             proto,
+        };
+        // Without a pre-pass hash: hashed from the header's words, as the
+        // pre-pass does (`key_hash` would unpack the key's addresses again).
+        let hint = if hint.hash == 0 {
+            PrePass {
+                hash: key_hash_v4(
+                    u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+                    u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
+                    u32::from_ne_bytes([l4[0], l4[1], l4[2], l4[3]]),
+                    proto as u8,
+                ),
+                ..hint
+            }
+        } else {
+            hint
         };
         let hit = self.fast_hit(t, &key, hint)?;
         let (new_src, new_dst) = (hit.new_src, hit.new_dst);
@@ -86,8 +101,8 @@ impl Pipeline {
         }
         // Committed: from here on the packet is translated and sent.
         self.fast_commit(st, hit, now);
-        rewrite_v4(pkt.data_mut(), proto == Proto::Udp, new_src, new_dst);
         let d = pkt.data_mut();
+        rewrite_v4(d, proto == Proto::Udp, new_src, new_dst);
         d[0..6].copy_from_slice(&mac.0);
         d[6..12].copy_from_slice(&out.mac.0);
         Some(Verdict::Tx(port))
@@ -159,8 +174,8 @@ impl Pipeline {
         }
         // Committed: from here on the packet is translated and sent.
         self.fast_commit(st, hit, now);
-        rewrite_v6(pkt.data_mut(), proto == Proto::Udp, new_src, new_dst);
         let d = pkt.data_mut();
+        rewrite_v6(d, proto == Proto::Udp, new_src, new_dst);
         d[0..6].copy_from_slice(&mac.0);
         d[6..12].copy_from_slice(&out.mac.0);
         Some(Verdict::Tx(port))
@@ -1492,6 +1507,75 @@ mod tests {
         let before = fast(&st);
         assert_eq!(go(&mut p, h ^ 0x5555_0000_0000_1234), reference);
         assert_eq!(fast(&st), before, "the general path took it");
+    }
+
+    #[test]
+    fn the_pre_pass_hashes_untagged_ipv4_as_the_index_does() {
+        // The pre-pass hashes untagged IPv4 straight from the header
+        // (`quick_hash_v4`): the same hash as the index's for the tuple
+        // `quick_key` reads, and 0 where that has no tuple.
+        let p = pipeline(true, 1500);
+        let want = |f: &[u8]| quick_key(f).map_or(0, |k| key_hash(&k));
+        let udp = frame(
+            P0,
+            ([198, 18, 0, 2], 40000),
+            ([198, 18, 100, 1], 80),
+            None,
+            18,
+        );
+        let tcp = frame(
+            P0,
+            ([198, 18, 3, 4], 1234),
+            ([198, 18, 100, 9], 443),
+            Some(tcp::ACK),
+            0,
+        );
+        let mut sctp = udp.clone();
+        sctp[14 + 9] = ip_proto::SCTP;
+        let mut icmp = udp.clone();
+        icmp[14 + 9] = 1;
+        // IHL 6: the ports are read 4 bytes further on.
+        let mut options = udp.clone();
+        options[14] = 0x46;
+        let mut tagged = udp[..12].to_vec();
+        tagged.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        tagged.extend_from_slice(&udp[12..]);
+        let v6 = frame6(
+            P0,
+            (
+                [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+                40000,
+            ),
+            ([0x20, 0x01, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1], 80),
+            None,
+            18,
+            V6::Plain,
+        );
+        for (name, f) in [
+            ("udp", &udp[..]),
+            ("tcp", &tcp),
+            ("sctp", &sctp),
+            ("options", &options),
+            ("tagged", &tagged),
+            ("v6", &v6),
+        ] {
+            let h = p.prefetch_index(f);
+            assert_ne!(h, 0, "{name}");
+            assert_eq!(h, want(f), "{name}");
+        }
+        let k = quick_key(&udp).unwrap();
+        assert_eq!(k.sport, 40000);
+        assert_eq!(p.prefetch_index(&udp), key_hash(&k));
+        assert_ne!(p.prefetch_index(&udp), p.prefetch_index(&tcp));
+        for (name, f) in [
+            ("icmp", &icmp[..]),
+            ("short ip", &udp[..30]),
+            ("short ports", &udp[..35]),
+            ("options, short ports", &options[..39]),
+        ] {
+            assert_eq!(p.prefetch_index(f), 0, "{name}");
+            assert_eq!(want(f), 0, "{name}");
+        }
     }
 
     #[test]
