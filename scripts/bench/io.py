@@ -567,6 +567,8 @@ def run_pair(a, pmd, gen, dut_kind, tmp, pidfile, pcaps):
             res["dut_fwd_mpps"] = r3(delta("dpdk_kube_proxy_tx_packets_total") / dt / 1e6)
             res["dut_nat_forward_mpps"] = r3(delta("dpdk_kube_proxy_nat_forward_packets_total") / dt / 1e6)
             res["dut_rx_bytes_per_packet"] = r3(delta("dpdk_kube_proxy_rx_bytes_total") / rxp) if rxp else None
+            # Share of the received packets the established-flow fast path took.
+            res["dut_fast_path_share"] = r3(delta("dpdk_kube_proxy_fast_path_packets_total") / rxp) if rxp else None
             res["tsc_hz"] = int(vb.get("dpdk_kube_proxy_worker_tsc_hz", 0)) or None
             # The worker's own accounting: TSC cycles of poll loops that had
             # packets, per packet received; and the busy share of all cycles.
