@@ -34,6 +34,8 @@ fn hint(hash: u64, session: u32) -> PrePass {
 }
 /// Next-hop prefetch distance (as the worker's `NEXT_HOP_AHEAD`).
 const AHEAD: usize = 4;
+/// Session prefetch distance (as the worker's `SESSION_AHEAD`).
+const SESSION_AHEAD: usize = 8;
 
 fn flow_frame(i: u32, services: u32) -> Vec<u8> {
     let vip = if services == 16 {
@@ -84,17 +86,21 @@ fn measure(
             for (h, b) in hashes.iter_mut().zip(&bufs[..m]) {
                 *h = p.prefetch_index(b.data());
             }
-            for (h, c) in hashes[..m].iter().zip(&mut cands[..m]) {
+            let ahead = m.min(SESSION_AHEAD);
+            for (h, c) in hashes[..ahead].iter().zip(&mut cands[..ahead]) {
                 *c = p.prefetch_session(*h);
             }
             if hops {
-                for &c in cands[..m].iter().take(AHEAD) {
+                for &c in cands[..ahead].iter().take(AHEAD) {
                     p.prefetch_next_hop(c);
                 }
             }
         }
         if hops {
             for (i, b) in bufs[..m].iter_mut().enumerate() {
+                if let Some(&h) = hashes[..m].get(i + SESSION_AHEAD) {
+                    cands[i + SESSION_AHEAD] = p.prefetch_session(h);
+                }
                 if let Some(&c) = cands[..m].get(i + AHEAD) {
                     p.prefetch_next_hop(c);
                 }
@@ -105,6 +111,9 @@ fn measure(
             }
         } else if prepass {
             for (i, b) in bufs[..m].iter_mut().enumerate() {
+                if let Some(&h) = hashes[..m].get(i + SESSION_AHEAD) {
+                    cands[i + SESSION_AHEAD] = p.prefetch_session(h);
+                }
                 let v = p.process_hinted(t, st, in_port, b, 1, false, hint(hashes[i], cands[i]));
                 if matches!(v, Verdict::Tx(_)) {
                     sent += 1;

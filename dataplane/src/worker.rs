@@ -36,9 +36,18 @@ const HOLD_MS: u64 = 3_000;
 /// (below, the table is cache-resident and the pre-pass would cost more
 /// than it saves).
 const PREFETCH_SESSIONS: usize = 16_384;
+/// How many packets ahead of processing the pre-pass reads a packet's
+/// index bucket and prefetches its session (step 2): the buckets of the
+/// whole burst are prefetched first (step 1), and a rolling window keeps
+/// only this many session prefetches in flight instead of a whole burst's
+/// at once, which the core's miss queues could not hold when the table is
+/// in DRAM.
+const SESSION_AHEAD: usize = 8;
 /// How many packets ahead of processing the pre-pass prefetches next-hop
 /// cache lines (their sessions must have landed by then).
 const NEXT_HOP_AHEAD: usize = 4;
+// A packet's candidate session (step 2) is known before its next hop is prefetched.
+const _: () = assert!(NEXT_HOP_AHEAD < SESSION_AHEAD);
 /// Empty polls before the optional idle sleep kicks in.
 const IDLE_POLLS: u32 = 256;
 
@@ -441,16 +450,22 @@ impl Worker {
                         for (i, h) in hashes[..n].iter_mut().enumerate() {
                             *h = self.pipeline.prefetch_index(rx.peek(i));
                         }
-                        for (h, c) in hashes[..n].iter().zip(&mut cands[..n]) {
+                        let ahead = n.min(SESSION_AHEAD);
+                        for (h, c) in hashes[..ahead].iter().zip(&mut cands[..ahead]) {
                             *c = self.pipeline.prefetch_session(*h);
                         }
                         if hops {
-                            for &c in cands[..n].iter().take(NEXT_HOP_AHEAD) {
+                            for &c in cands[..ahead].iter().take(NEXT_HOP_AHEAD) {
                                 self.pipeline.prefetch_next_hop(c);
                             }
                         }
                     }
                     for (i, mut m) in rx.by_ref().enumerate() {
+                        if prepass {
+                            if let Some(&h) = hashes[..n].get(i + SESSION_AHEAD) {
+                                cands[i + SESSION_AHEAD] = self.pipeline.prefetch_session(h);
+                            }
+                        }
                         if hops {
                             if let Some(&c) = cands[..n].get(i + NEXT_HOP_AHEAD) {
                                 self.pipeline.prefetch_next_hop(c);
