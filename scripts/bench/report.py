@@ -135,6 +135,18 @@ def missing(name, source):
 
 # --- io -------------------------------------------------------------------------
 
+def io_invalid_reason(p, runs):
+    """Why a real-I/O pair is not valid, for its table cell."""
+    if p.get("errors"):
+        return "**no** (failed)"
+    if p.get("consistent") is False:
+        return "**no** (out of order)"
+    mine = [r for r in runs if (r.get("pmd"), r.get("gen")) == (p.get("pmd"), p.get("gen"))]
+    if any(r.get("generator_limited") for r in mine):
+        return "**no** (generator-limited)"
+    return "**no** (contended)"
+
+
 def render_io(d, source, img):
     env = d.get("env", {})
     rows = []
@@ -148,7 +160,7 @@ def render_io(d, source, img):
             " / ".join(num(p.get(k), 0) for k in ("testpmd_io_cycles_per_packet",
                                                   "testpmd_5tswap_cycles_per_packet", "proxy_cycles_per_packet")),
             " / ".join(num(ref.get(k), 1) for k in ("testpmd-io", "testpmd-5tswap", "proxy")),
-            "yes" if p.get("valid") else ("**no** (failed)" if p.get("errors") else "**no** (contended)"),
+            "yes" if p.get("valid") else io_invalid_reason(p, d.get("runs", [])),
         ])
     out = [header(source), "", env_line(env, source), "",
            table(["PMD", "generator", "flows", "testpmd io Mpps", "testpmd 5tswap Mpps", "proxy Mpps",
@@ -172,7 +184,12 @@ def render_io(d, source, img):
         out += ["", "**Failed runs:** " + "; ".join(f"{r.get('name')}: {r['error']}" for r in failed) + "."]
     bad = d.get("contended_runs") or []
     if bad:
-        out += ["", f"**Contended runs** (a forwarding lcore had < 95% of its CPU): {', '.join(bad)}."]
+        out += ["", f"**Contended runs** (a forwarding lcore had < 95% of its CPU, or the proxy received "
+                    f"fewer than half a burst per poll: generator-limited): {', '.join(bad)}."]
+    odd = d.get("inconsistent_pairs") or []
+    if odd:
+        out += ["", f"**Pairs out of order** (a lighter DUT more than 10% slower than a heavier one: "
+                    f"a disturbed generator set the pace; retried, still so): {', '.join(odd)}."]
     if img:
         out += ["", f"![Mpps per DUT and generator]({img})"]
     return "\n".join(out)
@@ -448,7 +465,14 @@ def fixture(results):
                                "proxy_vs_testpmd_5tswap": 0.5, "testpmd_io_cycles_per_packet": 100.0,
                                "testpmd_5tswap_cycles_per_packet": 120.0, "proxy_cycles_per_packet": 424.2,
                                "gen_tx_refused_pct": {"testpmd-io": 1.0, "testpmd-5tswap": 2.0, "proxy": 80.0},
-                               "valid": True, "target_met": False}], "runs": []},
+                               "valid": True, "target_met": False},
+                              {"pmd": "memif", "gen": "pcap", "flows": 4096, "testpmd_io_mpps": 5.0,
+                               "testpmd_5tswap_mpps": 9.0, "proxy_mpps": 6.0, "proxy_vs_testpmd_io": 1.2,
+                               "proxy_vs_testpmd_5tswap": 0.667, "testpmd_io_cycles_per_packet": 100.0,
+                               "testpmd_5tswap_cycles_per_packet": 120.0, "proxy_cycles_per_packet": 300.0,
+                               "gen_tx_refused_pct": {}, "consistent": False, "valid": False,
+                               "target_met": True}],
+                    "inconsistent_pairs": ["memif-pcap"], "runs": []},
         "replay.json": {"env": dict(FIXTURE_ENV, eal_args=["--no-huge"], worker_lcores=[1], hugepages=False),
                         "scenarios": [{"name": "fixture_scenario", "direction": "forward", "flows": 1, "services": 1,
                                        "backends_per_service": 1, "workers": 1, "packets": 1000,
@@ -509,7 +533,8 @@ def check():
         for want in ("fixture_scenario", "123.4", "Fixture CPU", "TSC 2.000 GHz", "DPDK 22.11.0",
                      "pipeline/fixture_bench", "fixture-kernel", "**0.50**", "424", "git fixture",
                      "Hitless updates", "fixture changes", "17.5 / 42.2 / 99.0", "25.00% (**not met**)",
-                     "Not run yet: no `bench-results/scale.json`"):
+                     "Not run yet: no `bench-results/scale.json`", "**no** (out of order)",
+                     "**Pairs out of order**"):
             if want not in out:
                 problems.append(f"{want!r} missing from the rendered document")
         if plt is not None:
