@@ -8,8 +8,8 @@
 //! Scenarios: `fwd1` (one established UDP flow, client → VIP), `rev1` (its
 //! replies), `fwd60k` / `fwd1m` (60,000 / 1,000,000 established flows in a
 //! scattered order, one packet at a time), `fwd60k_burst` / `fwd1m_burst`
-//! (the same in bursts of 32 with the worker's pre-pass: index and session
-//! prefetch for the whole burst first; next-hop lines 4 packets ahead when
+//! (the same in bursts of 32 with the worker's pre-pass: index prefetch
+//! for the whole burst first, sessions 8 packets ahead; next-hop lines 4 packets ahead when
 //! there are many neighbours), `fwd60k_10k` / `fwd60k_10k_burst`
 //! (60,000 flows spread over 10,000 Services × 10 backends on 60,000
 //! backend addresses with static neighbours, as the replay bench's

@@ -442,10 +442,11 @@ impl Worker {
                     let hops = prepass && self.pipeline.next_hop_prefetch_pays();
                     if prepass {
                         // Burst-wide pre-pass: packet data, then the session
-                        // index lines, then the sessions, so the misses of a
-                        // large table overlap instead of stalling one by one;
-                        // with many neighbours the next-hop lines follow a
-                        // few packets ahead.
+                        // index lines, then (in a window `SESSION_AHEAD`
+                        // packets ahead of processing) the sessions, so the
+                        // misses of a large table overlap instead of stalling
+                        // one by one; with many neighbours the next-hop lines
+                        // follow a few packets ahead.
                         rx.prefetch_all();
                         for (i, h) in hashes[..n].iter_mut().enumerate() {
                             *h = self.pipeline.prefetch_index(rx.peek(i));
