@@ -10,7 +10,8 @@
 //! scattered order, one packet at a time), `fwd60k_burst` / `fwd1m_burst`
 //! (the same in bursts of 32 with the worker's pre-pass: index prefetch
 //! for the whole burst first, sessions 8 packets ahead; next-hop lines 4 packets ahead when
-//! there are many neighbours), `fwd60k_10k` / `fwd60k_10k_burst`
+//! there are many neighbours; the same instructions as the worker's, whose
+//! cross-burst pipeline only moves the index prefetch one loop earlier), `fwd60k_10k` / `fwd60k_10k_burst`
 //! (60,000 flows spread over 10,000 Services × 10 backends on 60,000
 //! backend addresses with static neighbours, as the replay bench's
 //! `established_60k_10k_services`), `new` (every packet opens a flow:

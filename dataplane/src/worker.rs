@@ -7,8 +7,10 @@
 //! neighbours learned by peers, reads the current service table once, polls
 //! its rx queues and inbound hand-off rings, sends solicitations, announces an
 //! RCU quiescent state, flushes tx and hand-off buffers, and expires a
-//! bounded number of sessions. Nothing here allocates, locks, logs or makes a
-//! syscall, except the optional idle sleep.
+//! bounded number of sessions. With a large session table a received burst
+//! is handled one loop later, after its lines were prefetched ([`Staged`]).
+//! Nothing here allocates, locks, logs or makes a syscall, except the
+//! optional idle sleep.
 use crate::addr::Addr;
 use crate::dpdk::rcu::{Rcu, Reader};
 use crate::dpdk::{self, Eal, Mbuf, Mempool, Port, PortConfig, Ring, RxBurst, TxBuffer};
@@ -398,7 +400,10 @@ impl Worker {
         let n_workers = self.handoff_tx.len();
         // Allocated once, before the loop.
         let mut rx = RxBurst::default();
-        let mut hashes = [0u64; dpdk::BURST];
+        // One staged burst per port and one being received (boxed: a swap
+        // moves two pointers).
+        let mut staged: Vec<Box<Staged>> = (0..n_ports).map(|_| Box::default()).collect();
+        let mut incoming: Box<Staged> = Box::default();
         let mut cands = [crate::session::NO_CANDIDATE; dpdk::BURST];
         let mut b = Buffers {
             tx: (0..n_ports).map(|_| TxBuffer::default()).collect(),
@@ -416,7 +421,10 @@ impl Worker {
             .tsc_hz
             .store(self.ticks_per_ms * 1000, Ordering::Relaxed);
         let mut loop_start = start;
-        while !self.stop.load(Ordering::Relaxed) {
+        loop {
+            // Once asked to stop, one last loop receives nothing and
+            // handles what is staged.
+            let stopping = self.stop.load(Ordering::Relaxed);
             let now = (loop_start - start) / self.ticks_per_ms;
             let st = &*self.stats;
             while let Some(u) = self.neigh_rx.pop() {
@@ -430,61 +438,85 @@ impl Worker {
                     self.pipeline.on_table(table);
                     st.table_version.store(table.version, Ordering::Relaxed);
                 }
+                let prepass = self.pipeline.sessions.len() >= PREFETCH_SESSIONS;
+                let hops = prepass && self.pipeline.next_hop_prefetch_pays();
                 for (pi, &port) in self.ports.iter().enumerate() {
-                    let got = dpdk::rx_burst(port, queue, &mut rx);
-                    if got == 0 {
+                    let got = if stopping {
+                        0
+                    } else {
+                        dpdk::rx_burst(port, queue, &mut incoming.burst)
+                    };
+                    if got > 0 {
+                        work += got;
+                        WorkerStats::add(&st.rx_packets, got as u64);
+                    }
+                    let stage = &mut staged[pi];
+                    let held = stage.burst.remaining();
+                    if !prepass {
+                        // A burst staged while the table was large goes
+                        // first (per-port order), then the new one at once.
+                        if held > 0 {
+                            work += held;
+                            prime(&self.pipeline, stage, &mut cands, hops);
+                            handle_burst(
+                                &mut self.pipeline,
+                                table,
+                                st,
+                                &mut b,
+                                stage,
+                                Some(&mut cands),
+                                hops,
+                                pi,
+                                now,
+                            );
+                        }
+                        if got > 0 {
+                            handle_burst(
+                                &mut self.pipeline,
+                                table,
+                                st,
+                                &mut b,
+                                &mut incoming,
+                                None,
+                                false,
+                                pi,
+                                now,
+                            );
+                        }
                         continue;
                     }
-                    work += got;
-                    WorkerStats::add(&st.rx_packets, got as u64);
-                    let n = rx.remaining();
-                    let prepass = self.pipeline.sessions.len() >= PREFETCH_SESSIONS;
-                    let hops = prepass && self.pipeline.next_hop_prefetch_pays();
-                    if prepass {
-                        // Burst-wide pre-pass: packet data, then the session
-                        // index lines, then (in a window `SESSION_AHEAD`
-                        // packets ahead of processing) the sessions, so the
-                        // misses of a large table overlap instead of stalling
-                        // one by one; with many neighbours the next-hop lines
-                        // follow a few packets ahead.
-                        rx.prefetch_all();
-                        for (i, h) in hashes[..n].iter_mut().enumerate() {
-                            *h = self.pipeline.prefetch_index(rx.peek(i));
-                        }
-                        let ahead = n.min(SESSION_AHEAD);
-                        for (h, c) in hashes[..ahead].iter().zip(&mut cands[..ahead]) {
-                            *c = self.pipeline.prefetch_session(*h);
-                        }
-                        if hops {
-                            for &c in cands[..ahead].iter().take(NEXT_HOP_AHEAD) {
-                                self.pipeline.prefetch_next_hop(c);
-                            }
-                        }
+                    // The cross-burst pipeline (see `Staged`): the new
+                    // burst's packet lines first; then the sessions of the
+                    // staged burst's first packets (its index buckets were
+                    // prefetched a loop ago); then the new burst's hashes and
+                    // buckets, which gives those sessions time to land; then
+                    // the staged burst, its later sessions (and, with many
+                    // neighbours, next hops) prefetched a few packets ahead.
+                    if got > 0 {
+                        incoming.burst.prefetch_all();
                     }
-                    for (i, mut m) in rx.by_ref().enumerate() {
-                        if prepass {
-                            if let Some(&h) = hashes[..n].get(i + SESSION_AHEAD) {
-                                cands[i + SESSION_AHEAD] = self.pipeline.prefetch_session(h);
-                            }
-                        }
-                        if hops {
-                            if let Some(&c) = cands[..n].get(i + NEXT_HOP_AHEAD) {
-                                self.pipeline.prefetch_next_hop(c);
-                            }
-                        }
-                        // What the pre-pass found, so the fast path does not
-                        // hash and probe again.
-                        let h = if prepass {
-                            PrePass {
-                                hash: hashes[i],
-                                session: cands[i],
-                            }
-                        } else {
-                            PrePass::NONE
-                        };
-                        WorkerStats::add(&st.rx_bytes, m.len() as u64);
-                        m.set_port(pi as u16);
-                        handle(&mut self.pipeline, table, st, &mut b, m, now, false, h);
+                    if held > 0 {
+                        prime(&self.pipeline, stage, &mut cands, hops);
+                    }
+                    for i in 0..got {
+                        incoming.hashes[i] = self.pipeline.prefetch_index(incoming.burst.peek(i));
+                    }
+                    if held > 0 {
+                        work += held;
+                        handle_burst(
+                            &mut self.pipeline,
+                            table,
+                            st,
+                            &mut b,
+                            stage,
+                            Some(&mut cands),
+                            hops,
+                            pi,
+                            now,
+                        );
+                    }
+                    if got > 0 {
+                        core::mem::swap(stage, &mut incoming);
                     }
                 }
                 for r in &self.handoff_rx {
@@ -621,9 +653,95 @@ impl Worker {
             } else {
                 WorkerStats::add(&st.busy_cycles, spent);
             }
+            if stopping {
+                break;
+            }
         }
         self.table.offline();
         0
+    }
+}
+
+/// A burst received in one loop and handled in the next, when the session
+/// table is large enough for the pre-pass ([`PREFETCH_SESSIONS`]): the
+/// cross-burst pipeline. Its packet lines and its index buckets are
+/// prefetched when it arrives, and they land while the worker handles the
+/// burst before it, so the first packets of a burst no longer wait for a
+/// bucket and then for a session from DRAM. A burst waits one loop at most:
+/// a loop that receives nothing still handles what is staged.
+struct Staged {
+    burst: RxBurst,
+    /// The tuple hash of each packet (0: none), from
+    /// [`Pipeline::prefetch_index`].
+    hashes: [u64; dpdk::BURST],
+}
+
+impl Default for Staged {
+    fn default() -> Self {
+        Staged {
+            burst: RxBurst::default(),
+            hashes: [0; dpdk::BURST],
+        }
+    }
+}
+
+/// Pre-pass step 2 for the first packets of a staged burst: reads each
+/// one's (prefetched) index bucket and prefetches its candidate session,
+/// and with `hops` the first candidates' next-hop lines.
+#[inline(always)]
+fn prime(p: &Pipeline, s: &Staged, cands: &mut [u32; dpdk::BURST], hops: bool) {
+    let ahead = s.burst.remaining().min(SESSION_AHEAD);
+    for (h, c) in s.hashes[..ahead].iter().zip(&mut cands[..ahead]) {
+        *c = p.prefetch_session(*h);
+    }
+    if hops {
+        for &c in cands[..ahead].iter().take(NEXT_HOP_AHEAD) {
+            p.prefetch_next_hop(c);
+        }
+    }
+}
+
+/// Handles every packet of `s.burst` (from port number `pi`). With `cands`
+/// (the pre-pass: `s.hashes` filled, [`prime`] done) each packet's session
+/// is prefetched `SESSION_AHEAD` packets before it is processed, and the
+/// fast path gets the hash and candidate; without, packets go as they are.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn handle_burst(
+    p: &mut Pipeline,
+    table: &ServiceTable,
+    st: &WorkerStats,
+    b: &mut Buffers,
+    s: &mut Staged,
+    mut cands: Option<&mut [u32; dpdk::BURST]>,
+    hops: bool,
+    pi: usize,
+    now: u64,
+) {
+    let n = s.burst.remaining();
+    for (i, mut m) in s.burst.by_ref().enumerate() {
+        let h = match cands.as_deref_mut() {
+            Some(cands) => {
+                if let Some(&h) = s.hashes[..n].get(i + SESSION_AHEAD) {
+                    cands[i + SESSION_AHEAD] = p.prefetch_session(h);
+                }
+                if hops {
+                    if let Some(&c) = cands[..n].get(i + NEXT_HOP_AHEAD) {
+                        p.prefetch_next_hop(c);
+                    }
+                }
+                // What the pre-pass found, so the fast path does not hash
+                // and probe again.
+                PrePass {
+                    hash: s.hashes[i],
+                    session: cands[i],
+                }
+            }
+            None => PrePass::NONE,
+        };
+        WorkerStats::add(&st.rx_bytes, m.len() as u64);
+        m.set_port(pi as u16);
+        handle(p, table, st, b, m, now, false, h);
     }
 }
 
