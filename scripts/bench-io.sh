@@ -2,14 +2,15 @@
 # Real-I/O benchmark (see BENCHMARKS.md): one dpdk-kube-proxy worker against
 # dpdk-testpmd --forward-mode=io and =5tswap on the same PMD (memif; vhost on
 # request) and the same pinned CPU, in one run, with dpdk-testpmd generators
-# (txonly, txonly --txonly-multi-flow, pcap replay of N flows).
+# (txonly, txonly --txonly-multi-flow, pcap replay of N flows over IPv4 and
+# over IPv6).
 #
 #   sudo scripts/bench-io.sh
 #
 # Needs root, dpdk-testpmd (DPDK 22.11), python3, 2 CPUs. No network, no
 # hugepages. Writes bench-results/io.json and prints a summary.
 # Env: BENCH_PMDS (memif | vhost | memif,vhost; default memif; BENCH_PMD is
-#      accepted too), BENCH_GENS (txonly,txonly-multi,pcap), BENCH_DUTS
+#      accepted too), BENCH_GENS (txonly,txonly-multi,pcap,pcap6), BENCH_DUTS
 #      (testpmd-io,testpmd-5tswap,proxy), BENCH_FLOWS (4096: pcap flows),
 #      BENCH_DURATION (10 s), BENCH_WARMUP (2 s), BENCH_RETRIES (1),
 #      BENCH_ADMIN_PORT (19300), BENCH_NO_BUILD=1 to skip `cargo build
@@ -66,7 +67,7 @@ trap 'exit 143' TERM
 args=(--proxy "$PROXY" --tmp "$TMP" --pidfile "$PIDS" --out "${BENCH_OUT:-bench-results/io.json}"
       --warmup "${BENCH_WARMUP:-2}" --duration "${BENCH_DURATION:-10}"
       --pmds "${BENCH_PMDS:-${BENCH_PMD:-memif}}" --flows "${BENCH_FLOWS:-4096}"
-      --gens "${BENCH_GENS:-txonly,txonly-multi,pcap}" --duts "${BENCH_DUTS:-testpmd-io,testpmd-5tswap,proxy}"
+      --gens "${BENCH_GENS:-txonly,txonly-multi,pcap,pcap6}" --duts "${BENCH_DUTS:-testpmd-io,testpmd-5tswap,proxy}"
       --retries "${BENCH_RETRIES:-1}" --admin-port "${BENCH_ADMIN_PORT:-19300}"
       --quiet-wait "${BENCH_QUIET_WAIT:-20}")
 [ "${BENCH_STRICT:-0}" = 1 ] && args+=(--strict)

@@ -29,8 +29,9 @@ cargo deny --offline check licenses bans
 # once, then cached in /var/cache/dpdk-kube-proxy/k8s).
 echo "== kube-apiserver and etcd" >&2
 scripts/k8s-test-env.sh build >/dev/null
-echo "== benchmark report generator (self-test)" >&2
+echo "== benchmark report generator and real-I/O rules (self-tests)" >&2
 python3 scripts/bench/report.py --check
+python3 scripts/bench/io.py --check
 echo "== fuzz corpus replay (stable) and fuzzing (nightly, ${DKP_FUZZ_SECONDS:-60}s per target)" >&2
 # The fuzz crate is its own workspace (excluded from the main one).
 cargo test --manifest-path fuzz/Cargo.toml -p dkp-fuzz-harness --locked

@@ -141,6 +141,8 @@ def io_invalid_reason(p, runs):
         return "**no** (failed)"
     if p.get("consistent") is False:
         return "**no** (out of order)"
+    if p.get("disturbed"):
+        return "**no** (disturbed testpmd window)"
     mine = [r for r in runs if (r.get("pmd"), r.get("gen")) == (p.get("pmd"), p.get("gen"))]
     if any(r.get("generator_limited") for r in mine):
         return "**no** (generator-limited)"
@@ -186,6 +188,11 @@ def render_io(d, source, img):
     if bad:
         out += ["", f"**Contended runs** (a forwarding lcore had < 95% of its CPU, or the proxy received "
                     f"fewer than half a burst per poll: generator-limited): {', '.join(bad)}."]
+    dist = d.get("disturbed_runs") or []
+    if dist:
+        out += ["", f"**Disturbed testpmd windows** (cycles per packet over 1.2 × the lowest of the same PMD, "
+                    f"mode and IP family in this benchmark: small bursts, a disturbed generator set the pace; "
+                    f"their pairs retried, still so): {', '.join(dist)}."]
     odd = d.get("inconsistent_pairs") or []
     if odd:
         out += ["", f"**Pairs out of order** (a lighter DUT more than 10% slower than a heavier one: "
@@ -471,8 +478,15 @@ def fixture(results):
                                "proxy_vs_testpmd_5tswap": 0.667, "testpmd_io_cycles_per_packet": 100.0,
                                "testpmd_5tswap_cycles_per_packet": 120.0, "proxy_cycles_per_packet": 300.0,
                                "gen_tx_refused_pct": {}, "consistent": False, "valid": False,
-                               "target_met": True}],
-                    "inconsistent_pairs": ["memif-pcap"], "runs": []},
+                               "target_met": True},
+                              {"pmd": "memif", "gen": "pcap6", "flows": 4096, "testpmd_io_mpps": 12.0,
+                               "testpmd_5tswap_mpps": 7.0, "proxy_mpps": 6.5, "proxy_vs_testpmd_io": 0.542,
+                               "proxy_vs_testpmd_5tswap": 0.929, "testpmd_io_cycles_per_packet": 100.0,
+                               "testpmd_5tswap_cycles_per_packet": 190.0, "proxy_cycles_per_packet": 300.0,
+                               "gen_tx_refused_pct": {}, "consistent": True, "disturbed": ["testpmd-5tswap"],
+                               "valid": False, "target_met": True}],
+                    "inconsistent_pairs": ["memif-pcap"], "disturbed_runs": ["memif-pcap6-testpmd-5tswap"],
+                    "runs": []},
         "replay.json": {"env": dict(FIXTURE_ENV, eal_args=["--no-huge"], worker_lcores=[1], hugepages=False),
                         "scenarios": [{"name": "fixture_scenario", "direction": "forward", "flows": 1, "services": 1,
                                        "backends_per_service": 1, "workers": 1, "packets": 1000,
@@ -534,7 +548,8 @@ def check():
                      "pipeline/fixture_bench", "fixture-kernel", "**0.50**", "424", "git fixture",
                      "Hitless updates", "fixture changes", "17.5 / 42.2 / 99.0", "25.00% (**not met**)",
                      "Not run yet: no `bench-results/scale.json`", "**no** (out of order)",
-                     "**Pairs out of order**"):
+                     "**Pairs out of order**", "**no** (disturbed testpmd window)",
+                     "**Disturbed testpmd windows**"):
             if want not in out:
                 problems.append(f"{want!r} missing from the rendered document")
         if plt is not None:
