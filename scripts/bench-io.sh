@@ -12,6 +12,7 @@
 # Env: BENCH_PMDS (memif | vhost | memif,vhost; default memif; BENCH_PMD is
 #      accepted too), BENCH_GENS (txonly,txonly-multi,pcap,pcap6), BENCH_DUTS
 #      (testpmd-io,testpmd-5tswap,proxy), BENCH_FLOWS (4096: pcap flows),
+#      BENCH_FRAME (64: frame size without FCS, up to 1514),
 #      BENCH_DURATION (10 s), BENCH_WARMUP (2 s), BENCH_RETRIES (1),
 #      BENCH_ADMIN_PORT (19300), BENCH_NO_BUILD=1 to skip `cargo build
 #      --release`, BENCH_QUIET_WAIT (20 s: how long to wait for other CPU load
@@ -66,7 +67,7 @@ trap 'exit 143' TERM
 
 args=(--proxy "$PROXY" --tmp "$TMP" --pidfile "$PIDS" --out "${BENCH_OUT:-bench-results/io.json}"
       --warmup "${BENCH_WARMUP:-2}" --duration "${BENCH_DURATION:-10}"
-      --pmds "${BENCH_PMDS:-${BENCH_PMD:-memif}}" --flows "${BENCH_FLOWS:-4096}"
+      --pmds "${BENCH_PMDS:-${BENCH_PMD:-memif}}" --flows "${BENCH_FLOWS:-4096}" --frame "${BENCH_FRAME:-64}"
       --gens "${BENCH_GENS:-txonly,txonly-multi,pcap,pcap6}" --duts "${BENCH_DUTS:-testpmd-io,testpmd-5tswap,proxy}"
       --retries "${BENCH_RETRIES:-1}" --admin-port "${BENCH_ADMIN_PORT:-19300}"
       --quiet-wait "${BENCH_QUIET_WAIT:-20}")

@@ -59,7 +59,8 @@ BACKENDS = 4  # per Service: 198.18.1.11 .. .14:5353 (the same four for every Se
 BACKEND_PORT = 5353
 MBUFS = 16383
 DESC = 1024
-FRAME = 64  # bytes as the PMD sees them (no FCS), as testpmd --txpkts=64
+FRAME = 64  # bytes as the PMD sees them (no FCS), as testpmd --txpkts=64; --frame sets it
+MAX_FRAME = 1514  # a 1500-byte IP packet: the proxy's default port MTU
 DUTS = ("testpmd-io", "testpmd-5tswap", "proxy")
 GENS = ("txonly", "txonly-multi", "pcap", "pcap6")
 CLIENT_IP6 = "2001:2::2"
@@ -807,6 +808,7 @@ def measure_dut(a, pmd, gen, dut, pcaps):
 
 
 def main():
+    global FRAME
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--proxy", required=True)
     ap.add_argument("--tmp", required=True)
@@ -818,6 +820,8 @@ def main():
     ap.add_argument("--gens", default=",".join(GENS), help="comma-separated: " + ", ".join(GENS))
     ap.add_argument("--duts", default=",".join(DUTS), help="comma-separated: " + ", ".join(DUTS))
     ap.add_argument("--flows", type=int, default=4096, help="flows of the pcap generator")
+    ap.add_argument("--frame", type=int, default=FRAME,
+                    help=f"frame size as the PMD sees it (no FCS), {FRAME}..{MAX_FRAME}")
     ap.add_argument("--retries", type=int, default=1)
     ap.add_argument("--strict", action="store_true")
     ap.add_argument("--quick", action="store_true", help="recorded in the results (short run)")
@@ -837,6 +841,9 @@ def main():
             sys.exit(f"io.py: unknown {what} {bad or got}; choose from {', '.join(ok)}")
     if not 1 <= a.flows <= 1_000_000:
         sys.exit("io.py: --flows must be in 1..1000000")
+    if not 64 <= a.frame <= MAX_FRAME:
+        sys.exit(f"io.py: --frame must be in 64..{MAX_FRAME} (the proxy's ports have a 1500-byte MTU)")
+    FRAME = a.frame
     a.sessions = max(65536, 1 << (a.flows + 64).bit_length())
 
     pmd_names = {"memif": "net_memif (copy mode; DUT server, generator client)",
@@ -954,13 +961,16 @@ def main():
 def check():
     """Self-test of what needs no DPDK: the pcap files and the pair rules."""
     import tempfile
+    global FRAME
     problems = []
-    for v6 in (False, True):
+    for v6, FRAME in ((False, 64), (True, 64), (False, MAX_FRAME), (True, MAX_FRAME)):
         fr = pcap_frame(300, "02:00:00:00:00:01", v6)
         ip = fr[14:54] if v6 else fr[14:34]
         udp = fr[54:] if v6 else fr[34:]
         if len(fr) != FRAME:
-            problems.append(f"v6={v6}: frame of {len(fr)} bytes")
+            problems.append(f"v6={v6}: frame of {len(fr)} bytes, not {FRAME}")
+        if struct.unpack("!H", fr[18:20] if v6 else fr[16:18])[0] != FRAME - 14 - (40 if v6 else 0):
+            problems.append(f"v6={v6}, {FRAME} bytes: IP length field")
         if fr[12:14] != (b"\x86\xdd" if v6 else b"\x08\x00"):
             problems.append(f"v6={v6}: ethertype {fr[12:14].hex()}")
         if v6:
@@ -980,6 +990,7 @@ def check():
             problems.append(f"v6={v6}: flow 300 is {got}, not {want}")
         if _csum(pseudo + udp) != 0:
             problems.append(f"v6={v6}: UDP checksum")
+    FRAME = 64
     with tempfile.TemporaryDirectory(prefix="bench-io-check.") as tmp:
         path = os.path.join(tmp, "f.pcap")
         write_pcap(path, "02:00:00:00:00:01", 10, v6=True)
