@@ -2692,11 +2692,7 @@ impl Changes {
             specs,
             built,
             // The initial table (version 1) starts the first epoch.
-            epoch: FlushEpoch {
-                current: 1,
-                previous: 1,
-                removed: None,
-            },
+            epoch: FlushEpoch::new(1, 1, None),
         }
     }
 

@@ -16,7 +16,13 @@
 //! backend addresses with static neighbours, as the replay bench's
 //! `established_60k_10k_services`), `new` (every packet opens a flow:
 //! session insert + Maglev pick), `fwd1_v6` / `rev1_v6` (`fwd1` / `rev1`
-//! over IPv6: the same Services on 2001:2::/48 addresses, 84-byte frames). A `+good` suffix (`fwd1+good`, ...) marks
+//! over IPv6: the same Services on 2001:2::/48 addresses, 84-byte frames),
+//! `fwd60k_updates` (`fwd60k_burst` while the replay bench's `updates`
+//! changes are published: a new table every [`UPDATE_EVERY`] packets, the
+//! even changes adding an extra backend no flow uses to a Service, the odd
+//! ones removing it — so the flush epoch moves every other publication and
+//! every UDP session revalidates once per epoch, as in the worker; compare
+//! with `fwd60k_burst` at the same packet count). A `+good` suffix (`fwd1+good`, ...) marks
 //! every buffer as a NIC with receive checksum offload would
 //! (`RxChecksum::Good`: the IPv4 header checksum was checked). Prints `SCENARIO PACKETS NS_PER_PACKET`.
 use dataplane::pipeline::{PacketBuf, Pipeline, PrePass, RxChecksum, VecBuf, Verdict};
@@ -29,6 +35,45 @@ mod common;
 use common::*;
 
 const BURST: usize = 32;
+/// `fwd60k_updates`: packets between publications — 100 changes per second
+/// (the target's rate) at 14 Mpps, the worker's rate at 60,000 flows in the
+/// quiet replay windows on the AMD EPYC host.
+const UPDATE_EVERY: usize = 140_000;
+
+/// The tables `fwd60k_updates` publishes after `first` (whose Services are
+/// `specs`, built as `built`): change `i` rebuilds UDP Service `i / 2 mod 16`,
+/// with an extra backend for even `i` and without it for odd `i`, shares
+/// the other Services and carries the flush epoch over as the control
+/// plane's publisher does (only removals move it).
+fn update_tables(
+    rest: &dataplane::table::TableSpec,
+    specs: &[dataplane::table::ServiceSpec],
+    mut built: Vec<std::sync::Arc<dataplane::table::Service>>,
+    first: &ServiceTable,
+    count: usize,
+) -> Vec<ServiceTable> {
+    use dataplane::addr::{Addr, SockAddr};
+    use dataplane::table::Service;
+    use std::sync::Arc;
+    let mut epoch = first.epoch.clone();
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let k = i / 2 % 16;
+        let mut spec = specs[k].clone();
+        if i % 2 == 0 {
+            let extra = SockAddr::new(Addr::v4([198, 19, 2, k as u8]), 8080);
+            spec.backends.push(extra);
+        }
+        let prev = built.clone();
+        built[k] = Arc::new(Service::new(spec));
+        let mut t =
+            ServiceTable::with_services(rest.clone(), built.clone(), first.version + 1 + i as u64);
+        t.inherit_flush_epoch(&epoch, &prev);
+        epoch = t.epoch.clone();
+        out.push(t);
+    }
+    out
+}
 
 fn hint(hash: u64, session: u32) -> PrePass {
     PrePass { hash, session }
@@ -133,6 +178,13 @@ fn measure(
     sent
 }
 
+/// A publication reaching the pipeline (named for callgrind's
+/// `measure*` collection).
+#[inline(never)]
+fn measure_table_switch(p: &mut Pipeline, t: &ServiceTable) {
+    p.on_table(t);
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let scenario = args.next().unwrap_or_else(|| "fwd1".into());
@@ -148,6 +200,7 @@ fn main() {
     let wide = scenario.starts_with("fwd60k_10k");
     let services = if wide { 10_000 } else { 16 };
     let v6 = scenario.ends_with("_v6");
+    let updating = scenario == "fwd60k_updates";
     let t = if wide {
         ServiceTable::new(wide_spec(10_000, 10), 1)
     } else if v6 {
@@ -155,13 +208,34 @@ fn main() {
     } else {
         table(16, 8)
     };
+    // The tables published while measuring (`fwd60k_updates`): one per
+    // UPDATE_EVERY packets, built before the measurement.
+    let (t, updates) = if updating {
+        let mut rest = spec(16, 8);
+        let specs = core::mem::take(&mut rest.services);
+        let built: Vec<_> = specs
+            .iter()
+            .map(|s| std::sync::Arc::new(dataplane::table::Service::new(s.clone())))
+            .collect();
+        let first = ServiceTable::with_services(rest.clone(), built.clone(), 1);
+        let count = n / UPDATE_EVERY + 1;
+        let updates = update_tables(&rest, &specs, built, &first, count);
+        let removals = updates
+            .windows(2)
+            .filter(|w| w[1].epoch.current != w[0].epoch.current)
+            .count();
+        assert!(count < 3 || removals > 0, "the flush epoch never moved");
+        (first, updates)
+    } else {
+        (t, Vec::new())
+    };
     let (flows, burst, reply, new) = match scenario.as_str() {
         "fwd1" => (1, 1, false, false),
         "rev1" => (1, 1, true, false),
         "fwd1_v6" => (1, 1, false, false),
         "rev1_v6" => (1, 1, true, false),
         "fwd60k" => (60_000, 1, false, false),
-        "fwd60k_burst" => (60_000, BURST, false, false),
+        "fwd60k_burst" | "fwd60k_updates" => (60_000, BURST, false, false),
         "fwd60k_10k" => (60_000, 1, false, false),
         "fwd60k_10k_burst" => (60_000, BURST, false, false),
         "fwd1m" => (1_000_000, 1, false, false),
@@ -232,7 +306,26 @@ fn main() {
         sent
     } else {
         let in_port = if reply { 1 } else { 0 };
-        measure(&mut p, &t, &st, &frames, &mut bufs, n, burst > 1, in_port)
+        if updating {
+            // UPDATE_EVERY packets per table, the switch counted as the
+            // worker's `on_table` (callgrind collects `measure*`).
+            let mut current = &t;
+            let mut sent = 0;
+            let mut done = 0;
+            for next in updates.iter().cycle() {
+                if done >= n {
+                    break;
+                }
+                let m = UPDATE_EVERY.min(n - done);
+                sent += measure(&mut p, current, &st, &frames, &mut bufs, m, true, in_port);
+                done += m;
+                measure_table_switch(&mut p, next);
+                current = next;
+            }
+            sent
+        } else {
+            measure(&mut p, &t, &st, &frames, &mut bufs, n, burst > 1, in_port)
+        }
     };
     let ns = start.elapsed().as_nanos() as f64 / n as f64;
     let created_now = st

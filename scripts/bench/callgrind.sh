@@ -4,8 +4,10 @@
 # timings on a shared 2-CPU VM). Runs examples/hotpath.rs per scenario and
 # counts only its `measure` function (set-up excluded).
 #
-#   scripts/bench/callgrind.sh [--no-build] [PACKETS] [SCENARIO...]
+#   scripts/bench/callgrind.sh [--no-build] [PACKETS] [SCENARIO[:PACKETS]...]
 #
+# A scenario may carry its own packet count (`fwd60k_updates:4200000`: 30
+# publications of its 140,000 packets each).
 # Prints "SCENARIO PACKETS INSTRUCTIONS_PER_PACKET" and, with BENCH_OUT=FILE,
 # writes JSON {"env": {...}, "rows": [{"scenario", "packets", "instructions_per_packet"}]}.
 set -euo pipefail
@@ -13,10 +15,10 @@ cd "$(dirname "$0")/../.."
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind not found (apt-get install valgrind)" >&2; exit 1; }
 BUILD=1
 if [ "${1:-}" = --no-build ]; then BUILD=0; shift; fi
-PACKETS=${1:-200000}
+DEFAULT_PACKETS=${1:-200000}
 shift || true
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(fwd1 fwd1+good rev1 fwd1_v6 rev1_v6 fwd60k fwd60k_burst fwd60k_10k fwd60k_10k_burst new)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(fwd1 fwd1+good rev1 fwd1_v6 rev1_v6 fwd60k fwd60k_burst fwd60k_10k fwd60k_10k_burst new fwd60k_updates:4200000)
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 if [ "$BUILD" = 1 ]; then
   cargo build --release --offline --locked --example hotpath >&2
@@ -25,7 +27,10 @@ BIN=$TARGET_DIR/release/examples/hotpath
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 rows=()
-for s in "${SCENARIOS[@]}"; do
+for spec in "${SCENARIOS[@]}"; do
+  s=${spec%%:*}
+  PACKETS=$DEFAULT_PACKETS
+  [ "$s" = "$spec" ] || PACKETS=${spec#*:}
   valgrind --tool=callgrind --collect-atstart=no --toggle-collect='hotpath::measure*' \
     --callgrind-out-file="$TMP/cg.$s" "$BIN" "$s" "$PACKETS" >"$TMP/out.$s" 2>"$TMP/err.$s" || {
     echo "callgrind.sh: $s failed:" >&2; tail -20 "$TMP/err.$s" >&2; exit 1; }

@@ -249,6 +249,7 @@ impl Pipeline {
         let revalidate = s.validated != tag;
         if revalidate
             && key.proto == Proto::Udp
+            && !t.epoch.surely_kept(s.validated, &s.backend)
             && !t.backend_still_valid(
                 s.validated,
                 &Frontend {
