@@ -452,54 +452,28 @@ impl Worker {
                     }
                     let stage = &mut staged[pi];
                     let held = stage.burst.remaining();
-                    if !prepass {
-                        // A burst staged while the table was large goes
-                        // first (per-port order), then the new one at once.
-                        if held > 0 {
-                            work += held;
-                            prime(&self.pipeline, stage, &mut cands, hops);
-                            handle_burst(
-                                &mut self.pipeline,
-                                table,
-                                st,
-                                &mut b,
-                                stage,
-                                Some(&mut cands),
-                                hops,
-                                pi,
-                                now,
-                            );
-                        }
-                        if got > 0 {
-                            handle_burst(
-                                &mut self.pipeline,
-                                table,
-                                st,
-                                &mut b,
-                                &mut incoming,
-                                None,
-                                false,
-                                pi,
-                                now,
-                            );
-                        }
-                        continue;
-                    }
-                    // The cross-burst pipeline (see `Staged`): the new
-                    // burst's packet lines first; then the sessions of the
-                    // staged burst's first packets (its index buckets were
-                    // prefetched a loop ago); then the new burst's hashes and
-                    // buckets, which gives those sessions time to land; then
-                    // the staged burst, its later sessions (and, with many
-                    // neighbours, next hops) prefetched a few packets ahead.
-                    if got > 0 {
+                    // The cross-burst pipeline (see `Staged`), with a large
+                    // table: the new burst's packet lines first; then the
+                    // sessions of the staged burst's first packets (its
+                    // index buckets were prefetched a loop ago); then the
+                    // new burst's hashes and buckets, which gives those
+                    // sessions time to land; then the staged burst, its
+                    // later sessions (and, with many neighbours, next hops)
+                    // prefetched a few packets ahead; the new burst is
+                    // staged. With a small table a new burst is handled at
+                    // once, after one staged while the table was large
+                    // (per-port order).
+                    if prepass && got > 0 {
                         incoming.burst.prefetch_all();
                     }
                     if held > 0 {
                         prime(&self.pipeline, stage, &mut cands, hops);
                     }
-                    for i in 0..got {
-                        incoming.hashes[i] = self.pipeline.prefetch_index(incoming.burst.peek(i));
+                    if prepass {
+                        for i in 0..got {
+                            incoming.hashes[i] =
+                                self.pipeline.prefetch_index(incoming.burst.peek(i));
+                        }
                     }
                     if held > 0 {
                         work += held;
@@ -516,7 +490,21 @@ impl Worker {
                         );
                     }
                     if got > 0 {
-                        core::mem::swap(stage, &mut incoming);
+                        if prepass {
+                            core::mem::swap(stage, &mut incoming);
+                        } else {
+                            handle_burst(
+                                &mut self.pipeline,
+                                table,
+                                st,
+                                &mut b,
+                                &mut incoming,
+                                None,
+                                false,
+                                pi,
+                                now,
+                            );
+                        }
                     }
                 }
                 for r in &self.handoff_rx {
