@@ -117,9 +117,7 @@ use dataplane::packet::{checksum, MacAddr};
 use dataplane::pipeline::{PacketBuf, PipelineConfig};
 use dataplane::session::{SessionTable, Timeouts};
 use dataplane::stats::{DropReason, WorkerStats};
-use dataplane::table::{
-    FlushEpoch, Frontend, Interface, Service, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec,
-};
+use dataplane::table::{Frontend, Interface, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec};
 use dataplane::worker::{self, DataplaneConfig, PortSpec, Running};
 use etherparse::{PacketHeaders, PayloadSlice, TransportHeader};
 use serde_json::{json, Map, Value};
@@ -128,6 +126,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
 
 // ---- constants ----
 
@@ -2659,40 +2659,23 @@ fn prefill_inner(
 /// are shared with the previous table (`ServiceTable::with_services`).
 struct Changes {
     world: World,
-    /// Everything but the Services: interfaces and static neighbours
-    /// (including those of the extra backends).
-    rest: TableSpec,
-    /// The world's Services.
-    specs: Vec<ServiceSpec>,
-    /// The Services of the current table.
-    built: Vec<Arc<Service>>,
-    /// The current table's flush epoch.
-    epoch: FlushEpoch,
+    changes: common::BackendChanges,
 }
 
 impl Changes {
     fn new(world: World) -> Changes {
-        let mut rest = world.spec(&[Proto::Udp]);
-        let specs = core::mem::take(&mut rest.services);
+        let mut spec = world.spec(&[Proto::Udp]);
         for s in 0..world.services {
             let k = Self::extra(world, s);
-            rest.neighbors.push(StaticNeighbor {
+            spec.neighbors.push(StaticNeighbor {
                 addr: Addr::v4(backend(k).0),
                 mac: backend_mac(k),
                 port: 1,
             });
         }
-        let built = specs
-            .iter()
-            .map(|s| Arc::new(Service::new(s.clone())))
-            .collect();
         Changes {
             world,
-            rest,
-            specs,
-            built,
-            // The initial table (version 1) starts the first epoch.
-            epoch: FlushEpoch::new(1, 1, None),
+            changes: common::BackendChanges::new(spec, world.services as usize),
         }
     }
 
@@ -2704,26 +2687,17 @@ impl Changes {
 
     /// The current table as `version`.
     fn table(&self, version: u64) -> ServiceTable {
-        ServiceTable::with_services(self.rest.clone(), self.built.clone(), version)
+        self.changes.table(version)
     }
 
-    /// Applies change `i` and returns the new table as `version`, with the
-    /// flush epoch carried over as the control plane's publisher does
-    /// (`ServiceTable::inherit_flush_epoch`: only a publication that removes
-    /// a backend makes sessions revalidate).
+    /// Applies change `i` and returns the new table as `version`
+    /// ([`common::BackendChanges::apply`]).
     fn apply(&mut self, i: u64, version: u64) -> ServiceTable {
-        let s = (i / 2 % u64::from(self.world.services)) as usize;
-        let mut spec = self.specs[s].clone();
-        if i.is_multiple_of(2) {
-            let (ip, port) = backend(Self::extra(self.world, s as u32));
-            spec.backends.push(SockAddr::new(Addr::v4(ip), port));
-        }
-        let prev = self.built.clone();
-        self.built[s] = Arc::new(Service::new(spec));
-        let mut t = self.table(version);
-        t.inherit_flush_epoch(&self.epoch, &prev);
-        self.epoch = t.epoch.clone();
-        t
+        let w = self.world;
+        self.changes.apply(i, version, |s| {
+            let (ip, port) = backend(Self::extra(w, s as u32));
+            SockAddr::new(Addr::v4(ip), port)
+        })
     }
 
     fn describe(&self) -> String {

@@ -25,6 +25,7 @@
 //! with `fwd60k_burst` at the same packet count). A `+good` suffix (`fwd1+good`, ...) marks
 //! every buffer as a NIC with receive checksum offload would
 //! (`RxChecksum::Good`: the IPv4 header checksum was checked). Prints `SCENARIO PACKETS NS_PER_PACKET`.
+use dataplane::addr::{Addr, SockAddr};
 use dataplane::pipeline::{PacketBuf, Pipeline, PrePass, RxChecksum, VecBuf, Verdict};
 use dataplane::stats::WorkerStats;
 use dataplane::table::ServiceTable;
@@ -39,41 +40,6 @@ const BURST: usize = 32;
 /// (the target's rate) at 14 Mpps, the worker's rate at 60,000 flows in the
 /// quiet replay windows on the AMD EPYC host.
 const UPDATE_EVERY: usize = 140_000;
-
-/// The tables `fwd60k_updates` publishes after `first` (whose Services are
-/// `specs`, built as `built`): change `i` rebuilds UDP Service `i / 2 mod 16`,
-/// with an extra backend for even `i` and without it for odd `i`, shares
-/// the other Services and carries the flush epoch over as the control
-/// plane's publisher does (only removals move it).
-fn update_tables(
-    rest: &dataplane::table::TableSpec,
-    specs: &[dataplane::table::ServiceSpec],
-    mut built: Vec<std::sync::Arc<dataplane::table::Service>>,
-    first: &ServiceTable,
-    count: usize,
-) -> Vec<ServiceTable> {
-    use dataplane::addr::{Addr, SockAddr};
-    use dataplane::table::Service;
-    use std::sync::Arc;
-    let mut epoch = first.epoch.clone();
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        let k = i / 2 % 16;
-        let mut spec = specs[k].clone();
-        if i % 2 == 0 {
-            let extra = SockAddr::new(Addr::v4([198, 19, 2, k as u8]), 8080);
-            spec.backends.push(extra);
-        }
-        let prev = built.clone();
-        built[k] = Arc::new(Service::new(spec));
-        let mut t =
-            ServiceTable::with_services(rest.clone(), built.clone(), first.version + 1 + i as u64);
-        t.inherit_flush_epoch(&epoch, &prev);
-        epoch = t.epoch.clone();
-        out.push(t);
-    }
-    out
-}
 
 fn hint(hash: u64, session: u32) -> PrePass {
     PrePass { hash, session }
@@ -211,15 +177,17 @@ fn main() {
     // The tables published while measuring (`fwd60k_updates`): one per
     // UPDATE_EVERY packets, built before the measurement.
     let (t, updates) = if updating {
-        let mut rest = spec(16, 8);
-        let specs = core::mem::take(&mut rest.services);
-        let built: Vec<_> = specs
-            .iter()
-            .map(|s| std::sync::Arc::new(dataplane::table::Service::new(s.clone())))
-            .collect();
-        let first = ServiceTable::with_services(rest.clone(), built.clone(), 1);
+        // The extra backends are addresses no flow uses.
+        let mut changes = BackendChanges::new(spec(16, 8), 16);
+        let first = changes.table(1);
         let count = n / UPDATE_EVERY + 1;
-        let updates = update_tables(&rest, &specs, built, &first, count);
+        let updates: Vec<ServiceTable> = (0..count as u64)
+            .map(|i| {
+                changes.apply(i, 2 + i, |s| {
+                    SockAddr::new(Addr::v4([198, 19, 2, s as u8]), 8080)
+                })
+            })
+            .collect();
         let removals = updates
             .windows(2)
             .filter(|w| w[1].epoch.current != w[0].epoch.current)

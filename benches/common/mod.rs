@@ -1,11 +1,14 @@
 //! Frames, tables and pipelines shared by the criterion benches
-//! (`benches/pipeline.rs`) and the instruction-count driver
-//! (`examples/hotpath.rs`).
+//! (`benches/pipeline.rs`), the instruction-count driver
+//! (`examples/hotpath.rs`) and (its [`BackendChanges`]) the replay bench.
 #![allow(dead_code)]
 use dataplane::addr::{Addr, Proto, SockAddr};
 use dataplane::packet::{checksum, sctp, EthernetFrame, MacAddr};
 use dataplane::pipeline::{Pipeline, PipelineConfig, PortInfo};
-use dataplane::table::{Frontend, Interface, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec};
+use dataplane::table::{
+    FlushEpoch, Frontend, Interface, Service, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec,
+};
+use std::sync::Arc;
 
 pub const P0: MacAddr = MacAddr([2, 0, 0, 0, 0, 0]);
 pub const P1: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
@@ -312,4 +315,71 @@ pub fn pipeline_with(sessions: usize, neighbors: usize) -> Pipeline {
             ..Default::default()
         },
     )
+}
+
+/// Backend changes published the way the control plane publishes them:
+/// change `i` touches Service `(i / 2) % services` — the even change adds
+/// an extra backend, the odd one after it removes it again — and rebuilds
+/// only that Service (its Maglev table), sharing the others with the
+/// previous table (`ServiceTable::with_services`), with the flush epoch
+/// carried over (`ServiceTable::inherit_flush_epoch`: only a publication
+/// that removes a backend makes sessions revalidate). The replay bench's
+/// `updates` scenario and the hotpath's `fwd60k_updates` use it.
+pub struct BackendChanges {
+    /// Everything but the Services.
+    rest: TableSpec,
+    /// The Services changes start from.
+    specs: Vec<ServiceSpec>,
+    /// The Services of the current table.
+    built: Vec<Arc<Service>>,
+    /// The current table's flush epoch.
+    epoch: FlushEpoch,
+    /// How many of `specs` (the first ones) the changes go round.
+    services: usize,
+}
+
+impl BackendChanges {
+    /// Changes to the first `services` of `spec`'s Services; the initial
+    /// table ([`BackendChanges::table`] as version 1) starts the first epoch.
+    pub fn new(mut spec: TableSpec, services: usize) -> BackendChanges {
+        let specs = core::mem::take(&mut spec.services);
+        assert!(services >= 1 && services <= specs.len());
+        let built = specs
+            .iter()
+            .map(|s| Arc::new(Service::new(s.clone())))
+            .collect();
+        BackendChanges {
+            rest: spec,
+            specs,
+            built,
+            epoch: FlushEpoch::new(1, 1, None),
+            services,
+        }
+    }
+
+    /// The current table as `version`.
+    pub fn table(&self, version: u64) -> ServiceTable {
+        ServiceTable::with_services(self.rest.clone(), self.built.clone(), version)
+    }
+
+    /// Applies change `i` (`extra(s)`: Service `s`'s extra backend) and
+    /// returns the new table as `version`.
+    pub fn apply(
+        &mut self,
+        i: u64,
+        version: u64,
+        extra: impl Fn(usize) -> SockAddr,
+    ) -> ServiceTable {
+        let s = (i / 2 % self.services as u64) as usize;
+        let mut spec = self.specs[s].clone();
+        if i.is_multiple_of(2) {
+            spec.backends.push(extra(s));
+        }
+        let prev = self.built.clone();
+        self.built[s] = Arc::new(Service::new(spec));
+        let mut t = self.table(version);
+        t.inherit_flush_epoch(&self.epoch, &prev);
+        self.epoch = t.epoch.clone();
+        t
+    }
 }
