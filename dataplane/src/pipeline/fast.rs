@@ -622,79 +622,65 @@ pub struct TableMemory {
     pub huge_page_bytes: usize,
 }
 
-/// The 16-bit words of an IPv4 address, for checksum arithmetic.
-#[inline(always)]
-fn words(a: [u8; 4]) -> (u32, u32) {
-    (
-        u32::from(u16::from_be_bytes([a[0], a[1]])),
-        u32::from(u16::from_be_bytes([a[2], a[3]])),
-    )
-}
-
 /// Rewrites an untagged IPv4 TCP/UDP frame's source and/or destination
 /// (address and port), decrements the TTL, and updates both checksums in
 /// one RFC 1624 (eqn. 3) adjustment each. The general path applies the same
 /// changes one at a time; ones'-complement sums are order-independent, so
 /// the bytes are the same (the differential test checks it). UDP: a zero
 /// checksum ("none") stays zero, a zero result becomes 0xFFFF.
+///
+/// The sums are taken over native-endian 32-bit words (addresses, the two
+/// ports as one word) and written back in native order: a ones'-complement
+/// sum read in the other byte order is the byte swap of the sum, so no
+/// word is byte-swapped ([`checksum::fold64`]; every sum here is non-zero,
+/// so the folded result is the same representative the general path's
+/// big-endian sums give).
 #[inline(always)]
 fn rewrite_v4(d: &mut [u8], udp: bool, src: Option<SockAddr>, dst: Option<SockAddr>) {
-    let rd16 = |h: &[u8], at: usize| u16::from_be_bytes([h[at], h[at + 1]]);
     // The L4 checksum first (its offset differs); then the fixed 38 bytes.
     let at = if udp { 40 } else { 50 };
     let Some(&[c0, c1]) = d.get(at..at + 2) else {
         return;
     };
-    let c = u16::from_be_bytes([c0, c1]);
+    let c = u16::from_ne_bytes([c0, c1]);
     let Some(h) = d.get_mut(..38) else {
         return;
     };
     let Ok(h) = <&mut [u8; 38]>::try_from(h) else {
         return;
     };
-    let os = [h[26], h[27], h[28], h[29]];
-    let od = [h[30], h[31], h[32], h[33]];
-    let (osp, odp) = (rd16(h, 34), rd16(h, 36));
-    let (ns, nsp) = src.map_or((os, osp), |n| (n.addr.v4_octets(), n.port));
-    let (nd, ndp) = dst.map_or((od, odp), |n| (n.addr.v4_octets(), n.port));
+    let rd32 =
+        |h: &[u8; 38], at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    let (os, od, op) = (rd32(h, 26), rd32(h, 30), rd32(h, 34));
+    let ns = src.map_or(os, |n| u32::from_ne_bytes(n.addr.v4_octets()));
+    let nd = dst.map_or(od, |n| u32::from_ne_bytes(n.addr.v4_octets()));
+    let [s0, s1] = src.map_or([h[34], h[35]], |n| n.port.to_be_bytes());
+    let [d0, d1] = dst.map_or([h[36], h[37]], |n| n.port.to_be_bytes());
+    let np = u32::from_ne_bytes([s0, s1, d0, d1]);
     // Sum of ~old + new over both addresses: shared by the IP header and
     // the pseudo-header.
-    let (os1, os2) = words(os);
-    let (od1, od2) = words(od);
-    let (ns1, ns2) = words(ns);
-    let (nd1, nd2) = words(nd);
-    let addrs = (!os1 & 0xffff)
-        + (!os2 & 0xffff)
-        + ns1
-        + ns2
-        + (!od1 & 0xffff)
-        + (!od2 & 0xffff)
-        + nd1
-        + nd2;
+    let addrs = u64::from(!os) + u64::from(ns) + u64::from(!od) + u64::from(nd);
     // IP header: addresses and TTL (the word TTL | protocol).
-    let ttl_word = u32::from(rd16(h, 22));
-    let hc = u32::from(rd16(h, 24));
-    let s = (!hc & 0xffff) + addrs + (!ttl_word & 0xffff) + (ttl_word - 0x100);
+    let ttl_word = u16::from_ne_bytes([h[22], h[23]]);
     h[22] -= 1;
-    h[24..26].copy_from_slice(&(!checksum::fold(s)).to_be_bytes());
-    h[26..30].copy_from_slice(&ns);
-    h[30..34].copy_from_slice(&nd);
-    h[34..36].copy_from_slice(&nsp.to_be_bytes());
-    h[36..38].copy_from_slice(&ndp.to_be_bytes());
+    let hc = u16::from_ne_bytes([h[24], h[25]]);
+    let s = u64::from(!hc)
+        + addrs
+        + u64::from(!ttl_word)
+        + u64::from(u16::from_ne_bytes([h[22], h[23]]));
+    h[24..26].copy_from_slice(&(!checksum::fold64(s)).to_ne_bytes());
+    h[26..30].copy_from_slice(&ns.to_ne_bytes());
+    h[30..34].copy_from_slice(&nd.to_ne_bytes());
+    h[34..38].copy_from_slice(&np.to_ne_bytes());
     // TCP/UDP: pseudo-header addresses and ports.
     if !(udp && c == 0) {
-        let s = (!u32::from(c) & 0xffff)
-            + addrs
-            + (!u32::from(osp) & 0xffff)
-            + u32::from(nsp)
-            + (!u32::from(odp) & 0xffff)
-            + u32::from(ndp);
-        let mut r = !checksum::fold(s);
+        let s = u64::from(!c) + addrs + u64::from(!op) + u64::from(np);
+        let mut r = !checksum::fold64(s);
         if udp && r == 0 {
             r = 0xffff;
         }
         if let Some(f) = d.get_mut(at..at + 2) {
-            f.copy_from_slice(&r.to_be_bytes());
+            f.copy_from_slice(&r.to_ne_bytes());
         }
     }
 }
@@ -713,22 +699,26 @@ fn rewrite_v6(d: &mut [u8], udp: bool, src: Option<SockAddr>, dst: Option<SockAd
     let Some(&[c0, c1]) = d.get(at..at + 2) else {
         return;
     };
-    let c = u16::from_be_bytes([c0, c1]);
     let Some(h) = d.get_mut(..58) else {
         return;
     };
     let Ok(h) = <&mut [u8; 58]>::try_from(h) else {
         return;
     };
-    let mut s = !u32::from(c) & 0xffff;
+    // Native-endian words, as in `rewrite_v4`.
+    let ne32 = |b: &[u8], at: usize| {
+        u64::from(u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+    };
+    let mut s = u64::from(!u16::from_ne_bytes([c0, c1]));
     // ~old + new for the address (16 bytes at `a`) and port (at `p`).
     let mut change = |h: &mut [u8; 58], a: usize, p: usize, n: SockAddr| {
-        s += u32::from(!checksum::fold(checksum::sum(&h[a..a + 16], 0)))
-            + u32::from(checksum::fold(checksum::sum(&n.addr.0, 0)))
-            + (!u32::from(u16::from_be_bytes([h[p], h[p + 1]])) & 0xffff)
-            + u32::from(n.port);
+        for i in (0..16).step_by(4) {
+            s += (ne32(h, a + i) ^ 0xFFFF_FFFF) + ne32(&n.addr.0, i);
+        }
+        let port = n.port.to_be_bytes();
+        s += u64::from(!u16::from_ne_bytes([h[p], h[p + 1]])) + u64::from(u16::from_ne_bytes(port));
         h[a..a + 16].copy_from_slice(&n.addr.0);
-        h[p..p + 2].copy_from_slice(&n.port.to_be_bytes());
+        h[p..p + 2].copy_from_slice(&port);
     };
     if let Some(n) = src {
         change(h, 22, 54, n);
@@ -737,12 +727,12 @@ fn rewrite_v6(d: &mut [u8], udp: bool, src: Option<SockAddr>, dst: Option<SockAd
         change(h, 38, 56, n);
     }
     h[21] -= 1;
-    let mut r = !checksum::fold(s);
+    let mut r = !checksum::fold64(s);
     if udp && r == 0 {
         r = 0xffff;
     }
     if let Some(f) = d.get_mut(at..at + 2) {
-        f.copy_from_slice(&r.to_be_bytes());
+        f.copy_from_slice(&r.to_ne_bytes());
     }
 }
 
