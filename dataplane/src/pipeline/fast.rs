@@ -654,9 +654,9 @@ fn rewrite_v4(d: &mut [u8], udp: bool, src: Option<SockAddr>, dst: Option<SockAd
     let (os, od, op) = (rd32(h, 26), rd32(h, 30), rd32(h, 34));
     let ns = src.map_or(os, |n| u32::from_ne_bytes(n.addr.v4_octets()));
     let nd = dst.map_or(od, |n| u32::from_ne_bytes(n.addr.v4_octets()));
-    let [s0, s1] = src.map_or([h[34], h[35]], |n| n.port.to_be_bytes());
-    let [d0, d1] = dst.map_or([h[36], h[37]], |n| n.port.to_be_bytes());
-    let np = u32::from_ne_bytes([s0, s1, d0, d1]);
+    // The new ports as their wire bytes read natively (16-bit words).
+    let nsp = src.map_or(u16::from_ne_bytes([h[34], h[35]]), |n| n.port.to_be());
+    let ndp = dst.map_or(u16::from_ne_bytes([h[36], h[37]]), |n| n.port.to_be());
     // Sum of ~old + new over both addresses: shared by the IP header and
     // the pseudo-header.
     let addrs = u64::from(!os) + u64::from(ns) + u64::from(!od) + u64::from(nd);
@@ -671,10 +671,11 @@ fn rewrite_v4(d: &mut [u8], udp: bool, src: Option<SockAddr>, dst: Option<SockAd
     h[24..26].copy_from_slice(&(!checksum::fold64(s)).to_ne_bytes());
     h[26..30].copy_from_slice(&ns.to_ne_bytes());
     h[30..34].copy_from_slice(&nd.to_ne_bytes());
-    h[34..38].copy_from_slice(&np.to_ne_bytes());
+    h[34..36].copy_from_slice(&nsp.to_ne_bytes());
+    h[36..38].copy_from_slice(&ndp.to_ne_bytes());
     // TCP/UDP: pseudo-header addresses and ports.
     if !(udp && c == 0) {
-        let s = u64::from(!c) + addrs + u64::from(!op) + u64::from(np);
+        let s = u64::from(!c) + addrs + u64::from(!op) + u64::from(nsp) + u64::from(ndp);
         let mut r = !checksum::fold64(s);
         if udp && r == 0 {
             r = 0xffff;
