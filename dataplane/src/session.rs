@@ -234,7 +234,7 @@ impl Bucket {
     }
     /// The places whose tag is `tag`: bit `w` set for each (exact). On
     /// x86_64 one SSE2 compare of the 8 tags, packed to a byte mask (about
-    /// 6 instructions, against ~40 for the word-parallel arithmetic on a
+    /// 8 instructions, against ~40 for the word-parallel arithmetic on a
     /// `u128` this replaced, which also needed its candidates re-checked).
     #[inline(always)]
     fn matches(&self, tag: u16) -> u32 {
