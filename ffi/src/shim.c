@@ -44,6 +44,3 @@ unsigned rte_shim_ring_sc_dequeue_burst(struct rte_ring *r, void **objs, unsigne
 
 unsigned rte_shim_ring_count(const struct rte_ring *r)
 { return rte_ring_count(r); }
-
-void rte_shim_prefetch0(const void *p)
-{ rte_prefetch0(p); }

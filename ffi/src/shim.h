@@ -18,5 +18,4 @@ void rte_shim_pause(void);
 unsigned rte_shim_ring_sp_enqueue_burst(struct rte_ring *r, void *const *objs, unsigned n);
 unsigned rte_shim_ring_sc_dequeue_burst(struct rte_ring *r, void **objs, unsigned n);
 unsigned rte_shim_ring_count(const struct rte_ring *r);
-void rte_shim_prefetch0(const void *p);
 #endif
