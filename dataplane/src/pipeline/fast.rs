@@ -629,8 +629,9 @@ pub struct TableMemory {
 /// the bytes are the same (the differential test checks it). UDP: a zero
 /// checksum ("none") stays zero, a zero result becomes 0xFFFF.
 ///
-/// The sums are taken over native-endian 32-bit words (addresses, the two
-/// ports as one word) and written back in native order: a ones'-complement
+/// The sums are taken over native-endian words (the addresses and the old
+/// ports as 32-bit words, the new ports and the TTL and checksum fields as
+/// 16-bit ones) and written back in native order: a ones'-complement
 /// sum read in the other byte order is the byte swap of the sum, so no
 /// word is byte-swapped ([`checksum::fold64`]; every sum here is non-zero,
 /// so the folded result is the same representative the general path's
