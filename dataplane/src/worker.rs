@@ -733,7 +733,7 @@ fn handle_burst(
     }
 }
 
-#[inline]
+#[inline(always)]
 fn push_tx(tx: &mut [TxBuffer], ports: &[u16], queue: u16, st: &WorkerStats, port: u16, m: Mbuf) {
     let Some(buf) = tx.get_mut(port as usize) else {
         st.count_drop(DropReason::BadPort);
