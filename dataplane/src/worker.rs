@@ -748,7 +748,7 @@ fn push_tx(tx: &mut [TxBuffer], ports: &[u16], queue: u16, st: &WorkerStats, por
     buf.push(m);
 }
 
-#[inline]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn handle(
     p: &mut Pipeline,
