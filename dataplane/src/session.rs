@@ -552,7 +552,7 @@ impl SessionTable {
         self.find_in(alt_bucket(b1, tag, self.mask), tag, key)
     }
 
-    #[inline]
+    #[inline(always)]
     fn find_in(&self, b: usize, tag: u16, key: &FlowKey) -> Option<(u32, Dir)> {
         let bucket = &self.buckets[b];
         // All 8 tags compared at once, then only the matching places are
