@@ -9,7 +9,8 @@
 //! replies), `fwd60k` / `fwd1m` (60,000 / 1,000,000 established flows in a
 //! scattered order, one packet at a time), `fwd60k_burst` / `fwd1m_burst`
 //! (the same in bursts of 32 with the worker's pre-pass: index prefetch
-//! for the whole burst first, sessions 8 packets ahead; next-hop lines 4 packets ahead when
+//! for the whole burst first, sessions 8 packets ahead (from the
+//! alternative index bucket 6 ahead); next-hop lines 4 packets ahead when
 //! there are many neighbours; the same instructions as the worker's, whose
 //! cross-burst pipeline only moves the index prefetch one loop earlier), `fwd60k_10k` / `fwd60k_10k_burst`
 //! (60,000 flows spread over 10,000 Services × 10 backends on 60,000
@@ -26,7 +27,7 @@
 //! every buffer as a NIC with receive checksum offload would
 //! (`RxChecksum::Good`: the IPv4 header checksum was checked). Prints `SCENARIO PACKETS NS_PER_PACKET`.
 use dataplane::addr::{Addr, SockAddr};
-use dataplane::pipeline::{PacketBuf, Pipeline, PrePass, RxChecksum, VecBuf, Verdict};
+use dataplane::pipeline::{PacketBuf, Pipeline, RxChecksum, VecBuf, Verdict};
 use dataplane::stats::WorkerStats;
 use dataplane::table::ServiceTable;
 use std::time::Instant;
@@ -41,13 +42,12 @@ const BURST: usize = 32;
 /// quiet replay windows on the AMD EPYC host.
 const UPDATE_EVERY: usize = 140_000;
 
-fn hint(hash: u64, session: u32) -> PrePass {
-    PrePass { hash, session }
-}
 /// Next-hop prefetch distance (as the worker's `NEXT_HOP_AHEAD`).
 const AHEAD: usize = 4;
 /// Session prefetch distance (as the worker's `SESSION_AHEAD`).
 const SESSION_AHEAD: usize = 8;
+/// Alternative-bucket step distance (as the worker's `ALT_AHEAD`).
+const ALT_AHEAD: usize = 6;
 
 fn flow_frame(i: u32, services: u32) -> Vec<u8> {
     let vip = if services == 16 {
@@ -102,6 +102,13 @@ fn measure(
             for (h, c) in hashes[..ahead].iter().zip(&mut cands[..ahead]) {
                 *c = p.prefetch_session(*h);
             }
+            for (h, c) in hashes[..ahead]
+                .iter()
+                .zip(&mut cands[..ahead])
+                .take(ALT_AHEAD)
+            {
+                *c = p.prefetch_session_alt(*h, *c);
+            }
             if hops {
                 for &c in cands[..ahead].iter().take(AHEAD) {
                     p.prefetch_next_hop(c);
@@ -113,10 +120,13 @@ fn measure(
                 if let Some(&h) = hashes[..m].get(i + SESSION_AHEAD) {
                     cands[i + SESSION_AHEAD] = p.prefetch_session(h);
                 }
+                if let Some(&h) = hashes[..m].get(i + ALT_AHEAD) {
+                    cands[i + ALT_AHEAD] = p.prefetch_session_alt(h, cands[i + ALT_AHEAD]);
+                }
                 if let Some(&c) = cands[..m].get(i + AHEAD) {
                     p.prefetch_next_hop(c);
                 }
-                let v = p.process_hinted(t, st, in_port, b, 1, false, hint(hashes[i], cands[i]));
+                let v = p.process_hinted(t, st, in_port, b, 1, false, Some(cands[i]));
                 if matches!(v, Verdict::Tx(_)) {
                     sent += 1;
                 }
@@ -126,7 +136,10 @@ fn measure(
                 if let Some(&h) = hashes[..m].get(i + SESSION_AHEAD) {
                     cands[i + SESSION_AHEAD] = p.prefetch_session(h);
                 }
-                let v = p.process_hinted(t, st, in_port, b, 1, false, hint(hashes[i], cands[i]));
+                if let Some(&h) = hashes[..m].get(i + ALT_AHEAD) {
+                    cands[i + ALT_AHEAD] = p.prefetch_session_alt(h, cands[i + ALT_AHEAD]);
+                }
+                let v = p.process_hinted(t, st, in_port, b, 1, false, Some(cands[i]));
                 if matches!(v, Verdict::Tx(_)) {
                     sent += 1;
                 }
@@ -257,6 +270,7 @@ fn main() {
     let created = st
         .sessions_created
         .load(core::sync::atomic::Ordering::Relaxed);
+    let fast = st.fast_path.load(core::sync::atomic::Ordering::Relaxed);
     let mut bufs: Vec<VecBuf> = (0..burst).map(|_| VecBuf::new(&frames[0])).collect();
     if good {
         for b in &mut bufs {
@@ -306,6 +320,8 @@ fn main() {
     } else {
         assert_eq!(created_now, 0, "no session created while measuring");
     }
+    let fast_now = st.fast_path.load(core::sync::atomic::Ordering::Relaxed) - fast;
+    eprintln!("fast path: {fast_now} of {n} packets");
     eprintln!(
         "next-hop cache misses in the measured loop: {} ({} bytes)",
         p.next_hop_misses() - misses,

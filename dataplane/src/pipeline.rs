@@ -44,25 +44,6 @@ pub trait PacketBuf {
     }
 }
 
-/// What the burst pre-pass found for one frame: the tuple's session-index
-/// hash ([`Pipeline::prefetch_index`], 0: none) and the candidate session
-/// ([`Pipeline::prefetch_session`]). See [`Pipeline::process_hinted`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PrePass {
-    /// The tuple's session-index hash (0: none).
-    pub hash: u64,
-    /// The candidate session ([`crate::session::NO_CANDIDATE`]: none).
-    pub session: u32,
-}
-
-impl PrePass {
-    /// Nothing known.
-    pub const NONE: PrePass = PrePass {
-        hash: 0,
-        session: crate::session::NO_CANDIDATE,
-    };
-}
-
 /// A receive checksum check the NIC did (DPDK's `RTE_MBUF_F_RX_*_CKSUM_*`).
 /// Only [`RxChecksum::Good`] changes anything: the fast path then skips
 /// its own IPv4 header checksum check; every other value (a NIC that did
@@ -616,6 +597,22 @@ impl Pipeline {
         }
     }
 
+    /// Burst pre-pass, step 2b (a few packets after step 2 returned `c`
+    /// for hash `h`, before step 3): when step 2 found no candidate, the
+    /// one the tuple's alternative index bucket names (its session
+    /// prefetched); otherwise `c`. With the pre-pass the fast path only
+    /// confirms candidates and leaves every other packet to the general
+    /// path, so a session in its alternative bucket needs this step to
+    /// stay on the fast path.
+    #[inline]
+    pub fn prefetch_session_alt(&self, h: u64, c: u32) -> u32 {
+        if c == crate::session::NO_CANDIDATE && h != 0 {
+            self.sessions.prefetch_session_alt(h)
+        } else {
+            c
+        }
+    }
+
     /// Burst pre-pass, step 3 (a few packets before the packet whose step 2
     /// returned `c` is processed, so that its session has landed):
     /// prefetches the fast path's next-hop cache line for the destination
@@ -657,18 +654,22 @@ impl Pipeline {
         now: u64,
         handed_off: bool,
     ) -> Verdict {
-        self.process_hinted(t, st, in_port, pkt, now, handed_off, PrePass::NONE)
+        self.process_hinted(t, st, in_port, pkt, now, handed_off, None)
     }
 
-    /// [`Pipeline::process`] with what the burst pre-pass found for this
-    /// frame ([`PrePass`]), so that the fast path neither hashes the tuple
-    /// nor probes the index again when the candidate session is the one.
-    /// Only a hint: a candidate that is not live or not this tuple's is
-    /// ignored (the index is probed with the hash), and a wrong hash makes
-    /// the fast path miss and the general path (which hashes for itself)
-    /// take the packet — never a wrong session, since every hit is checked
-    /// against the whole tuple. Always inlined (into the worker's loop):
-    /// out of line, the fast path's call and spills cost ~90 instructions.
+    /// [`Pipeline::process`] after the burst pre-pass, when `candidate` is
+    /// `Some`: the session its steps 2 and 2b named for this frame
+    /// ([`Pipeline::prefetch_session`], [`Pipeline::prefetch_session_alt`];
+    /// [`crate::session::NO_CANDIDATE`]: none). The fast path then only
+    /// confirms the candidate against the whole tuple (its session is live
+    /// and the tuple is its own) and leaves every other packet — no
+    /// candidate, or one freed or reused since — to the general path,
+    /// which looks the tuple up for itself: a candidate is only a hint,
+    /// never a wrong session. With `None` (no pre-pass) the fast path
+    /// hashes the tuple and probes the index inline. Always inlined (into
+    /// the worker's loop, where `candidate` is `Some` or `None` statically,
+    /// so each copy carries only its own lookup): out of line, the fast
+    /// path's call and spills cost ~90 instructions.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     pub fn process_hinted<B: PacketBuf>(
@@ -679,10 +680,10 @@ impl Pipeline {
         pkt: &mut B,
         now: u64,
         handed_off: bool,
-        hint: PrePass,
+        candidate: Option<u32>,
     ) -> Verdict {
         if self.fast_path {
-            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now, hint) {
+            if let Some(v) = self.fast_v4(t, st, in_port, pkt, now, candidate) {
                 return v;
             }
             // IPv6 only after the IPv4 fast path passed, and out of line:
@@ -690,7 +691,7 @@ impl Pipeline {
             // were (checking the ethertype first, or handing the hint to
             // the general path, cost it 2-7 instructions per packet).
             if pkt.data().get(12..14) == Some(&[0x86, 0xdd][..]) {
-                return self.fast_v6_or_general(t, st, in_port, pkt, now, handed_off, hint);
+                return self.fast_v6_or_general(t, st, in_port, pkt, now, handed_off, candidate);
             }
         }
         self.general(t, st, in_port, pkt, now, handed_off)
@@ -708,9 +709,9 @@ impl Pipeline {
         pkt: &mut B,
         now: u64,
         handed_off: bool,
-        hint: PrePass,
+        candidate: Option<u32>,
     ) -> Verdict {
-        if let Some(v) = self.fast_v6(t, st, in_port, pkt, now, hint) {
+        if let Some(v) = self.fast_v6(t, st, in_port, pkt, now, candidate) {
             return v;
         }
         self.general(t, st, in_port, pkt, now, handed_off)

@@ -468,12 +468,36 @@ impl SessionTable {
     /// time to land): prefetches the session the primary bucket names for
     /// the tag of `h`, or the alternative bucket when the primary has none.
     /// Returns that candidate ([`SessionTable::candidate`]), or
-    /// [`NO_CANDIDATE`].
+    /// [`NO_CANDIDATE`] (then step 2b, [`SessionTable::prefetch_session_alt`],
+    /// looks in the alternative bucket).
     #[inline]
     pub fn prefetch_session(&self, h: u64) -> u32 {
         let tag = tag_of(h);
         let b1 = h as usize & self.mask;
-        let bucket = &self.buckets[b1];
+        if let Some(c) = self.candidate_in(b1, tag) {
+            return c;
+        }
+        crate::dpdk::prefetch_read(&self.buckets[alt_bucket(b1, tag, self.mask)]);
+        NO_CANDIDATE
+    }
+
+    /// Step 2b of the burst pre-pass, for a tuple whose step 2 found no
+    /// candidate (a few packets later, when the alternative bucket step 2
+    /// prefetched has landed): the candidate the alternative bucket names,
+    /// its session prefetched, or [`NO_CANDIDATE`] (no session has the
+    /// tuple's tag in either bucket: a new flow, most likely).
+    #[inline]
+    pub fn prefetch_session_alt(&self, h: u64) -> u32 {
+        let tag = tag_of(h);
+        let b2 = alt_bucket(h as usize & self.mask, tag, self.mask);
+        self.candidate_in(b2, tag).unwrap_or(NO_CANDIDATE)
+    }
+
+    /// The first entry of bucket `b` with tag `tag`, its session's lines
+    /// prefetched.
+    #[inline(always)]
+    fn candidate_in(&self, b: usize, tag: u16) -> Option<u32> {
+        let bucket = &self.buckets[b];
         let mut hits = bucket.matches(tag);
         while hits != 0 {
             let w = hits.trailing_zeros() as usize & (WAYS - 1);
@@ -490,20 +514,22 @@ impl SessionTable {
                         crate::dpdk::prefetch_addr(last);
                     }
                 }
-                return bucket.vals[w];
+                return Some(bucket.vals[w]);
             }
         }
-        crate::dpdk::prefetch_read(&self.buckets[alt_bucket(b1, tag, self.mask)]);
-        NO_CANDIDATE
+        None
     }
 
     /// What [`SessionTable::lookup`] would answer for `key`, from a
-    /// candidate of [`SessionTable::prefetch_session`] instead of the index:
-    /// the candidate's session if it is live and `key` is its tuple in the
+    /// candidate of [`SessionTable::prefetch_session`] or
+    /// [`SessionTable::prefetch_session_alt`] instead of the index: the
+    /// candidate's session if it is live and `key` is its tuple in the
     /// candidate's direction (tuples are unique among live sessions, so
     /// that session is the one). `None` when it is not — a candidate read
     /// earlier in the burst whose slot was freed or reused since, another
-    /// tuple's tag, no candidate — and the caller then looks up as usual.
+    /// tuple's entry with the same tag first in the bucket, no candidate —
+    /// and the caller then looks up as usual (the fast path leaves that to
+    /// the general path).
     #[inline(always)]
     pub fn confirm_candidate(&self, c: u32, key: &FlowKey) -> Option<(u32, Dir)> {
         if c == NO_CANDIDATE {
@@ -544,6 +570,15 @@ impl SessionTable {
     /// [`SessionTable::lookup`] with the tuple's [`key_hash`] already computed.
     #[inline]
     pub fn lookup_hashed(&self, key: &FlowKey, h: u64) -> Option<(u32, Dir)> {
+        self.lookup_hashed_inline(key, h)
+    }
+
+    /// [`SessionTable::lookup_hashed`], always inlined: the fast path's
+    /// probe when no burst pre-pass ran (every packet while the table is
+    /// small), where a call cost ~40 instructions of saved registers and
+    /// spilled key words.
+    #[inline(always)]
+    pub fn lookup_hashed_inline(&self, key: &FlowKey, h: u64) -> Option<(u32, Dir)> {
         let tag = tag_of(h);
         let b1 = h as usize & self.mask;
         if let Some(v) = self.find_in(b1, tag, key) {
@@ -1428,6 +1463,65 @@ mod tests {
             .is_none());
         // Any value is safe to pass: a slot beyond the table is no candidate.
         assert!(t.candidate(u32::MAX - 1).is_none());
+    }
+
+    #[test]
+    fn steps_2_and_2b_name_the_session_of_every_live_tuple() {
+        // A full table: some tuples sit in their alternative bucket, where
+        // step 2 finds no candidate and step 2b does.
+        let cap = 512;
+        let mut t = table(cap);
+        let idx: Vec<u32> = (0..cap as u16)
+            .map(|i| open(&mut t, 40000 + i, Proto::Udp, 0, 0))
+            .collect();
+        let (mut primary, mut alt, mut collisions) = (0, 0, 0);
+        for &i in &idx {
+            let s = *t.get(i);
+            for (key, dir) in [
+                (s.original_key(), Dir::Original),
+                (s.reply_key(), Dir::Reply),
+            ] {
+                let h = key_hash(&key);
+                let c = match t.prefetch_session(h) {
+                    NO_CANDIDATE => {
+                        alt += 1;
+                        t.prefetch_session_alt(h)
+                    }
+                    c => {
+                        primary += 1;
+                        c
+                    }
+                };
+                if t.confirm_candidate(c, &key) != Some((i, dir)) {
+                    // Only when another tuple's entry with the same tag
+                    // comes first in the bucket (16-bit tags: rare).
+                    let other = t.get(c >> 1);
+                    let okey = if c & REPLY_BIT != 0 {
+                        other.reply_key()
+                    } else {
+                        other.original_key()
+                    };
+                    assert_ne!(okey, key);
+                    assert_eq!(tag_of(key_hash(&okey)), tag_of(h));
+                    collisions += 1;
+                }
+                assert_eq!(t.lookup(&key), Some((i, dir)));
+            }
+        }
+        assert!(
+            alt > 0 && primary > alt,
+            "{primary} primary, {alt} alternative"
+        );
+        assert!(collisions <= 2, "{collisions} tag collisions");
+        // A tuple no session has: no candidate in either bucket here.
+        let mut stranger = sess(7, Proto::Tcp).original_key();
+        stranger.src = Addr::v4([198, 18, 9, 9]);
+        let h = key_hash(&stranger);
+        let c = t.prefetch_session(h);
+        assert!(t.confirm_candidate(c, &stranger).is_none());
+        assert!(t
+            .confirm_candidate(t.prefetch_session_alt(h), &stranger)
+            .is_none());
     }
 
     #[test]

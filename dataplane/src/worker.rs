@@ -15,7 +15,7 @@ use crate::addr::Addr;
 use crate::dpdk::rcu::{Rcu, Reader};
 use crate::dpdk::{self, Eal, Mbuf, Mempool, Port, PortConfig, Ring, RxBurst, TxBuffer};
 use crate::neigh::NeighborUpdate;
-use crate::pipeline::{Exception, PacketBuf, Pipeline, PipelineConfig, PortInfo, PrePass, Verdict};
+use crate::pipeline::{Exception, PacketBuf, Pipeline, PipelineConfig, PortInfo, Verdict};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::ServiceTable;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -45,11 +45,15 @@ const PREFETCH_SESSIONS: usize = 16_384;
 /// at once, which the core's miss queues could not hold when the table is
 /// in DRAM.
 const SESSION_AHEAD: usize = 8;
+/// How many packets ahead of processing the pre-pass looks for the
+/// candidate in the alternative index bucket of a packet whose step 2
+/// found none there (step 2b: that bucket was prefetched by step 2).
+const ALT_AHEAD: usize = 6;
 /// How many packets ahead of processing the pre-pass prefetches next-hop
 /// cache lines (their sessions must have landed by then).
 const NEXT_HOP_AHEAD: usize = 4;
-// A packet's candidate session (step 2) is known before its next hop is prefetched.
-const _: () = assert!(NEXT_HOP_AHEAD < SESSION_AHEAD);
+// A packet's candidate (steps 2 and 2b) is known before its next hop is prefetched.
+const _: () = assert!(NEXT_HOP_AHEAD < ALT_AHEAD && ALT_AHEAD < SESSION_AHEAD);
 /// Empty polls before the optional idle sleep kicks in.
 const IDLE_POLLS: u32 = 256;
 
@@ -515,16 +519,7 @@ impl Worker {
                     work += got;
                     WorkerStats::add(&st.handoff_in, got as u64);
                     for m in rx.by_ref() {
-                        handle(
-                            &mut self.pipeline,
-                            table,
-                            st,
-                            &mut b,
-                            m,
-                            now,
-                            true,
-                            PrePass::NONE,
-                        );
+                        handle(&mut self.pipeline, table, st, &mut b, m, now, true, None);
                     }
                 }
                 // Neighbour solicitations the packets above asked for.
@@ -673,14 +668,23 @@ impl Default for Staged {
     }
 }
 
-/// Pre-pass step 2 for the first packets of a staged burst: reads each
-/// one's (prefetched) index bucket and prefetches its candidate session,
-/// and with `hops` the first candidates' next-hop lines.
+/// Pre-pass steps 2 and 2b for the first packets of a staged burst: reads
+/// each one's (prefetched) index bucket and prefetches its candidate
+/// session, for the very first ones the alternative bucket's candidate
+/// when the primary named none, and with `hops` the first candidates'
+/// next-hop lines.
 #[inline(always)]
 fn prime(p: &Pipeline, s: &Staged, cands: &mut [u32; dpdk::BURST], hops: bool) {
     let ahead = s.burst.remaining().min(SESSION_AHEAD);
     for (h, c) in s.hashes[..ahead].iter().zip(&mut cands[..ahead]) {
         *c = p.prefetch_session(*h);
+    }
+    for (h, c) in s.hashes[..ahead]
+        .iter()
+        .zip(&mut cands[..ahead])
+        .take(ALT_AHEAD)
+    {
+        *c = p.prefetch_session_alt(*h, *c);
     }
     if hops {
         for &c in cands[..ahead].iter().take(NEXT_HOP_AHEAD) {
@@ -691,8 +695,9 @@ fn prime(p: &Pipeline, s: &Staged, cands: &mut [u32; dpdk::BURST], hops: bool) {
 
 /// Handles every packet of `s.burst` (from port number `pi`). With `cands`
 /// (the pre-pass: `s.hashes` filled, [`prime`] done) each packet's session
-/// is prefetched `SESSION_AHEAD` packets before it is processed, and the
-/// fast path gets the hash and candidate; without, packets go as they are.
+/// is prefetched `SESSION_AHEAD` packets before it is processed (or, from
+/// its alternative bucket, `ALT_AHEAD` packets before), and the fast path
+/// gets the candidate; without, packets go as they are.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn handle_burst(
@@ -713,19 +718,19 @@ fn handle_burst(
                 if let Some(&h) = s.hashes[..n].get(i + SESSION_AHEAD) {
                     cands[i + SESSION_AHEAD] = p.prefetch_session(h);
                 }
+                if let Some(&h) = s.hashes[..n].get(i + ALT_AHEAD) {
+                    cands[i + ALT_AHEAD] = p.prefetch_session_alt(h, cands[i + ALT_AHEAD]);
+                }
                 if hops {
                     if let Some(&c) = cands[..n].get(i + NEXT_HOP_AHEAD) {
                         p.prefetch_next_hop(c);
                     }
                 }
-                // What the pre-pass found, so the fast path does not hash
-                // and probe again.
-                PrePass {
-                    hash: s.hashes[i],
-                    session: cands[i],
-                }
+                // What the pre-pass found: the fast path confirms the
+                // candidate instead of probing the index again.
+                Some(cands[i])
             }
-            None => PrePass::NONE,
+            None => None,
         };
         WorkerStats::add(&st.rx_bytes, m.len() as u64);
         m.set_port(pi as u16);
@@ -758,14 +763,14 @@ fn handle(
     mut m: Mbuf,
     now: u64,
     handed_off: bool,
-    hint: PrePass,
+    candidate: Option<u32>,
 ) {
     if m.nb_segs() != 1 {
         st.count_drop(DropReason::MultiSegment);
         return;
     }
     let in_port = m.port();
-    let v = p.process_hinted(table, st, in_port, &mut m, now, handed_off, hint);
+    let v = p.process_hinted(table, st, in_port, &mut m, now, handed_off, candidate);
     match v {
         Verdict::Tx(port) | Verdict::ToKernel(port) | Verdict::FromKernel(port) => {
             push_tx(&mut b.tx, &b.ports, b.queue, st, port, m)

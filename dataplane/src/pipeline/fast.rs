@@ -24,8 +24,9 @@
 use super::*;
 
 impl Pipeline {
-    /// See the module docs. `None`: not handled, nothing changed. `hint`:
-    /// what the burst pre-pass found for this frame, if anything.
+    /// See the module docs. `None`: not handled, nothing changed.
+    /// `candidate`: the burst pre-pass's, if one ran (see
+    /// [`Pipeline::process_hinted`]).
     #[inline(always)]
     pub(super) fn fast_v4<B: PacketBuf>(
         &mut self,
@@ -34,7 +35,7 @@ impl Pipeline {
         in_port: u16,
         pkt: &mut B,
         now: u64,
-        hint: PrePass,
+        candidate: Option<u32>,
     ) -> Option<Verdict> {
         let pinfo = self.ports.get(in_port as usize)?;
         if pinfo.vlan.is_some() {
@@ -72,22 +73,18 @@ impl Pipeline {
             dport: u16::from_be_bytes([l4[2], l4[3]]),
             proto,
         };
-        // Without a pre-pass hash: hashed from the header's words, as the
+        // Without a pre-pass: hashed from the header's words, as the
         // pre-pass does (`key_hash` would unpack the key's addresses again).
-        let hint = if hint.hash == 0 {
-            PrePass {
-                hash: key_hash_v4(
-                    u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
-                    u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
-                    u32::from_ne_bytes([l4[0], l4[1], l4[2], l4[3]]),
-                    proto as u8,
-                ),
-                ..hint
-            }
-        } else {
-            hint
+        let hash = match candidate {
+            Some(_) => 0,
+            None => key_hash_v4(
+                u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+                u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
+                u32::from_ne_bytes([l4[0], l4[1], l4[2], l4[3]]),
+                proto as u8,
+            ),
         };
-        let hit = self.fast_hit(t, &key, hint)?;
+        let hit = self.fast_hit(t, &key, candidate, hash)?;
         let (new_src, new_dst) = (hit.new_src, hit.new_dst);
         let to = new_dst.map_or(key.dst, |n| n.addr);
         if !to.is_v4() || to.is_multicast_or_broadcast() || new_src.is_some_and(|n| !n.addr.is_v4())
@@ -126,7 +123,7 @@ impl Pipeline {
         in_port: u16,
         pkt: &mut B,
         now: u64,
-        hint: PrePass,
+        candidate: Option<u32>,
     ) -> Option<Verdict> {
         let pinfo = self.ports.get(in_port as usize)?;
         if pinfo.vlan.is_some() {
@@ -159,7 +156,11 @@ impl Pipeline {
             dport: u16::from_be_bytes([l4[2], l4[3]]),
             proto,
         };
-        let hit = self.fast_hit(t, &key, hint)?;
+        let hash = match candidate {
+            Some(_) => 0,
+            None => key_hash(&key),
+        };
+        let hit = self.fast_hit(t, &key, candidate, hash)?;
         let (new_src, new_dst) = (hit.new_src, hit.new_dst);
         let to = new_dst.map_or(key.dst, |n| n.addr);
         // Only IPv6 to IPv6 (an IPv4-mapped address in an IPv6 header is
@@ -224,25 +225,26 @@ struct Hit {
 }
 
 impl Pipeline {
-    /// The session of `key` for either family: the pre-pass's candidate
-    /// if it is this tuple's, else the index, probed with the pre-pass's
-    /// hash when there is one (see `process_hinted`); `None` when there is
-    /// none or (UDP, first packet since a table change) its backend is
-    /// gone — as on the general path, which then flushes it; TCP keeps its
-    /// backend. Checked here so that a publication does not send every
-    /// flow through the general path. No side effect.
+    /// The session of `key` for either family: with a pre-pass
+    /// (`candidate` is `Some`), its candidate if that is this tuple's
+    /// session, else `None` (see [`Pipeline::process_hinted`]); without,
+    /// the index, probed inline with `hash` (the tuple's [`key_hash`];
+    /// unused with a pre-pass). `None` also when (UDP, first
+    /// packet since a table change) the session's backend is gone — as on
+    /// the general path, which then flushes it; TCP keeps its backend.
+    /// Checked here so that a publication does not send every flow through
+    /// the general path. No side effect.
     #[inline(always)]
-    fn fast_hit(&self, t: &ServiceTable, key: &FlowKey, hint: PrePass) -> Option<Hit> {
-        let (idx, dir) = match self.sessions.confirm_candidate(hint.session, key) {
-            Some(hit) => hit,
-            None => {
-                let h = if hint.hash != 0 {
-                    hint.hash
-                } else {
-                    key_hash(key)
-                };
-                self.sessions.lookup_hashed(key, h)?
-            }
+    fn fast_hit(
+        &self,
+        t: &ServiceTable,
+        key: &FlowKey,
+        candidate: Option<u32>,
+        hash: u64,
+    ) -> Option<Hit> {
+        let (idx, dir) = match candidate {
+            Some(c) => self.sessions.confirm_candidate(c, key)?,
+            None => self.sessions.lookup_hashed_inline(key, hash)?,
         };
         let s = self.sessions.get(idx);
         let tag = version_tag(t.epoch.current);
@@ -1465,7 +1467,7 @@ mod tests {
     }
 
     #[test]
-    fn the_pre_pass_hash_spares_the_fast_path_hashing_and_is_only_a_hint() {
+    fn with_a_pre_pass_the_fast_path_takes_only_its_confirmed_candidate() {
         let t = table(1);
         let st = WorkerStats::default();
         let mut p = pipeline(true, 1500);
@@ -1480,26 +1482,29 @@ mod tests {
         assert_eq!(run(&mut p, &t, &st, 0, &f, 0).0, Verdict::Tx(1));
         let reference = run(&mut p, &t, &st, 0, &f, 1);
         let fast = |st: &WorkerStats| st.fast_path.load(Relaxed);
-        let go = |p: &mut Pipeline, h: u64| {
+        let created = |st: &WorkerStats| st.sessions_created.load(Relaxed);
+        let go = |p: &mut Pipeline, c: Option<u32>| {
             let mut b = VecBuf::new(&f);
-            let hint = PrePass {
-                hash: h,
-                session: crate::session::NO_CANDIDATE,
-            };
-            let v = p.process_hinted(&t, &st, 0, &mut b, 1, false, hint);
+            let v = p.process_hinted(&t, &st, 0, &mut b, 1, false, c);
             (v, b.bytes())
         };
-        // The right hash (what the pre-pass computes): the fast path.
-        let h = p.prefetch_index(&f);
-        assert_ne!(h, 0);
+        // No pre-pass: the fast path probes the index itself.
         let before = fast(&st);
-        assert_eq!(go(&mut p, h), reference);
+        assert_eq!(go(&mut p, None), reference);
         assert_eq!(fast(&st), before + 1);
-        // A wrong one: the fast path misses with it (so it is used, not
-        // recomputed) and the general path translates the packet all the same.
-        let before = fast(&st);
-        assert_eq!(go(&mut p, h ^ 0x5555_0000_0000_1234), reference);
-        assert_eq!(fast(&st), before, "the general path took it");
+        // The pre-pass's candidate (steps 2 and 2b): the fast path.
+        let h = p.prefetch_index(&f);
+        let c = p.prefetch_session_alt(h, p.prefetch_session(h));
+        assert_ne!(c, crate::session::NO_CANDIDATE);
+        assert_eq!(go(&mut p, Some(c)), reference);
+        assert_eq!(fast(&st), before + 2);
+        // A pre-pass that named no candidate (say, the session opened after
+        // it ran): no probe on the fast path; the general path finds the
+        // session and translates the packet all the same.
+        let n = created(&st);
+        assert_eq!(go(&mut p, Some(crate::session::NO_CANDIDATE)), reference);
+        assert_eq!(fast(&st), before + 2, "the general path took it");
+        assert_eq!(created(&st), n, "with the existing session");
     }
 
     #[test]
@@ -1591,50 +1596,39 @@ mod tests {
             assert_eq!(run(&mut p, &t, &st, 0, f, 0).0, Verdict::Tx(1));
         }
         let reference = run(&mut p, &t, &st, 0, &fa, 1);
-        let hint_of = |p: &Pipeline, f: &[u8]| {
-            let hash = p.prefetch_index(f);
-            PrePass {
-                hash,
-                session: p.prefetch_session(hash),
-            }
+        let cand_of = |p: &Pipeline, f: &[u8]| {
+            let h = p.prefetch_index(f);
+            p.prefetch_session_alt(h, p.prefetch_session(h))
         };
-        let (ha, hb) = (hint_of(&p, &fa), hint_of(&p, &fb));
-        assert!(p.sessions.candidate(ha.session).is_some());
-        let go = |p: &mut Pipeline, f: &[u8], hint: PrePass| {
+        let (ca, cb) = (cand_of(&p, &fa), cand_of(&p, &fb));
+        assert!(p.sessions.candidate(ca).is_some());
+        let go = |p: &mut Pipeline, f: &[u8], c: u32| {
             let mut b = VecBuf::new(f);
-            let v = p.process_hinted(&t, &st, 0, &mut b, 1, false, hint);
+            let v = p.process_hinted(&t, &st, 0, &mut b, 1, false, Some(c));
             (v, b.bytes())
         };
         let fast = |st: &WorkerStats| st.fast_path.load(Relaxed);
         let created = |st: &WorkerStats| st.sessions_created.load(Relaxed);
         // Its own candidate: the fast path, the same bytes.
         let before = fast(&st);
-        assert_eq!(go(&mut p, &fa, ha), reference);
+        assert_eq!(go(&mut p, &fa, ca), reference);
         assert_eq!(fast(&st), before + 1);
-        // Another flow's candidate (with this flow's hash): not taken for
-        // this tuple's session; the index finds the right one.
-        assert_eq!(
-            go(
-                &mut p,
-                &fa,
-                PrePass {
-                    session: hb.session,
-                    ..ha
-                }
-            ),
-            reference
-        );
-        assert_eq!(fast(&st), before + 2);
+        // Another flow's candidate: not taken for this tuple's session; the
+        // general path finds the right one (no new session).
+        let n = created(&st);
+        assert_eq!(go(&mut p, &fa, cb), reference);
+        assert_eq!(fast(&st), before + 1);
+        assert_eq!(created(&st), n);
         // The candidate's session ended since the pre-pass read it: the
         // dead slot still holds the tuple, but it is not live, so the packet
         // is not translated by it: the general path opens a new session.
         let (idx, _) = p.sessions.lookup(&quick_key(&fa).unwrap()).unwrap();
         p.sessions.remove(idx);
         let n = created(&st);
-        let (v, _) = go(&mut p, &fa, ha);
+        let (v, _) = go(&mut p, &fa, ca);
         assert_eq!(v, Verdict::Tx(1));
         assert_eq!(created(&st), n + 1, "a new session, not the dead one");
-        assert_eq!(fast(&st), before + 2);
+        assert_eq!(fast(&st), before + 1);
     }
 
     #[test]

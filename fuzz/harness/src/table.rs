@@ -371,11 +371,15 @@ pub fn run_pipeline(data: &[u8]) -> Tally {
         let mut w = usize::from(ctl & 3) % pipes.len();
         let port = u16::from((ctl >> 2) & 3);
         buf.reset(frame);
+        // The burst pre-pass (steps 1, 2 and 2b) and its candidate, as the
+        // worker hands it to the receiving pipeline; a hand-off target
+        // runs without one.
         let h = pipes[w].prefetch_index(frame);
-        pipes[w].prefetch_session(h);
+        let mut candidate = Some(pipes[w].prefetch_session_alt(h, pipes[w].prefetch_session(h)));
         let mut handed_off = false;
         let v = loop {
-            let v = pipes[w].process(t, &stats[w], port, &mut buf, now, handed_off);
+            let v = pipes[w].process_hinted(t, &stats[w], port, &mut buf, now, handed_off, candidate);
+            candidate = None;
             match v {
                 Verdict::HandOff(to) => {
                     tally.handed_off += 1;
