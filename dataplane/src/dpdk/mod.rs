@@ -206,6 +206,13 @@ pub fn prefetch_read<T>(p: &T) {
     prefetch_addr(p as *const T as *const u8);
 }
 
+/// Prefetches the first line of `m`'s packet data, inline (a call into the
+/// C shim per packet cost the call and the registers it clobbers).
+#[inline(always)]
+fn prefetch_data(m: &sys::rte_mbuf) {
+    prefetch_addr((m.buf_addr as *const u8).wrapping_add(m.data_off as usize));
+}
+
 /// Prefetches the cache line holding address `p` for reading. Safe: a
 /// prefetch is a hint that never dereferences or faults, whatever `p` is.
 #[inline(always)]
@@ -365,10 +372,7 @@ impl Mbuf {
     /// Prefetches the packet data.
     #[inline(always)]
     pub fn prefetch(&self) {
-        let m = self.m();
-        // Inline (`prefetch_addr`): a call into the C shim per packet cost
-        // the call and the registers it clobbers.
-        prefetch_addr((m.buf_addr as *const u8).wrapping_add(m.data_off as usize));
+        prefetch_data(self.m());
     }
 }
 
@@ -507,10 +511,7 @@ impl RxBurst {
         for &p in &self.ptrs[self.next..self.n] {
             // SAFETY: p is a valid mbuf of this burst (read for its data
             // address); the prefetch itself never faults.
-            unsafe {
-                let m = &*p;
-                prefetch_addr((m.buf_addr as *const u8).wrapping_add(m.data_off as usize));
-            }
+            unsafe { prefetch_data(&*p) }
         }
     }
 }
@@ -526,10 +527,7 @@ impl Iterator for RxBurst {
         self.next += 1;
         if self.next < self.n {
             // SAFETY: ptrs[next] is a valid mbuf received in this burst; prefetch never faults.
-            unsafe {
-                let m = &*self.ptrs[self.next];
-                prefetch_addr((m.buf_addr as *const u8).wrapping_add(m.data_off as usize));
-            }
+            unsafe { prefetch_data(&*self.ptrs[self.next]) }
         }
         // SAFETY: each pointer in [0, n) is a valid mbuf we own, yielded once.
         Some(unsafe { Mbuf::from_raw(p) })
@@ -1017,10 +1015,7 @@ pub fn rx_burst(port: u16, queue: u16, out: &mut RxBurst) -> usize {
     out.next = 0;
     if n > 0 {
         // SAFETY: ptrs[0] is valid.
-        unsafe {
-            let m = &*out.ptrs[0];
-            prefetch_addr((m.buf_addr as *const u8).wrapping_add(m.data_off as usize));
-        }
+        unsafe { prefetch_data(&*out.ptrs[0]) }
     }
     n
 }
