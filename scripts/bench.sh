@@ -7,6 +7,7 @@
 # 2. criterion: cargo bench --bench pipeline on CPU 1     -> bench-results/criterion.json
 #    callgrind: scripts/bench/callgrind.sh (instructions per packet, examples/hotpath.rs) -> bench-results/callgrind.json
 # 3. replay:    cargo bench --bench replay (if the target exists) -> bench-results/replay.json
+#    memory:    cargo bench --bench memory on CPU 1 (the session table's memory floor) -> bench-results/memory.json
 # 4. io:        scripts/bench-io.sh (testpmd io/5tswap vs the proxy over memif) -> bench-results/io.json
 # 5. scale:     scripts/bench-scale.sh (kube-apiserver at 10,000 Services)    -> bench-results/scale.json
 # 6. kernel:    scripts/bench-kernel.sh (if present: kernel baseline)          -> bench-results/kernel.json
@@ -16,7 +17,7 @@
 # --quick: short windows (criterion 0.5 s warm-up / 1 s measurement, real
 # I/O 1 s + 3 s per run, no waiting for an idle machine, no retries) and no
 # scale/kernel unless named in --only; about 2 minutes once built.
-# --only NAME,...: run only these of criterion, callgrind, replay, io, scale, kernel
+# --only NAME,...: run only these of criterion, callgrind, replay, memory, io, scale, kernel
 # (the report always runs). A failing piece does not stop the others; the
 # exit status is 1 if any failed.
 # Env: passed through to the pieces (BENCH_PMDS=memif,vhost, BENCH_FLOWS,
@@ -43,14 +44,14 @@ while (($#)); do
   esac
   shift
 done
-PIECES=(criterion callgrind replay io scale kernel)
+PIECES=(criterion callgrind replay memory io scale kernel)
 if [ -n "$ONLY" ]; then
   IFS=, read -r -a SELECTED <<<"$ONLY"
   for n in "${SELECTED[@]}"; do
     [[ " ${PIECES[*]} " == *" $n "* ]] || die "unknown piece '$n' (choose from ${PIECES[*]})"
   done
 elif [ "$QUICK" = 1 ]; then
-  SELECTED=(criterion replay io)
+  SELECTED=(criterion replay memory io)
 else
   SELECTED=("${PIECES[@]}")
 fi
@@ -144,6 +145,12 @@ replay() {
   cargo bench --offline --locked --bench replay -- "${args[@]}" --out "$RESULTS/replay.json"
 }
 
+memory() {
+  local args=()
+  [ "$QUICK" = 1 ] && args=(--quick)
+  cargo bench --offline --locked --bench memory -- "${args[@]}" --cpu 1 --out "$RESULTS/memory.json"
+}
+
 io() {
   if [ "$QUICK" = 1 ]; then
     BENCH_QUICK=1 BENCH_WARMUP=${BENCH_WARMUP:-1} BENCH_DURATION=${BENCH_DURATION:-3} \
@@ -166,6 +173,9 @@ if selected criterion; then step criterion criterion; fi
 if selected callgrind; then step callgrind callgrind; fi
 if selected replay; then
   if has_bench replay; then step replay replay; else skip replay "no 'replay' bench target in this tree"; fi
+fi
+if selected memory; then
+  if has_bench memory; then step memory memory; else skip memory "no 'memory' bench target in this tree"; fi
 fi
 if selected io; then step io io; fi
 if selected scale; then step scale scale; fi

@@ -38,7 +38,7 @@ def _matplotlib():
     return plt
 
 
-SECTIONS = ("criterion", "callgrind", "replay", "io", "scale", "kernel")
+SECTIONS = ("criterion", "callgrind", "replay", "memory", "io", "scale", "kernel")
 REPLAY_TARGET_CYCLES = 100
 IO_TARGET_RATIO = 0.6
 DUT_LABELS = {"testpmd-io": "testpmd io", "testpmd-5tswap": "testpmd 5tswap", "proxy": "dpdk-kube-proxy"}
@@ -404,9 +404,35 @@ def render_kernel(d, source, _img):
     return "\n".join(out)
 
 
+def render_memory(d, source, _img):
+    """benches/memory.rs: medians per scenario and flow count, and 1M - 60k."""
+    env = d.get("env", {})
+    summ = [r for r in d.get("summary", []) if isinstance(r, dict)]
+    rows = [[r.get("scenario"), r.get("flows"), num(r.get("median_cycles"), 1), num(r.get("min_cycles"), 1),
+             num(r.get("max_cycles"), 1), f"{(r.get('table_bytes') or 0) / 2**20:.0f}",
+             f"{(r.get('huge_page_bytes') or 0) / 2**20:.0f}"] for r in summ]
+    out = [header(source), "", env_line(env, source), ""]
+    if env.get("rounds"):
+        out += [f"Medians of {env['rounds']} rounds (every scenario once per round, in the same order).", ""]
+    out.append(table(["scenario", "flows", "cycles per element (median)", "min", "max", "MiB", "on huge pages (MiB)"],
+                     rows))
+    by = {}
+    for r in summ:
+        by.setdefault(r.get("scenario"), {})[r.get("flows")] = r.get("median_cycles")
+    deltas = []
+    for sc, per in by.items():
+        if len(per) >= 2:
+            lo, hi = min(per), max(per)
+            if per[lo] is not None and per[hi] is not None:
+                deltas.append([sc, f"{hi:,} - {lo:,}", num(per[hi] - per[lo], 1), num(per[hi] / per[lo], 2)])
+    if deltas:
+        out += ["", table(["scenario", "flows", "extra cycles per element", "ratio"], deltas)]
+    return "\n".join(out)
+
+
 RENDER = {"criterion": (render_criterion, plot_criterion), "replay": (render_replay, plot_replay),
           "io": (render_io, plot_io), "scale": (render_scale, None), "kernel": (render_kernel, None),
-          "callgrind": (render_kernel, None)}
+          "callgrind": (render_kernel, None), "memory": (render_memory, None)}
 
 
 def replace_section(doc, name, body):
@@ -507,6 +533,11 @@ def fixture(results):
             {"id": "pipeline/fixture_bench", "median_ns": 98.7, "mean_ns": 99.0, "mean_ci_ns": [98.0, 100.0],
              "median_ci_ns": [98.0, 99.5], "cycles": 197.4}]},
         "kernel.json": {"env": FIXTURE_ENV, "rows": [{"setup": "fixture-kernel", "mpps": 0.77}, {"setup": "b", "x": 1}]},
+        "memory.json": {"env": dict(FIXTURE_ENV, rounds=3), "summary": [
+            {"scenario": "fixture_raw", "flows": 100, "median_cycles": 20.0, "min_cycles": 19.0, "max_cycles": 21.0,
+             "table_bytes": 2**20, "huge_page_bytes": 0},
+            {"scenario": "fixture_raw", "flows": 1000, "median_cycles": 50.5, "min_cycles": 49.0, "max_cycles": 52.0,
+             "table_bytes": 2**21, "huge_page_bytes": 2**21}]},
         "callgrind.json": {"env": FIXTURE_ENV, "rows": [{"scenario": "fixture", "packets": 10,
                                                          "instructions_per_packet": 123.4}]},
     }
@@ -549,7 +580,8 @@ def check():
                      "Hitless updates", "fixture changes", "17.5 / 42.2 / 99.0", "25.00% (**not met**)",
                      "Not run yet: no `bench-results/scale.json`", "**no** (out of order)",
                      "**Pairs out of order**", "**no** (disturbed testpmd window)",
-                     "**Disturbed testpmd windows**"):
+                     "**Disturbed testpmd windows**", "| fixture_raw | 1,000 - 100 | 30.5 | 2.52 |",
+                     "Medians of 3 rounds"):
             if want not in out:
                 problems.append(f"{want!r} missing from the rendered document")
         if plt is not None:
