@@ -331,16 +331,30 @@ fn median(mut v: Vec<f64>) -> f64 {
 const SCENARIOS: [&str; 4] = ["table", "raw88", "raw80", "raw64"];
 const FLOWS: [usize; 2] = [60_000, 1_000_000];
 
+fn usage(u: &str) -> ! {
+    eprintln!("{u}");
+    std::process::exit(2)
+}
+
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let arg = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
-    let out = arg("--out");
-    let cpu: usize = arg("--cpu").and_then(|c| c.parse().ok()).unwrap_or(1);
+    const USAGE: &str = "usage: cargo bench --bench memory -- [--quick] [--cpu N] [--out FILE]";
+    let (mut quick, mut out, mut cpu) = (false, None, 1usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            // Passed by `cargo bench`.
+            "--bench" => {}
+            "--out" => out = Some(args.next().unwrap_or_else(|| usage(USAGE))),
+            "--cpu" => {
+                cpu = args
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or_else(|| usage(USAGE))
+            }
+            _ => usage(USAGE),
+        }
+    }
     let pinned = pin(cpu);
     // Elements per measurement, and rounds: every scenario once per round,
     // in the same order, so that other load on a shared host spreads over
