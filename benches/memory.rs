@@ -19,12 +19,15 @@
 //!   [`SessionTable::touch_established`]) — the session side of an
 //!   established packet without parse, rewrite or I/O. The tuples are read
 //!   in order from an array already shuffled (as packets arrive: nothing
-//!   random to fetch for them).
+//!   random to fetch for them). Sessions are stored as 64-byte slots (one
+//!   line; 88-byte sessions spanning 2.25 lines on average before step 31
+//!   in BENCHMARKS.md, the shape `raw88` models).
 //! * `raw88`, `raw80`, `raw64`: the same memory traffic on plain arrays of
 //!   the same shapes with no table logic: an index of 64-byte lines (as many
 //!   as the table's buckets), a place in one of which names the element's
-//!   record, and records of 88 bytes (the session's size: 2.25 lines on
-//!   average), 80 (two lines, always) or 64 (one aligned line); per element
+//!   record, and records of 88 bytes (the session's size before step 31:
+//!   2.25 lines on average), 80 (two lines, always) or 64 (one aligned
+//!   line, the slot's size now); per element
 //!   the index line is read (a burst after
 //!   its prefetch), the record's lines prefetched, and 8 elements later one
 //!   word of the record read and one written (the expiry).

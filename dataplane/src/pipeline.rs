@@ -625,9 +625,9 @@ impl Pipeline {
     pub fn prefetch_next_hop(&self, c: u32) {
         if let Some((s, reply)) = self.sessions.candidate(c) {
             let to = if reply {
-                &s.client.addr
+                &s.client().addr
             } else {
-                &s.backend.addr
+                &s.backend().addr
             };
             self.egress.prefetch(to);
         }
@@ -818,7 +818,7 @@ impl Pipeline {
             return Verdict::Drop(DropReason::BadSctpChecksum);
         }
         if let Some((idx, dir)) = hit {
-            let s = *self.sessions.get(idx);
+            let s = self.sessions.get(idx);
             if s.validated != version_tag(t.epoch.current) {
                 // First packet of this session since a table change: check
                 // its backend is still there (once per session per version).
@@ -836,7 +836,8 @@ impl Pipeline {
                     return self
                         .new_flow(t, st, in_port, pinfo, pkt, &ip, key, flags, src_mac, now);
                 }
-                self.sessions.get_mut(idx).validated = version_tag(t.epoch.current);
+                self.sessions
+                    .set_validated(idx, version_tag(t.epoch.current));
             }
             if proto == Proto::Tcp
                 && dir == Dir::Original
@@ -1345,7 +1346,7 @@ impl Pipeline {
             }
         }
         let (idx, dir) = self.sessions.lookup(&rkey)?;
-        let s = *self.sessions.get(idx);
+        let s = self.sessions.get(idx);
         let end = ip.end;
         let dm = pkt.data_mut();
         // (inner src, inner dst, outer src?, outer dst?) after translation.

@@ -246,26 +246,27 @@ impl Pipeline {
             Some(c) => self.sessions.confirm_candidate(c, key)?,
             None => self.sessions.lookup_hashed_inline(key, hash)?,
         };
-        let s = self.sessions.get(idx);
+        let s = self.sessions.slot(idx);
         let tag = version_tag(t.epoch.current);
-        let revalidate = s.validated != tag;
+        let revalidate = s.validated() != tag;
         if revalidate
             && key.proto == Proto::Udp
-            && !t.epoch.surely_kept(s.validated, &s.backend)
+            && !t.epoch.surely_kept(s.validated(), s.backend())
             && !t.backend_still_valid(
-                s.validated,
+                s.validated(),
                 &Frontend {
-                    addr: s.frontend,
+                    addr: *s.frontend(),
                     proto: key.proto,
                 },
-                &s.backend,
+                s.backend(),
             )
         {
             return None;
         }
+        let snat = self.sessions.snat(idx, s);
         let (new_src, new_dst) = match dir {
-            Dir::Original => (s.snat, Some(s.backend)),
-            Dir::Reply => (Some(s.frontend), s.snat.map(|_| s.client)),
+            Dir::Original => (snat, Some(*s.backend())),
+            Dir::Reply => (Some(*s.frontend()), snat.map(|_| *s.client())),
         };
         Some(Hit {
             idx,
@@ -282,7 +283,7 @@ impl Pipeline {
     #[inline(always)]
     fn fast_commit(&mut self, st: &WorkerStats, hit: Hit, now: u64) {
         if hit.revalidate {
-            self.sessions.get_mut(hit.idx).validated = hit.tag;
+            self.sessions.set_validated(hit.idx, hit.tag);
         }
         // No SYN/FIN/RST here (`l4_of`): no state machine to run.
         self.sessions.touch_established(hit.idx, hit.dir, now);

@@ -1292,7 +1292,7 @@ fn syn_reusing_a_closing_tuple_starts_a_fresh_session() {
         false,
     );
     assert_eq!(v, Verdict::Tx(0));
-    let s = *p.sessions.iter().next().unwrap();
+    let s = p.sessions.iter().next().unwrap();
     assert_eq!(
         (s.tcp, s.expires),
         (TcpState::Closed, NOW + 3 + to.tcp_closed)
