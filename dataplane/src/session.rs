@@ -476,7 +476,7 @@ pub struct SessionTable {
     snats: HugeVec<SockAddr>,
     live: HugeVec<u64>,
     /// First free slot below `slots.len()` ([`EMPTY`]: none); each free
-    /// slot's `expires` holds the next.
+    /// slot's `exp_hi` holds the next.
     free: u32,
     /// The counter each live session counts in ([`NO_COUNTER`]: none, or
     /// already ended), by slot.
@@ -737,6 +737,9 @@ impl SessionTable {
             return false;
         }
         if reply {
+            // `self.snat(..)` without its bounds-checked `get` (`snats` is
+            // as long as `slots`, which `idx` indexes): 4 instructions less
+            // per reply in callgrind (rev1).
             let to = if s.snat() { self.snats[idx] } else { s.client };
             s.backend.port == key.sport
                 && to.port == key.dport
@@ -793,6 +796,7 @@ impl SessionTable {
             "tuples changed"
         );
         self.slots[idx as usize] = Slot::pack(&s);
+        self.snats[idx as usize] = s.snat.unwrap_or(s.client);
     }
 
     /// Inserts a new session under both keys; `session.expires` should be set.
