@@ -39,7 +39,10 @@
 //! the table's logic adds to that.
 use std::time::Instant;
 
-use dataplane::addr::{Addr, FlowKey, Proto, SockAddr};
+mod common;
+use common::permutation;
+
+use dataplane::addr::{fmix64, Addr, FlowKey, Proto, SockAddr};
 use dataplane::dpdk::{prefetch_addr, prefetch_read, rdtsc};
 use dataplane::hugemem::HugeVec;
 use dataplane::session::{
@@ -52,25 +55,6 @@ const BURST: usize = 32;
 const AHEAD: usize = 8;
 /// How far ahead step 2b runs (the worker's `ALT_AHEAD`).
 const ALT_AHEAD: usize = 6;
-
-/// splitmix64: the fixed-seed order of the flows.
-fn splitmix(x: &mut u64) -> u64 {
-    *x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn shuffled(n: usize, seed: u64) -> Vec<u32> {
-    let mut v: Vec<u32> = (0..n as u32).collect();
-    let mut s = seed;
-    for i in (1..n).rev() {
-        let j = (splitmix(&mut s) % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
-    v
-}
 
 /// Flow `i`'s session: client 198.18.x.y:port, VIP 198.18.128.z:80,
 /// backend 198.19.x.y:8080 (the replay bench's address plan).
@@ -141,7 +125,7 @@ fn run_table(n: usize, passes: usize) -> Row {
     // The flows in packet order; each tuple is built from its flow number
     // when used (an array of 1M tuples would stream 40 MB more from DRAM
     // per pass: the packets' bytes, which are in the mbufs in the worker).
-    let order = shuffled(n, 7);
+    let order = permutation(n as u32, 7);
     let key = |b: usize, i: usize| key_of(order[b * BURST + i]);
     let bursts = n / BURST;
     let hashes_of = |b: usize, out: &mut [u64; BURST], t: &SessionTable| {
@@ -245,11 +229,10 @@ fn run_raw<const W: usize>(name: &'static str, n: usize, passes: usize) -> Row {
     }
     // Flow `f` (record `f`, as sessions fill the slab in order) sits in a
     // random place of a random index line.
-    let mut s = 11u64;
-    let seq: Vec<(u32, u32)> = shuffled(n, 7)
+    let seq: Vec<(u32, u32)> = permutation(n as u32, 7)
         .into_iter()
         .map(|f| {
-            let r = splitmix(&mut s);
+            let r = fmix64(u64::from(f) ^ 0x11);
             ((r as usize & (lines - 1)) as u32, f << 3 | (r >> 61) as u32)
         })
         .collect();

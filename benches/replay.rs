@@ -710,18 +710,6 @@ fn reply_frames(w: &World, backend_of: &[u32], port1_mac: MacAddr) -> Vec<Frame>
         .collect()
 }
 
-/// A fixed-seed random permutation of `0..n` (Fisher–Yates over splitmix64).
-fn permutation(n: u32, seed: u64) -> Vec<u32> {
-    let mut v: Vec<u32> = (0..n).collect();
-    let mut s = seed;
-    for i in (1..v.len()).rev() {
-        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let j = (fmix64(s) % (i as u64 + 1)) as usize;
-        v.swap(i, j);
-    }
-    v
-}
-
 /// Full parse by an independent implementation (etherparse): IPv4 header
 /// checksum, lengths, TCP/UDP checksum.
 fn full_check(d: &[u8]) -> Result<(), String> {
@@ -2277,7 +2265,7 @@ fn established_inner(ctx: &Ctx, e: &Established, world: World, out: &mut Outcome
     used.dedup();
     out.extra.insert("backends_used".into(), json!(used.len()));
     let mut warm_s = wt.as_secs_f64();
-    let order = permutation(e.flows, 0x7265_706c_6179);
+    let order = common::permutation(e.flows, 0x7265_706c_6179);
     let rev;
     let (frames, kind, inp) = if e.reply {
         rev = reply_frames(&world, &backend_of, dp.macs[1]);
@@ -2535,7 +2523,7 @@ fn prefill_inner(
     out.extra.insert("handoff_ring".into(), json!(HANDOFF_RING));
     out.extra
         .insert("udp_timeout_ms".into(), json!(established_timeouts().udp));
-    let order = permutation(flows, 0x7265_706c_6179);
+    let order = common::permutation(flows, 0x7265_706c_6179);
     let src = Source::Frames {
         frames: &fwd,
         len: world.frame_len(),
@@ -2969,7 +2957,7 @@ fn updates_inner(
     let mut backend_of = vec![UNSET; flows as usize];
     let wt = warm_up(ctx, &dp, world, &fwd, Kind::Forward, &mut backend_of)?;
     out.extra.insert("warmup_s".into(), json!(wt.as_secs_f64()));
-    let order = permutation(flows, 0x7265_706c_6179);
+    let order = common::permutation(flows, 0x7265_706c_6179);
     let src = Source::Frames {
         frames: &fwd,
         len: world.frame_len(),

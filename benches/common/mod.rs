@@ -2,7 +2,7 @@
 //! (`benches/pipeline.rs`), the instruction-count driver
 //! (`examples/hotpath.rs`) and (its [`BackendChanges`]) the replay bench.
 #![allow(dead_code)]
-use dataplane::addr::{Addr, Proto, SockAddr};
+use dataplane::addr::{fmix64, Addr, Proto, SockAddr};
 use dataplane::packet::{checksum, sctp, EthernetFrame, MacAddr};
 use dataplane::pipeline::{Pipeline, PipelineConfig, PortInfo};
 use dataplane::table::{
@@ -382,4 +382,16 @@ impl BackendChanges {
         self.epoch = t.epoch.clone();
         t
     }
+}
+
+/// A fixed-seed random permutation of `0..n` (Fisher–Yates over splitmix64).
+pub fn permutation(n: u32, seed: u64) -> Vec<u32> {
+    let mut v: Vec<u32> = (0..n).collect();
+    let mut s = seed;
+    for i in (1..v.len()).rev() {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let j = (fmix64(s) % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+    v
 }
