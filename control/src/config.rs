@@ -474,7 +474,8 @@ impl Default for WorkersConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutsConfig {
-    /// TCP after SYN.
+    /// TCP before the handshake completes (after the client's SYN, and
+    /// after the backend's SYN-ACK until the client's ACK).
     #[serde(with = "humantime_serde")]
     pub tcp_syn: Duration,
     /// Established TCP.

@@ -19,9 +19,10 @@ use std::sync::Arc;
 /// Session timeouts in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
-    /// TCP after the client's SYN, before any reply.
+    /// TCP before the handshake completes: after the client's SYN, and
+    /// after the backend's SYN-ACK until the client acknowledges it.
     pub tcp_syn: u64,
-    /// TCP once the backend has answered.
+    /// TCP once the handshake completed (or picked up mid-stream).
     pub tcp_established: u64,
     /// TCP after a FIN in either direction.
     pub tcp_fin: u64,
@@ -71,7 +72,14 @@ impl Default for Timeouts {
 pub enum TcpState {
     /// SYN seen from the client, no reply yet.
     SynSent,
-    /// The backend answered.
+    /// The backend answered the SYN (its SYN-ACK), the client has not
+    /// acknowledged it yet: still half-open, on the SYN timeout, so that
+    /// a flood from clients that never complete the handshake (spoofed
+    /// sources) cannot hold the table for the established timeout
+    /// (conntrack's SYN_RECV).
+    SynRecv,
+    /// The handshake completed (the client acknowledged the backend's
+    /// SYN-ACK), or the connection was picked up mid-stream.
     Established,
     /// A FIN was seen.
     Closing,
@@ -190,7 +198,7 @@ pub struct Slot {
     backend: SockAddr,
     validated: u16,
     proto: Proto,
-    /// Bits 0–1: TCP state; 2–4: SCTP state; 5: replied; 6: masquerade.
+    /// Bits 0–2: TCP state; 3–5: SCTP state; 6: replied; 7: masquerade.
     state: u8,
     /// Expiry (ms): bits 0–15 here, 16–47 in `exp_hi`. In a free slot,
     /// `exp_hi` is the next free slot.
@@ -200,8 +208,10 @@ pub struct Slot {
 
 const _: () = assert!(core::mem::size_of::<Slot>() == 64);
 
-const REPLIED: u8 = 1 << 5;
-const SNAT: u8 = 1 << 6;
+const TCP_BITS: u8 = 7;
+const SCTP_SHIFT: u8 = 3;
+const REPLIED: u8 = 1 << 6;
+const SNAT: u8 = 1 << 7;
 
 impl Slot {
     #[inline]
@@ -214,7 +224,7 @@ impl Slot {
             validated: s.validated,
             proto: s.proto,
             state: s.tcp as u8
-                | (s.sctp as u8) << 2
+                | (s.sctp as u8) << SCTP_SHIFT
                 | if s.replied { REPLIED } else { 0 }
                 | if s.snat.is_some() { SNAT } else { 0 },
             exp_lo: e as u16,
@@ -263,20 +273,21 @@ impl Slot {
     }
     #[inline(always)]
     fn tcp(&self) -> TcpState {
-        match self.state & 3 {
+        match self.state & TCP_BITS {
             0 => TcpState::SynSent,
-            1 => TcpState::Established,
-            2 => TcpState::Closing,
+            1 => TcpState::SynRecv,
+            2 => TcpState::Established,
+            3 => TcpState::Closing,
             _ => TcpState::Closed,
         }
     }
     #[inline(always)]
     fn set_tcp(&mut self, t: TcpState) {
-        self.state = (self.state & !3) | t as u8;
+        self.state = (self.state & !TCP_BITS) | t as u8;
     }
     #[inline]
     fn sctp(&self) -> SctpState {
-        match (self.state >> 2) & 7 {
+        match (self.state >> SCTP_SHIFT) & 7 {
             0 => SctpState::CookieWait,
             1 => SctpState::CookieEchoed,
             2 => SctpState::Established,
@@ -286,7 +297,7 @@ impl Slot {
     }
     #[inline]
     fn set_sctp(&mut self, t: SctpState) {
-        self.state = (self.state & !(7 << 2)) | (t as u8) << 2;
+        self.state = (self.state & !(7 << SCTP_SHIFT)) | (t as u8) << SCTP_SHIFT;
     }
     #[inline(always)]
     fn replied(&self) -> bool {
@@ -304,7 +315,11 @@ impl Slot {
     }
 }
 
-const _: () = assert!(TcpState::Closed as u8 == 3 && SctpState::Closed as u8 == 4);
+const _: () = assert!(
+    TcpState::Closed as u8 <= TCP_BITS
+        && (SctpState::Closed as u8) << SCTP_SHIFT < REPLIED
+        && REPLIED < SNAT
+);
 
 /// Why a session could not be created.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -1007,11 +1022,17 @@ impl SessionTable {
                 );
             }
             Proto::Tcp => {
+                // The handshake's transitions without a SYN (see
+                // `next_tcp_state`): a reply to a SYN, the client's ACK of
+                // the SYN-ACK.
+                let cur = s.tcp();
                 if reply {
                     s.state |= REPLIED;
-                    if s.tcp() == TcpState::SynSent {
-                        s.set_tcp(TcpState::Established);
+                    if cur == TcpState::SynSent {
+                        s.set_tcp(TcpState::SynRecv);
                     }
+                } else if cur == TcpState::SynRecv {
+                    s.set_tcp(TcpState::Established);
                 }
                 s.set_expires(now + tcp_timeout(&self.timeouts, s.tcp()));
             }
@@ -1120,7 +1141,10 @@ fn next_tcp_state(cur: TcpState, dir: Dir, flags: u8) -> TcpState {
         return TcpState::Closing;
     }
     match (cur, dir) {
-        (TcpState::SynSent, Dir::Reply) => TcpState::Established,
+        // The backend's SYN-ACK (or any reply to a SYN).
+        (TcpState::SynSent, Dir::Reply) => TcpState::SynRecv,
+        // The client's ACK of it (a retransmitted SYN is not).
+        (TcpState::SynRecv, Dir::Original) if flags & tcp::SYN == 0 => TcpState::Established,
         (s, _) => s,
     }
 }
@@ -1177,7 +1201,7 @@ fn sctp_timeout(t: &Timeouts, s: SctpState) -> u64 {
 #[inline]
 fn tcp_timeout(t: &Timeouts, s: TcpState) -> u64 {
     match s {
-        TcpState::SynSent => t.tcp_syn,
+        TcpState::SynSent | TcpState::SynRecv => t.tcp_syn,
         TcpState::Established => t.tcp_established,
         TcpState::Closing => t.tcp_fin,
         TcpState::Closed => t.tcp_closed,
@@ -1307,6 +1331,7 @@ mod tests {
         // SYN/FIN/RST: the same session afterwards as `touch`.
         let states = [
             TcpState::SynSent,
+            TcpState::SynRecv,
             TcpState::Established,
             TcpState::Closing,
             TcpState::Closed,
@@ -1351,8 +1376,16 @@ mod tests {
         assert_eq!(t.get(i).tcp, TcpState::SynSent);
         assert_eq!(t.get(i).expires, 1000 + to.tcp_syn);
         t.touch(i, Dir::Reply, tcp::SYN | tcp::ACK, 2000);
+        assert_eq!(t.get(i).tcp, TcpState::SynRecv);
+        assert_eq!(t.get(i).expires, 2000 + to.tcp_syn);
+        // A retransmitted SYN does not complete the handshake; the ACK does.
+        t.touch(i, Dir::Original, tcp::SYN, 2100);
+        assert_eq!(t.get(i).tcp, TcpState::SynRecv);
+        t.touch(i, Dir::Reply, tcp::SYN | tcp::ACK, 2200);
+        assert_eq!(t.get(i).tcp, TcpState::SynRecv);
+        t.touch(i, Dir::Original, tcp::ACK, 2500);
         assert_eq!(t.get(i).tcp, TcpState::Established);
-        assert_eq!(t.get(i).expires, 2000 + to.tcp_established);
+        assert_eq!(t.get(i).expires, 2500 + to.tcp_established);
         t.touch(i, Dir::Original, tcp::FIN | tcp::ACK, 3000);
         assert_eq!(t.get(i).tcp, TcpState::Closing);
         assert_eq!(t.get(i).expires, 3000 + to.tcp_fin);
@@ -1727,6 +1760,7 @@ mod tests {
         let snat = SockAddr::new(Addr::v4([198, 18, 7, 7]), 61000);
         let tcps = [
             TcpState::SynSent,
+            TcpState::SynRecv,
             TcpState::Established,
             TcpState::Closing,
             TcpState::Closed,

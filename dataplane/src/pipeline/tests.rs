@@ -1235,6 +1235,10 @@ fn tcp_close_expires_and_tuple_can_be_reused() {
         let (v, _) = run(&mut p, &t, &st, port, &f, now, false);
         assert_eq!(v, Verdict::Tx(1 - port));
         if port == 1 && flags == SYN | ACK {
+            // Half-open until the client acknowledges the SYN-ACK.
+            assert_eq!(state(&p), Some((TcpState::SynRecv, now + to.tcp_syn)));
+        }
+        if port == 0 && flags == ACK && state(&p).unwrap().0 != TcpState::Closing {
             assert_eq!(
                 state(&p),
                 Some((TcpState::Established, now + to.tcp_established))
@@ -1260,6 +1264,48 @@ fn tcp_close_expires_and_tuple_can_be_reused() {
 }
 
 #[test]
+fn an_unacknowledged_syn_ack_leaves_the_session_half_open() {
+    // Clients that never complete the handshake (a SYN flood from spoofed
+    // sources): the backend's SYN-ACK does not establish the session, so
+    // it expires on the SYN timeout, not after the established one's 24 h
+    // (conntrack's SYN_RECV). The client's ACK — on the fast path —
+    // establishes it.
+    let (mut p, t, st) = setup();
+    let to = Timeouts::default();
+    let state = |p: &Pipeline| p.sessions.iter().next().map(|s| (s.tcp, s.expires));
+    let sport = 42002;
+    let (_, out) = run(&mut p, &t, &st, 0, &c_syn4(sport), NOW, false);
+    let backend = parse(&out).dst.unwrap();
+    let bi = backend_index(backend);
+    // The SYN-ACK and its retransmission.
+    for k in [1, 2] {
+        let syn_ack = b_tcp(bi, backend, 8080, sport, SYN | ACK, 1, 1001);
+        let (v, _) = run(&mut p, &t, &st, 1, &syn_ack, NOW + k, false);
+        assert_eq!(v, Verdict::Tx(0));
+        assert_eq!(state(&p), Some((TcpState::SynRecv, NOW + k + to.tcp_syn)));
+    }
+    assert_eq!(p.sessions.expire(NOW + 2 + to.tcp_syn - 1, 1000), 0);
+    assert_eq!(p.sessions.expire(NOW + 2 + to.tcp_syn, 1000), 1);
+    assert!(p.sessions.is_empty());
+
+    let sport = 42003;
+    let (_, out) = run(&mut p, &t, &st, 0, &c_syn4(sport), NOW, false);
+    let backend = parse(&out).dst.unwrap();
+    let bi = backend_index(backend);
+    let syn_ack = b_tcp(bi, backend, 8080, sport, SYN | ACK, 1, 1001);
+    run(&mut p, &t, &st, 1, &syn_ack, NOW + 1, false);
+    let fast = stat(&st.fast_path);
+    let ack = c_tcp(ip4(VIP4), sport, 80, ACK, 1001, 2);
+    let (v, _) = run(&mut p, &t, &st, 0, &ack, NOW + 2, false);
+    assert_eq!(v, Verdict::Tx(1));
+    assert_eq!(stat(&st.fast_path), fast + 1, "the ACK took the fast path");
+    assert_eq!(
+        state(&p),
+        Some((TcpState::Established, NOW + 2 + to.tcp_established))
+    );
+}
+
+#[test]
 fn syn_reusing_a_closing_tuple_starts_a_fresh_session() {
     let (mut p, t, st) = setup();
     let to = Timeouts::default();
@@ -1276,11 +1322,12 @@ fn syn_reusing_a_closing_tuple_starts_a_fresh_session() {
         NOW + 1,
         false,
     );
-    // A retransmitted SYN on an established session does not restart it.
+    // A retransmitted SYN on an answered session does not restart it, nor
+    // does it complete the handshake.
     let (v, _) = run(&mut p, &t, &st, 0, &c_syn4(sport), NOW + 2, false);
     assert_eq!(v, Verdict::Tx(1));
     assert_eq!(stat(&st.sessions_created), 1);
-    assert_eq!(p.sessions.iter().next().unwrap().tcp, TcpState::Established);
+    assert_eq!(p.sessions.iter().next().unwrap().tcp, TcpState::SynRecv);
     // RST closes it.
     let (v, _) = run(
         &mut p,
