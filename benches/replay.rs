@@ -30,6 +30,14 @@
 //! established scenario reports `fast_path_share`, the share of its
 //! packets the established-flow fast path took.
 //!
+//! **Masquerade** (`established_60k_masq`, `established_1m_masq`):
+//! `established_60k` / `established_1m` with every Service masquerading
+//! (as `externalTrafficPolicy: Cluster` does for clients off the cluster):
+//! each forward packet also leaves from port 1's address with a port of
+//! the proxy's, and the fast path reads the session's masquerade endpoint
+//! from the session table's side array (prefetched by the worker's
+//! pre-pass). The check requires that source instead of the client's.
+//!
 //! **Generator mode** (one worker; all scenarios but the two below): a
 //! warm-up pass sends the first packet of every flow (creating its session,
 //! recording its backend); then 2048 mbufs circulate: the generator drains
@@ -114,7 +122,7 @@ use dataplane::addr::{fmix64, owner_of, Addr, Proto, SockAddr};
 use dataplane::dpdk::rcu::{Leaked, Rcu};
 use dataplane::dpdk::{self, Eal, Mbuf, Mempool, Port, Ring, RxBurst, TxBuffer};
 use dataplane::packet::{checksum, MacAddr};
-use dataplane::pipeline::{PacketBuf, PipelineConfig};
+use dataplane::pipeline::{PacketBuf, PipelineConfig, SNAT_PORTS};
 use dataplane::session::{SessionTable, Timeouts};
 use dataplane::stats::{DropReason, WorkerStats};
 use dataplane::table::{Frontend, Interface, ServiceSpec, ServiceTable, StaticNeighbor, TableSpec};
@@ -201,11 +209,13 @@ const BACKEND_ADDRS: u32 = 60_000;
 const SVC_PORT: u16 = 80;
 const BACKEND_PORT: u16 = 8080;
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 13] = [
     "established_1flow",
     "established_60k",
     "established_60k_v6",
     "established_1m",
+    "established_60k_masq",
+    "established_1m_masq",
     "established_60k_10k_services",
     "reply_60k",
     "reply_60k_v6",
@@ -367,7 +377,14 @@ struct World {
     per_service: u32,
     /// IPv6: every address of the IPv4 plan mapped into 2001:2::/48 ([`six`]).
     v6: bool,
+    /// Every Service masquerades (as `externalTrafficPolicy: Cluster` does
+    /// for clients off the cluster): forward packets leave from the node's
+    /// address on the backends' port ([`SNAT4`]) and a port of the proxy's.
+    masq: bool,
 }
+
+/// The masquerade source of [`World::masq`] flows (port 1's address).
+const SNAT4: [u8; 4] = [198, 19, 0, 1];
 
 /// IPv6 networks of the IPv6 plan: clients (port 0's 2001:2::/64),
 /// backends (port 1's 2001:2:0:1::/64), VIPs (2001:2:0:2::/64).
@@ -531,7 +548,7 @@ impl World {
                         })
                         .collect(),
                     no_backends: Default::default(),
-                    masquerade: false,
+                    masquerade: self.masq,
                     external: false,
                     affinity_timeout: None,
                     source_ranges: vec![],
@@ -948,7 +965,11 @@ impl<'a> Checker<'a> {
                 }
                 let svc = w.svc_of_flow(flow);
                 if self.kind == Kind::Forward {
-                    if src != client(flow) {
+                    if w.masq {
+                        if src.0 != SNAT4 || src.1 < *SNAT_PORTS.start() {
+                            return Err(format!("flow {flow}: source {src:?} not masqueraded"));
+                        }
+                    } else if src != client(flow) {
                         return Err(format!("flow {flow}: client {src:?} rewritten"));
                     }
                     let k = backend_index(dst.0, dst.1)
@@ -974,7 +995,7 @@ impl<'a> Checker<'a> {
                         }
                         *slot = k;
                     }
-                    src
+                    client(flow)
                 } else {
                     if dst != client(flow) {
                         return Err(format!("flow {flow}: reply to {dst:?}"));
@@ -1892,6 +1913,7 @@ impl Outcome {
             "flows": self.flows,
             "services": self.world.services,
             "backends_per_service": self.world.per_service,
+            "masquerade": self.world.masq,
             "workers": self.workers,
             "packets": m.map(|m| m.packets()),
             "busy_cycles": m.map(|m| m.busy()),
@@ -2213,6 +2235,8 @@ struct Established {
     reply: bool,
     /// Over IPv6.
     v6: bool,
+    /// Every Service masquerades ([`World::masq`]).
+    masq: bool,
 }
 
 fn established(ctx: &Ctx, e: &Established) -> Outcome {
@@ -2220,6 +2244,7 @@ fn established(ctx: &Ctx, e: &Established) -> Outcome {
         services: e.services,
         per_service: e.per_service,
         v6: e.v6,
+        masq: e.masq,
     };
     let dir = if e.reply { "reply" } else { "forward" };
     let mut out = Outcome::new(e.name, dir, e.flows.into(), world, 1, "generator");
@@ -2321,6 +2346,7 @@ fn new_connections(ctx: &Ctx) -> (Outcome, Value) {
         services: 16,
         per_service: 8,
         v6: false,
+        masq: false,
     };
     let mut out = Outcome::new("new_connections", "new", 0, world, 1, "generator");
     let mut nc = Map::new();
@@ -2478,6 +2504,7 @@ fn prefill(ctx: &Ctx, name: &str, workers: usize, place: Placement) -> Outcome {
         services: 16,
         per_service: 8,
         v6: false,
+        masq: false,
     };
     let flows: u32 = 60_000;
     let mut out = Outcome::new(name, "forward", flows.into(), world, workers, "prefill");
@@ -2903,6 +2930,7 @@ fn updates(ctx: &Ctx) -> (Vec<Outcome>, Value) {
         services: 16,
         per_service: 8,
         v6: false,
+        masq: false,
     };
     let flows: u32 = 60_000;
     let mut base = Outcome::new(
@@ -3403,6 +3431,7 @@ fn self_test(pool: &Mempool) -> Result<()> {
         services: 16,
         per_service: 8,
         v6: false,
+        masq: false,
     };
     let mac = MacAddr([0; 6]);
     let mut frames = forward_frames(&w, 3, mac);
@@ -3603,6 +3632,22 @@ fn run_scenario(ctx: &Ctx, name: &str) -> Result<(Vec<Outcome>, Extra)> {
                 per_service: per,
                 reply,
                 v6: false,
+                masq: false,
+            },
+        )
+    };
+    // Forward packets of masqueraded flows over 16 Services x 8 backends.
+    let run_masq = |n: &'static str, flows: u32| {
+        established(
+            ctx,
+            &Established {
+                name: n,
+                flows,
+                services: 16,
+                per_service: 8,
+                reply: false,
+                v6: false,
+                masq: true,
             },
         )
     };
@@ -3617,6 +3662,7 @@ fn run_scenario(ctx: &Ctx, name: &str) -> Result<(Vec<Outcome>, Extra)> {
                 per_service: 8,
                 reply,
                 v6: true,
+                masq: false,
             },
         )
     };
@@ -3627,6 +3673,8 @@ fn run_scenario(ctx: &Ctx, name: &str) -> Result<(Vec<Outcome>, Extra)> {
         "established_1m" => {
             vec![run_est("established_1m", ctx.p.flows_1m, 16, 8, false)]
         }
+        "established_60k_masq" => vec![run_masq("established_60k_masq", 60_000)],
+        "established_1m_masq" => vec![run_masq("established_1m_masq", ctx.p.flows_1m)],
         "established_60k_10k_services" => vec![run_est(
             "established_60k_10k_services",
             60_000,

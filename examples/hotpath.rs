@@ -23,11 +23,15 @@
 //! even changes adding an extra backend no flow uses to a Service, the odd
 //! ones removing it — so the flush epoch moves every other publication and
 //! every UDP session revalidates once per epoch, as in the worker; compare
-//! with `fwd60k_burst` at the same packet count). A `+good` suffix (`fwd1+good`, ...) marks
+//! with `fwd60k_burst` at the same packet count), `fwd60k_masq_burst`
+//! (`fwd60k_burst` with every Service masquerading: the source rewritten
+//! to the node's address and a port of its own, the masquerade endpoint
+//! prefetched by the pre-pass's step 3).
+//! A `+good` suffix (`fwd1+good`, ...) marks
 //! every buffer as a NIC with receive checksum offload would
 //! (`RxChecksum::Good`: the IPv4 header checksum was checked). Prints `SCENARIO PACKETS NS_PER_PACKET`.
 use dataplane::addr::{Addr, SockAddr};
-use dataplane::pipeline::{PacketBuf, Pipeline, RxChecksum, VecBuf, Verdict};
+use dataplane::pipeline::{LatePrefetch, PacketBuf, Pipeline, RxChecksum, VecBuf, Verdict};
 use dataplane::stats::WorkerStats;
 use dataplane::table::ServiceTable;
 use std::time::Instant;
@@ -42,7 +46,7 @@ const BURST: usize = 32;
 /// quiet replay windows on the AMD EPYC host.
 const UPDATE_EVERY: usize = 140_000;
 
-/// Next-hop prefetch distance (as the worker's `NEXT_HOP_AHEAD`).
+/// Next-hop and masquerade-endpoint prefetch distance (as the worker's `LATE_AHEAD`).
 const AHEAD: usize = 4;
 /// Session prefetch distance (as the worker's `SESSION_AHEAD`).
 const SESSION_AHEAD: usize = 8;
@@ -84,7 +88,11 @@ fn measure(
     let mut k = 0usize;
     let mut hashes = [0u64; BURST];
     let mut cands = [0u32; BURST];
-    let hops = prepass && p.next_hop_prefetch_pays();
+    let late = if prepass {
+        p.late_prefetch()
+    } else {
+        LatePrefetch::default()
+    };
     let len = frames.len();
     let mut done = 0;
     while done < n {
@@ -109,13 +117,13 @@ fn measure(
             {
                 *c = p.prefetch_session_alt(*h, *c);
             }
-            if hops {
+            if late.any() {
                 for &c in cands[..ahead].iter().take(AHEAD) {
-                    p.prefetch_next_hop(c);
+                    p.prefetch_late(c, late);
                 }
             }
         }
-        if hops {
+        if late.any() {
             for (i, b) in bufs[..m].iter_mut().enumerate() {
                 if let Some(&h) = hashes[..m].get(i + SESSION_AHEAD) {
                     cands[i + SESSION_AHEAD] = p.prefetch_session(h);
@@ -124,7 +132,7 @@ fn measure(
                     cands[i + ALT_AHEAD] = p.prefetch_session_alt(h, cands[i + ALT_AHEAD]);
                 }
                 if let Some(&c) = cands[..m].get(i + AHEAD) {
-                    p.prefetch_next_hop(c);
+                    p.prefetch_late(c, late);
                 }
                 let v = p.process_hinted(t, st, in_port, b, 1, false, Some(cands[i]));
                 if matches!(v, Verdict::Tx(_)) {
@@ -180,10 +188,20 @@ fn main() {
     let services = if wide { 10_000 } else { 16 };
     let v6 = scenario.ends_with("_v6");
     let updating = scenario == "fwd60k_updates";
+    let masq = scenario.contains("_masq");
     let t = if wide {
         ServiceTable::new(wide_spec(10_000, 10), 1)
     } else if v6 {
         ServiceTable::new(spec_v6(16, 8), 1)
+    } else if masq {
+        // Every Service masquerades (as `externalTrafficPolicy: Cluster`
+        // does for external clients): a source rewrite too, and the
+        // masquerade endpoint read from the side array.
+        let mut s = spec(16, 8);
+        for svc in &mut s.services {
+            svc.masquerade = true;
+        }
+        ServiceTable::new(s, 1)
     } else {
         table(16, 8)
     };
@@ -221,6 +239,7 @@ fn main() {
         "fwd60k_10k_burst" => (60_000, BURST, false, false),
         "fwd1m" => (1_000_000, 1, false, false),
         "fwd1m_burst" => (1_000_000, BURST, false, false),
+        "fwd60k_masq_burst" => (60_000, BURST, false, false),
         "new" => (n as u32, 1, false, true),
         other => {
             eprintln!("unknown scenario {other}");

@@ -284,8 +284,29 @@ impl Default for PipelineConfig {
 }
 
 const MAX_PENDING: usize = 16;
-/// See [`Pipeline::next_hop_prefetch_pays`].
+/// See [`Pipeline::late_prefetch`].
 pub const NEXT_HOP_PREFETCH_NEIGHBORS: usize = 1024;
+
+/// What step 3 of the burst pre-pass ([`Pipeline::prefetch_late`])
+/// prefetches for a packet's candidate session, a few packets before the
+/// packet is processed (its session line has landed by then): each only
+/// where it pays ([`Pipeline::late_prefetch`]), since the check costs
+/// instructions on every packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatePrefetch {
+    /// The next-hop cache line of the session's destination.
+    pub next_hop: bool,
+    /// A masqueraded session's endpoint in the session table's side array.
+    pub snat: bool,
+}
+
+impl LatePrefetch {
+    /// Whether step 3 has anything to do.
+    #[inline(always)]
+    pub fn any(self) -> bool {
+        self.next_hop || self.snat
+    }
+}
 /// Masquerade ports: this range is split into one contiguous partition per
 /// worker, so the SNAT port of a reply names its owning worker.
 pub const SNAT_PORTS: core::ops::RangeInclusive<u16> = 32768..=65535;
@@ -587,7 +608,7 @@ impl Pipeline {
 
     /// Burst pre-pass, step 2 (after step 1 for the whole burst): prefetches
     /// the session a tuple with hash `h` probably belongs to, and returns
-    /// that candidate for step 3 ([`Pipeline::prefetch_next_hop`]).
+    /// that candidate for step 3 ([`Pipeline::prefetch_late`]).
     #[inline]
     pub fn prefetch_session(&self, h: u64) -> u32 {
         if h != 0 {
@@ -614,32 +635,43 @@ impl Pipeline {
     }
 
     /// Burst pre-pass, step 3 (a few packets before the packet whose step 2
-    /// returned `c` is processed, so that its session has landed):
-    /// prefetches the fast path's next-hop cache line for the destination
-    /// the candidate session would send the packet to (its backend, or its
-    /// client for a reply). Only a hint, like steps 1 and 2: with a table
-    /// of many backends that line is the one miss the session prefetch
-    /// leaves. Worth its instructions only when
-    /// [`Pipeline::next_hop_prefetch_pays`].
-    #[inline]
-    pub fn prefetch_next_hop(&self, c: u32) {
+    /// returned `c` is processed, so that its session has landed): what
+    /// `what` asks for of the candidate session — the fast path's next-hop
+    /// cache line for the destination it would send the packet to (its
+    /// backend, or its client for a reply), and, when it masquerades, its
+    /// masquerade endpoint ([`SessionTable::prefetch_snat`]). Only hints,
+    /// like steps 1 and 2: each is the one miss the session prefetch
+    /// leaves, with a table of many backends and for masqueraded flows in
+    /// a table beyond the caches.
+    #[inline(always)]
+    pub fn prefetch_late(&self, c: u32, what: LatePrefetch) {
         if let Some((s, reply)) = self.sessions.candidate(c) {
-            let to = if reply {
-                &s.client().addr
-            } else {
-                &s.backend().addr
-            };
-            self.egress.prefetch(to);
+            if what.next_hop {
+                let to = if reply {
+                    &s.client().addr
+                } else {
+                    &s.backend().addr
+                };
+                self.egress.prefetch(to);
+            }
+            if what.snat && s.snat() {
+                self.sessions.prefetch_snat(c);
+            }
         }
     }
 
-    /// Whether step 3 of the pre-pass pays: with more than
-    /// [`NEXT_HOP_PREFETCH_NEIGHBORS`] neighbours the next-hop cache lines
-    /// in use outgrow the core's own caches; below that they stay hot and
-    /// the prefetch would only add instructions.
+    /// What step 3 of the pre-pass should prefetch now
+    /// ([`Pipeline::prefetch_late`]): next-hop lines with more than
+    /// [`NEXT_HOP_PREFETCH_NEIGHBORS`] neighbours (where the next-hop cache
+    /// lines in use outgrow the core's own caches; below that they stay hot
+    /// and the prefetch would only add instructions), masquerade endpoints
+    /// while any session masquerades.
     #[inline]
-    pub fn next_hop_prefetch_pays(&self) -> bool {
-        self.neighbors.len() > NEXT_HOP_PREFETCH_NEIGHBORS
+    pub fn late_prefetch(&self) -> LatePrefetch {
+        LatePrefetch {
+            next_hop: self.neighbors.len() > NEXT_HOP_PREFETCH_NEIGHBORS,
+            snat: self.sessions.masqueraded() > 0,
+        }
     }
 
     /// Processes one packet that arrived on `in_port` (or was handed over by

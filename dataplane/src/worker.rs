@@ -15,7 +15,9 @@ use crate::addr::Addr;
 use crate::dpdk::rcu::{Rcu, Reader};
 use crate::dpdk::{self, Eal, Mbuf, Mempool, Port, PortConfig, Ring, RxBurst, TxBuffer};
 use crate::neigh::NeighborUpdate;
-use crate::pipeline::{Exception, PacketBuf, Pipeline, PipelineConfig, PortInfo, Verdict};
+use crate::pipeline::{
+    Exception, LatePrefetch, PacketBuf, Pipeline, PipelineConfig, PortInfo, Verdict,
+};
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::ServiceTable;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -49,11 +51,12 @@ const SESSION_AHEAD: usize = 8;
 /// candidate in the alternative index bucket of a packet whose step 2
 /// found none there (step 2b: that bucket was prefetched by step 2).
 const ALT_AHEAD: usize = 6;
-/// How many packets ahead of processing the pre-pass prefetches next-hop
-/// cache lines (their sessions must have landed by then).
-const NEXT_HOP_AHEAD: usize = 4;
-// A packet's candidate (steps 2 and 2b) is known before its next hop is prefetched.
-const _: () = assert!(NEXT_HOP_AHEAD < ALT_AHEAD && ALT_AHEAD < SESSION_AHEAD);
+/// How many packets ahead of processing the pre-pass's step 3 prefetches
+/// next-hop cache lines and masquerade endpoints (their sessions must have
+/// landed by then).
+const LATE_AHEAD: usize = 4;
+// A packet's candidate (steps 2 and 2b) is known before step 3 reads it.
+const _: () = assert!(LATE_AHEAD < ALT_AHEAD && ALT_AHEAD < SESSION_AHEAD);
 /// Empty polls before the optional idle sleep kicks in.
 const IDLE_POLLS: u32 = 256;
 
@@ -443,7 +446,11 @@ impl Worker {
                     st.table_version.store(table.version, Ordering::Relaxed);
                 }
                 let prepass = self.pipeline.sessions.len() >= PREFETCH_SESSIONS;
-                let hops = prepass && self.pipeline.next_hop_prefetch_pays();
+                let late = if prepass {
+                    self.pipeline.late_prefetch()
+                } else {
+                    LatePrefetch::default()
+                };
                 for (pi, &port) in self.ports.iter().enumerate() {
                     let got = if stopping {
                         0
@@ -462,7 +469,8 @@ impl Worker {
                     // index buckets were prefetched a loop ago); then the
                     // new burst's hashes and buckets, which gives those
                     // sessions time to land; then the staged burst, its
-                    // later sessions (and, with many neighbours, next hops)
+                    // later sessions (and, with many neighbours, next hops;
+                    // with masqueraded sessions, their endpoints)
                     // prefetched a few packets ahead; the new burst is
                     // staged. With a small table a new burst is handled at
                     // once, after one staged while the table was large
@@ -471,7 +479,7 @@ impl Worker {
                         incoming.burst.prefetch_all();
                     }
                     if held > 0 {
-                        prime(&self.pipeline, stage, &mut cands, hops);
+                        prime(&self.pipeline, stage, &mut cands, late);
                     }
                     if prepass {
                         for i in 0..got {
@@ -488,7 +496,7 @@ impl Worker {
                             &mut b,
                             stage,
                             Some(&mut cands),
-                            hops,
+                            late,
                             pi,
                             now,
                         );
@@ -504,7 +512,7 @@ impl Worker {
                                 &mut b,
                                 &mut incoming,
                                 None,
-                                false,
+                                LatePrefetch::default(),
                                 pi,
                                 now,
                             );
@@ -671,10 +679,10 @@ impl Default for Staged {
 /// Pre-pass steps 2 and 2b for the first packets of a staged burst: reads
 /// each one's (prefetched) index bucket and prefetches its candidate
 /// session, for the very first ones the alternative bucket's candidate
-/// when the primary named none, and with `hops` the first candidates'
-/// next-hop lines.
+/// when the primary named none, and step 3 (what `late` asks for) for the
+/// very first ones.
 #[inline(always)]
-fn prime(p: &Pipeline, s: &Staged, cands: &mut [u32; dpdk::BURST], hops: bool) {
+fn prime(p: &Pipeline, s: &Staged, cands: &mut [u32; dpdk::BURST], late: LatePrefetch) {
     let ahead = s.burst.remaining().min(SESSION_AHEAD);
     for (h, c) in s.hashes[..ahead].iter().zip(&mut cands[..ahead]) {
         *c = p.prefetch_session(*h);
@@ -686,9 +694,9 @@ fn prime(p: &Pipeline, s: &Staged, cands: &mut [u32; dpdk::BURST], hops: bool) {
     {
         *c = p.prefetch_session_alt(*h, *c);
     }
-    if hops {
-        for &c in cands[..ahead].iter().take(NEXT_HOP_AHEAD) {
-            p.prefetch_next_hop(c);
+    if late.any() {
+        for &c in cands[..ahead].iter().take(LATE_AHEAD) {
+            p.prefetch_late(c, late);
         }
     }
 }
@@ -707,7 +715,7 @@ fn handle_burst(
     b: &mut Buffers,
     s: &mut Staged,
     mut cands: Option<&mut [u32; dpdk::BURST]>,
-    hops: bool,
+    late: LatePrefetch,
     pi: usize,
     now: u64,
 ) {
@@ -721,9 +729,9 @@ fn handle_burst(
                 if let Some(&h) = s.hashes[..n].get(i + ALT_AHEAD) {
                     cands[i + ALT_AHEAD] = p.prefetch_session_alt(h, cands[i + ALT_AHEAD]);
                 }
-                if hops {
-                    if let Some(&c) = cands[..n].get(i + NEXT_HOP_AHEAD) {
-                        p.prefetch_next_hop(c);
+                if late.any() {
+                    if let Some(&c) = cands[..n].get(i + LATE_AHEAD) {
+                        p.prefetch_late(c, late);
                     }
                 }
                 // What the pre-pass found: the fast path confirms the

@@ -744,6 +744,7 @@ fn rewrite_v6(d: &mut [u8], udp: bool, src: Option<SockAddr>, dst: Option<SockAd
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::LatePrefetch;
     use crate::table::{Interface, MasqueradePolicy, ServiceSpec, StaticNeighbor, TableSpec};
     use core::sync::atomic::Ordering::Relaxed;
     use proptest::prelude::*;
@@ -1742,14 +1743,19 @@ mod tests {
         }
         // With that many neighbours the worker's pre-pass prefetches next-hop
         // lines (any candidate value is a safe hint); with few it does not.
-        assert!(p.next_hop_prefetch_pays());
+        let late = p.late_prefetch();
+        assert!(late.next_hop && !late.snat);
+        let all = LatePrefetch {
+            next_hop: true,
+            snat: true,
+        };
         for c in [0, 1, 12_345, u32::MAX - 1, crate::session::NO_CANDIDATE] {
-            p.prefetch_next_hop(c);
+            p.prefetch_late(c, all);
         }
         // Default-sized pipelines keep a small cache.
         let mut small = pipeline(true, 1500);
         small.on_table(&table(1));
-        assert!(!small.next_hop_prefetch_pays());
+        assert!(!small.late_prefetch().any());
         assert_eq!(small.next_hop_cache_bytes(), 4096 * (64 + 128));
     }
 

@@ -2642,6 +2642,7 @@ fn masqueraded_flow_round_trip() {
     let t = masq_table(Default::default(), true);
     let st = WorkerStats::default();
     let mut p = pipeline_with(0, 1, PipelineConfig::default(), &t);
+    assert!(!p.late_prefetch().snat);
     let (v, out) = run(&mut p, &t, &st, 0, &c_syn4(40100), NOW, false);
     assert_eq!(v, Verdict::Tx(1));
     let o = parse(&out);
@@ -2650,6 +2651,9 @@ fn masqueraded_flow_round_trip() {
     assert!(SNAT_PORTS.contains(&o.sport), "{}", o.sport);
     let bi = backend_index(o.dst.unwrap());
     assert_eq!(stat(&st.sessions_masqueraded), 1);
+    // While a session masquerades, the worker's pre-pass prefetches
+    // masquerade endpoints (step 3).
+    assert!(p.late_prefetch().snat);
     // The backend answers the node; the client gets the VIP's answer.
     let (v, out) = run(
         &mut p,
@@ -2676,6 +2680,9 @@ fn masqueraded_flow_round_trip() {
         false,
     );
     assert_eq!(parse(&out).sport, o.sport);
+    // Once it is gone, step 3 no longer looks.
+    assert_eq!(p.sessions.expire(u64::MAX, 100), 1);
+    assert!(!p.late_prefetch().snat);
 }
 
 #[test]
