@@ -6,13 +6,15 @@
 //! to its flow's backend, a flow's packets keep their order, a lone packet
 //! after a quiet spell is not left waiting for the next burst, and packets
 //! received just before a stop are sent (or counted as drops), not lost.
+//! Half of the flows go to a masquerading Service, so the pre-pass's step
+//! 3 (the masquerade endpoint prefetch) runs on a mixed table.
 //!
 //! One EAL per process, so one `#[test]`; needs root. Run:
 //! `cargo test --test dataplane_prepass -- --nocapture`.
 use control::config::Config;
 use control::publisher::Publisher;
 use dataplane::dpdk::{Eal, Mempool};
-use dataplane::pipeline::PacketBuf;
+use dataplane::pipeline::{PacketBuf, SNAT_PORTS};
 use dataplane::worker;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -31,6 +33,14 @@ const PREPASS_SESSIONS: u64 = 16_384;
 /// Frames put on the rx rings before the outputs are read (both queues
 /// together; each ring holds 1,023).
 const CHUNK: usize = 512;
+/// The masquerading Service's VIP (flows with odd client ports).
+const VIP_MASQ: [u8; 4] = [198, 18, 100, 2];
+/// Port 1's address: the masquerade source.
+const NODE1: [u8; 4] = [198, 18, 1, 1];
+
+fn masqueraded(cport: u16) -> bool {
+    cport % 2 == 1
+}
 
 fn yaml() -> String {
     let udp: Vec<String> = BACKENDS
@@ -63,6 +73,12 @@ services:
     port: 53
     protocol: UDP
     backends: [{udp}]
+  - name: default/dns-ext:dns
+    vip: 198.18.100.2
+    port: 53
+    protocol: UDP
+    masquerade: true
+    backends: [{udp}]
 "#,
         p0 = PORT_NAMES[0],
         p1 = PORT_NAMES[1],
@@ -70,15 +86,13 @@ services:
     )
 }
 
-/// A forward frame of flow `cport` carrying `seq` as its payload.
+/// A forward frame of flow `cport` carrying `cport` and `seq` as its
+/// payload (a masqueraded flow's source port is rewritten).
 fn frame(mac0: [u8; 6], cport: u16, seq: u32) -> Vec<u8> {
-    udp_frame(
-        CLIENT_MAC,
-        mac0,
-        (CLIENT, cport),
-        (VIP, 53),
-        &seq.to_be_bytes(),
-    )
+    let mut payload = cport.to_be_bytes().to_vec();
+    payload.extend(seq.to_be_bytes());
+    let vip = if masqueraded(cport) { VIP_MASQ } else { VIP };
+    udp_frame(CLIENT_MAC, mac0, (CLIENT, cport), (vip, 53), &payload)
 }
 
 /// Puts `frames` (client port, payload) on their owners' rx queues of port
@@ -100,9 +114,24 @@ fn send(
         }
         for (q, f) in expect_frames(r, p1, chunk.len(), "a chunk of forward frames") {
             let o = parse_out(&f);
-            let cport = udp_of(&o).source_port;
-            let b = check_forward(&o, mac1, cport, false);
-            let seq = u32::from_be_bytes(o.payload[..4].try_into().expect("4-byte payload"));
+            let cport = u16::from_be_bytes(o.payload[..2].try_into().expect("6-byte payload"));
+            let seq = u32::from_be_bytes(o.payload[2..6].try_into().expect("6-byte payload"));
+            let b = if masqueraded(cport) {
+                // From the node's address on port 1 and a masquerade port.
+                let u = udp_of(&o);
+                assert_eq!(o.ip.source, NODE1, "flow {cport}: not masqueraded");
+                assert!(
+                    SNAT_PORTS.contains(&u.source_port),
+                    "flow {cport}: source port {}",
+                    u.source_port
+                );
+                assert_eq!(u.destination_port, UDP_BACKEND_PORT);
+                let b = backend_index(o.ip.destination);
+                assert_eq!((o.eth.source, o.eth.destination), (mac1, BACKEND_MACS[b]));
+                b
+            } else {
+                check_forward(&o, mac1, cport, false)
+            };
             out.push((q, cport, b, seq));
         }
     }
@@ -142,6 +171,12 @@ fn cross_burst_pipeline_over_ring_ports() {
         assert!(backend_of.insert(cport, b).is_none(), "flow {cport} twice");
     }
     assert_eq!(backend_of.len(), usize::from(FLOWS));
+    assert_eq!(
+        sum(r, |s| &s.sessions_masqueraded),
+        u64::from(FLOWS / 2),
+        "{}",
+        stats_summary(r)
+    );
     for (i, s) in r.stats.iter().enumerate() {
         let active = s.sessions_active.load(Ordering::Relaxed);
         assert!(
