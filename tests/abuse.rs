@@ -86,32 +86,12 @@ fn e2e_floods_and_malformed_traffic() {
     // SYN-ACKs go unanswered, no RST closes those sessions, so they are
     // half-open and must expire on the SYN timeout; then 20,000 from the
     // client, whose kernel answers the SYN-ACKs with RSTs.
-    let spoofed = flood(
-        &t,
-        &[
-            "syn",
-            "--iface",
-            &iface,
-            "--dst-mac",
-            &mac,
-            "--src",
-            "198.18.0.100",
-            "--count",
-            "10000",
-        ],
-    );
-    let syn = flood(
-        &t,
-        &[
-            "syn",
-            "--iface",
-            &iface,
-            "--dst-mac",
-            &mac,
-            "--count",
-            "20000",
-        ],
-    );
+    let syn_flood = |extra: &[&str]| {
+        let base = ["syn", "--iface", &iface, "--dst-mac", &mac];
+        flood(&t, &[&base[..], extra].concat())
+    };
+    let spoofed = syn_flood(&["--src", "198.18.0.100", "--count", "10000"]);
+    let syn = syn_flood(&["--count", "20000"]);
     eprintln!("syn flood: spoofed {spoofed}, from the client {syn}");
     // ARP requests/replies and neighbour solicitations from random senders.
     let arp = flood(
