@@ -71,9 +71,13 @@
 //! `SessionTable::memory_bytes() / capacity()` of a table of that capacity.
 //!
 //! **Hitless updates** (`updates`, issue 5): the `established_60k` workload
-//! in generator mode, measured in back-to-back pairs of windows (3 x 1 s in
-//! `--quick`, 6 x 5 s in a full run; `--updates-duration` sets the total of
-//! the update windows), one without and one with backend changes, the order
+//! in generator mode, measured in back-to-back pairs of windows (10 x 0.3 s
+//! in `--quick`, 60 x 0.5 s in a full run: this host's throughput drifts by
+//! several percent over seconds, and only pairs that alternate faster than
+//! it drifts resolve a 1% dip: 3 pairs of 5 s with almost no changes (one
+//! per window) gave a dip of -8.3%, its pairs -19% to -0.4%; 60 pairs of
+//! 0.5 s, 0.03%; `--updates-pairs` sets the count, `--updates-duration` the
+//! total of the update windows), one without and one with backend changes, the order
 //! alternating (B U, U B, ...). During an update window a plain thread on
 //! CPU 0 (beside the generator) publishes a new `ServiceTable` through the
 //! workers' `Rcu` 100 times per second (`--updates-rate`), evenly paced:
@@ -243,14 +247,18 @@ struct Opts {
     retries: u32,
     updates_duration: Option<f64>,
     updates_rate: Option<f64>,
+    updates_pairs: Option<usize>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench replay -- [--quick] [--out FILE] \
-[--scenario NAME...] [--hugepages] [--retries N] [--updates-duration SECS] [--updates-rate N]\n\
+[--scenario NAME...] [--hugepages] [--retries N] [--updates-duration SECS] [--updates-rate N] \
+[--updates-pairs N]\n\
 --retries N: run a scenario whose window was contended (a worker had < 95% of its CPU) up to N \
 more times, keep the least contended\n--updates-duration SECS: total time of the `updates` \
 scenario's windows with backend changes (default 30, --quick 3; as long again without \
 changes for the baseline)\n--updates-rate N: backend changes per second in `updates` (default 100)\n\
+--updates-pairs N: baseline/updates window pairs the duration is split into (default 60, --quick \
+10)\n\
 scenarios: established_1flow established_60k established_60k_v6 established_1m established_60k_10k_services \
 reply_60k reply_60k_v6 new_connections two_workers handoff updates";
 
@@ -263,6 +271,7 @@ fn parse_args() -> Result<Opts> {
         retries: 0,
         updates_duration: None,
         updates_rate: None,
+        updates_pairs: None,
     };
     let mut it = std::env::args().skip(1).peekable();
     while let Some(a) = it.next() {
@@ -291,6 +300,18 @@ fn parse_args() -> Result<Opts> {
                     ensure!(v <= 3600.0, "--updates-duration: at most 3600 s");
                     o.updates_duration = Some(v);
                 }
+            }
+            "--updates-pairs" => {
+                let v: usize = it
+                    .next()
+                    .context("--updates-pairs needs a number")?
+                    .parse()
+                    .context("--updates-pairs needs a number")?;
+                ensure!(
+                    (1..=10_000).contains(&v),
+                    "--updates-pairs: from 1 to 10000"
+                );
+                o.updates_pairs = Some(v);
             }
             "--scenario" | "--scenarios" => {
                 let mut any = false;
@@ -329,7 +350,9 @@ struct Params {
     flows_1m: u32,
     /// `updates`: total length of the windows with backend changes.
     updates_duration: Duration,
-    /// `updates`: baseline/updates window pairs the duration is split into.
+    /// `updates`: baseline/updates window pairs the duration is split into
+    /// (many short pairs: the host's throughput drifts over seconds, and
+    /// pairs alternating faster than it drifts cancel the drift).
     updates_pairs: usize,
     /// `updates`: backend changes per second.
     updates_rate: f64,
@@ -346,7 +369,7 @@ impl Params {
                 prewarm_udp_ms: 1_500,
                 flows_1m: 1_000_000,
                 updates_duration: Duration::from_secs(3),
-                updates_pairs: 3,
+                updates_pairs: 10,
                 updates_rate: UPDATE_RATE,
             }
         } else {
@@ -358,7 +381,7 @@ impl Params {
                 prewarm_udp_ms: 4_000,
                 flows_1m: 1_000_000,
                 updates_duration: Duration::from_secs(30),
-                updates_pairs: 6,
+                updates_pairs: 60,
                 updates_rate: UPDATE_RATE,
             }
         }
@@ -3297,7 +3320,8 @@ fn updates_summary(u: &Value) -> String {
     let dip = f("dip_percent");
     format!(
         "updates: {} changes in {} s ({}/s), {} flows: drops {}, flows moved {}; Mpps {} baseline \
-         vs {} during updates: dip {}% (target < {DIP_TARGET_PERCENT}%: {}); publish -> every \
+         vs {} during updates: dip {}% ({} window pairs; target < {DIP_TARGET_PERCENT}%: {}); \
+         publish -> every \
          worker p50 {} us, p99 {} us, max {} us (grace period p50 {} us, p99 {} us); {}{}",
         u.get("changes").cloned().unwrap_or(Value::Null),
         fmt_opt(f("duration_s"), 1),
@@ -3308,6 +3332,7 @@ fn updates_summary(u: &Value) -> String {
         fmt_opt(f("mpps_baseline"), 3),
         fmt_opt(f("mpps_during_updates"), 3),
         fmt_opt(dip, 2),
+        u.get("window_pairs").cloned().unwrap_or(Value::Null),
         match dip {
             Some(d) if d < DIP_TARGET_PERCENT => "met",
             Some(_) => "NOT met",
@@ -3716,6 +3741,9 @@ fn run_with(opts: &Opts) -> Result<i32> {
     }
     if let Some(r) = opts.updates_rate {
         p.updates_rate = r;
+    }
+    if let Some(n) = opts.updates_pairs {
+        p.updates_pairs = n;
     }
     let mut names: Vec<&str> = if opts.scenarios.is_empty() {
         SCENARIOS.to_vec()
