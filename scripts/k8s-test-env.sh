@@ -92,10 +92,22 @@ alive() {
 }
 
 # pid_ours PID DIR: PID is alive and its command line mentions DIR (guards against PID reuse).
+# /proc/PID/cmdline reads empty for an instant while the process execs (the
+# new image's arguments are not set up yet): spawn's wrapper shell execs the
+# server right after writing its pid file, so an empty read is retried before
+# it counts as "not ours" (it once made a healthy kube-apiserver look dead).
 pid_ours() {
-  local pid=$1 dir=$2
-  alive "$pid" || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$dir/"
+  local pid=$1 dir=$2 cmd i
+  for ((i = 0; i < 20; i++)); do
+    alive "$pid" || return 1
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    if [[ -n $cmd ]]; then
+      [[ $cmd == *"$dir/"* ]]
+      return
+    fi
+    sleep 0.05
+  done
+  return 1
 }
 
 # stop_pid PID DIR NAME: TERM, wait up to 15s, then KILL.
