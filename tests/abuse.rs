@@ -33,10 +33,15 @@ fn sent(v: &Value) -> u64 {
 /// Every request answered, by all three backends (the spread itself is
 /// the e2e suite's business).
 fn assert_answered(v: &Value, proto: &str, total: u64) {
+    assert_eq!(answered_by(v, proto, total).len(), 3, "{proto}: {v}");
+}
+
+/// Every request of `proto` answered, without errors: the backends that answered.
+fn answered_by(v: &Value, proto: &str, total: u64) -> Vec<String> {
     let (c, errors) = counts(v, proto);
     assert_eq!(errors, 0, "{proto}: {v}");
     assert_eq!(c.iter().map(|x| x.1).sum::<u64>(), total, "{proto}: {v}");
-    assert_eq!(c.len(), 3, "{proto}: {v}");
+    c.into_iter().map(|x| x.0).collect()
 }
 
 /// Per-worker values of a metric.
@@ -215,13 +220,11 @@ fn e2e_floods_and_malformed_traffic() {
     let v = clients(&t, "2001:2:0:100::1", 30);
     let mut reached = std::collections::BTreeSet::new();
     for proto in ["tcp", "udp"] {
-        let (c, errors) = counts(&v, proto);
-        assert_eq!(errors, 0, "{proto}: {v}");
-        assert_eq!(c.iter().map(|x| x.1).sum::<u64>(), 30, "{proto}: {v}");
-        if c.len() < 3 {
-            eprintln!("IPv6 {proto} reached only {c:?} (see the comment above): {v}");
+        let by = answered_by(&v, proto, 30);
+        if by.len() < 3 {
+            eprintln!("IPv6 {proto} reached only {by:?} (see the comment above): {v}");
         }
-        reached.extend(c.into_iter().map(|x| x.0));
+        reached.extend(by);
     }
     assert_eq!(
         reached.len(),
