@@ -2942,6 +2942,16 @@ fn sum_flushed(stats: &[Arc<WorkerStats>]) -> u64 {
     stats.iter().map(|s| s.sessions_flushed.load(Relaxed)).sum()
 }
 
+/// Flush epochs the workers swept and carried over (summed).
+fn sum_epochs(stats: &[Arc<WorkerStats>]) -> (u64, u64) {
+    stats.iter().fold((0, 0), |(s, c), w| {
+        (
+            s + w.flush_epochs_swept.load(Relaxed),
+            c + w.flush_epochs_carried.load(Relaxed),
+        )
+    })
+}
+
 /// The `updates` scenario (issue 5, hitless updates): the `established_60k`
 /// workload on one worker in generator mode, measured in back-to-back pairs
 /// of windows without and with backend changes (`--updates-rate` per second,
@@ -3043,6 +3053,7 @@ fn updates_inner(
     let mut cpus: Vec<String> = vec![];
     let start = snap(&stats);
     let flushed0 = sum_flushed(&stats);
+    let epochs0 = sum_epochs(&stats);
     for pair in 0..pairs {
         let kinds = if pair % 2 == 0 {
             [false, true]
@@ -3104,6 +3115,8 @@ fn updates_inner(
     }
     let end = snap(&stats);
     let flushed = sum_flushed(&stats) - flushed0;
+    let epochs = sum_epochs(&stats);
+    let (swept, carried) = (epochs.0 - epochs0.0, epochs.1 - epochs0.1);
     g.drain("updates")?;
     let moved_flows = g.check.moved_flows.len();
     let moved_outputs = g.check.moved;
@@ -3263,6 +3276,8 @@ fn updates_inner(
     u.insert("checked_packets".into(), json!(checked));
     u.insert("sessions_created".into(), json!(all.created));
     u.insert("sessions_flushed".into(), json!(flushed));
+    u.insert("flush_epochs_swept".into(), json!(swept));
+    u.insert("flush_epochs_carried".into(), json!(carried));
     u.insert("drops_during_updates".into(), json!(upd_drops_w));
     u.insert("drops_baseline".into(), json!(base_drops_w));
     u.insert("mpps_baseline".into(), json!(b_mpps));

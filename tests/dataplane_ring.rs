@@ -24,6 +24,12 @@ mod ring;
 use ring::*;
 
 fn yaml(backends: &[usize]) -> String {
+    yaml_with(backends, &[])
+}
+
+/// [`yaml`] with `spare` (addresses no flow of the test uses) added to the
+/// UDP Service's backends.
+fn yaml_with(backends: &[usize], spare: &[[u8; 4]]) -> String {
     let tcp: Vec<String> = backends
         .iter()
         .map(|&i| {
@@ -35,12 +41,9 @@ fn yaml(backends: &[usize]) -> String {
         .collect();
     let udp: Vec<String> = backends
         .iter()
-        .map(|&i| {
-            format!(
-                "\"{}:{UDP_BACKEND_PORT}\"",
-                std::net::Ipv4Addr::from(BACKENDS[i])
-            )
-        })
+        .map(|&i| BACKENDS[i])
+        .chain(spare.iter().copied())
+        .map(|a| format!("\"{}:{UDP_BACKEND_PORT}\"", std::net::Ipv4Addr::from(a)))
         .collect();
     format!(
         r#"
@@ -475,6 +478,65 @@ fn dataplane_over_ring_ports() {
     assert_eq!(total_drops(running), 0, "{}", stats_summary(running));
     println!(
         "scenario 3 (swap to v{v2}, grace {grace_us} µs, new flows {per_backend2:?}) ok in {:?}",
+        t.elapsed()
+    );
+
+    // ---- 3b. a backend no session uses comes and goes ----
+    // v2 removed .13: a worker holding UDP flows to it swept its sessions
+    // (revalidated them: the flush above). v3 adds a spare UDP backend (no
+    // removal, no new flush epoch) and v4 removes it: no session of any
+    // worker used it, so every worker carries its sessions over.
+    let t = Instant::now();
+    let epochs = || {
+        running
+            .stats
+            .iter()
+            .map(|s| {
+                (
+                    s.flush_epochs_swept.load(Ordering::Relaxed),
+                    s.flush_epochs_carried.load(Ordering::Relaxed),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let at_v2 = epochs();
+    for (w, &(swept, carried)) in at_v2.iter().enumerate() {
+        assert_eq!(swept + carried, 2, "worker {w}: v1 and v2 ({at_v2:?})");
+        if udp_backend
+            .iter()
+            .any(|(&p, &b)| b == 2 && owner(CLIENT, p) == w)
+        {
+            assert_eq!(swept, 2, "worker {w} had UDP flows to .13 ({at_v2:?})");
+        }
+    }
+    let spare = [198, 18, 1, 14];
+    for (backends, spare) in [(&[0, 1][..], &[spare][..]), (&[0, 1][..], &[][..])] {
+        let c =
+            Config::parse(&yaml_with(backends, spare), "dataplane_ring_v3.yaml").expect("config");
+        let v = publisher.publish(c.table_spec().unwrap());
+        wait_until("the new table on every worker", running, || {
+            running
+                .stats
+                .iter()
+                .all(|s| s.table_version.load(Ordering::Relaxed) == v)
+        });
+    }
+    let at_v4 = epochs();
+    for (w, (&(s2, c2), &(s4, c4))) in at_v2.iter().zip(&at_v4).enumerate() {
+        assert_eq!(
+            (s4, c4),
+            (s2, c2 + 1),
+            "worker {w}: v2 {at_v2:?}, v4 {at_v4:?}"
+        );
+    }
+    // The flows still go where they went.
+    let f = udp_frame(CLIENT_MAC, mac0, (CLIENT, up), (VIP, 53), b"after");
+    inject(&pool, p0, 1, &f);
+    let out = expect_frames(running, p1, 1, "UDP after the carried epoch");
+    assert_eq!(check_forward(&parse_out(&out[0].1), mac1, up, false), ub);
+    assert_eq!(total_drops(running), 0, "{}", stats_summary(running));
+    println!(
+        "scenario 3b (flush epochs {at_v2:?} -> {at_v4:?}) ok in {:?}",
         t.elapsed()
     );
 

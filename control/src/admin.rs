@@ -508,6 +508,18 @@ impl prometheus_client::collector::Collector for Collector {
             sessions_flushed
         );
         per_worker!(
+            "dpdk_kube_proxy_flush_epochs_swept",
+            "Table changes that removed endpoints after which the worker's sessions revalidated their endpoint",
+            Counter,
+            flush_epochs_swept
+        );
+        per_worker!(
+            "dpdk_kube_proxy_flush_epochs_carried",
+            "Table changes that removed endpoints no UDP session of the worker used: sessions kept without revalidation",
+            Counter,
+            flush_epochs_carried
+        );
+        per_worker!(
             "dpdk_kube_proxy_sessions_active",
             "NAT sessions live now",
             Gauge,

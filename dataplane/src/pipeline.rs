@@ -15,8 +15,7 @@ use crate::packet::{
     IcmpPacket, Ipv4Packet, Ipv6Packet, MacAddr, SctpPacket, TcpPacket, UdpPacket,
 };
 use crate::session::{
-    key_hash, key_hash_v4, tcp, version_tag, Dir, InsertError, SctpState, Session, SessionTable,
-    Timeouts,
+    key_hash, key_hash_v4, tcp, Dir, InsertError, SctpState, Session, SessionTable, Timeouts,
 };
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::{Frontend, NoBackends, ServiceTable};
@@ -371,6 +370,40 @@ pub struct Pipeline {
     egress: fast::EgressCache,
     /// The `random` algorithm's generator state (never 0).
     rng: u64,
+    /// Which sessions are known to have a valid backend.
+    valid: Validity,
+}
+
+/// A worker's view of the flush epochs ([`crate::table::FlushEpoch`]):
+/// which sessions still need the stale-UDP check. A session whose
+/// [`Session::validated`] is `tag` has a backend the table in use still
+/// has; one whose tag is `behind` had one at the epoch before, so only
+/// that change's removed list is checked; any other is looked up in its
+/// Service. Tags are the worker's own (one per sweep), not table versions:
+/// a change that removes no backend of this worker's UDP sessions is
+/// carried over without a sweep ([`Pipeline::on_table`]).
+#[derive(Clone, Copy, Debug)]
+struct Validity {
+    /// The flush epoch of the last table seen (`u64::MAX`: none yet).
+    epoch: u64,
+    tag: u16,
+    /// A tag, or [`NOT_BEHIND`].
+    behind: u32,
+    /// Epoch changes swept (sessions revalidated) and carried over.
+    swept: u64,
+    carried: u64,
+}
+
+/// [`Validity::behind`] when no session is known to be one epoch behind.
+const NOT_BEHIND: u32 = u32::MAX;
+
+impl Validity {
+    /// True when a session validated with tag `validated` was valid at the
+    /// epoch before the table's (see [`Validity`]).
+    #[inline(always)]
+    fn behind(&self, validated: u16) -> bool {
+        u32::from(validated) == self.behind
+    }
 }
 
 /// Offsets and fields of a parsed IP packet.
@@ -408,6 +441,13 @@ impl Pipeline {
             exception: None,
             egress: fast::EgressCache::new(cfg.neighbors),
             rng: random_seed(id),
+            valid: Validity {
+                epoch: u64::MAX,
+                tag: 0,
+                behind: NOT_BEHIND,
+                swept: 0,
+                carried: 0,
+            },
         }
     }
 
@@ -560,7 +600,21 @@ impl Pipeline {
         &self.ports
     }
 
-    /// Applies per-table state (static neighbours) when the table changed.
+    /// Applies per-table state when the table changed: static neighbours,
+    /// and the flush epoch. Call it before the first packet of each new
+    /// table (the worker does when the version changes).
+    ///
+    /// A new flush epoch means backends were removed. When the change
+    /// follows the last epoch seen, its removed list is known, and no UDP
+    /// session of this worker may use a removed backend
+    /// ([`SessionTable::may_have_udp_to`]), the sessions are carried over:
+    /// they stay valid with their tags, and no packet pays for a
+    /// revalidation. Otherwise they are swept: a new tag, so each session
+    /// revalidates on its next packet; sessions valid before check only
+    /// the change's removed list when it follows the last epoch seen, and
+    /// sessions still one sweep behind (or after a carry) check their
+    /// Service. A worker that skipped a table, or a change too large to
+    /// list, always sweeps.
     pub fn on_table(&mut self, t: &ServiceTable) {
         if self.statics_version != Some(t.version) {
             for n in t.static_neighbors() {
@@ -568,6 +622,37 @@ impl Pipeline {
             }
             self.statics_version = Some(t.version);
         }
+        let e = &t.epoch;
+        let v = &mut self.valid;
+        if e.current == v.epoch {
+            return;
+        }
+        let follows = v.epoch != u64::MAX && e.previous == v.epoch;
+        let removed = e.removed().filter(|_| follows);
+        match removed {
+            Some(r) if !r.iter().any(|(_, b)| self.sessions.may_have_udp_to(b)) => {
+                // Sessions still one sweep behind needed the previous
+                // change's list, which this table no longer has.
+                v.behind = NOT_BEHIND;
+                v.carried += 1;
+            }
+            _ => {
+                v.behind = if removed.is_some() {
+                    u32::from(v.tag)
+                } else {
+                    NOT_BEHIND
+                };
+                v.tag = v.tag.wrapping_add(1);
+                v.swept += 1;
+            }
+        }
+        v.epoch = e.current;
+    }
+
+    /// Flush epoch changes this worker swept (its sessions revalidated)
+    /// and carried over without a sweep ([`Pipeline::on_table`]).
+    pub fn flush_epochs(&self) -> (u64, u64) {
+        (self.valid.swept, self.valid.carried)
     }
 
     /// Takes the solicitations the last packets asked for: `(port, target)`.
@@ -714,6 +799,10 @@ impl Pipeline {
         handed_off: bool,
         candidate: Option<u32>,
     ) -> Verdict {
+        debug_assert_eq!(
+            t.epoch.current, self.valid.epoch,
+            "Pipeline::on_table was not called for this table"
+        );
         if self.fast_path {
             if let Some(v) = self.fast_v4(t, st, in_port, pkt, now, candidate) {
                 return v;
@@ -851,15 +940,15 @@ impl Pipeline {
         }
         if let Some((idx, dir)) = hit {
             let s = self.sessions.get(idx);
-            if s.validated != version_tag(t.epoch.current) {
-                // First packet of this session since a table change: check
-                // its backend is still there (once per session per version).
+            if s.validated != self.valid.tag {
+                // First packet of this session since a sweep: check its
+                // backend is still there (once per session per sweep).
                 let frontend = Frontend {
                     addr: s.frontend,
                     proto,
                 };
-                if proto == Proto::Udp && !t.backend_still_valid(s.validated, &frontend, &s.backend)
-                {
+                let behind = self.valid.behind(s.validated);
+                if proto == Proto::Udp && !t.backend_still_valid(behind, &frontend, &s.backend) {
                     // kube-proxy's stale-UDP cleanup: flows to a removed
                     // endpoint are flushed (also when the Service has no
                     // endpoints left); the packet is handled as new.
@@ -868,8 +957,7 @@ impl Pipeline {
                     return self
                         .new_flow(t, st, in_port, pinfo, pkt, &ip, key, flags, src_mac, now);
                 }
-                self.sessions
-                    .set_validated(idx, version_tag(t.epoch.current));
+                self.sessions.set_validated(idx, self.valid.tag);
             }
             if proto == Proto::Tcp
                 && dir == Dir::Original
@@ -1023,7 +1111,7 @@ impl Pipeline {
             sctp: init.sctp,
             replied: false,
             expires: init.expires,
-            validated: version_tag(t.epoch.current),
+            validated: self.valid.tag,
         };
         // The backend's node-wide connection counter (a search on creation
         // only; ending the session finds it beside the session).

@@ -137,19 +137,14 @@ pub struct Session {
     pub replied: bool,
     /// Expiry time (ms, worker clock).
     pub expires: u64,
-    /// Low 16 bits of the table's flush epoch
-    /// ([`crate::table::ServiceTable::epoch`]) against which the
-    /// backend was last known to be valid ([`version_tag`]). Only UDP
-    /// sessions act on it (the stale-UDP flush), and a UDP session idles out
-    /// within its timeout, so a false match would need 65,536 publications
-    /// that removed backends while the flow is silent but not expired.
+    /// The worker's sweep tag at which the backend was last known to be
+    /// valid (see [`crate::pipeline::Pipeline::on_table`]: the worker
+    /// counts its sweeps of the flush epochs,
+    /// [`crate::table::ServiceTable::epoch`]). Only UDP sessions act on it
+    /// (the stale-UDP flush), and a UDP session idles out within its
+    /// timeout, so a false match would need 65,536 sweeps while the flow
+    /// is silent but not expired.
     pub validated: u16,
-}
-
-/// The part of a table version a session remembers ([`Session::validated`]).
-#[inline]
-pub const fn version_tag(version: u64) -> u16 {
-    version as u16
 }
 
 impl Session {
@@ -473,6 +468,10 @@ fn mix(s_lo: u64, s_hi: u64, d_lo: u64, d_hi: u64, ports: u32, proto: u8) -> u64
 ///   masquerade endpoint (18 bytes, read only for masqueraded sessions)
 ///   and the index of its backend's node-wide connection counter (4
 ///   bytes, [`crate::lbcount`]);
+/// * a small fixed array counts the UDP sessions per backend, by a hash of
+///   the backend ([`SessionTable::may_have_udp_to`]), so that the worker
+///   can tell at a table change that no session of its own uses a removed
+///   backend (moved on insert and remove only);
 /// * the index is a bucketised cuckoo hash: each tuple may sit in one of
 ///   two 64-byte buckets (8 places of tag + value), so a lookup reads at
 ///   most two cache lines, both known from the hash before any is read —
@@ -497,6 +496,11 @@ pub struct SessionTable {
     /// already ended), by slot.
     counted: HugeVec<u32>,
     counters: Arc<BackendCounters>,
+    /// Live UDP sessions by [`udp_backend_slot`] of their backend (a
+    /// power-of-two length).
+    udp_backends: Box<[u32]>,
+    /// 64 − log2 of `udp_backends.len()`.
+    udp_shift: u32,
     capacity: usize,
     active: usize,
     /// Live sessions that masquerade.
@@ -508,6 +512,29 @@ pub struct SessionTable {
 #[inline]
 fn tag_of(h: u64) -> u16 {
     (h >> 48) as u16
+}
+
+/// Most slots of [`SessionTable`]'s per-backend UDP session counts (16
+/// KiB; see [`udp_backend_slots`]).
+const UDP_BACKEND_SLOTS: usize = 4096;
+
+/// The number of per-backend UDP session counts of a table of `capacity`
+/// sessions: the power of two at or below one per 16 sessions, from 64 to
+/// [`UDP_BACKEND_SLOTS`] (a quarter of a byte per session at most, from
+/// 1,024 sessions up).
+fn udp_backend_slots(capacity: usize) -> usize {
+    let per16 = (capacity / 16).max(1);
+    (1usize << (usize::BITS - 1 - per16.leading_zeros())).clamp(64, UDP_BACKEND_SLOTS)
+}
+
+/// A backend's slot among per-backend UDP session counts (`shift`: 64 −
+/// log2 of their number): the top bits of a multiplicative hash of its
+/// address words and port.
+#[inline(always)]
+fn udp_backend_slot(b: &SockAddr, shift: u32) -> usize {
+    let a = u128::from_ne_bytes(b.addr.0);
+    let w = (a as u64) ^ ((a >> 64) as u64).rotate_left(17) ^ u64::from(b.port);
+    (w.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as usize
 }
 
 /// The other bucket of an entry in bucket `b` with tag `tag` (an involution:
@@ -533,6 +560,8 @@ impl SessionTable {
             free: EMPTY,
             counted: HugeVec::from_elem(NO_COUNTER, capacity),
             counters: Arc::new(BackendCounters::default()),
+            udp_backends: vec![0; udp_backend_slots(capacity)].into_boxed_slice(),
+            udp_shift: 64 - udp_backend_slots(capacity).trailing_zeros(),
             capacity,
             active: 0,
             masqueraded: 0,
@@ -545,6 +574,16 @@ impl SessionTable {
     /// plane's counter indices refer to). Set before the first session.
     pub fn set_counters(&mut self, counters: Arc<BackendCounters>) {
         self.counters = counters;
+    }
+
+    /// False when surely no live UDP session has backend `b`; true when
+    /// one may (a count per hash of the backend, so another backend with
+    /// the same hash keeps it true). What a worker asks at a table change
+    /// about each backend the change removed (the stale-UDP flush): a
+    /// worker none of whose UDP sessions may use one has nothing to flush.
+    #[inline]
+    pub fn may_have_udp_to(&self, b: &SockAddr) -> bool {
+        self.udp_backends[udp_backend_slot(b, self.udp_shift)] != 0
     }
 
     /// The counter session `idx` counts in, if it still does.
@@ -581,6 +620,7 @@ impl SessionTable {
             + self.snats.capacity() * core::mem::size_of::<SockAddr>()
             + self.live.capacity() * 8
             + self.counted.capacity() * core::mem::size_of::<u32>()
+            + self.udp_backends.len() * core::mem::size_of::<u32>()
     }
     /// Bytes of this table the kernel backs with huge pages now (see
     /// [`HugeVec::huge_page_bytes`]; reads `/proc`: not for the worker path).
@@ -897,6 +937,9 @@ impl SessionTable {
         self.masqueraded += usize::from(session.snat.is_some());
         self.counted[idx as usize] = counter;
         self.counters.open(counter);
+        if session.proto == Proto::Udp {
+            self.udp_backends[udp_backend_slot(&session.backend, self.udp_shift)] += 1;
+        }
         Ok(idx)
     }
 
@@ -984,6 +1027,10 @@ impl SessionTable {
         self.free = idx;
         self.active -= 1;
         self.masqueraded -= usize::from(s.snat.is_some());
+        if s.proto == Proto::Udp {
+            let c = &mut self.udp_backends[udp_backend_slot(&s.backend, self.udp_shift)];
+            *c = c.saturating_sub(1);
+        }
     }
 
     /// Updates state and expiry of session `idx` for a packet travelling in
@@ -1910,19 +1957,68 @@ mod tests {
     }
 
     #[test]
+    fn udp_sessions_are_counted_per_backend_until_they_end() {
+        let mut t = table(1000);
+        let be = |i: u8| SockAddr::new(Addr::v4([198, 18, 1, i]), 8080);
+        let with = |cport: u16, proto: Proto, b: SockAddr, expires: u64| Session {
+            backend: b,
+            expires,
+            ..sess(cport, proto)
+        };
+        // Two UDP sessions to backend 1, one to backend 2 (IPv6 too), and a
+        // TCP one to backend 3 (TCP sessions are never flushed: not counted).
+        let v6 = SockAddr::new(
+            Addr::v6([0x20, 1, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9]),
+            53,
+        );
+        let a = t.insert(with(1, Proto::Udp, be(1), 10)).unwrap();
+        let b = t.insert(with(2, Proto::Udp, be(1), 20)).unwrap();
+        t.insert(with(3, Proto::Udp, be(2), 10)).unwrap();
+        t.insert(with(4, Proto::Udp, v6, 10)).unwrap();
+        t.insert(with(5, Proto::Tcp, be(3), 10)).unwrap();
+        for x in [be(1), be(2), v6] {
+            assert!(t.may_have_udp_to(&x), "{x:?}");
+        }
+        assert!(!t.may_have_udp_to(&be(3)));
+        // A refused insert counts nothing.
+        t.insert(with(6, Proto::Udp, be(1), 10)).unwrap();
+        assert!(t.insert(with(6, Proto::Udp, be(4), 10)).is_err());
+        assert!(!t.may_have_udp_to(&be(4)));
+        // Removed (twice: the second does nothing) and expired (every one
+        // at 10): counted until the last one goes.
+        t.remove(a);
+        t.remove(a);
+        assert_eq!(t.expire(15, 100), 4);
+        assert!(t.may_have_udp_to(&be(1)), "session 2 still uses it");
+        for x in [be(2), be(3), v6] {
+            assert!(!t.may_have_udp_to(&x), "{x:?}");
+        }
+        t.remove(b);
+        assert!(!t.may_have_udp_to(&be(1)));
+        // Slot counts: a quarter of a byte per session from 1,024 up.
+        assert_eq!(udp_backend_slots(1), 64);
+        assert_eq!(udp_backend_slots(60_000), 2048);
+        assert_eq!(udp_backend_slots(1 << 20), UDP_BACKEND_SLOTS);
+        for cap in [1024, 5000, 65_536, 100_000] {
+            let n = udp_backend_slots(cap);
+            assert!(n.is_power_of_two() && n * 16 <= cap, "{cap}: {n}");
+        }
+    }
+
+    #[test]
     fn session_and_per_session_memory_fit_the_budget() {
         // Issue 5's target: at most 128 bytes per session, both directions
         // included — whatever the power-of-two rounding of the index does:
         // 64 (slot) + 18 (masquerade endpoint) + 4 (counter) + 1/8 (live
-        // bit) + 17.8–35.6 (index) = 104–122 (110–128 with the 88-byte
-        // sessions stored before).
+        // bit) + 17.8–35.6 (index) + about 1/4 (UDP sessions per backend)
+        // = 104–122.3 (110–128 with the 88-byte sessions stored before).
         assert_eq!(core::mem::size_of::<Slot>(), 64);
         assert_eq!(core::mem::align_of::<Slot>(), 64);
         assert_eq!(core::mem::size_of::<Bucket>(), 64);
         for cap in [1000, 4096, 60_000, 65_536, 100_000, 262_145, 1_000_000] {
             let t = table(cap);
             let per = t.memory_bytes() as f64 / cap as f64;
-            assert!(per <= 122.0, "{cap} sessions: {per:.1} bytes each");
+            assert!(per <= 122.5, "{cap} sessions: {per:.1} bytes each");
         }
     }
 

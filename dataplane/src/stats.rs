@@ -145,6 +145,13 @@ pub struct WorkerStats {
     pub sessions_clash_remapped: AtomicU64,
     /// UDP sessions flushed because their backend was removed.
     pub sessions_flushed: AtomicU64,
+    /// Table changes that removed backends (new flush epochs) after which
+    /// this worker's sessions revalidated their backends on their next
+    /// packet (some session might use a removed one).
+    pub flush_epochs_swept: AtomicU64,
+    /// Such changes carried over without revalidation: no UDP session of
+    /// this worker used a removed backend.
+    pub flush_epochs_carried: AtomicU64,
     /// Sessions live now.
     pub sessions_active: AtomicU64,
     /// Neighbour cache entries now (all states).

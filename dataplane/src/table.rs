@@ -448,18 +448,22 @@ impl FlushEpoch {
         }
     }
 
-    /// True when a UDP session to `backend` last validated at the epoch
-    /// whose tag is `validated` surely still has it: it is one epoch
-    /// behind, the change to this epoch is known, and the backend's filter
-    /// bit is clear, so it is not among what that change removed. False
-    /// says nothing: ask [`ServiceTable::backend_still_valid`]. The fast
-    /// path asks this first, inline, so that after a removal the sessions
-    /// of every other backend revalidate without a call.
+    /// True when a UDP session to `backend` that was valid at the epoch
+    /// before this one (the worker says so: `behind`) surely still has
+    /// it: the change to this epoch is known and the backend's filter bit
+    /// is clear, so it is not among what that change removed. False says
+    /// nothing: ask [`ServiceTable::backend_still_valid`]. The fast path
+    /// asks this first, inline, so that after a removal the sessions of
+    /// every other backend revalidate without a call.
     #[inline(always)]
-    pub fn surely_kept(&self, validated: u16, backend: &SockAddr) -> bool {
-        self.removed.is_some()
-            && validated == crate::session::version_tag(self.previous)
-            && self.filter & backend_bit(backend) == 0
+    pub fn surely_kept(&self, behind: bool, backend: &SockAddr) -> bool {
+        behind && self.removed.is_some() && self.filter & backend_bit(backend) == 0
+    }
+
+    /// What the change from `previous` to `current` removed (`None`:
+    /// unknown or more than [`MAX_REMOVED`]).
+    pub fn removed(&self) -> Option<&[(Frontend, SockAddr)]> {
+        self.removed.as_deref()
     }
 }
 
@@ -686,22 +690,20 @@ impl ServiceTable {
         };
     }
 
-    /// Whether a UDP session to `backend` through `frontend`, last validated
-    /// at the epoch whose tag is `validated` ([`crate::session::version_tag`]),
-    /// still has its backend. A session one epoch behind checks the short
-    /// list of pairs that epoch change removed; others look the backend up
-    /// in its Service ([`ServiceTable::backend_valid`]).
+    /// Whether a UDP session to `backend` through `frontend` still has its
+    /// backend. A session valid at the epoch before this one (`behind`:
+    /// the worker knows it was) checks the short list of pairs that epoch
+    /// change removed; others look the backend up in its Service
+    /// ([`ServiceTable::backend_valid`]).
     #[inline]
     pub fn backend_still_valid(
         &self,
-        validated: u16,
+        behind: bool,
         frontend: &Frontend,
         backend: &SockAddr,
     ) -> bool {
-        if let Some(r) = &self.epoch.removed {
-            if validated == crate::session::version_tag(self.epoch.previous) {
-                return !r.iter().any(|(f, b)| f == frontend && b == backend);
-            }
+        if let (true, Some(r)) = (behind, &self.epoch.removed) {
+            return !r.iter().any(|(f, b)| f == frontend && b == backend);
         }
         self.backend_valid(frontend, backend)
     }
@@ -893,7 +895,6 @@ mod tests {
 
     #[test]
     fn flush_epochs_move_on_removals_and_remember_them() {
-        use crate::session::version_tag;
         let t1 = ServiceTable::new(spec(), 1);
         let f = t1.services()[0].frontend;
         let be = |i: u8| SockAddr::new(v4(198, 18, 1, 10 + i), 8080);
@@ -909,22 +910,24 @@ mod tests {
         assert_eq!(t3.epoch.current, 3);
         assert_eq!(t3.epoch.previous, 1);
         assert_eq!(t3.epoch.removed, Some(vec![(f, be(1))]));
-        // A session one epoch behind checks that list; older ones their Service.
-        let prev = version_tag(1);
-        assert!(!t3.backend_still_valid(prev, &f, &be(1)));
-        assert!(t3.backend_still_valid(prev, &f, &be(2)));
-        assert!(!t3.backend_still_valid(version_tag(0), &f, &be(1)));
-        assert!(t3.backend_still_valid(version_tag(0), &f, &be(3)));
+        assert_eq!(t3.epoch.removed(), Some(&[(f, be(1))][..]));
+        // A session one epoch behind checks that list; older ones their
+        // Service (the list alone would keep backend 4, never in it).
+        assert!(!t3.backend_still_valid(true, &f, &be(1)));
+        assert!(t3.backend_still_valid(true, &f, &be(2)));
+        assert!(t3.backend_still_valid(true, &f, &be(4)));
+        assert!(!t3.backend_still_valid(false, &f, &be(1)));
+        assert!(t3.backend_still_valid(false, &f, &be(3)));
+        assert!(!t3.backend_still_valid(false, &f, &be(4)));
         // A whole Service gone: every pair of it.
         let mut t4 = ServiceTable::new(TableSpec::default(), 4);
         t4.inherit_flush_epoch(&t3.epoch, t3.services());
         assert_eq!(t4.epoch.removed, Some(vec![(f, be(2)), (f, be(3))]));
-        assert!(!t4.backend_still_valid(version_tag(3), &f, &be(2)));
+        assert!(!t4.backend_still_valid(true, &f, &be(2)));
     }
 
     #[test]
     fn surely_kept_never_vouches_for_a_removed_backend() {
-        use crate::session::version_tag;
         let f = spec().services[0].frontend;
         let mut rng = 7u64;
         let mut next = || {
@@ -946,19 +949,18 @@ mod tests {
                 .map(|i| (f, random_backend((round + i) % 2 == 0)))
                 .collect();
             let e = FlushEpoch::new(9, 8, Some(removed.clone()));
-            let behind = version_tag(8);
             // Never for a removed backend, whatever the frontend.
             for (_, b) in &removed {
-                assert!(!e.surely_kept(behind, b), "{b:?} was removed");
+                assert!(!e.surely_kept(true, b), "{b:?} was removed");
             }
             // Only for sessions exactly one epoch behind, and only when the
             // change is known.
             let b = random_backend(round % 3 == 0);
-            assert!(!e.surely_kept(version_tag(7), &b));
-            assert!(!FlushEpoch::new(9, 8, None).surely_kept(behind, &b));
+            assert!(!e.surely_kept(false, &b));
+            assert!(!FlushEpoch::new(9, 8, None).surely_kept(true, &b));
             if n == 1 && !removed.iter().any(|(_, r)| *r == b) {
                 others += 1;
-                kept += usize::from(e.surely_kept(behind, &b));
+                kept += usize::from(e.surely_kept(true, &b));
             }
         }
         // With one removed backend, nearly every other backend is vouched
@@ -971,12 +973,9 @@ mod tests {
         s2.services[0].backends.retain(|b| *b != be(2));
         let mut t2 = ServiceTable::new(s2, 2);
         t2.inherit_flush_epoch(&t1.epoch, t1.services());
-        assert!(!t2.epoch.surely_kept(version_tag(1), &be(2)));
+        assert!(!t2.epoch.surely_kept(true, &be(2)));
         for i in [1, 3] {
-            assert!(
-                t2.epoch.surely_kept(version_tag(1), &be(i))
-                    || t2.backend_still_valid(version_tag(1), &f, &be(i))
-            );
+            assert!(t2.epoch.surely_kept(true, &be(i)) || t2.backend_still_valid(true, &f, &be(i)));
         }
     }
 

@@ -444,6 +444,9 @@ impl Worker {
                     last_version = table.version;
                     self.pipeline.on_table(table);
                     st.table_version.store(table.version, Ordering::Relaxed);
+                    let (swept, carried) = self.pipeline.flush_epochs();
+                    st.flush_epochs_swept.store(swept, Ordering::Relaxed);
+                    st.flush_epochs_carried.store(carried, Ordering::Relaxed);
                 }
                 let prepass = self.pipeline.sessions.len() >= PREFETCH_SESSIONS;
                 let late = if prepass {

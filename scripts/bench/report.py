@@ -307,6 +307,8 @@ def render_updates(up):
         ["what changed", up.get("what_changed") or "—"],
         ["packets dropped by the proxy (must be 0)", num(up.get("drops"))],
         ["established flows moved to another backend (must be 0)", num(up.get("flows_moved"))],
+        ["flush epochs (changes that removed a backend): swept / carried over by the workers",
+         f"{num(up.get('flush_epochs_swept'))} / {num(up.get('flush_epochs_carried'))}"],
         ["Mpps of the worker: baseline / during updates",
          f"{num(up.get('mpps_baseline'), 3)} / {num(up.get('mpps_during_updates'), 3)}"],
         [f"throughput dip (target < {num(up.get('dip_target_percent', 1.0), 0)}%)",

@@ -216,7 +216,7 @@ fn l4_of(next: u8, l4: &[u8], v6: bool) -> Option<Proto> {
 struct Hit {
     idx: u32,
     dir: Dir,
-    /// The session was validated against an older flush epoch (`tag` is the current one).
+    /// The session was validated before the worker's last sweep (`tag` is the current one).
     revalidate: bool,
     tag: u16,
     /// The translation: new source and destination, if they change.
@@ -247,20 +247,9 @@ impl Pipeline {
             None => self.sessions.lookup_hashed_inline(key, hash)?,
         };
         let s = self.sessions.slot(idx);
-        let tag = version_tag(t.epoch.current);
+        let tag = self.valid.tag;
         let revalidate = s.validated() != tag;
-        if revalidate
-            && key.proto == Proto::Udp
-            && !t.epoch.surely_kept(s.validated(), s.backend())
-            && !t.backend_still_valid(
-                s.validated(),
-                &Frontend {
-                    addr: *s.frontend(),
-                    proto: key.proto,
-                },
-                s.backend(),
-            )
-        {
+        if revalidate && key.proto == Proto::Udp && !self.backend_kept(t, s) {
             return None;
         }
         let snat = self.sessions.snat(idx, s);
@@ -276,6 +265,24 @@ impl Pipeline {
             new_src,
             new_dst,
         })
+    }
+
+    /// Whether the backend of the UDP session in slot `s`, not validated
+    /// since the worker's last sweep, is still in the table: one epoch
+    /// behind, the filter first (inline), then the change's removed list;
+    /// older, its Service.
+    #[inline(always)]
+    fn backend_kept(&self, t: &ServiceTable, s: &crate::session::Slot) -> bool {
+        let behind = self.valid.behind(s.validated());
+        t.epoch.surely_kept(behind, s.backend())
+            || t.backend_still_valid(
+                behind,
+                &Frontend {
+                    addr: *s.frontend(),
+                    proto: Proto::Udp,
+                },
+                s.backend(),
+            )
     }
 
     /// The session side of a translated packet: the new validation tag,
@@ -1426,6 +1433,99 @@ mod tests {
             })
             .find(|(_, out)| out[33] == want)
             .expect("some flow lands on the backend")
+    }
+
+    #[test]
+    fn only_removing_a_backend_in_use_makes_sessions_revalidate() {
+        let st = WorkerStats::default();
+        let mut p = pipeline(true, 1500);
+        // The UDP Service t/1 has backends .10-.12 but `gone`; t/2's UDP
+        // Service (no flow here) has the spare backends `spare`. Each
+        // table's flush epoch follows `prev`'s, as a publisher sets it.
+        let build = |v: u64, prev: Option<&ServiceTable>, gone: &[u8], spare: &[u8]| {
+            let mut spec = spec_without(None);
+            spec.services[1]
+                .backends
+                .retain(|b| !gone.contains(&b.addr.0[15]));
+            spec.services[3].backends = spare
+                .iter()
+                .map(|&b| SockAddr::new(v4([198, 19, 0, b]), 8080))
+                .collect();
+            let mut t = ServiceTable::new(spec, v);
+            if let Some(prev) = prev {
+                t.inherit_flush_epoch(&prev.epoch, prev.services());
+            }
+            assert_eq!(t.epoch.current, v, "each table here removes a backend");
+            t
+        };
+        let tags = |p: &Pipeline| p.sessions.iter().map(|s| s.validated).collect::<Vec<_>>();
+        let to = |p: &mut Pipeline, t: &ServiceTable, f: &[u8], now: u64| {
+            let (v, out) = run(p, t, &st, 0, f, now);
+            assert_eq!(v, Verdict::Tx(1));
+            out[33]
+        };
+        let t1 = build(1, None, &[], &[20, 21, 22]);
+        p.on_table(&t1);
+        let (a, _) = flow_to(&mut p, &t1, &st, 10);
+        let (b, _) = flow_to(&mut p, &t1, &st, 11);
+        let (c, _) = flow_to(&mut p, &t1, &st, 12);
+        assert_eq!(p.flush_epochs(), (1, 0));
+        let spare = |i: u8| SockAddr::new(v4([198, 19, 0, i]), 8080);
+        for i in [20, 21, 22] {
+            assert!(
+                !p.sessions.may_have_udp_to(&spare(i)),
+                "spare .{i} shares a count"
+            );
+        }
+        // Removing a spare backend no session uses: carried over. No
+        // session's tag moves, and every flow stays on the fast path
+        // without revalidating.
+        let before = tags(&p);
+        let t2 = build(2, Some(&t1), &[], &[21, 22]);
+        p.on_table(&t2);
+        assert_eq!(p.flush_epochs(), (1, 1));
+        assert_eq!(tags(&p), before);
+        let fast = st.fast_path.load(Relaxed);
+        assert_eq!(
+            [
+                to(&mut p, &t2, &a, 1),
+                to(&mut p, &t2, &b, 1),
+                to(&mut p, &t2, &c, 1)
+            ],
+            [10, 11, 12]
+        );
+        assert_eq!(st.fast_path.load(Relaxed), fast + 3);
+        assert_eq!(tags(&p), before, "nothing revalidated");
+        // After the carried epoch, removing .10 and .12 (in use): swept.
+        // A's flow is flushed and moves; B's stays (on the fast path).
+        let t3 = build(3, Some(&t2), &[10, 12], &[21, 22]);
+        p.on_table(&t3);
+        assert_eq!(p.flush_epochs(), (2, 1));
+        let flushed = || st.sessions_flushed.load(Relaxed);
+        let was = flushed();
+        assert_eq!(to(&mut p, &t3, &a, 2), 11);
+        assert_eq!(flushed(), was + 1);
+        let fast = st.fast_path.load(Relaxed);
+        assert_eq!(to(&mut p, &t3, &b, 2), 11);
+        assert_eq!(st.fast_path.load(Relaxed), fast + 1);
+        // Mid-sweep (C not revalidated yet), a spare removed: carried, and
+        // C's session, whose backend the previous change removed, is still
+        // flushed on its next packet.
+        let t4 = build(4, Some(&t3), &[10, 12], &[22]);
+        p.on_table(&t4);
+        assert_eq!(p.flush_epochs(), (2, 2));
+        assert_eq!(to(&mut p, &t4, &c, 3), 11);
+        assert_eq!(flushed(), was + 2);
+        assert_eq!(to(&mut p, &t4, &b, 3), 11);
+        // A table this worker never saw removes .11; the next one, which
+        // removes only a spare, follows it: swept, and B's flow is flushed.
+        let t5 = build(5, Some(&t4), &[10, 11, 12], &[22]);
+        let t6 = build(6, Some(&t5), &[10, 11, 12], &[]);
+        p.on_table(&t6);
+        assert_eq!(p.flush_epochs(), (3, 2));
+        let (v, _) = run(&mut p, &t6, &st, 0, &b, 4);
+        assert_ne!(v, Verdict::Tx(1), "no backend left");
+        assert_eq!(flushed(), was + 3);
     }
 
     #[test]
