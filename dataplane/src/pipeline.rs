@@ -669,7 +669,7 @@ impl Pipeline {
 
     /// Applies a neighbour learned by another worker.
     pub fn learn_from_peer(&mut self, u: NeighborUpdate, now: u64) {
-        self.neighbors.learn(u, now);
+        self.neighbors.learn_from_peer(u, now);
     }
 
     /// Burst pre-pass, step 1: the session-index hash of the tuple of the
@@ -1697,7 +1697,9 @@ impl Pipeline {
         };
         let sender_valid = !sha.is_multicast() && spa.octets() != [0, 0, 0, 0] && !from_kernel;
         if sender_valid {
-            let changed = if for_us || op == arp::operation::REPLY {
+            let changed = if op == arp::operation::REPLY {
+                self.neighbors.learn_answer(update, now)
+            } else if for_us {
                 self.neighbors.learn(update, now)
             } else {
                 self.neighbors.refresh(update, now)
@@ -1769,7 +1771,15 @@ impl Pipeline {
                 mac,
                 port: in_port,
             };
-            if self.neighbors.learn(u, now) {
+            // An answer to a solicitation (the S flag) may be another
+            // worker's: passed on even when refused here.
+            let solicited = body[4] & 0x40 != 0;
+            let share = if solicited {
+                self.neighbors.learn_answer(u, now)
+            } else {
+                self.neighbors.learn(u, now)
+            };
+            if share {
                 self.learned(u);
             }
             return Some(self.to_kernel(st, in_port).unwrap_or(Verdict::Consumed));

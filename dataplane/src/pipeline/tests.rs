@@ -1660,6 +1660,125 @@ fn unknown_neighbour_solicits_and_then_forwards() {
     assert_eq!(stat(&st.sessions_created), 0);
 }
 
+/// Two workers whose neighbour caches a flood of unsolicited neighbours
+/// left above their high-water mark.
+fn flooded_workers(t: &ServiceTable, st: &WorkerStats) -> (Pipeline, Pipeline) {
+    let cfg = PipelineConfig {
+        neighbors: 16,
+        ..Default::default()
+    };
+    let mut ps = (pipeline_with(0, 2, cfg, t), pipeline_with(1, 2, cfg, t));
+    for p in [&mut ps.0, &mut ps.1] {
+        for i in 0..16u8 {
+            let mac = [2, 0, 0, 0, 2, i];
+            let req = arp_frame(1, [0xff; 6], mac, [198, 18, 0, 100 + i], [0; 6], NODE0);
+            assert_eq!(run(p, t, st, 0, &req, NOW, false).0, Verdict::Tx(0));
+        }
+        assert!(p.neighbors.refused() > 0, "the flood filled the cache");
+        let _ = p.take_learned().count();
+    }
+    ps
+}
+
+#[test]
+fn an_answer_another_worker_asked_for_reaches_it_above_the_high_water_mark() {
+    // Answers from one neighbour always reach the same queue: after a
+    // flood, the worker they reach refuses a new neighbour, and the worker
+    // that solicited it must still learn it (through the other).
+    let t = table();
+    let st = WorkerStats::default();
+    let (mut p0, mut p1) = flooded_workers(&t, &st);
+    let v4_target = [198, 18, 1, 50];
+    let v6_target = v6("2001:2:0:1::50");
+    let mac = [2, 0, 0, 0, 1, 0x50];
+    let to4 = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip4(CLIENT4),
+        ip4(v4_target),
+        1000,
+        2000,
+        64,
+        b"x",
+    );
+    let to6 = udp_frame(
+        CLIENT_MAC,
+        P0_MAC,
+        ip6(client6()),
+        ip6(v6_target),
+        1000,
+        2000,
+        64,
+        b"x",
+    );
+    let answer4 = arp_frame(2, P1_MAC, mac, v4_target, P1_MAC, NODE1);
+    let na = |target: Ipv6Addr, flags: u8| {
+        let node = v6("2001:2:0:1::1");
+        ndp_frame(
+            mac,
+            P1_MAC,
+            target,
+            node,
+            136,
+            flags,
+            target,
+            Some((2, mac)),
+            255,
+        )
+    };
+    for (frame, target, answer) in [
+        (&to4, Addr::v4(v4_target), answer4),
+        (&to6, Addr::from(v6_target), na(v6_target, 0x60)),
+    ] {
+        // Worker 1 holds the packet and solicits the neighbour.
+        let (v, _) = run(&mut p1, &t, &st, 0, frame, NOW, true);
+        assert_eq!(
+            v,
+            Verdict::Hold {
+                port: 1,
+                addr: target
+            }
+        );
+        assert_eq!(p1.take_solicits().collect::<Vec<_>>(), vec![(1, target)]);
+        // The answer reaches worker 0, which refuses it and passes it on.
+        let refused = p0.neighbors.refused();
+        assert_eq!(
+            run(&mut p0, &t, &st, 1, &answer, NOW + 1, false).0,
+            Verdict::Consumed
+        );
+        assert_eq!(p0.neighbors.known(&target), None);
+        assert_eq!(p0.neighbors.refused(), refused + 1);
+        let shared: Vec<_> = p0.take_learned().collect();
+        assert_eq!(shared.len(), 1, "{target:?}");
+        for u in shared {
+            p1.learn_from_peer(u, NOW + 1);
+        }
+        assert_eq!(p1.neighbors.known(&target), Some(MacAddr(mac)));
+        let (v, out) = run(&mut p1, &t, &st, 0, frame, NOW + 2, true);
+        assert_eq!((v, parse(&out).dst_mac), (Verdict::Tx(1), mac));
+    }
+    // An answer nobody asked for: passed on, refused by the peer too, and
+    // counted once. Unsolicited advertisements and requests are not passed on.
+    let refused = (p0.neighbors.refused(), p1.neighbors.refused());
+    let stray = arp_frame(2, P1_MAC, mac, [198, 18, 1, 51], P1_MAC, NODE1);
+    run(&mut p0, &t, &st, 1, &stray, NOW + 3, false);
+    for u in p0.take_learned().collect::<Vec<_>>() {
+        p1.learn_from_peer(u, NOW + 3);
+    }
+    assert_eq!(p1.neighbors.known(&Addr::v4([198, 18, 1, 51])), None);
+    assert_eq!(
+        (p0.neighbors.refused(), p1.neighbors.refused()),
+        (refused.0 + 1, refused.1)
+    );
+    let unsolicited = na(v6("2001:2:0:1::52"), 0x20);
+    let request = arp_frame(1, [0xff; 6], mac, [198, 18, 1, 53], [0; 6], NODE1);
+    for f in [unsolicited, request] {
+        run(&mut p0, &t, &st, 1, &f, NOW + 4, false);
+        assert_eq!(p0.take_learned().count(), 0);
+    }
+    assert_eq!(p0.neighbors.refused(), refused.0 + 3);
+}
+
 #[test]
 fn full_session_table_refuses_new_flows_only() {
     let t = table();
