@@ -155,11 +155,7 @@ fn cross_burst_pipeline_over_ring_ports() {
     let r = guard.running.as_ref().unwrap();
     let mac1 = r.port_info[1].mac.0;
     let v1 = publisher.publish(cfg.table_spec().unwrap());
-    wait_until("table v1", r, || {
-        r.stats
-            .iter()
-            .all(|s| s.table_version.load(Ordering::Relaxed) == v1)
-    });
+    wait_for_table(r, v1);
     let (p0, p1) = (&wire[0], &wire[1]);
     let ports = FIRST_PORT..FIRST_PORT + FLOWS;
 

@@ -178,12 +178,7 @@ fn dataplane_over_ring_ports() {
     );
 
     let v1 = publisher.publish(cfg.table_spec().unwrap());
-    wait_until("table v1 on every worker", running, || {
-        running
-            .stats
-            .iter()
-            .all(|s| s.table_version.load(Ordering::Relaxed) == v1)
-    });
+    wait_for_table(running, v1);
     let (p0, p1) = (&wire[0], &wire[1]);
 
     // ---- 1. TCP: 200 SYNs over both rx queues, SYN-ACKs back, cross-core hand-off ----
@@ -377,12 +372,7 @@ fn dataplane_over_ring_ports() {
     );
     let v2 = publisher.publish(cfg2.table_spec().unwrap());
     assert_eq!(v2, v1 + 1);
-    wait_until("table v2 on every worker", running, || {
-        running
-            .stats
-            .iter()
-            .all(|s| s.table_version.load(Ordering::Relaxed) == v2)
-    });
+    wait_for_table(running, v2);
     let grace_us = publisher.metrics.last_grace_us.load(Ordering::Relaxed);
     // An established flow to .13 keeps going to .13 (ACK on the non-owner queue).
     let (&old_port, _) = backend_of
@@ -514,12 +504,7 @@ fn dataplane_over_ring_ports() {
         let c =
             Config::parse(&yaml_with(backends, spare), "dataplane_ring_v3.yaml").expect("config");
         let v = publisher.publish(c.table_spec().unwrap());
-        wait_until("the new table on every worker", running, || {
-            running
-                .stats
-                .iter()
-                .all(|s| s.table_version.load(Ordering::Relaxed) == v)
-        });
+        wait_for_table(running, v);
     }
     let at_v4 = epochs();
     for (w, (&(s2, c2), &(s4, c4))) in at_v2.iter().zip(&at_v4).enumerate() {

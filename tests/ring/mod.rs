@@ -188,6 +188,15 @@ pub fn wait_until(what: &str, r: &Running, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until every worker uses table version `v`.
+pub fn wait_for_table(r: &Running, v: u64) {
+    wait_until(&format!("table v{v} on every worker"), r, || {
+        r.stats
+            .iter()
+            .all(|s| s.table_version.load(Ordering::Relaxed) == v)
+    });
+}
+
 pub fn owner(ip: [u8; 4], port: u16) -> usize {
     owner_of(&SockAddr::new(Addr::v4(ip), port), N_WORKERS as u16) as usize
 }
