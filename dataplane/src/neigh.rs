@@ -276,26 +276,21 @@ impl Neighbors {
         true
     }
 
-    /// [`Neighbors::learn`] for an answer (an ARP reply, a solicited
-    /// neighbour advertisement): also true when it was refused above the
-    /// high-water mark. Answers from one neighbour always reach the same
-    /// queue, so the answer to another worker's solicitation may land on a
-    /// worker that never asked and, its cache above the mark after a flood
-    /// of unsolicited neighbours, refuses it; passed on, it reaches the
-    /// worker that asked, which updates the entry it is resolving (a peer
-    /// refuses it like any new neighbour when it did not ask).
-    pub fn learn_answer(&mut self, u: NeighborUpdate, now: u64) -> bool {
-        let refused = self.refused;
-        self.learn(u, now) || self.refused != refused
-    }
-
-    /// [`Neighbors::learn`] for what another worker learned: a refusal
-    /// above the high-water mark is not counted (the worker that received
-    /// it counted it, or it was an answer passed on in case we asked).
-    pub fn learn_from_peer(&mut self, u: NeighborUpdate, now: u64) {
-        let refused = self.refused;
-        self.learn(u, now);
-        self.refused = refused;
+    /// An answer another worker refused and passed on
+    /// ([`crate::pipeline::Pipeline::take_answers`]): taken only to
+    /// complete an entry this worker is resolving (incomplete), so a flood
+    /// of spoofed answers neither adds nor changes anything else here.
+    /// True when it completed one.
+    pub fn resolve_from_peer(&mut self, u: NeighborUpdate, now: u64) -> bool {
+        if self
+            .map
+            .get(&u.addr)
+            .is_some_and(|e| e.state == State::Incomplete)
+        {
+            self.learn(u, now)
+        } else {
+            false
+        }
     }
 
     /// Refreshes the confirmation time of an entry we already have (gleaning

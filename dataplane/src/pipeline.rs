@@ -283,6 +283,9 @@ impl Default for PipelineConfig {
 }
 
 const MAX_PENDING: usize = 16;
+/// Refused answers passed on to the other workers per loop
+/// ([`Pipeline::take_answers`]).
+pub const MAX_ANSWERS: usize = 4;
 /// See [`Pipeline::late_prefetch`].
 pub const NEXT_HOP_PREFETCH_NEIGHBORS: usize = 1024;
 
@@ -361,6 +364,8 @@ pub struct Pipeline {
     n_solicits: usize,
     learned: [NeighborUpdate; MAX_PENDING],
     n_learned: usize,
+    answers: [NeighborUpdate; MAX_ANSWERS],
+    n_answers: usize,
     statics_version: Option<u64>,
     affinity: Arc<AffinityTable>,
     fast_path: bool,
@@ -435,6 +440,12 @@ impl Pipeline {
                 port: 0,
             }; MAX_PENDING],
             n_learned: 0,
+            answers: [NeighborUpdate {
+                addr: Addr::default(),
+                mac: MacAddr([0; 6]),
+                port: 0,
+            }; MAX_ANSWERS],
+            n_answers: 0,
             statics_version: None,
             affinity: Arc::new(AffinityTable::new(cfg.affinity_slots)),
             fast_path: true,
@@ -643,14 +654,16 @@ impl Pipeline {
                     NOT_BEHIND
                 };
                 v.tag = v.tag.wrapping_add(1);
-                v.swept += 1;
+                // The first table is not a change.
+                v.swept += u64::from(v.epoch != u64::MAX);
             }
         }
         v.epoch = e.current;
     }
 
-    /// Flush epoch changes this worker swept (its sessions revalidated)
-    /// and carried over without a sweep ([`Pipeline::on_table`]).
+    /// Flush epoch changes (after the first table) this worker swept (its
+    /// sessions revalidated) and carried over without a sweep
+    /// ([`Pipeline::on_table`]).
     pub fn flush_epochs(&self) -> (u64, u64) {
         (self.valid.swept, self.valid.carried)
     }
@@ -669,7 +682,26 @@ impl Pipeline {
 
     /// Applies a neighbour learned by another worker.
     pub fn learn_from_peer(&mut self, u: NeighborUpdate, now: u64) {
-        self.neighbors.learn_from_peer(u, now);
+        self.neighbors.learn(u, now);
+    }
+
+    /// Takes the answers (ARP replies, solicited advertisements) the last
+    /// packets brought that this worker refused above its neighbour
+    /// cache's high-water mark: answers from one neighbour always reach
+    /// the same queue, so one may answer another worker's solicitation
+    /// (see [`Pipeline::answer_from_peer`]). At most [`MAX_ANSWERS`] per
+    /// call, apart from [`Pipeline::take_learned`]'s, so that a flood of
+    /// spoofed answers cannot crowd out real updates.
+    pub fn take_answers(&mut self) -> impl Iterator<Item = NeighborUpdate> + '_ {
+        let n = core::mem::take(&mut self.n_answers);
+        self.answers[..n].iter().copied()
+    }
+
+    /// Applies an answer another worker passed on
+    /// ([`Pipeline::take_answers`]): only if this worker is resolving
+    /// that neighbour.
+    pub fn answer_from_peer(&mut self, u: NeighborUpdate, now: u64) {
+        self.neighbors.resolve_from_peer(u, now);
     }
 
     /// Burst pre-pass, step 1: the session-index hash of the tuple of the
@@ -1323,6 +1355,19 @@ impl Pipeline {
         }
     }
 
+    /// Learns the neighbour an answer (ARP reply, solicited
+    /// advertisement) names; shared as learned when it changed something,
+    /// passed on as an answer when refused above the high-water mark.
+    fn learn_answer(&mut self, u: NeighborUpdate, now: u64) {
+        let refused = self.neighbors.refused();
+        if self.neighbors.learn(u, now) {
+            self.learned(u);
+        } else if self.neighbors.refused() != refused && self.n_answers < MAX_ANSWERS {
+            self.answers[self.n_answers] = u;
+            self.n_answers += 1;
+        }
+    }
+
     fn learned(&mut self, u: NeighborUpdate) {
         if self.n_learned < MAX_PENDING {
             self.learned[self.n_learned] = u;
@@ -1697,15 +1742,17 @@ impl Pipeline {
         };
         let sender_valid = !sha.is_multicast() && spa.octets() != [0, 0, 0, 0] && !from_kernel;
         if sender_valid {
-            let changed = if op == arp::operation::REPLY {
-                self.neighbors.learn_answer(update, now)
-            } else if for_us {
-                self.neighbors.learn(update, now)
+            if op == arp::operation::REPLY {
+                self.learn_answer(update, now);
             } else {
-                self.neighbors.refresh(update, now)
-            };
-            if changed {
-                self.learned(update);
+                let changed = if for_us {
+                    self.neighbors.learn(update, now)
+                } else {
+                    self.neighbors.refresh(update, now)
+                };
+                if changed {
+                    self.learned(update);
+                }
             }
         }
         if op == arp::operation::REQUEST && for_us {
@@ -1773,13 +1820,9 @@ impl Pipeline {
             };
             // An answer to a solicitation (the S flag) may be another
             // worker's: passed on even when refused here.
-            let solicited = body[4] & 0x40 != 0;
-            let share = if solicited {
-                self.neighbors.learn_answer(u, now)
-            } else {
-                self.neighbors.learn(u, now)
-            };
-            if share {
+            if body[4] & 0x40 != 0 {
+                self.learn_answer(u, now);
+            } else if self.neighbors.learn(u, now) {
                 self.learned(u);
             }
             return Some(self.to_kernel(st, in_port).unwrap_or(Verdict::Consumed));

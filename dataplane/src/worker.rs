@@ -284,7 +284,7 @@ pub fn start(
             }
         }
     }
-    let neigh_queues: Vec<Arc<ArrayQueue<NeighborUpdate>>> =
+    let neigh_queues: Vec<Arc<ArrayQueue<PeerNeighbor>>> =
         (0..n).map(|_| Arc::new(ArrayQueue::new(1024))).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let stats: Vec<Arc<WorkerStats>> = (0..n).map(|_| Arc::new(WorkerStats::default())).collect();
@@ -347,6 +347,16 @@ pub fn start(
     })
 }
 
+/// What one worker tells the others about neighbours.
+#[derive(Clone, Copy, Debug)]
+enum PeerNeighbor {
+    /// A neighbour it learned ([`Pipeline::learn_from_peer`]).
+    Learned(NeighborUpdate),
+    /// An answer it refused above its high-water mark, maybe to another
+    /// worker's solicitation ([`Pipeline::answer_from_peer`]).
+    Answer(NeighborUpdate),
+}
+
 /// One worker's context; lives on its lcore.
 struct Worker {
     id: u16,
@@ -356,8 +366,8 @@ struct Worker {
     table: Reader<ServiceTable>,
     handoff_rx: Vec<Arc<Ring>>,
     handoff_tx: Vec<Option<Arc<Ring>>>,
-    neigh_rx: Arc<ArrayQueue<NeighborUpdate>>,
-    neigh_tx: Vec<Arc<ArrayQueue<NeighborUpdate>>>,
+    neigh_rx: Arc<ArrayQueue<PeerNeighbor>>,
+    neigh_tx: Vec<Arc<ArrayQueue<PeerNeighbor>>>,
     pool: Arc<Mempool>,
     stop: Arc<AtomicBool>,
     ticks_per_ms: u64,
@@ -434,8 +444,11 @@ impl Worker {
             let stopping = self.stop.load(Ordering::Relaxed);
             let now = (loop_start - start) / self.ticks_per_ms;
             let st = &*self.stats;
-            while let Some(u) = self.neigh_rx.pop() {
-                self.pipeline.learn_from_peer(u, now);
+            while let Some(p) = self.neigh_rx.pop() {
+                match p {
+                    PeerNeighbor::Learned(u) => self.pipeline.learn_from_peer(u, now),
+                    PeerNeighbor::Answer(u) => self.pipeline.answer_from_peer(u, now),
+                }
             }
             let mut work = 0usize;
             {
@@ -581,7 +594,12 @@ impl Worker {
             }
             for u in self.pipeline.take_learned() {
                 for q in &self.neigh_tx {
-                    let _ = q.push(u);
+                    let _ = q.push(PeerNeighbor::Learned(u));
+                }
+            }
+            for u in self.pipeline.take_answers() {
+                for q in &self.neigh_tx {
+                    let _ = q.push(PeerNeighbor::Answer(u));
                 }
             }
             for (pi, t) in b.tx.iter_mut().enumerate() {

@@ -1711,7 +1711,7 @@ fn an_answer_another_worker_asked_for_reaches_it_above_the_high_water_mark() {
         64,
         b"x",
     );
-    let answer4 = arp_frame(2, P1_MAC, mac, v4_target, P1_MAC, NODE1);
+    let arp_reply = |ip: [u8; 4], mac: [u8; 6]| arp_frame(2, P1_MAC, mac, ip, P1_MAC, NODE1);
     let na = |target: Ipv6Addr, flags: u8| {
         let node = v6("2001:2:0:1::1");
         ndp_frame(
@@ -1727,7 +1727,7 @@ fn an_answer_another_worker_asked_for_reaches_it_above_the_high_water_mark() {
         )
     };
     for (frame, target, answer) in [
-        (&to4, Addr::v4(v4_target), answer4),
+        (&to4, Addr::v4(v4_target), arp_reply(v4_target, mac)),
         (&to6, Addr::from(v6_target), na(v6_target, 0x60)),
     ] {
         // Worker 1 holds the packet and solicits the neighbour.
@@ -1748,35 +1748,75 @@ fn an_answer_another_worker_asked_for_reaches_it_above_the_high_water_mark() {
         );
         assert_eq!(p0.neighbors.known(&target), None);
         assert_eq!(p0.neighbors.refused(), refused + 1);
-        let shared: Vec<_> = p0.take_learned().collect();
-        assert_eq!(shared.len(), 1, "{target:?}");
-        for u in shared {
-            p1.learn_from_peer(u, NOW + 1);
+        assert_eq!(p0.take_learned().count(), 0);
+        let passed: Vec<_> = p0.take_answers().collect();
+        assert_eq!(passed.len(), 1, "{target:?}");
+        for u in passed {
+            p1.answer_from_peer(u, NOW + 1);
         }
         assert_eq!(p1.neighbors.known(&target), Some(MacAddr(mac)));
         let (v, out) = run(&mut p1, &t, &st, 0, frame, NOW + 2, true);
         assert_eq!((v, parse(&out).dst_mac), (Verdict::Tx(1), mac));
     }
-    // An answer nobody asked for: passed on, refused by the peer too, and
-    // counted once. Unsolicited advertisements and requests are not passed on.
-    let refused = (p0.neighbors.refused(), p1.neighbors.refused());
-    let stray = arp_frame(2, P1_MAC, mac, [198, 18, 1, 51], P1_MAC, NODE1);
-    run(&mut p0, &t, &st, 1, &stray, NOW + 3, false);
-    for u in p0.take_learned().collect::<Vec<_>>() {
-        p1.learn_from_peer(u, NOW + 3);
-    }
-    assert_eq!(p1.neighbors.known(&Addr::v4([198, 18, 1, 51])), None);
-    assert_eq!(
-        (p0.neighbors.refused(), p1.neighbors.refused()),
-        (refused.0 + 1, refused.1)
+    // A peer takes a passed-on answer only to complete an entry it is
+    // resolving: not a new neighbour (even below its mark), not a change
+    // of one it knows; and its refusals are its own.
+    let mut fresh = pipeline_with(1, 2, PipelineConfig::default(), &t);
+    let other = [2, 0, 0, 0, 1, 0x99];
+    let refused = p1.neighbors.refused();
+    run(
+        &mut p0,
+        &t,
+        &st,
+        1,
+        &arp_reply([198, 18, 1, 51], mac),
+        NOW + 3,
+        false,
     );
+    run(
+        &mut p0,
+        &t,
+        &st,
+        1,
+        &arp_reply(v4_target, other),
+        NOW + 3,
+        false,
+    );
+    let passed: Vec<_> = p0.take_answers().collect();
+    assert_eq!(passed.len(), 2);
+    for u in passed {
+        p1.answer_from_peer(u, NOW + 3);
+        fresh.answer_from_peer(u, NOW + 3);
+    }
+    for p in [&p1, &fresh] {
+        assert_eq!(p.neighbors.known(&Addr::v4([198, 18, 1, 51])), None);
+    }
+    assert_eq!(p1.neighbors.known(&Addr::v4(v4_target)), Some(MacAddr(mac)));
+    assert_eq!(p1.neighbors.refused(), refused);
+    // Unsolicited advertisements, requests and answers that were not
+    // refused (a static neighbour's) are not passed on, and at most
+    // MAX_ANSWERS answers are per loop.
+    let refused = p0.neighbors.refused();
     let unsolicited = na(v6("2001:2:0:1::52"), 0x20);
     let request = arp_frame(1, [0xff; 6], mac, [198, 18, 1, 53], [0; 6], NODE1);
-    for f in [unsolicited, request] {
+    let known = arp_reply(BACKENDS4[0], backend_mac(0));
+    for f in [unsolicited, request, known] {
         run(&mut p0, &t, &st, 1, &f, NOW + 4, false);
-        assert_eq!(p0.take_learned().count(), 0);
     }
-    assert_eq!(p0.neighbors.refused(), refused.0 + 3);
+    assert_eq!(p0.neighbors.refused(), refused + 2);
+    assert_eq!(p0.take_answers().count() + p0.take_learned().count(), 0);
+    for i in 0..10 {
+        run(
+            &mut p0,
+            &t,
+            &st,
+            1,
+            &arp_reply([198, 18, 1, 60 + i], mac),
+            NOW + 5,
+            false,
+        );
+    }
+    assert_eq!(p0.take_answers().count(), crate::pipeline::MAX_ANSWERS);
 }
 
 #[test]
