@@ -1355,6 +1355,21 @@ impl Pipeline {
         }
     }
 
+    /// Learns the sender of a request (ARP request, neighbour
+    /// solicitation): a new neighbour only when it asks for an address of
+    /// ours (`for_us`), else only a refresh of one we know; shared when it
+    /// changed something.
+    fn learn_sender(&mut self, u: NeighborUpdate, now: u64, for_us: bool) {
+        let changed = if for_us {
+            self.neighbors.learn(u, now)
+        } else {
+            self.neighbors.refresh(u, now)
+        };
+        if changed {
+            self.learned(u);
+        }
+    }
+
     /// Learns the neighbour an answer (ARP reply, solicited
     /// advertisement) names; shared as learned when it changed something,
     /// passed on as an answer when refused above the high-water mark.
@@ -1745,14 +1760,7 @@ impl Pipeline {
             if op == arp::operation::REPLY {
                 self.learn_answer(update, now);
             } else {
-                let changed = if for_us {
-                    self.neighbors.learn(update, now)
-                } else {
-                    self.neighbors.refresh(update, now)
-                };
-                if changed {
-                    self.learned(update);
-                }
+                self.learn_sender(update, now, for_us);
             }
         }
         if op == arp::operation::REQUEST && for_us {
@@ -1840,14 +1848,7 @@ impl Pipeline {
                     mac,
                     port: in_port,
                 };
-                let changed = if owned {
-                    self.neighbors.learn(u, now)
-                } else {
-                    self.neighbors.refresh(u, now)
-                };
-                if changed {
-                    self.learned(u);
-                }
+                self.learn_sender(u, now, owned);
             }
         }
         if !owned {
