@@ -280,16 +280,13 @@ impl Neighbors {
     /// ([`crate::pipeline::Pipeline::take_answers`]): taken only to
     /// complete an entry this worker is resolving (incomplete), so a flood
     /// of spoofed answers neither adds nor changes anything else here.
-    /// True when it completed one.
-    pub fn resolve_from_peer(&mut self, u: NeighborUpdate, now: u64) -> bool {
+    pub fn resolve_from_peer(&mut self, u: NeighborUpdate, now: u64) {
         if self
             .map
             .get(&u.addr)
             .is_some_and(|e| e.state == State::Incomplete)
         {
-            self.learn(u, now)
-        } else {
-            false
+            self.learn(u, now);
         }
     }
 

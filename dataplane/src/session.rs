@@ -499,8 +499,6 @@ pub struct SessionTable {
     /// Live UDP sessions by [`udp_backend_slot`] of their backend (a
     /// power-of-two length).
     udp_backends: Box<[u32]>,
-    /// 64 − log2 of `udp_backends.len()`.
-    udp_shift: u32,
     capacity: usize,
     active: usize,
     /// Live sessions that masquerade.
@@ -527,14 +525,14 @@ fn udp_backend_slots(capacity: usize) -> usize {
     (1usize << (usize::BITS - 1 - per16.leading_zeros())).clamp(64, UDP_BACKEND_SLOTS)
 }
 
-/// A backend's slot among per-backend UDP session counts (`shift`: 64 −
-/// log2 of their number): the top bits of a multiplicative hash of its
-/// address words and port.
+/// A backend's slot among `n` (a power of two) per-backend UDP session
+/// counts: the top bits of a multiplicative hash of its address words and
+/// port.
 #[inline(always)]
-fn udp_backend_slot(b: &SockAddr, shift: u32) -> usize {
+fn udp_backend_slot(b: &SockAddr, n: usize) -> usize {
     let a = u128::from_ne_bytes(b.addr.0);
     let w = (a as u64) ^ ((a >> 64) as u64).rotate_left(17) ^ u64::from(b.port);
-    (w.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as usize
+    (w.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - n.trailing_zeros())) as usize
 }
 
 /// The other bucket of an entry in bucket `b` with tag `tag` (an involution:
@@ -561,7 +559,6 @@ impl SessionTable {
             counted: HugeVec::from_elem(NO_COUNTER, capacity),
             counters: Arc::new(BackendCounters::default()),
             udp_backends: vec![0; udp_backend_slots(capacity)].into_boxed_slice(),
-            udp_shift: 64 - udp_backend_slots(capacity).trailing_zeros(),
             capacity,
             active: 0,
             masqueraded: 0,
@@ -583,7 +580,14 @@ impl SessionTable {
     /// worker none of whose UDP sessions may use one has nothing to flush.
     #[inline]
     pub fn may_have_udp_to(&self, b: &SockAddr) -> bool {
-        self.udp_backends[udp_backend_slot(b, self.udp_shift)] != 0
+        self.udp_backends[udp_backend_slot(b, self.udp_backends.len())] != 0
+    }
+
+    /// The UDP session count of backend `b` ([`SessionTable::may_have_udp_to`]).
+    #[inline(always)]
+    fn udp_count(&mut self, b: &SockAddr) -> &mut u32 {
+        let n = self.udp_backends.len();
+        &mut self.udp_backends[udp_backend_slot(b, n)]
     }
 
     /// The counter session `idx` counts in, if it still does.
@@ -938,7 +942,7 @@ impl SessionTable {
         self.counted[idx as usize] = counter;
         self.counters.open(counter);
         if session.proto == Proto::Udp {
-            self.udp_backends[udp_backend_slot(&session.backend, self.udp_shift)] += 1;
+            *self.udp_count(&session.backend) += 1;
         }
         Ok(idx)
     }
@@ -1028,7 +1032,7 @@ impl SessionTable {
         self.active -= 1;
         self.masqueraded -= usize::from(s.snat.is_some());
         if s.proto == Proto::Udp {
-            let c = &mut self.udp_backends[udp_backend_slot(&s.backend, self.udp_shift)];
+            let c = self.udp_count(&s.backend);
             *c = c.saturating_sub(1);
         }
     }
