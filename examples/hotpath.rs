@@ -18,6 +18,8 @@
 //! `established_60k_10k_services`), `new` (every packet opens a flow:
 //! session insert + Maglev pick), `fwd1_v6` / `rev1_v6` (`fwd1` / `rev1`
 //! over IPv6: the same Services on 2001:2::/48 addresses, 84-byte frames),
+//! `fwd60k_burst_v6` (`fwd60k_burst` over IPv6: 60,000 clients in
+//! 2001:2::/64, the replay bench's `established_60k_v6`),
 //! `fwd60k_updates` (`fwd60k_burst` while the replay bench's `updates`
 //! changes are published: a new table every [`UPDATE_EVERY`] packets, the
 //! even changes adding an extra backend no flow uses to a Service, the odd
@@ -233,6 +235,7 @@ fn main() {
         "rev1" => (1, 1, true, false),
         "fwd1_v6" => (1, 1, false, false),
         "rev1_v6" => (1, 1, true, false),
+        "fwd60k_burst_v6" => (60_000, BURST, false, false),
         "fwd60k" => (60_000, 1, false, false),
         "fwd60k_burst" | "fwd60k_updates" => (60_000, BURST, false, false),
         "fwd60k_10k" => (60_000, 1, false, false),
@@ -246,7 +249,16 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let frames: Vec<Vec<u8>> = if v6 {
+    let frames: Vec<Vec<u8>> = if v6 && flows > 1 {
+        // Clients in 2001:2::/64 (the client subnet), 16 Services.
+        (0..flows)
+            .map(|i| {
+                let mut c = V6_CLIENT;
+                c[12..16].copy_from_slice(&(i + 2).to_be_bytes());
+                udp6_frame(c, (i as u16) | 1024, v6_vip((i % 16) as usize), 80, P0, 18)
+            })
+            .collect()
+    } else if v6 {
         // The client has a static neighbour entry (replies go straight out).
         vec![udp6_frame(V6_CLIENT, 40000, v6_vip(0), 80, P0, 18)]
     } else if reply {

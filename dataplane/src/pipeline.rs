@@ -15,7 +15,8 @@ use crate::packet::{
     IcmpPacket, Ipv4Packet, Ipv6Packet, MacAddr, SctpPacket, TcpPacket, UdpPacket,
 };
 use crate::session::{
-    key_hash, key_hash_v4, tcp, Dir, InsertError, SctpState, Session, SessionTable, Timeouts,
+    key_hash, key_hash_v4, key_hash_v6, tcp, Dir, InsertError, SctpState, Session, SessionTable,
+    Timeouts,
 };
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::{Frontend, NoBackends, ServiceTable};
@@ -711,11 +712,12 @@ impl Pipeline {
     /// packet is fully parsed and checked later by [`Pipeline::process`].
     #[inline]
     pub fn prefetch_index(&self, d: &[u8]) -> u64 {
-        // Untagged IPv4 (the common case) hashed straight from the frame.
+        // Untagged IPv4 and IPv6 (the common cases) hashed straight from
+        // the frame.
         let h = if d.get(12..14) == Some(&[0x08, 0x00][..]) {
             quick_hash_v4(d)
         } else {
-            quick_key(d).map_or(0, |k| key_hash(&k))
+            quick_hash_other(d)
         };
         if h != 0 {
             self.sessions.prefetch(h);
@@ -2057,6 +2059,42 @@ fn quick_hash_v4(d: &[u8]) -> u64 {
         u32::from_ne_bytes([p[0], p[1], p[2], p[3]]),
         proto,
     )
+}
+
+/// [`quick_hash_v4`] for an untagged IPv6 frame `d` (its ethertype
+/// checked by the caller): [`key_hash_v6`] of the header's bytes; 0 where
+/// `quick_key` has no key.
+#[inline(always)]
+fn quick_hash_v6(d: &[u8]) -> u64 {
+    let Some(ip) = d
+        .get(14..14 + 44)
+        .and_then(|b| <&[u8; 44]>::try_from(b).ok())
+    else {
+        return 0;
+    };
+    let proto = ip[6];
+    if !matches!(proto, ip_proto::TCP | ip_proto::UDP | ip_proto::SCTP) {
+        return 0;
+    }
+    let Some(addrs) = ip.first_chunk::<40>().and_then(|h| h.last_chunk::<32>()) else {
+        return 0;
+    };
+    key_hash_v6(
+        addrs,
+        u32::from_ne_bytes([ip[40], ip[41], ip[42], ip[43]]),
+        proto,
+    )
+}
+
+/// [`Pipeline::prefetch_index`]'s hash of anything but untagged IPv4, out
+/// of its line (IPv4's instructions stay as they were).
+#[inline(never)]
+fn quick_hash_other(d: &[u8]) -> u64 {
+    if d.get(12..14) == Some(&[0x86, 0xdd][..]) {
+        quick_hash_v6(d)
+    } else {
+        quick_key(d).map_or(0, |k| key_hash(&k))
+    }
 }
 
 #[inline]

@@ -18,7 +18,7 @@ if [ "${1:-}" = --no-build ]; then BUILD=0; shift; fi
 DEFAULT_PACKETS=${1:-200000}
 shift || true
 SCENARIOS=("$@")
-[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(fwd1 fwd1+good rev1 fwd1_v6 rev1_v6 fwd60k fwd60k_burst fwd60k_10k fwd60k_10k_burst fwd60k_masq_burst new fwd60k_updates:4200000)
+[ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(fwd1 fwd1+good rev1 fwd1_v6 rev1_v6 fwd60k fwd60k_burst fwd60k_burst_v6 fwd60k_10k fwd60k_10k_burst fwd60k_masq_burst new fwd60k_updates:4200000)
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 if [ "$BUILD" = 1 ]; then
   cargo build --release --offline --locked --example hotpath >&2

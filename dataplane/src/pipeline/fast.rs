@@ -717,26 +717,12 @@ fn rewrite_v6(d: &mut [u8], udp: bool, src: Option<SockAddr>, dst: Option<SockAd
     let Ok(h) = <&mut [u8; 58]>::try_from(h) else {
         return;
     };
-    // Native-endian words, as in `rewrite_v4`.
-    let ne32 = |b: &[u8], at: usize| {
-        u64::from(u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
-    };
     let mut s = u64::from(!u16::from_ne_bytes([c0, c1]));
-    // ~old + new for the address (16 bytes at `a`) and port (at `p`).
-    let mut change = |h: &mut [u8; 58], a: usize, p: usize, n: SockAddr| {
-        for i in (0..16).step_by(4) {
-            s += (ne32(h, a + i) ^ 0xFFFF_FFFF) + ne32(&n.addr.0, i);
-        }
-        let port = n.port.to_be_bytes();
-        s += u64::from(!u16::from_ne_bytes([h[p], h[p + 1]])) + u64::from(u16::from_ne_bytes(port));
-        h[a..a + 16].copy_from_slice(&n.addr.0);
-        h[p..p + 2].copy_from_slice(&port);
-    };
     if let Some(n) = src {
-        change(h, 22, 54, n);
+        s += change_v6(h, 22, 54, n);
     }
     if let Some(n) = dst {
-        change(h, 38, 56, n);
+        s += change_v6(h, 38, 56, n);
     }
     h[21] -= 1;
     let mut r = !checksum::fold64(s);
@@ -746,6 +732,27 @@ fn rewrite_v6(d: &mut [u8], udp: bool, src: Option<SockAddr>, dst: Option<SockAd
     if let Some(f) = d.get_mut(at..at + 2) {
         f.copy_from_slice(&r.to_ne_bytes());
     }
+}
+
+/// [`rewrite_v6`]'s change of one endpoint: writes the address (16
+/// bytes at `a`) and port (at `p`) of `n` into `h` and returns the sum of
+/// ~old + new over their native-endian words (as in [`rewrite_v4`]), for
+/// the TCP/UDP checksum. A function of its own, inlined: as a closure
+/// called twice it was not (a call per endpoint).
+#[inline(always)]
+fn change_v6(h: &mut [u8; 58], a: usize, p: usize, n: SockAddr) -> u64 {
+    let ne32 = |b: &[u8], at: usize| {
+        u64::from(u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+    };
+    let mut s = 0u64;
+    for i in (0..16).step_by(4) {
+        s += (ne32(h, a + i) ^ 0xFFFF_FFFF) + ne32(&n.addr.0, i);
+    }
+    let port = n.port.to_be_bytes();
+    s += u64::from(!u16::from_ne_bytes([h[p], h[p + 1]])) + u64::from(u16::from_ne_bytes(port));
+    h[a..a + 16].copy_from_slice(&n.addr.0);
+    h[p..p + 2].copy_from_slice(&port);
+    s
 }
 
 #[cfg(test)]
@@ -1610,10 +1617,11 @@ mod tests {
     }
 
     #[test]
-    fn the_pre_pass_hashes_untagged_ipv4_as_the_index_does() {
-        // The pre-pass hashes untagged IPv4 straight from the header
-        // (`quick_hash_v4`): the same hash as the index's for the tuple
-        // `quick_key` reads, and 0 where that has no tuple.
+    fn the_pre_pass_hashes_untagged_ipv4_and_ipv6_as_the_index_does() {
+        // The pre-pass hashes untagged IPv4 and IPv6 straight from the
+        // header (`quick_hash_v4`, `quick_hash_v6`): the same hash as the
+        // index's for the tuple `quick_key` reads, and 0 where that has no
+        // tuple.
         let p = pipeline(true, 1500);
         let want = |f: &[u8]| quick_key(f).map_or(0, |k| key_hash(&k));
         let udp = frame(
@@ -1651,6 +1659,16 @@ mod tests {
             18,
             V6::Plain,
         );
+        let c6 = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34];
+        let s6 = [0x20, 0x01, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 9];
+        let tcp6 = frame6(P0, (c6, 5555), (s6, 443), Some(tcp::ACK), 0, V6::Plain);
+        let mut sctp6 = v6.clone();
+        sctp6[14 + 6] = ip_proto::SCTP;
+        let mut tagged6 = v6[..12].to_vec();
+        tagged6.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        tagged6.extend_from_slice(&v6[12..]);
+        // An extension header: no tuple for the pre-pass.
+        let ext6 = frame6(P0, (c6, 5555), (s6, 80), None, 18, V6::Ext);
         for (name, f) in [
             ("udp", &udp[..]),
             ("tcp", &tcp),
@@ -1658,6 +1676,9 @@ mod tests {
             ("options", &options),
             ("tagged", &tagged),
             ("v6", &v6),
+            ("tcp6", &tcp6),
+            ("sctp6", &sctp6),
+            ("tagged6", &tagged6),
         ] {
             let h = p.prefetch_index(f);
             assert_ne!(h, 0, "{name}");
@@ -1672,6 +1693,9 @@ mod tests {
             ("short ip", &udp[..30]),
             ("short ports", &udp[..35]),
             ("options, short ports", &options[..39]),
+            ("ext6", &ext6),
+            ("short v6 ports", &v6[..14 + 43]),
+            ("short v6", &v6[..14 + 39]),
         ] {
             assert_eq!(p.prefetch_index(f), 0, "{name}");
             assert_eq!(want(f), 0, "{name}");
