@@ -84,14 +84,15 @@ impl Pipeline {
                 proto as u8,
             ),
         };
-        let hit = self.fast_hit(t, &key, candidate, hash)?;
+        // Only IPv4 to IPv4 (`Ep4::of` refuses anything else), never
+        // multicast or broadcast.
+        let hit = self.fast_hit(t, &key, candidate, hash, Ep4::of)?;
         let (new_src, new_dst) = (hit.new_src, hit.new_dst);
-        let to = new_dst.map_or(key.dst, |n| n.addr);
-        if !to.is_v4() || to.is_multicast_or_broadcast() || new_src.is_some_and(|n| !n.addr.is_v4())
-        {
+        let to = new_dst.map_or([ip[16], ip[17], ip[18], ip[19]], |n| n.addr.to_ne_bytes());
+        if to[0] >= 224 {
             return None;
         }
-        let (port, mac) = self.egress_for(t, &to, now)?;
+        let (port, mac) = self.egress_for(t, &Addr::v4(to), now)?;
         let out = *self.ports.get(port as usize)?;
         if out.vlan.is_some() || (total > MIN_MTU && total > usize::from(out.mtu)) {
             return None;
@@ -160,12 +161,13 @@ impl Pipeline {
             Some(_) => 0,
             None => key_hash(&key),
         };
-        let hit = self.fast_hit(t, &key, candidate, hash)?;
+        // Only IPv6 to IPv6 (an IPv4-mapped address in an IPv6 header is
+        // the general path's business: `ep6` refuses it), and never
+        // multicast.
+        let hit = self.fast_hit(t, &key, candidate, hash, ep6)?;
         let (new_src, new_dst) = (hit.new_src, hit.new_dst);
         let to = new_dst.map_or(key.dst, |n| n.addr);
-        // Only IPv6 to IPv6 (an IPv4-mapped address in an IPv6 header is
-        // the general path's business), and never multicast.
-        if to.is_v4() || to.is_multicast_or_broadcast() || new_src.is_some_and(|n| n.addr.is_v4()) {
+        if to.is_v4() || to.is_multicast_or_broadcast() {
             return None;
         }
         let (port, mac) = self.egress6_for(t, &to, now)?;
@@ -211,17 +213,45 @@ fn l4_of(next: u8, l4: &[u8], v6: bool) -> Option<Proto> {
     }
 }
 
-/// A fast-path session hit ([`Pipeline::fast_hit`]).
+/// A fast-path session hit ([`Pipeline::fast_hit`]), its translation's
+/// endpoints as the family's fast path wants them (`E`: [`Ep4`] or
+/// [`SockAddr`]).
 #[derive(Clone, Copy)]
-struct Hit {
+struct Hit<E> {
     idx: u32,
     dir: Dir,
     /// The session was validated before the worker's last sweep (`tag` is the current one).
     revalidate: bool,
     tag: u16,
     /// The translation: new source and destination, if they change.
-    new_src: Option<SockAddr>,
-    new_dst: Option<SockAddr>,
+    new_src: Option<E>,
+    new_dst: Option<E>,
+}
+
+/// An IPv4 endpoint as [`rewrite_v4`] writes it: the address's four
+/// octets and the port's two wire bytes, each read native-endian (12 bytes
+/// in registers instead of two 18-byte [`SockAddr`]s on the stack).
+#[derive(Clone, Copy)]
+struct Ep4 {
+    addr: u32,
+    port: u16,
+}
+
+impl Ep4 {
+    /// `e` for the IPv4 fast path; `None` for an IPv6 endpoint.
+    #[inline(always)]
+    fn of(e: &SockAddr) -> Option<Ep4> {
+        e.addr.is_v4().then(|| Ep4 {
+            addr: u32::from_ne_bytes(e.addr.v4_octets()),
+            port: e.port.to_be(),
+        })
+    }
+}
+
+/// `e` for the IPv6 fast path; `None` for an IPv4 (IPv4-mapped) endpoint.
+#[inline(always)]
+fn ep6(e: &SockAddr) -> Option<SockAddr> {
+    (!e.addr.is_v4()).then_some(*e)
 }
 
 impl Pipeline {
@@ -233,15 +263,18 @@ impl Pipeline {
     /// packet since a table change) the session's backend is gone — as on
     /// the general path, which then flushes it; TCP keeps its backend.
     /// Checked here so that a publication does not send every flow through
-    /// the general path. No side effect.
+    /// the general path. `ep` gives the translation's endpoints in the
+    /// caller's form, `None` (not taken) for one of the other family. No
+    /// side effect.
     #[inline(always)]
-    fn fast_hit(
+    fn fast_hit<E: Copy>(
         &self,
         t: &ServiceTable,
         key: &FlowKey,
         candidate: Option<u32>,
         hash: u64,
-    ) -> Option<Hit> {
+        ep: impl Fn(&SockAddr) -> Option<E>,
+    ) -> Option<Hit<E>> {
         let (idx, dir) = match candidate {
             Some(c) => self.sessions.confirm_candidate(c, key)?,
             None => self.sessions.lookup_hashed_inline(key, hash)?,
@@ -252,10 +285,11 @@ impl Pipeline {
         if revalidate && key.proto == Proto::Udp && !self.backend_kept(t, s) {
             return None;
         }
-        let snat = self.sessions.snat(idx, s);
-        let (new_src, new_dst) = match dir {
-            Dir::Original => (snat, Some(*s.backend())),
-            Dir::Reply => (Some(*s.frontend()), snat.map(|_| *s.client())),
+        let (new_src, new_dst) = match (dir, self.sessions.snat(idx, s)) {
+            (Dir::Original, None) => (None, Some(ep(s.backend())?)),
+            (Dir::Original, Some(n)) => (Some(ep(&n)?), Some(ep(s.backend())?)),
+            (Dir::Reply, None) => (Some(ep(s.frontend())?), None),
+            (Dir::Reply, Some(_)) => (Some(ep(s.frontend())?), Some(ep(s.client())?)),
         };
         Some(Hit {
             idx,
@@ -288,7 +322,7 @@ impl Pipeline {
     /// The session side of a translated packet: the new validation tag,
     /// state and expiry, and the counters.
     #[inline(always)]
-    fn fast_commit(&mut self, st: &WorkerStats, hit: Hit, now: u64) {
+    fn fast_commit<E>(&mut self, st: &WorkerStats, hit: Hit<E>, now: u64) {
         if hit.revalidate {
             self.sessions.set_validated(hit.idx, hit.tag);
         }
@@ -647,7 +681,7 @@ pub struct TableMemory {
 /// so the folded result is the same representative the general path's
 /// big-endian sums give).
 #[inline(always)]
-fn rewrite_v4(d: &mut [u8], udp: bool, src: Option<SockAddr>, dst: Option<SockAddr>) {
+fn rewrite_v4(d: &mut [u8], udp: bool, src: Option<Ep4>, dst: Option<Ep4>) {
     // The L4 checksum first (its offset differs); then the fixed 38 bytes.
     let at = if udp { 40 } else { 50 };
     let Some(&[c0, c1]) = d.get(at..at + 2) else {
@@ -663,11 +697,11 @@ fn rewrite_v4(d: &mut [u8], udp: bool, src: Option<SockAddr>, dst: Option<SockAd
     let rd32 =
         |h: &[u8; 38], at: usize| u32::from_ne_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
     let (os, od, op) = (rd32(h, 26), rd32(h, 30), rd32(h, 34));
-    let ns = src.map_or(os, |n| u32::from_ne_bytes(n.addr.v4_octets()));
-    let nd = dst.map_or(od, |n| u32::from_ne_bytes(n.addr.v4_octets()));
+    let ns = src.map_or(os, |n| n.addr);
+    let nd = dst.map_or(od, |n| n.addr);
     // The new ports as their wire bytes read natively (16-bit words).
-    let nsp = src.map_or(u16::from_ne_bytes([h[34], h[35]]), |n| n.port.to_be());
-    let ndp = dst.map_or(u16::from_ne_bytes([h[36], h[37]]), |n| n.port.to_be());
+    let nsp = src.map_or(u16::from_ne_bytes([h[34], h[35]]), |n| n.port);
+    let ndp = dst.map_or(u16::from_ne_bytes([h[36], h[37]]), |n| n.port);
     // Sum of ~old + new over both addresses: shared by the IP header and
     // the pseudo-header.
     let addrs = u64::from(!os) + u64::from(ns) + u64::from(!od) + u64::from(nd);
@@ -2171,6 +2205,75 @@ mod tests {
         assert_eq!(sf.sessions_flushed.load(Relaxed), 1);
         // Then the fast path's again.
         assert_eq!(both(&mut fast, &mut slow, &t2, &sf, &ss, 0, &udp, 4).2, 1);
+    }
+
+    #[test]
+    fn translations_that_mix_families_are_left_to_the_general_path() {
+        // A table that maps an IPv4 VIP to an IPv6 backend and an IPv6 VIP
+        // to an IPv4 one (the control plane never builds one: each family
+        // gets its own EndpointSlices; a hand-written spec could). Whatever
+        // the general path makes of such a flow, the fast path must leave
+        // every packet of it to the general path.
+        let mut spec = spec_without(None);
+        let mixed = |name: &str, vip: Addr, backend: Addr| ServiceSpec {
+            source_ranges: vec![],
+            affinity_timeout: None,
+            masquerade: false,
+            external: false,
+            no_backends: Default::default(),
+            short_circuit: vec![],
+            algorithm: Default::default(),
+            name: name.into(),
+            frontend: Frontend {
+                addr: SockAddr::new(vip, 80),
+                proto: Proto::Udp,
+            },
+            backends: vec![SockAddr::new(backend, 8080)],
+        };
+        // The IPv6 backend's last four bytes are a routed IPv4 backend with
+        // a static neighbour (198.19.0.10): read as IPv4, it would be sent.
+        let mut b6 = a6(1, 0);
+        b6[12..].copy_from_slice(&[198, 19, 0, 10]);
+        spec.services
+            .push(mixed("t/4to6", v4([198, 18, 100, 7]), Addr::v6(b6)));
+        spec.services
+            .push(mixed("t6/6to4", v6(0x100, 7), v4([198, 19, 0, 10])));
+        let t = ServiceTable::new(spec, 1);
+        let (sf, ss) = (WorkerStats::default(), WorkerStats::default());
+        let mut fast = pipeline(true, 1500);
+        let mut slow = pipeline(false, 1500);
+        fast.on_table(&t);
+        slow.on_table(&t);
+        let f4 = frame(
+            P0,
+            ([198, 18, 0, 2], 41000),
+            ([198, 18, 100, 7], 80),
+            None,
+            18,
+        );
+        let f6 = frame6(
+            P0,
+            (a6(0, 2), 41000),
+            (a6(0x100, 7), 80),
+            None,
+            18,
+            V6::Plain,
+        );
+        for (what, f) in [("4 to 6", &f4), ("6 to 4", &f6)] {
+            let created = sf.sessions_created.load(Relaxed);
+            for now in 0..3 {
+                assert_eq!(
+                    both(&mut fast, &mut slow, &t, &sf, &ss, 0, f, now).2,
+                    0,
+                    "{what}: packet {now}"
+                );
+            }
+            assert_eq!(
+                sf.sessions_created.load(Relaxed),
+                created + 1,
+                "{what}: the general path opened a session (so the fast path found one)"
+            );
+        }
     }
 
     #[test]
