@@ -829,43 +829,56 @@ mod tests {
         ServiceTable::new(spec_without(skip), version)
     }
 
+    /// A Service of the tests' tables: `frontend` (`proto`) to `backends`.
+    fn service(
+        name: String,
+        proto: Proto,
+        frontend: SockAddr,
+        backends: Vec<SockAddr>,
+        masquerade: bool,
+    ) -> ServiceSpec {
+        ServiceSpec {
+            source_ranges: vec![],
+            affinity_timeout: None,
+            masquerade,
+            external: false,
+            no_backends: Default::default(),
+            short_circuit: vec![],
+            algorithm: Default::default(),
+            name,
+            frontend: Frontend {
+                addr: frontend,
+                proto,
+            },
+            backends,
+        }
+    }
+
     /// What [`table_without`] builds.
     fn spec_without(skip: Option<u8>) -> TableSpec {
-        let svc6 = |vip: u8, proto, masquerade| ServiceSpec {
-            source_ranges: vec![],
-            affinity_timeout: None,
-            masquerade,
-            external: false,
-            no_backends: Default::default(),
-            short_circuit: vec![],
-            algorithm: Default::default(),
-            name: format!("t6/{vip}"),
-            frontend: Frontend {
-                addr: SockAddr::new(v6(0x100, u16::from(vip)), 80),
-                proto,
-            },
-            backends: (10..13)
+        let backends = |addr: fn(u8) -> Addr| {
+            (10..13)
                 .filter(|&b| Some(b) != skip)
-                .map(|b| SockAddr::new(v6(1, u16::from(b)), 8080))
-                .collect(),
+                .map(|b| SockAddr::new(addr(b), 8080))
+                .collect()
         };
-        let svc = |vip: u8, proto, masquerade| ServiceSpec {
-            source_ranges: vec![],
-            affinity_timeout: None,
-            masquerade,
-            external: false,
-            no_backends: Default::default(),
-            short_circuit: vec![],
-            algorithm: Default::default(),
-            name: format!("t/{vip}"),
-            frontend: Frontend {
-                addr: SockAddr::new(v4([198, 18, 100, vip]), 80),
+        let svc6 = |vip: u8, proto, masquerade| {
+            service(
+                format!("t6/{vip}"),
                 proto,
-            },
-            backends: (10..13)
-                .filter(|&b| Some(b) != skip)
-                .map(|b| SockAddr::new(v4([198, 19, 0, b]), 8080))
-                .collect(),
+                SockAddr::new(v6(0x100, u16::from(vip)), 80),
+                backends(|b| v6(1, u16::from(b))),
+                masquerade,
+            )
+        };
+        let svc = |vip: u8, proto, masquerade| {
+            service(
+                format!("t/{vip}"),
+                proto,
+                SockAddr::new(v4([198, 18, 100, vip]), 80),
+                backends(|b| v4([198, 19, 0, b])),
+                masquerade,
+            )
         };
         TableSpec {
             services: vec![
@@ -1713,6 +1726,7 @@ mod tests {
             ("tcp6", &tcp6),
             ("sctp6", &sctp6),
             ("tagged6", &tagged6),
+            ("v6 up to the ports", &v6[..14 + 44]),
         ] {
             let h = p.prefetch_index(f);
             assert_ne!(h, 0, "{name}");
@@ -2215,20 +2229,14 @@ mod tests {
         // the general path makes of such a flow, the fast path must leave
         // every packet of it to the general path.
         let mut spec = spec_without(None);
-        let mixed = |name: &str, vip: Addr, backend: Addr| ServiceSpec {
-            source_ranges: vec![],
-            affinity_timeout: None,
-            masquerade: false,
-            external: false,
-            no_backends: Default::default(),
-            short_circuit: vec![],
-            algorithm: Default::default(),
-            name: name.into(),
-            frontend: Frontend {
-                addr: SockAddr::new(vip, 80),
-                proto: Proto::Udp,
-            },
-            backends: vec![SockAddr::new(backend, 8080)],
+        let mixed = |name: &str, vip: Addr, backend: Addr| {
+            service(
+                name.into(),
+                Proto::Udp,
+                SockAddr::new(vip, 80),
+                vec![SockAddr::new(backend, 8080)],
+                false,
+            )
         };
         // The IPv6 backend's last four bytes are a routed IPv4 backend with
         // a static neighbour (198.19.0.10): read as IPv4, it would be sent.
