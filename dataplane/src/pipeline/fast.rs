@@ -92,7 +92,7 @@ impl Pipeline {
         if to[0] >= 224 {
             return None;
         }
-        let (port, mac) = self.egress_for(t, &Addr::v4(to), now)?;
+        let (port, mac) = self.egress_v4(t, u32::from_ne_bytes(to), now)?;
         let out = *self.ports.get(port as usize)?;
         if out.vlan.is_some() || (total > MIN_MTU && total > usize::from(out.mtu)) {
             return None;
@@ -511,19 +511,14 @@ fn place<E: Copy>(set: &mut [E; 2], e: E, reusable: impl Fn(&E) -> bool) {
 }
 
 impl Pipeline {
-    /// Egress port and destination MAC for the IPv4 destination `dst`: the
-    /// route and a fresh neighbour, from the cache while the table version
-    /// and the neighbour generation are unchanged and the neighbour stays
-    /// fresh; `None` when there is no route or the neighbour is not fresh
-    /// (the general path then routes, solicits or holds).
+    /// Egress port and destination MAC for the IPv4 destination whose
+    /// octets, read native-endian, are `d4`: the route and a fresh
+    /// neighbour, from the cache while the table version and the neighbour
+    /// generation are unchanged and the neighbour stays fresh; `None` when
+    /// there is no route or the neighbour is not fresh (the general path
+    /// then routes, solicits or holds). The address is built only on a miss.
     #[inline(always)]
-    pub(super) fn egress_for(
-        &mut self,
-        t: &ServiceTable,
-        dst: &Addr,
-        now: u64,
-    ) -> Option<(u16, MacAddr)> {
-        let d4 = u32::from_ne_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]);
+    fn egress_v4(&mut self, t: &ServiceTable, d4: u32, now: u64) -> Option<(u16, MacAddr)> {
         let stamp = self.egress.sync(t.version, self.neighbors.generation());
         let si = self.egress.set_of(d4);
         if let Some(set) = self.egress.sets.get(si) {
@@ -533,22 +528,21 @@ impl Pipeline {
                 }
             }
         }
-        self.egress_miss(t, dst, si, stamp, now)
+        self.egress_miss(t, d4, si, stamp, now)
     }
 
-    /// [`Self::egress_for`] when the cache has no fresh entry: route,
+    /// [`Self::egress_v4`] when the cache has no fresh entry: route,
     /// resolve, and cache the answer in set `si` under `stamp`.
     #[inline(never)]
     fn egress_miss(
         &mut self,
         t: &ServiceTable,
-        dst: &Addr,
+        d4: u32,
         si: usize,
         stamp: u32,
         now: u64,
     ) -> Option<(u16, MacAddr)> {
-        let (port, mac, until) = self.resolve_egress(t, dst, now)?;
-        let d4 = u32::from_ne_bytes([dst.0[12], dst.0[13], dst.0[14], dst.0[15]]);
+        let (port, mac, until) = self.resolve_egress(t, &Addr::v4(d4.to_ne_bytes()), now)?;
         let e = Egress {
             until,
             dst: d4,
@@ -588,7 +582,7 @@ impl Pipeline {
         Some((hop.port, mac, until))
     }
 
-    /// [`Self::egress_for`] for an IPv6 destination `dst`: the same
+    /// [`Self::egress_v4`] for an IPv6 destination `dst`: the same
     /// answers under the same invalidation rules, from the IPv6 sets.
     #[inline(always)]
     pub(super) fn egress6_for(
@@ -1907,7 +1901,7 @@ mod tests {
         for round in 0..3 {
             for a in &addrs {
                 assert_eq!(
-                    p.egress_for(&t, a, round),
+                    p.egress_v4(&t, u32::from_ne_bytes(a.v4_octets()), round),
                     Some((1, MacAddr([2, 0, 1, 0, 0, 1])))
                 );
             }
@@ -1938,7 +1932,7 @@ mod tests {
         p.on_table(&t);
         let b = v4([198, 19, 0, 12]);
         assert_eq!(
-            p.egress_for(&t, &b, 1),
+            p.egress_v4(&t, u32::from_ne_bytes(b.v4_octets()), 1),
             Some((1, MacAddr([2, 0, 0, 1, 0, 12])))
         );
         let b6 = v6(1, 12);
@@ -1959,7 +1953,7 @@ mod tests {
             2,
         );
         assert_eq!(
-            p.egress_for(&t, &b, 3),
+            p.egress_v4(&t, u32::from_ne_bytes(b.v4_octets()), 3),
             Some((1, MacAddr([2, 0, 0, 9, 9, 12])))
         );
         // The IPv6 sets are emptied too.
