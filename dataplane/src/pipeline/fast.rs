@@ -161,9 +161,10 @@ impl Pipeline {
             Some(_) => 0,
             None => key_hash(&key),
         };
-        // Only IPv6 to IPv6 (an IPv4-mapped address in an IPv6 header is
-        // the general path's business: `ep6` refuses it), and never
-        // multicast.
+        // Only IPv6 to IPv6 (IPv4 is the general path's business: `ep6`
+        // refuses an IPv4 endpoint in the translation, `to.is_v4()` an
+        // IPv4-mapped destination the header carries untranslated), and
+        // never multicast.
         let hit = self.fast_hit(t, &key, candidate, hash, ep6)?;
         let (new_src, new_dst) = (hit.new_src, hit.new_dst);
         let to = new_dst.map_or(key.dst, |n| n.addr);
