@@ -15,8 +15,8 @@ use crate::packet::{
     IcmpPacket, Ipv4Packet, Ipv6Packet, MacAddr, SctpPacket, TcpPacket, UdpPacket,
 };
 use crate::session::{
-    key_hash, key_hash_v4, key_hash_v6, tcp, Dir, InsertError, SctpState, Session, SessionTable,
-    Timeouts,
+    key_hash, key_hash_v4, key_hash_v6, recent_v4, recent_v6, tcp, Dir, InsertError, SctpState,
+    Session, SessionTable, Timeouts,
 };
 use crate::stats::{DropReason, WorkerStats};
 use crate::table::{Frontend, NoBackends, ServiceTable};

@@ -14,6 +14,7 @@
 use crate::addr::{FlowKey, Proto, SockAddr};
 use crate::hugemem::HugeVec;
 use crate::lbcount::{BackendCounters, NO_COUNTER};
+use core::cell::Cell;
 use std::sync::Arc;
 
 /// Session timeouts in milliseconds.
@@ -508,7 +509,11 @@ fn mix(s_lo: u64, s_hi: u64, d_lo: u64, d_hi: u64, ports: u32, proto: u8) -> u64
 ///   churn); an insert into two full buckets moves entries to their other
 ///   bucket along a bounded path. Two places per session at a load of at
 ///   most 90 % (less after rounding the bucket count to a power of two):
-///   17.8–35.6 bytes per session.
+///   17.8–35.6 bytes per session;
+/// * a direct-mapped cache of recent lookups (at most 2^15 index values,
+///   128 KiB; [`SessionTable::recent`]) lets the fast path find the
+///   session of a tuple it saw before with one load and a check, without
+///   the hash and the bucket probe.
 pub struct SessionTable {
     buckets: HugeVec<Bucket>,
     mask: usize,
@@ -533,6 +538,47 @@ pub struct SessionTable {
     masqueraded: usize,
     cursor: usize,
     timeouts: Timeouts,
+    /// The recent-lookup cache ([`SessionTable::recent`]): a
+    /// direct-mapped array of index values ([`NO_CANDIDATE`]: none), by
+    /// [`recent_v4`] / [`recent_v6`] of the tuple (a power-of-two length).
+    recent: Box<[Cell<u32>]>,
+}
+
+/// Most entries of [`SessionTable`]'s recent-lookup cache (128 KiB; see
+/// [`SessionTable::recent`]).
+pub const RECENT_MAX: usize = 1 << 15;
+
+/// The number of entries of the recent-lookup cache of a table of
+/// `capacity` sessions: the power of two at or below `capacity`, from 64
+/// to [`RECENT_MAX`] (at most 4 bytes per session from 64 sessions up).
+fn recent_entries(capacity: usize) -> usize {
+    (1usize << (usize::BITS - 1 - capacity.max(1).leading_zeros())).clamp(64, RECENT_MAX)
+}
+
+/// The recent-lookup cache entry of an IPv4 tuple: its addresses as
+/// native-endian reads of the header's words, the source port in the high
+/// half of `ports` and the destination port in the low half, and the
+/// protocol number; the top bits of one multiply (the cache tolerates
+/// collisions: they cost a lookup, never a wrong session). Any value;
+/// [`SessionTable::recent`] masks it.
+#[inline(always)]
+pub fn recent_v4(src: u32, dst: u32, ports: u32, proto: u8) -> usize {
+    let x = (u64::from(src) << 32 | u64::from(dst)) ^ u64::from(ports) << 15 ^ u64::from(proto);
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize
+}
+
+/// [`recent_v4`] for an IPv6 tuple: the header's 32 address bytes (bytes
+/// 8..40 of the IPv6 header), the ports and the next header as there.
+#[inline(always)]
+pub fn recent_v6(addrs: &[u8; 32], ports: u32, proto: u8) -> usize {
+    let w = |i: usize| u64::from_ne_bytes(addrs[i..i + 8].try_into().unwrap_or_default());
+    let x = w(0)
+        ^ w(8).rotate_left(17)
+        ^ w(16).rotate_left(31)
+        ^ w(24).rotate_left(47)
+        ^ u64::from(ports) << 15
+        ^ u64::from(proto);
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize
 }
 
 #[inline]
@@ -592,6 +638,9 @@ impl SessionTable {
             masqueraded: 0,
             cursor: 0,
             timeouts,
+            recent: (0..recent_entries(capacity))
+                .map(|_| Cell::new(NO_CANDIDATE))
+                .collect(),
         }
     }
 
@@ -653,6 +702,7 @@ impl SessionTable {
             + self.live.capacity() * 8
             + self.counted.capacity() * core::mem::size_of::<u32>()
             + self.udp_backends.len() * core::mem::size_of::<u32>()
+            + self.recent.len() * core::mem::size_of::<u32>()
     }
     /// Bytes of this table the kernel backs with huge pages now (see
     /// [`HugeVec::huge_page_bytes`]; reads `/proc`: not for the worker path).
@@ -794,6 +844,32 @@ impl SessionTable {
         self.slots
             .get((c >> 1) as usize)
             .map(|s| (s, c & REPLY_BIT != 0))
+    }
+
+    /// The session the recent-lookup cache remembers for a tuple whose
+    /// entry is `r` ([`recent_v4`], [`recent_v6`]), if
+    /// [`SessionTable::confirm_candidate`] confirms it (live, and `key` its
+    /// tuple); on `None`, [`SessionTable::lookup_remember`]. The fast
+    /// path's lookup when no burst pre-pass ran (tables below the
+    /// pre-pass's size, where a few flows carry most packets): a hit costs
+    /// a multiply, one load and the candidate's check instead of
+    /// [`key_hash`] and a bucket probe. No entry is ever invalidated: a
+    /// session freed or reused since, or another tuple's sharing the
+    /// entry, fails the check.
+    #[inline(always)]
+    pub fn recent(&self, key: &FlowKey, r: usize) -> Option<(u32, Dir)> {
+        self.confirm_candidate(self.recent[r & (self.recent.len() - 1)].get(), key)
+    }
+
+    /// [`SessionTable::lookup_hashed`] (`h`: the tuple's [`key_hash`])
+    /// after a miss of [`SessionTable::recent`] for entry `r`: the entry
+    /// then remembers the session found.
+    #[inline(always)]
+    pub fn lookup_remember(&self, key: &FlowKey, r: usize, h: u64) -> Option<(u32, Dir)> {
+        let (idx, dir) = self.lookup_hashed_inline(key, h)?;
+        self.recent[r & (self.recent.len() - 1)]
+            .set(idx << 1 | if dir == Dir::Reply { REPLY_BIT } else { 0 });
+        Some((idx, dir))
     }
 
     /// Finds the session a packet with tuple `key` belongs to.
@@ -1801,6 +1877,80 @@ mod tests {
     }
 
     #[test]
+    fn the_recent_lookup_cache_names_only_the_live_session_of_the_tuple() {
+        let mut t = table(64);
+        let i = open(&mut t, 40000, Proto::Udp, 0, 0);
+        let a = t.get(i);
+        let (ka, kr) = (a.original_key(), a.reply_key());
+        // Any entry value works (it is masked); 7 and 7 + the cache's
+        // length are the same entry.
+        let (r, r2) = (7usize, 9usize);
+        assert_eq!(t.recent(&ka, r), None, "an empty entry");
+        assert_eq!(
+            t.lookup_remember(&ka, r, key_hash(&ka)),
+            Some((i, Dir::Original))
+        );
+        assert_eq!(t.recent(&ka, r), Some((i, Dir::Original)));
+        assert_eq!(t.recent(&ka, r + t.recent.len()), Some((i, Dir::Original)));
+        assert_eq!(
+            t.lookup_remember(&kr, r2, key_hash(&kr)),
+            Some((i, Dir::Reply))
+        );
+        assert_eq!(t.recent(&kr, r2), Some((i, Dir::Reply)));
+        // Another tuple sharing the entry: not this session, and a failed
+        // lookup leaves the entry as it was.
+        let mut other = ka;
+        other.sport = 40001;
+        assert_eq!(t.recent(&other, r), None);
+        assert_eq!(
+            t.recent(&kr, r),
+            None,
+            "the reply tuple is not the entry's direction"
+        );
+        assert_eq!(t.lookup_remember(&other, r, key_hash(&other)), None);
+        assert_eq!(t.recent(&ka, r), Some((i, Dir::Original)));
+        // Removed: the entry names nothing.
+        t.remove(i);
+        assert_eq!(t.recent(&ka, r), None);
+        assert_eq!(t.recent(&kr, r2), None);
+        // The slot reused by another session: still nothing for the old
+        // tuple; the new session's own tuple is confirmed.
+        let j = open(&mut t, 40001, Proto::Udp, 0, 0);
+        assert_eq!(j, i, "the freed slot is reused");
+        assert_eq!(t.recent(&ka, r), None);
+        assert_eq!(t.recent(&other, r), Some((j, Dir::Original)));
+        // The entry of each of a bench's 4,096 flows (250 clients, ports
+        // from 1024, 16 Services): spread over the entries.
+        let mut used = std::collections::HashSet::new();
+        for n in 0..4096u32 {
+            let src = u32::from_ne_bytes([198, 18, 0, 2 + (n % 250) as u8]);
+            let dst = u32::from_ne_bytes([198, 18, 100, 1 + (n % 16) as u8]);
+            let ports = (1024 + n) << 16 | 53;
+            used.insert(recent_v4(src, dst, ports, 17) % RECENT_MAX);
+        }
+        assert!(
+            used.len() > 3700,
+            "{} of 4096 flows in distinct entries",
+            used.len()
+        );
+        let mut used6 = std::collections::HashSet::new();
+        for n in 0..4096u32 {
+            let mut addrs = [0u8; 32];
+            addrs[..4].copy_from_slice(&[0x20, 0x01, 0, 2]);
+            addrs[15] = 2 + (n % 250) as u8;
+            addrs[16..20].copy_from_slice(&[0x20, 0x01, 0, 2]);
+            addrs[21] = 0x01;
+            addrs[31] = 1 + (n % 16) as u8;
+            used6.insert(recent_v6(&addrs, (1024 + n) << 16 | 53, 17) % RECENT_MAX);
+        }
+        assert!(
+            used6.len() > 3700,
+            "IPv6: {} of 4096 flows in distinct entries",
+            used6.len()
+        );
+    }
+
+    #[test]
     fn steps_2_and_2b_name_the_session_of_every_live_tuple() {
         // A full table at the index's highest load (460 sessions, 920
         // tuples in 128 buckets of 8: 90 %): many tuples sit in their
@@ -2043,14 +2193,16 @@ mod tests {
         // included — whatever the power-of-two rounding of the index does:
         // 64 (slot) + 18 (masquerade endpoint) + 4 (counter) + 1/8 (live
         // bit) + 17.8–35.6 (index) + about 1/4 (UDP sessions per backend)
-        // = 104–122.3 (110–128 with the 88-byte sessions stored before).
+        // + at most 4 (the recent-lookup cache, 128 KiB at most: 0.5 from
+        // 2^18 sessions up) = 104–126.3 (without that cache, 110–128 with
+        // the 88-byte sessions stored before).
         assert_eq!(core::mem::size_of::<Slot>(), 64);
         assert_eq!(core::mem::align_of::<Slot>(), 64);
         assert_eq!(core::mem::size_of::<Bucket>(), 64);
         for cap in [1000, 4096, 60_000, 65_536, 100_000, 262_145, 1_000_000] {
             let t = table(cap);
             let per = t.memory_bytes() as f64 / cap as f64;
-            assert!(per <= 122.5, "{cap} sessions: {per:.1} bytes each");
+            assert!(per <= 126.5, "{cap} sessions: {per:.1} bytes each");
         }
     }
 

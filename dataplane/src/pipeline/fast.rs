@@ -73,20 +73,28 @@ impl Pipeline {
             dport: u16::from_be_bytes([l4[2], l4[3]]),
             proto,
         };
-        // Without a pre-pass: hashed from the header's words, as the
-        // pre-pass does (`key_hash` would unpack the key's addresses again).
-        let hash = match candidate {
+        // Without a pre-pass: the tuple's recent-lookup entry, from the
+        // header's address words and the key's ports.
+        let (s4, d4) = (
+            u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+            u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
+        );
+        let recent = match candidate {
             Some(_) => 0,
-            None => key_hash_v4(
-                u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
-                u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
-                u32::from_ne_bytes([l4[0], l4[1], l4[2], l4[3]]),
+            None => recent_v4(
+                s4,
+                d4,
+                u32::from(key.sport) << 16 | u32::from(key.dport),
                 proto as u8,
             ),
         };
+        // On a miss in the recent-lookup cache: hashed from the header's
+        // words, as the pre-pass does.
+        let ports = u32::from_ne_bytes([l4[0], l4[1], l4[2], l4[3]]);
+        let hash = HashV4(s4, d4, ports, proto as u8);
         // Only IPv4 to IPv4 (`Ep4::of` refuses anything else), never
         // multicast or broadcast.
-        let hit = self.fast_hit(t, &key, candidate, hash, Ep4::of)?;
+        let hit = self.fast_hit(t, &key, candidate, recent, hash, Ep4::of)?;
         let (new_src, new_dst) = (hit.new_src, hit.new_dst);
         let to = new_dst.map_or([ip[16], ip[17], ip[18], ip[19]], |n| n.addr.to_ne_bytes());
         if to[0] >= 224 {
@@ -157,15 +165,19 @@ impl Pipeline {
             dport: u16::from_be_bytes([l4[2], l4[3]]),
             proto,
         };
-        let hash = match candidate {
+        let recent = match candidate {
             Some(_) => 0,
-            None => key_hash(&key),
+            None => recent_v6(
+                d[14 + 8..14 + 40].try_into().ok()?,
+                u32::from(key.sport) << 16 | u32::from(key.dport),
+                ip[6],
+            ),
         };
         // Only IPv6 to IPv6 (IPv4 is the general path's business: `ep6`
         // refuses an IPv4 endpoint in the translation, `to.is_v4()` an
         // IPv4-mapped destination the header carries untranslated), and
         // never multicast.
-        let hit = self.fast_hit(t, &key, candidate, hash, ep6)?;
+        let hit = self.fast_hit(t, &key, candidate, recent, HashOf(&key), ep6)?;
         let (new_src, new_dst) = (hit.new_src, hit.new_dst);
         let to = new_dst.map_or(key.dst, |n| n.addr);
         if to.is_v4() || to.is_multicast_or_broadcast() {
@@ -214,6 +226,34 @@ fn l4_of(next: u8, l4: &[u8], v6: bool) -> Option<Proto> {
     }
 }
 
+/// How the fast path computes a tuple's [`key_hash`] when it needs it
+/// (a miss in the recent-lookup cache): a trait rather than a closure,
+/// which LLVM left out of line there (~40 instructions more for each new
+/// flow's first packet in callgrind).
+trait TupleHash {
+    fn hash(self) -> u64;
+}
+
+/// An IPv4 tuple's parts as [`key_hash_v4`] takes them.
+struct HashV4(u32, u32, u32, u8);
+
+impl TupleHash for HashV4 {
+    #[inline(always)]
+    fn hash(self) -> u64 {
+        key_hash_v4(self.0, self.1, self.2, self.3)
+    }
+}
+
+/// Any tuple, through [`key_hash`].
+struct HashOf<'a>(&'a FlowKey);
+
+impl TupleHash for HashOf<'_> {
+    #[inline(always)]
+    fn hash(self) -> u64 {
+        key_hash(self.0)
+    }
+}
+
 /// A fast-path session hit ([`Pipeline::fast_hit`]), its translation's
 /// endpoints as the family's fast path wants them (`E`: [`Ep4`] or
 /// [`SockAddr`]).
@@ -259,8 +299,9 @@ impl Pipeline {
     /// The session of `key` for either family: with a pre-pass
     /// (`candidate` is `Some`), its candidate if that is this tuple's
     /// session, else `None` (see [`Pipeline::process_hinted`]); without,
-    /// the index, probed inline with `hash` (the tuple's [`key_hash`];
-    /// unused with a pre-pass). `None` also when (UDP, first
+    /// through the recent-lookup cache, `recent` the tuple's entry, and on
+    /// a miss the index with `hash`'s [`key_hash`] ([`SessionTable::recent`];
+    /// both unused with a pre-pass). `None` also when (UDP, first
     /// packet since a table change) the session's backend is gone — as on
     /// the general path, which then flushes it; TCP keeps its backend.
     /// Checked here so that a publication does not send every flow through
@@ -273,12 +314,16 @@ impl Pipeline {
         t: &ServiceTable,
         key: &FlowKey,
         candidate: Option<u32>,
-        hash: u64,
+        recent: usize,
+        hash: impl TupleHash,
         ep: impl Fn(&SockAddr) -> Option<E>,
     ) -> Option<Hit<E>> {
         let (idx, dir) = match candidate {
             Some(c) => self.sessions.confirm_candidate(c, key)?,
-            None => self.sessions.lookup_hashed_inline(key, hash)?,
+            None => match self.sessions.recent(key, recent) {
+                Some(v) => v,
+                None => self.sessions.lookup_remember(key, recent, hash.hash())?,
+            },
         };
         let s = self.sessions.slot(idx);
         let tag = self.valid.tag;
@@ -1402,6 +1447,68 @@ mod tests {
         );
         assert_eq!(st.sessions_flushed.load(Relaxed), flushed + 1);
         assert_eq!(st.fast_path.load(Relaxed), 12);
+    }
+
+    #[test]
+    fn the_fast_path_remembers_sessions_in_the_recent_lookup_cache() {
+        let t = table(1);
+        let st = WorkerStats::default();
+        let mut p = pipeline(true, 1500);
+        p.on_table(&t);
+        let (client, vip) = ([198, 18, 0, 2], [198, 18, 100, 1]);
+        let key = FlowKey {
+            src: Addr::v4(client),
+            dst: Addr::v4(vip),
+            sport: 40000,
+            dport: 80,
+            proto: Proto::Udp,
+        };
+        let entry = |k: &FlowKey| {
+            recent_v4(
+                u32::from_ne_bytes(k.src.v4_octets()),
+                u32::from_ne_bytes(k.dst.v4_octets()),
+                u32::from(k.sport) << 16 | u32::from(k.dport),
+                k.proto as u8,
+            )
+        };
+        let f = frame(P0, (client, 40000), (vip, 80), None, 18);
+        let (v, out) = run(&mut p, &t, &st, 0, &f, 0);
+        assert_eq!(v, Verdict::Tx(1));
+        let (idx, _) = p
+            .sessions
+            .lookup(&key)
+            .expect("the first packet opens the session");
+        assert_eq!(
+            p.sessions.recent(&key, entry(&key)),
+            None,
+            "the general path leaves it"
+        );
+        // The second packet: found in the index, and remembered.
+        assert_eq!(run(&mut p, &t, &st, 0, &f, 1).0, Verdict::Tx(1));
+        assert_eq!(st.fast_path.load(Relaxed), 1);
+        assert_eq!(
+            p.sessions.recent(&key, entry(&key)),
+            Some((idx, Dir::Original))
+        );
+        // The third: through the cache, the same translation.
+        let (v, again) = run(&mut p, &t, &st, 0, &f, 2);
+        assert_eq!((v, &again), (Verdict::Tx(1), &out));
+        // The reply, under its own tuple's entry.
+        let backend: [u8; 4] = out[30..34].try_into().unwrap();
+        let r = frame(P1, (backend, 8080), (client, 40000), None, 18);
+        assert_eq!(run(&mut p, &t, &st, 1, &r, 3).0, Verdict::Tx(0));
+        let rkey = FlowKey {
+            src: Addr::v4(backend),
+            dst: Addr::v4(client),
+            sport: 8080,
+            dport: 40000,
+            proto: Proto::Udp,
+        };
+        assert_eq!(
+            p.sessions.recent(&rkey, entry(&rkey)),
+            Some((idx, Dir::Reply))
+        );
+        assert_eq!(st.fast_path.load(Relaxed), 3);
     }
 
     #[test]
