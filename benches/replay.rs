@@ -213,8 +213,9 @@ const BACKEND_ADDRS: u32 = 60_000;
 const SVC_PORT: u16 = 80;
 const BACKEND_PORT: u16 = 8080;
 
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 14] = [
     "established_1flow",
+    "established_4k",
     "established_60k",
     "established_60k_v6",
     "established_1m",
@@ -259,7 +260,7 @@ scenario's windows with backend changes (default 30, --quick 3; as long again wi
 changes for the baseline)\n--updates-rate N: backend changes per second in `updates` (default 100)\n\
 --updates-pairs N: baseline/updates window pairs the duration is split into (default 60, --quick \
 10)\n\
-scenarios: established_1flow established_60k established_60k_v6 established_1m established_60k_10k_services \
+scenarios: established_1flow established_4k established_60k established_60k_v6 established_1m established_60k_10k_services \
 reply_60k reply_60k_v6 new_connections two_workers handoff updates";
 
 fn parse_args() -> Result<Opts> {
@@ -3708,6 +3709,7 @@ fn run_scenario(ctx: &Ctx, name: &str) -> Result<(Vec<Outcome>, Extra)> {
     };
     let results = match name {
         "established_1flow" => vec![run_est("established_1flow", 1, 16, 8, false)],
+        "established_4k" => vec![run_est("established_4k", 4_096, 16, 8, false)],
         "established_60k" => vec![run_est("established_60k", 60_000, 16, 8, false)],
         "established_60k_v6" => vec![run_v6("established_60k_v6", false)],
         "established_1m" => {

@@ -36,10 +36,15 @@ const EXPIRE_BUDGET_BUSY: usize = 8;
 const HOLD_MAX: usize = 64;
 /// How long a held packet waits for its neighbour (ms).
 const HOLD_MS: u64 = 3_000;
-/// Live sessions from which the burst pre-pass prefetches session lines
-/// (below, the table is cache-resident and the pre-pass would cost more
-/// than it saves).
-const PREFETCH_SESSIONS: usize = 16_384;
+/// Live sessions from which the worker runs the burst pre-pass and the
+/// cross-burst pipeline (below, the fast path looks sessions up through
+/// the recent-lookup cache, [`crate::session::SessionTable::recent`]).
+/// Measured (replay bench and real I/O, 2026-11-29): with one flow the
+/// pre-pass's work is pure cost (55 → 77 cycles per packet), at 32 flows
+/// still 4 % more, at 128 about even, and from 512 flows on it saves about
+/// 15 %; 16,384 before (chosen for the first table layout), where 4,096
+/// flows cost more per packet than 60,000.
+const PREFETCH_SESSIONS: usize = 128;
 /// How many packets ahead of processing the pre-pass reads a packet's
 /// index bucket and prefetches its session (step 2): the buckets of the
 /// whole burst are prefetched first (step 1), and a rolling window keeps
