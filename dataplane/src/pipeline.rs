@@ -816,11 +816,14 @@ impl Pipeline {
     /// and the tuple is its own) and leaves every other packet — no
     /// candidate, or one freed or reused since — to the general path,
     /// which looks the tuple up for itself: a candidate is only a hint,
-    /// never a wrong session. With `None` (no pre-pass) the fast path
-    /// hashes the tuple and probes the index inline. Always inlined (into
-    /// the worker's loop, where `candidate` is `Some` or `None` statically,
-    /// so each copy carries only its own lookup): out of line, the fast
-    /// path's call and spills cost ~90 instructions.
+    /// never a wrong session. With `None` (no pre-pass: tables below the
+    /// worker's pre-pass mark) the fast path looks the tuple up through
+    /// the session table's recent-lookup cache, and on a miss hashes it and
+    /// probes the index inline ([`SessionTable::recent`]). Always inlined
+    /// (into the worker's loop, where `candidate` is `Some` or `None`
+    /// statically on the receive path, so each copy carries only its own
+    /// lookup): out of line, the fast path's call and spills cost ~90
+    /// instructions.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     pub fn process_hinted<B: PacketBuf>(

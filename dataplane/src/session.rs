@@ -510,10 +510,10 @@ fn mix(s_lo: u64, s_hi: u64, d_lo: u64, d_hi: u64, ports: u32, proto: u8) -> u64
 ///   bucket along a bounded path. Two places per session at a load of at
 ///   most 90 % (less after rounding the bucket count to a power of two):
 ///   17.8–35.6 bytes per session;
-/// * a direct-mapped cache of recent lookups (at most 2^15 index values,
-///   128 KiB; [`SessionTable::recent`]) lets the fast path find the
+/// * a direct-mapped cache of recent lookups (at most 2^12 index values,
+///   16 KiB; [`SessionTable::recent`]) lets the fast path find the
 ///   session of a tuple it saw before with one load and a check, without
-///   the hash and the bucket probe.
+///   the hash and the bucket probe, while the table is small.
 pub struct SessionTable {
     buckets: HugeVec<Bucket>,
     mask: usize,
@@ -540,13 +540,17 @@ pub struct SessionTable {
     timeouts: Timeouts,
     /// The recent-lookup cache ([`SessionTable::recent`]): a
     /// direct-mapped array of index values ([`NO_CANDIDATE`]: none), by
-    /// [`recent_v4`] / [`recent_v6`] of the tuple (a power-of-two length).
+    /// the top bits of [`recent_v4`] / [`recent_v6`] of the tuple (a
+    /// power-of-two length).
     recent: Box<[Cell<u32>]>,
+    /// 64 − log2(`recent.len()`): the shift that leaves those top bits.
+    recent_shift: u32,
 }
 
-/// Most entries of [`SessionTable`]'s recent-lookup cache (128 KiB; see
-/// [`SessionTable::recent`]).
-pub const RECENT_MAX: usize = 1 << 15;
+/// Most entries of [`SessionTable`]'s recent-lookup cache (16 KiB; see
+/// [`SessionTable::recent`]: it serves tables of at most as many live
+/// sessions, and the worker uses it below its pre-pass mark of 128).
+pub const RECENT_MAX: usize = 1 << 12;
 
 /// The number of entries of the recent-lookup cache of a table of
 /// `capacity` sessions: the power of two at or below `capacity`, from 64
@@ -555,22 +559,23 @@ fn recent_entries(capacity: usize) -> usize {
     (1usize << (usize::BITS - 1 - capacity.max(1).leading_zeros())).clamp(64, RECENT_MAX)
 }
 
-/// The recent-lookup cache entry of an IPv4 tuple: its addresses as
+/// The recent-lookup hash of an IPv4 tuple: its addresses as
 /// native-endian reads of the header's words, the source port in the high
 /// half of `ports` and the destination port in the low half, and the
-/// protocol number; the top bits of one multiply (the cache tolerates
-/// collisions: they cost a lookup, never a wrong session). Any value;
-/// [`SessionTable::recent`] masks it.
+/// protocol number, folded into one word and multiplied; the cache's
+/// entry is the product's top bits, which depend on every bit of the
+/// tuple (its low bits would not: a product's bit n depends only on the
+/// factors' bits 0..=n). Collisions cost a lookup, never a wrong session.
 #[inline(always)]
-pub fn recent_v4(src: u32, dst: u32, ports: u32, proto: u8) -> usize {
+pub fn recent_v4(src: u32, dst: u32, ports: u32, proto: u8) -> u64 {
     let x = (u64::from(src) << 32 | u64::from(dst)) ^ u64::from(ports) << 15 ^ u64::from(proto);
-    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize
+    x.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 /// [`recent_v4`] for an IPv6 tuple: the header's 32 address bytes (bytes
 /// 8..40 of the IPv6 header), the ports and the next header as there.
 #[inline(always)]
-pub fn recent_v6(addrs: &[u8; 32], ports: u32, proto: u8) -> usize {
+pub fn recent_v6(addrs: &[u8; 32], ports: u32, proto: u8) -> u64 {
     let w = |i: usize| u64::from_ne_bytes(addrs[i..i + 8].try_into().unwrap_or_default());
     let x = w(0)
         ^ w(8).rotate_left(17)
@@ -578,7 +583,7 @@ pub fn recent_v6(addrs: &[u8; 32], ports: u32, proto: u8) -> usize {
         ^ w(24).rotate_left(47)
         ^ u64::from(ports) << 15
         ^ u64::from(proto);
-    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize
+    x.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 
 #[inline]
@@ -641,6 +646,7 @@ impl SessionTable {
             recent: (0..recent_entries(capacity))
                 .map(|_| Cell::new(NO_CANDIDATE))
                 .collect(),
+            recent_shift: 64 - recent_entries(capacity).trailing_zeros(),
         }
     }
 
@@ -847,29 +853,40 @@ impl SessionTable {
     }
 
     /// The session the recent-lookup cache remembers for a tuple whose
-    /// entry is `r` ([`recent_v4`], [`recent_v6`]), if
+    /// recent-lookup hash is `r` ([`recent_v4`], [`recent_v6`]), if
     /// [`SessionTable::confirm_candidate`] confirms it (live, and `key` its
     /// tuple); on `None`, [`SessionTable::lookup_remember`]. The fast
-    /// path's lookup when no burst pre-pass ran (tables below the
-    /// pre-pass's size, where a few flows carry most packets): a hit costs
-    /// a multiply, one load and the candidate's check instead of
+    /// path's lookup when no burst pre-pass ran (tables below the worker's
+    /// pre-pass mark, where a few flows carry most packets): a hit costs a
+    /// multiply, one load and the candidate's check instead of
     /// [`key_hash`] and a bucket probe. No entry is ever invalidated: a
     /// session freed or reused since, or another tuple's sharing the
-    /// entry, fails the check.
+    /// entry, fails the check. Meant for tables of at most as many live
+    /// sessions as the cache has entries (beyond, most entries name another
+    /// tuple, and checking one can cost a miss to memory): the worker
+    /// gives every packet into a larger table, handed-over ones included,
+    /// a pre-pass candidate instead.
     #[inline(always)]
-    pub fn recent(&self, key: &FlowKey, r: usize) -> Option<(u32, Dir)> {
-        self.confirm_candidate(self.recent[r & (self.recent.len() - 1)].get(), key)
+    pub fn recent(&self, key: &FlowKey, r: u64) -> Option<(u32, Dir)> {
+        self.confirm_candidate(self.recent[self.recent_index(r)].get(), key)
     }
 
     /// [`SessionTable::lookup_hashed`] (`h`: the tuple's [`key_hash`])
-    /// after a miss of [`SessionTable::recent`] for entry `r`: the entry
-    /// then remembers the session found.
+    /// after a miss of [`SessionTable::recent`] for recent-lookup hash `r`:
+    /// the entry then remembers the session found.
     #[inline(always)]
-    pub fn lookup_remember(&self, key: &FlowKey, r: usize, h: u64) -> Option<(u32, Dir)> {
+    pub fn lookup_remember(&self, key: &FlowKey, r: u64, h: u64) -> Option<(u32, Dir)> {
         let (idx, dir) = self.lookup_hashed_inline(key, h)?;
-        self.recent[r & (self.recent.len() - 1)]
+        self.recent[self.recent_index(r)]
             .set(idx << 1 | if dir == Dir::Reply { REPLY_BIT } else { 0 });
         Some((idx, dir))
+    }
+
+    /// The recent-lookup cache's entry for hash `r`: its top bits.
+    #[inline(always)]
+    fn recent_index(&self, r: u64) -> usize {
+        // `recent_shift` is 52..=58 (64 to 4,096 entries): never 64.
+        (r >> self.recent_shift) as usize & (self.recent.len() - 1)
     }
 
     /// Finds the session a packet with tuple `key` belongs to.
@@ -885,9 +902,9 @@ impl SessionTable {
     }
 
     /// [`SessionTable::lookup_hashed`], always inlined: the fast path's
-    /// probe when no burst pre-pass ran (every packet while the table is
-    /// small), where a call cost ~40 instructions of saved registers and
-    /// spilled key words.
+    /// probe when no burst pre-pass ran and the recent-lookup cache did not
+    /// name the session ([`SessionTable::lookup_remember`]), where a call
+    /// cost ~40 instructions of saved registers and spilled key words.
     #[inline(always)]
     pub fn lookup_hashed_inline(&self, key: &FlowKey, h: u64) -> Option<(u32, Dir)> {
         let tag = tag_of(h);
@@ -1882,16 +1899,18 @@ mod tests {
         let i = open(&mut t, 40000, Proto::Udp, 0, 0);
         let a = t.get(i);
         let (ka, kr) = (a.original_key(), a.reply_key());
-        // Any entry value works (it is masked); 7 and 7 + the cache's
-        // length are the same entry.
-        let (r, r2) = (7usize, 9usize);
+        // Hashes naming entries 7 and 9 (an entry is the hash's top bits:
+        // the low ones do not matter).
+        let at = |e: u64| e << t.recent_shift;
+        let (r, r2) = (at(7), at(9));
         assert_eq!(t.recent(&ka, r), None, "an empty entry");
         assert_eq!(
             t.lookup_remember(&ka, r, key_hash(&ka)),
             Some((i, Dir::Original))
         );
         assert_eq!(t.recent(&ka, r), Some((i, Dir::Original)));
-        assert_eq!(t.recent(&ka, r + t.recent.len()), Some((i, Dir::Original)));
+        assert_eq!(t.recent(&ka, r | 0xffff), Some((i, Dir::Original)));
+        assert_eq!(t.recent(&ka, at(8)), None, "another entry");
         assert_eq!(
             t.lookup_remember(&kr, r2, key_hash(&kr)),
             Some((i, Dir::Reply))
@@ -1919,34 +1938,80 @@ mod tests {
         assert_eq!(j, i, "the freed slot is reused");
         assert_eq!(t.recent(&ka, r), None);
         assert_eq!(t.recent(&other, r), Some((j, Dir::Original)));
-        // The entry of each of a bench's 4,096 flows (250 clients, ports
-        // from 1024, 16 Services): spread over the entries.
-        let mut used = std::collections::HashSet::new();
-        for n in 0..4096u32 {
-            let src = u32::from_ne_bytes([198, 18, 0, 2 + (n % 250) as u8]);
-            let dst = u32::from_ne_bytes([198, 18, 100, 1 + (n % 16) as u8]);
-            let ports = (1024 + n) << 16 | 53;
-            used.insert(recent_v4(src, dst, ports, 17) % RECENT_MAX);
-        }
-        assert!(
-            used.len() > 3700,
-            "{} of 4096 flows in distinct entries",
-            used.len()
+    }
+
+    #[test]
+    fn recent_lookup_hashes_spread_tuples_over_the_entries() {
+        // 1,024 tuples over the 4,096 entries of a full-size cache: about
+        // 906 distinct entries for a random hash. Each set varies only
+        // some fields: a bench's flows (250 clients, ports from 1,024, 16
+        // Services), then clients that differ only in their last two
+        // octets with fixed ports (as NTP or IKE flows do), then backends
+        // that differ only there replying to one client and port.
+        let t = table(1 << 20);
+        assert_eq!(t.recent.len(), RECENT_MAX);
+        let entry = |r: u64| t.recent_index(r);
+        let spread = |name: &str, it: &mut dyn Iterator<Item = u64>| {
+            let used: std::collections::HashSet<usize> = it.map(entry).collect();
+            assert!(
+                used.len() > 850,
+                "{name}: {} of 1,024 tuples in distinct entries",
+                used.len()
+            );
+        };
+        let ne = |o: [u8; 4]| u32::from_ne_bytes(o);
+        spread(
+            "bench flows",
+            &mut (0..1024u32).map(|n| {
+                let src = ne([198, 18, 0, 2 + (n % 250) as u8]);
+                let dst = ne([198, 18, 100, 1 + (n % 16) as u8]);
+                recent_v4(src, dst, (1024 + n) << 16 | 53, 17)
+            }),
         );
-        let mut used6 = std::collections::HashSet::new();
-        for n in 0..4096u32 {
-            let mut addrs = [0u8; 32];
-            addrs[..4].copy_from_slice(&[0x20, 0x01, 0, 2]);
-            addrs[15] = 2 + (n % 250) as u8;
-            addrs[16..20].copy_from_slice(&[0x20, 0x01, 0, 2]);
-            addrs[21] = 0x01;
-            addrs[31] = 1 + (n % 16) as u8;
-            used6.insert(recent_v6(&addrs, (1024 + n) << 16 | 53, 17) % RECENT_MAX);
-        }
-        assert!(
-            used6.len() > 3700,
-            "IPv6: {} of 4096 flows in distinct entries",
-            used6.len()
+        spread(
+            "clients by their last octets",
+            &mut (0..1024u32).map(|n| {
+                let src = ne([198, 18, (n >> 8) as u8, n as u8]);
+                recent_v4(src, ne([198, 18, 100, 1]), 123 << 16 | 123, 17)
+            }),
+        );
+        spread(
+            "backends by their last octets",
+            &mut (0..1024u32).map(|n| {
+                let src = ne([198, 19, (n >> 8) as u8, n as u8]);
+                recent_v4(src, ne([198, 18, 0, 2]), 8080 << 16 | 40000, 6)
+            }),
+        );
+        let v6 = |s: [u8; 16], d: [u8; 16], ports: u32| {
+            let mut a = [0u8; 32];
+            a[..16].copy_from_slice(&s);
+            a[16..].copy_from_slice(&d);
+            recent_v6(&a, ports, 17)
+        };
+        let host = |net: u8, n: u32| {
+            let mut a = [0x20, 0x01, 0, 2, 0, net, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            a[12..16].copy_from_slice(&n.to_be_bytes());
+            a
+        };
+        spread(
+            "IPv6 bench flows",
+            &mut (0..1024u32).map(|n| {
+                v6(
+                    host(0, 2 + n % 250),
+                    host(1, 1 + n % 16),
+                    (1024 + n) << 16 | 53,
+                )
+            }),
+        );
+        spread(
+            "IPv6 clients by their last bytes, and by their /64",
+            &mut (0..1024u32).map(|n| {
+                let mut s = host(0, n % 512);
+                if n >= 512 {
+                    s[6..8].copy_from_slice(&(n as u16).to_be_bytes());
+                }
+                v6(s, host(1, 1), 123 << 16 | 123)
+            }),
         );
     }
 
@@ -2193,7 +2258,7 @@ mod tests {
         // included — whatever the power-of-two rounding of the index does:
         // 64 (slot) + 18 (masquerade endpoint) + 4 (counter) + 1/8 (live
         // bit) + 17.8–35.6 (index) + about 1/4 (UDP sessions per backend)
-        // + at most 4 (the recent-lookup cache, 128 KiB at most: 0.5 from
+        // + at most 4 (the recent-lookup cache, 16 KiB at most: 0.06 from
         // 2^18 sessions up) = 104–126.3 (without that cache, 110–128 with
         // the 88-byte sessions stored before).
         assert_eq!(core::mem::size_of::<Slot>(), 64);

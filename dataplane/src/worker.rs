@@ -548,7 +548,15 @@ impl Worker {
                     work += got;
                     WorkerStats::add(&st.handoff_in, got as u64);
                     for m in rx.by_ref() {
-                        handle(&mut self.pipeline, table, st, &mut b, m, now, true, None);
+                        // Into a table past the pre-pass mark, the candidate
+                        // the pre-pass would name (its steps at once): the
+                        // recent-lookup cache serves small tables only.
+                        let c = prepass.then(|| {
+                            let p = &self.pipeline;
+                            let h = p.prefetch_index(m.data());
+                            p.prefetch_session_alt(h, p.prefetch_session(h))
+                        });
+                        handle(&mut self.pipeline, table, st, &mut b, m, now, true, c);
                     }
                 }
                 // Neighbour solicitations the packets above asked for.

@@ -73,7 +73,7 @@ impl Pipeline {
             dport: u16::from_be_bytes([l4[2], l4[3]]),
             proto,
         };
-        // Without a pre-pass: the tuple's recent-lookup entry, from the
+        // Without a pre-pass: the tuple's recent-lookup hash, from the
         // header's address words and the key's ports.
         let (s4, d4) = (
             u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
@@ -299,9 +299,9 @@ impl Pipeline {
     /// The session of `key` for either family: with a pre-pass
     /// (`candidate` is `Some`), its candidate if that is this tuple's
     /// session, else `None` (see [`Pipeline::process_hinted`]); without,
-    /// through the recent-lookup cache, `recent` the tuple's entry, and on
-    /// a miss the index with `hash`'s [`key_hash`] ([`SessionTable::recent`];
-    /// both unused with a pre-pass). `None` also when (UDP, first
+    /// through the recent-lookup cache, `recent` the tuple's recent-lookup
+    /// hash, and on a miss the index with `hash`'s [`key_hash`]
+    /// ([`SessionTable::recent`]; both unused with a pre-pass). `None` also when (UDP, first
     /// packet since a table change) the session's backend is gone — as on
     /// the general path, which then flushes it; TCP keeps its backend.
     /// Checked here so that a publication does not send every flow through
@@ -314,7 +314,7 @@ impl Pipeline {
         t: &ServiceTable,
         key: &FlowKey,
         candidate: Option<u32>,
-        recent: usize,
+        recent: u64,
         hash: impl TupleHash,
         ep: impl Fn(&SockAddr) -> Option<E>,
     ) -> Option<Hit<E>> {
