@@ -550,13 +550,18 @@ pub struct SessionTable {
 /// Most entries of [`SessionTable`]'s recent-lookup cache (16 KiB; see
 /// [`SessionTable::recent`]: it serves tables of at most as many live
 /// sessions, and the worker uses it below its pre-pass mark of 128).
-pub const RECENT_MAX: usize = 1 << 12;
+const RECENT_MAX: usize = 1 << 12;
+
+/// The power of two at or below `n` (1 for 0).
+fn floor_pow2(n: usize) -> usize {
+    1 << n.max(1).ilog2()
+}
 
 /// The number of entries of the recent-lookup cache of a table of
 /// `capacity` sessions: the power of two at or below `capacity`, from 64
 /// to [`RECENT_MAX`] (at most 4 bytes per session from 64 sessions up).
 fn recent_entries(capacity: usize) -> usize {
-    (1usize << (usize::BITS - 1 - capacity.max(1).leading_zeros())).clamp(64, RECENT_MAX)
+    floor_pow2(capacity).clamp(64, RECENT_MAX)
 }
 
 /// The recent-lookup hash of an IPv4 tuple: its addresses as
@@ -600,8 +605,7 @@ const UDP_BACKEND_SLOTS: usize = 4096;
 /// [`UDP_BACKEND_SLOTS`] (a quarter of a byte per session at most, from
 /// 1,024 sessions up).
 fn udp_backend_slots(capacity: usize) -> usize {
-    let per16 = (capacity / 16).max(1);
-    (1usize << (usize::BITS - 1 - per16.leading_zeros())).clamp(64, UDP_BACKEND_SLOTS)
+    floor_pow2(capacity / 16).clamp(64, UDP_BACKEND_SLOTS)
 }
 
 /// A backend's slot among `n` (a power of two) per-backend UDP session

@@ -168,7 +168,7 @@ impl Pipeline {
         let recent = match candidate {
             Some(_) => 0,
             None => recent_v6(
-                d[14 + 8..14 + 40].try_into().ok()?,
+                ip[8..40].try_into().ok()?,
                 u32::from(key.sport) << 16 | u32::from(key.dport),
                 ip[6],
             ),
