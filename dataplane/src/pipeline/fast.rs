@@ -22,6 +22,7 @@
 //! from the start. The differential test below holds the two paths to the
 //! same verdicts, bytes and counters, over IPv4 and IPv6.
 use super::*;
+use core::num::NonZeroU64;
 
 impl Pipeline {
     /// See the module docs. `None`: not handled, nothing changed.
@@ -100,18 +101,16 @@ impl Pipeline {
         if to[0] >= 224 {
             return None;
         }
-        let (port, mac) = self.egress_v4(t, u32::from_ne_bytes(to), now)?;
-        let out = *self.ports.get(port as usize)?;
-        if out.vlan.is_some() || (total > MIN_MTU && total > usize::from(out.mtu)) {
+        let hop = self.egress_v4(t, u32::from_ne_bytes(to), now)?;
+        if total > MIN_MTU && total > usize::from(hop.mtu()) {
             return None;
         }
         // Committed: from here on the packet is translated and sent.
         self.fast_commit(st, hit, now);
         let d = pkt.data_mut();
         rewrite_v4(d, proto == Proto::Udp, new_src, new_dst);
-        d[0..6].copy_from_slice(&mac.0);
-        d[6..12].copy_from_slice(&out.mac.0);
-        Some(Verdict::Tx(port))
+        hop.write_l2(d);
+        Some(Verdict::Tx(hop.port()))
     }
 }
 
@@ -183,18 +182,16 @@ impl Pipeline {
         if to & V4_MAPPED_MASK == V4_MAPPED || to & MULTICAST_MASK == MULTICAST_MASK {
             return None;
         }
-        let (port, mac) = self.egress6_for(t, to, now)?;
-        let out = *self.ports.get(port as usize)?;
-        if out.vlan.is_some() || (total > MIN_MTU && total > usize::from(out.mtu)) {
+        let hop = self.egress6_for(t, to, now)?;
+        if total > MIN_MTU && total > usize::from(hop.mtu()) {
             return None;
         }
         // Committed: from here on the packet is translated and sent.
         self.fast_commit(st, hit, now);
         let d = pkt.data_mut();
         rewrite_v6(d, proto == Proto::Udp, new_src, new_dst);
-        d[0..6].copy_from_slice(&mac.0);
-        d[6..12].copy_from_slice(&out.mac.0);
-        Some(Verdict::Tx(port))
+        hop.write_l2(d);
+        Some(Verdict::Tx(hop.port()))
     }
 }
 
@@ -414,6 +411,82 @@ impl Pipeline {
     }
 }
 
+/// What the fast path needs of a next hop, all of it in the cache entry:
+/// the egress port, the frame's new Ethernet addresses (the neighbour's
+/// MAC, then the port's) and the port's MTU — so that sending does not
+/// wait on a second, dependent load of the port's facts after the entry's
+/// (the ports are fixed for the pipeline's life). Only for untagged ports:
+/// a next hop behind a tagged port is never cached
+/// ([`Pipeline::resolve_egress`]). Two words, so that a lookup returns it
+/// in two registers (the miss path's call too: `rest` is never 0, which
+/// gives `Option<NextHop>` its niche) rather than through the stack,
+/// where the fields' narrower loads after a 16-byte copy waited on
+/// store forwarding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct NextHop {
+    /// The frame's bytes 0..8 (the neighbour's MAC, the first two bytes
+    /// of the port's), read native-endian.
+    l2a: u64,
+    /// The frame's bytes 8..12 (the rest of the port's MAC), then the
+    /// port number and its MTU, each read native-endian.
+    rest: NonZeroU64,
+}
+
+impl NextHop {
+    /// `None` only for a port number, MAC tail and MTU all 0 (no port has
+    /// an MTU of 0).
+    fn new(port: u16, neighbour: MacAddr, src: MacAddr, mtu: u16) -> Option<NextHop> {
+        let (n, s, p, m) = (neighbour.0, src.0, port.to_ne_bytes(), mtu.to_ne_bytes());
+        let l2a = u64::from_ne_bytes([n[0], n[1], n[2], n[3], n[4], n[5], s[0], s[1]]);
+        let rest = u64::from_ne_bytes([s[2], s[3], s[4], s[5], p[0], p[1], m[0], m[1]]);
+        Some(NextHop {
+            l2a,
+            rest: NonZeroU64::new(rest)?,
+        })
+    }
+
+    /// From a cache entry's two words (`None` for an empty entry's 0).
+    #[inline(always)]
+    fn of(l2a: u64, rest: u64) -> Option<NextHop> {
+        Some(NextHop {
+            l2a,
+            rest: NonZeroU64::new(rest)?,
+        })
+    }
+
+    #[inline(always)]
+    pub(super) fn port(self) -> u16 {
+        let b = self.rest.get().to_ne_bytes();
+        u16::from_ne_bytes([b[4], b[5]])
+    }
+
+    #[inline(always)]
+    pub(super) fn mtu(self) -> u16 {
+        let b = self.rest.get().to_ne_bytes();
+        u16::from_ne_bytes([b[6], b[7]])
+    }
+
+    /// The frame's new Ethernet addresses: destination, then source.
+    #[cfg(test)]
+    fn l2(self) -> [u8; 12] {
+        let (a, b) = (self.l2a.to_ne_bytes(), self.rest.get().to_ne_bytes());
+        [
+            a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], b[0], b[1], b[2], b[3],
+        ]
+    }
+
+    /// Writes [`Self::l2`] into the frame's first 12 bytes (an 8- and a
+    /// 4-byte store).
+    #[inline(always)]
+    fn write_l2(self, d: &mut [u8]) {
+        if let Some(d) = d.get_mut(..12) {
+            let b = self.rest.get().to_ne_bytes();
+            d[..8].copy_from_slice(&self.l2a.to_ne_bytes());
+            d[8..].copy_from_slice(&b[..4]);
+        }
+    }
+}
+
 /// A cached next hop (32 bytes: two per cache line, see [`EgressSet`]).
 #[derive(Clone, Copy, Default)]
 #[repr(C)]
@@ -424,9 +497,9 @@ pub(super) struct Egress {
     dst: u32,
     /// The cache's stamp when this was resolved; 0: empty.
     stamp: u32,
-    port: u16,
-    mac: MacAddr,
-    _pad: [u8; 8],
+    /// The [`NextHop`]'s words (0: empty).
+    l2a: u64,
+    rest: u64,
 }
 
 /// Two ways of the set-associative cache, one cache line.
@@ -435,7 +508,7 @@ pub(super) struct Egress {
 pub(super) struct EgressSet([Egress; 2]);
 
 /// A cached IPv6 next hop: [`Egress`] with a 16-byte destination, one
-/// cache line per way (36 bytes do not fit two to a line).
+/// cache line per way (44 bytes do not fit two to a line).
 #[derive(Clone, Copy, Default)]
 #[repr(C, align(64))]
 pub(super) struct Egress6 {
@@ -445,8 +518,9 @@ pub(super) struct Egress6 {
     until: u64,
     /// The cache's stamp when this was resolved; 0: empty.
     stamp: u32,
-    port: u16,
-    mac: MacAddr,
+    /// The [`NextHop`]'s words (0: empty).
+    l2a: u64,
+    rest: u64,
 }
 
 /// Two ways of the IPv6 cache (two cache lines; a hit on the most recent
@@ -585,20 +659,21 @@ fn place<E: Copy>(set: &mut [E; 2], e: E, reusable: impl Fn(&E) -> bool) {
 }
 
 impl Pipeline {
-    /// Egress port and destination MAC for the IPv4 destination whose
-    /// octets, read native-endian, are `d4`: the route and a fresh
-    /// neighbour, from the cache while the table version and the neighbour
-    /// generation are unchanged and the neighbour stays fresh; `None` when
-    /// there is no route or the neighbour is not fresh (the general path
-    /// then routes, solicits or holds). The address is built only on a miss.
+    /// The [`NextHop`] (egress port, Ethernet addresses, MTU) of the IPv4
+    /// destination whose octets, read native-endian, are `d4`: the route
+    /// and a fresh neighbour, from the cache while the table version and
+    /// the neighbour generation are unchanged and the neighbour stays
+    /// fresh; `None` when there is no route, the neighbour is not fresh or
+    /// the port is tagged (the general path then routes, solicits, holds
+    /// or tags). The address is built only on a miss.
     #[inline(always)]
-    fn egress_v4(&mut self, t: &ServiceTable, d4: u32, now: u64) -> Option<(u16, MacAddr)> {
+    pub(super) fn egress_v4(&mut self, t: &ServiceTable, d4: u32, now: u64) -> Option<NextHop> {
         let stamp = self.egress.sync(t.version, self.neighbors.generation());
         let si = self.egress.set_of(d4);
         if let Some(set) = self.egress.sets.get(si) {
             for e in &set.0 {
                 if e.stamp == stamp && e.dst == d4 && now < e.until {
-                    return Some((e.port, e.mac));
+                    return NextHop::of(e.l2a, e.rest);
                 }
             }
         }
@@ -615,33 +690,27 @@ impl Pipeline {
         si: usize,
         stamp: u32,
         now: u64,
-    ) -> Option<(u16, MacAddr)> {
-        let (port, mac, until) = self.resolve_egress(t, &Addr::v4(d4.to_ne_bytes()), now)?;
+    ) -> Option<NextHop> {
+        let (hop, until) = self.resolve_egress(t, &Addr::v4(d4.to_ne_bytes()), now)?;
         let e = Egress {
             until,
             dst: d4,
             stamp,
-            port,
-            mac,
-            _pad: [0; 8],
+            l2a: hop.l2a,
+            rest: hop.rest.get(),
         };
         if let Some(set) = self.egress.sets.get_mut(si) {
             place(&mut set.0, e, |x| x.dst == d4 || x.stamp != stamp);
         }
-        Some((port, mac))
+        Some(hop)
     }
 
-    /// A next-hop cache miss (counted): the egress port, the neighbour's
-    /// MAC and until when it stays fresh; `None` (never cached) when the
-    /// general path must take the packet: no route, for the node's kernel
-    /// or behind it, or a neighbour that is not fresh.
+    /// A next-hop cache miss (counted): the [`NextHop`] and until when its
+    /// neighbour stays fresh; `None` (never cached) when the general path
+    /// must take the packet: no route, for the node's kernel or behind it,
+    /// a neighbour that is not fresh, or a tagged egress port.
     #[inline(always)]
-    fn resolve_egress(
-        &mut self,
-        t: &ServiceTable,
-        dst: &Addr,
-        now: u64,
-    ) -> Option<(u16, MacAddr, u64)> {
+    fn resolve_egress(&mut self, t: &ServiceTable, dst: &Addr, now: u64) -> Option<(NextHop, u64)> {
         self.egress.misses += 1;
         if self.exception.is_some() && t.local_port(dst).is_some() {
             // For the node's kernel: the general path delivers it (never cached).
@@ -652,8 +721,13 @@ impl Pipeline {
             // Behind the kernel (a local pod): the general path delivers it.
             return None;
         }
+        let out = self.ports.get(usize::from(hop.port))?;
+        if out.vlan.is_some() {
+            // The general path writes the tag.
+            return None;
+        }
         let (mac, until) = self.neighbors.fresh_until(&hop.addr, now)?;
-        Some((hop.port, mac, until))
+        Some((NextHop::new(hop.port, mac, out.mac, out.mtu)?, until))
     }
 
     /// [`Self::egress_v4`] for an IPv6 destination whose bytes, read
@@ -661,18 +735,13 @@ impl Pipeline {
     /// same invalidation rules, from the IPv6 sets. The address is built
     /// only on a miss.
     #[inline(always)]
-    pub(super) fn egress6_for(
-        &mut self,
-        t: &ServiceTable,
-        dst: u128,
-        now: u64,
-    ) -> Option<(u16, MacAddr)> {
+    pub(super) fn egress6_for(&mut self, t: &ServiceTable, dst: u128, now: u64) -> Option<NextHop> {
         let stamp = self.egress.sync(t.version, self.neighbors.generation());
         let si = self.egress.set6_of(dst);
         if let Some(set) = self.egress.sets6.get(si) {
             for e in &set.0 {
                 if e.stamp == stamp && e.dst == dst && now < e.until {
-                    return Some((e.port, e.mac));
+                    return NextHop::of(e.l2a, e.rest);
                 }
             }
         }
@@ -688,19 +757,19 @@ impl Pipeline {
         si: usize,
         stamp: u32,
         now: u64,
-    ) -> Option<(u16, MacAddr)> {
-        let (port, mac, until) = self.resolve_egress(t, &Addr(dst.to_ne_bytes()), now)?;
+    ) -> Option<NextHop> {
+        let (hop, until) = self.resolve_egress(t, &Addr(dst.to_ne_bytes()), now)?;
         let e = Egress6 {
             dst,
             until,
             stamp,
-            port,
-            mac,
+            l2a: hop.l2a,
+            rest: hop.rest.get(),
         };
         if let Some(set) = self.egress.sets6.get_mut(si) {
             place(&mut set.0, e, |x| x.dst == dst || x.stamp != stamp);
         }
-        Some((port, mac))
+        Some(hop)
     }
 
     /// Fast-path next-hop lookups that missed the cache so far.
@@ -2003,6 +2072,15 @@ mod tests {
         wide_table_of((0..n).map(|i| v6(1, 100 + i)))
     }
 
+    /// A next hop's port and destination MAC.
+    fn pm(h: Option<NextHop>) -> Option<(u16, MacAddr)> {
+        h.map(|h| {
+            let mut m = [0; 6];
+            m.copy_from_slice(&h.l2()[..6]);
+            (h.port(), MacAddr(m))
+        })
+    }
+
     fn wide_table_of(addrs: impl Iterator<Item = Addr>) -> (ServiceTable, Vec<Addr>) {
         let addrs: Vec<Addr> = addrs.collect();
         let mut spec = spec_without(None);
@@ -2028,7 +2106,7 @@ mod tests {
         for round in 0..3 {
             for a in &addrs6 {
                 assert_eq!(
-                    p6.egress6_for(&t6, u128::from_ne_bytes(a.0), round),
+                    pm(p6.egress6_for(&t6, u128::from_ne_bytes(a.0), round)),
                     Some((1, MacAddr([2, 0, 1, 0, 0, 1])))
                 );
             }
@@ -2041,7 +2119,7 @@ mod tests {
         for round in 0..3 {
             for a in &addrs {
                 assert_eq!(
-                    p.egress_v4(&t, u32::from_ne_bytes(a.v4_octets()), round),
+                    pm(p.egress_v4(&t, u32::from_ne_bytes(a.v4_octets()), round)),
                     Some((1, MacAddr([2, 0, 1, 0, 0, 1])))
                 );
             }
@@ -2066,18 +2144,112 @@ mod tests {
     }
 
     #[test]
+    fn next_hops_carry_the_ports_facts_and_tagged_ports_stay_on_the_general_path() {
+        // A cached next hop holds the frame's Ethernet addresses (the
+        // neighbour's, then the egress port's) and the port's MTU, so the
+        // fast path reads nothing else about the port.
+        let t = table(1);
+        let mut p = pipeline(true, 1400);
+        p.on_table(&t);
+        let b = u32::from_ne_bytes([198, 19, 0, 10]);
+        let facts = |h: Option<NextHop>| h.map(|h| (h.port(), h.l2(), h.mtu()));
+        let mut l2 = [0u8; 12];
+        l2[..6].copy_from_slice(&[2, 0, 0, 1, 0, 10]);
+        l2[6..].copy_from_slice(&P1.0);
+        assert_eq!(facts(p.egress_v4(&t, b, 1)), Some((1, l2, 1400)));
+        assert_eq!(
+            facts(p.egress_v4(&t, b, 2)),
+            Some((1, l2, 1400)),
+            "from the cache"
+        );
+        assert_eq!(p.next_hop_misses(), 1);
+        let b6 = u128::from_ne_bytes(v6(1, 10).0);
+        l2[..6].copy_from_slice(&[2, 0, 0, 1, 6, 10]);
+        assert_eq!(facts(p.egress6_for(&t, b6, 1)), Some((1, l2, 1400)));
+        assert_eq!(
+            facts(p.egress6_for(&t, b6, 2)),
+            Some((1, l2, 1400)),
+            "from the cache"
+        );
+        assert_eq!(p.next_hop_misses(), 2);
+        // The words write the same 12 bytes, and keep any port and MTU.
+        let h = NextHop::new(
+            0xfedc,
+            MacAddr([1, 2, 3, 4, 5, 6]),
+            MacAddr([7, 8, 9, 10, 11, 12]),
+            9000,
+        )
+        .unwrap();
+        let mut f = [0xaau8; 14];
+        h.write_l2(&mut f);
+        assert_eq!(f, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0xaa, 0xaa]);
+        assert_eq!((h.port(), h.mtu()), (0xfedc, 9000));
+
+        // Behind a tagged port: never cached, and every packet goes the
+        // general path's way (which writes the tag) — the same bytes as a
+        // pipeline without the fast path.
+        let tagged = |fast: bool| {
+            let mut p = Pipeline::new(
+                0,
+                1,
+                vec![
+                    PortInfo {
+                        mac: P0,
+                        vlan: None,
+                        mtu: 1500,
+                    },
+                    PortInfo {
+                        mac: P1,
+                        vlan: Some(100),
+                        mtu: 1500,
+                    },
+                ],
+                PipelineConfig {
+                    sessions: 1024,
+                    ..PipelineConfig::default()
+                },
+            );
+            p.set_fast_path(fast);
+            p.on_table(&t);
+            p
+        };
+        let (mut fast, mut slow) = (tagged(true), tagged(false));
+        assert_eq!(fast.egress_v4(&t, b, 1), None);
+        assert_eq!(fast.egress_v4(&t, b, 2), None);
+        assert_eq!(fast.next_hop_misses(), 2, "not cached");
+        let (sf, ss) = (WorkerStats::default(), WorkerStats::default());
+        for port in [40000, 40001, 40002] {
+            let f = frame(
+                P0,
+                ([198, 18, 0, 2], port),
+                ([198, 18, 100, 1], 80),
+                None,
+                18,
+            );
+            for now in 0..4 {
+                let (vf, of) = run(&mut fast, &t, &sf, 0, &f, now);
+                let (vs, os) = run(&mut slow, &t, &ss, 0, &f, now);
+                assert_eq!(vf, Verdict::Tx(1));
+                assert_eq!((vf, &of), (vs, &os));
+                assert_eq!(&of[12..16], &[0x81, 0x00, 0, 100], "tagged");
+            }
+        }
+        assert_eq!(sf.fast_path.load(Relaxed), 0);
+    }
+
+    #[test]
     fn next_hop_cache_stamp_wrap_forgets_every_entry() {
         let t = table(1);
         let mut p = pipeline(true, 1500);
         p.on_table(&t);
         let b = v4([198, 19, 0, 12]);
         assert_eq!(
-            p.egress_v4(&t, u32::from_ne_bytes(b.v4_octets()), 1),
+            pm(p.egress_v4(&t, u32::from_ne_bytes(b.v4_octets()), 1)),
             Some((1, MacAddr([2, 0, 0, 1, 0, 12])))
         );
         let b6 = v6(1, 12);
         assert_eq!(
-            p.egress6_for(&t, u128::from_ne_bytes(b6.0), 1),
+            pm(p.egress6_for(&t, u128::from_ne_bytes(b6.0), 1)),
             Some((1, MacAddr([2, 0, 0, 1, 6, 12])))
         );
         let stamp = p.egress.stamp;
@@ -2093,7 +2265,7 @@ mod tests {
             2,
         );
         assert_eq!(
-            p.egress_v4(&t, u32::from_ne_bytes(b.v4_octets()), 3),
+            pm(p.egress_v4(&t, u32::from_ne_bytes(b.v4_octets()), 3)),
             Some((1, MacAddr([2, 0, 0, 9, 9, 12])))
         );
         // The IPv6 sets are emptied too.
@@ -2116,7 +2288,7 @@ mod tests {
             2,
         );
         assert_eq!(
-            p.egress6_for(&t, u128::from_ne_bytes(b6.0), 3),
+            pm(p.egress6_for(&t, u128::from_ne_bytes(b6.0), 3)),
             Some((1, MacAddr([2, 0, 0, 9, 6, 12])))
         );
     }
