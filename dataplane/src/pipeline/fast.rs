@@ -1085,6 +1085,18 @@ mod tests {
     /// A two-port pipeline (port 1's MTU `mtu1`) with 1024 sessions and
     /// `neighbors` neighbour places (`None`: the default).
     fn bare_pipeline(mtu1: u16, neighbors: Option<usize>) -> Pipeline {
+        two_port_pipeline(
+            PortInfo {
+                mac: P1,
+                vlan: None,
+                mtu: mtu1,
+            },
+            neighbors,
+        )
+    }
+
+    /// [`bare_pipeline`] with port 1 as `port1`.
+    fn two_port_pipeline(port1: PortInfo, neighbors: Option<usize>) -> Pipeline {
         let d = PipelineConfig::default();
         Pipeline::new(
             0,
@@ -1095,11 +1107,7 @@ mod tests {
                     vlan: None,
                     mtu: 1500,
                 },
-                PortInfo {
-                    mac: P1,
-                    vlan: None,
-                    mtu: mtu1,
-                },
+                port1,
             ],
             PipelineConfig {
                 sessions: 1024,
@@ -2153,25 +2161,22 @@ mod tests {
         p.on_table(&t);
         let b = u32::from_ne_bytes([198, 19, 0, 10]);
         let facts = |h: Option<NextHop>| h.map(|h| (h.port(), h.l2(), h.mtu()));
-        let mut l2 = [0u8; 12];
-        l2[..6].copy_from_slice(&[2, 0, 0, 1, 0, 10]);
-        l2[6..].copy_from_slice(&P1.0);
-        assert_eq!(facts(p.egress_v4(&t, b, 1)), Some((1, l2, 1400)));
-        assert_eq!(
-            facts(p.egress_v4(&t, b, 2)),
-            Some((1, l2, 1400)),
-            "from the cache"
-        );
-        assert_eq!(p.next_hop_misses(), 1);
         let b6 = u128::from_ne_bytes(v6(1, 10).0);
-        l2[..6].copy_from_slice(&[2, 0, 0, 1, 6, 10]);
-        assert_eq!(facts(p.egress6_for(&t, b6, 1)), Some((1, l2, 1400)));
-        assert_eq!(
-            facts(p.egress6_for(&t, b6, 2)),
-            Some((1, l2, 1400)),
-            "from the cache"
-        );
-        assert_eq!(p.next_hop_misses(), 2);
+        let mut l2 = [0u8; 12];
+        l2[6..].copy_from_slice(&P1.0);
+        for (v6, neighbour) in [(false, [2, 0, 0, 1, 0, 10]), (true, [2, 0, 0, 1, 6, 10])] {
+            l2[..6].copy_from_slice(&neighbour);
+            for round in 1..=2 {
+                let h = if v6 {
+                    p.egress6_for(&t, b6, round)
+                } else {
+                    p.egress_v4(&t, b, round)
+                };
+                assert_eq!(facts(h), Some((1, l2, 1400)), "IPv6 {v6}, round {round}");
+            }
+            // The second lookup from the cache.
+            assert_eq!(p.next_hop_misses(), 1 + u64::from(v6));
+        }
         // The words write the same 12 bytes, and keep any port and MTU.
         let h = NextHop::new(
             0xfedc,
@@ -2189,26 +2194,12 @@ mod tests {
         // general path's way (which writes the tag) — the same bytes as a
         // pipeline without the fast path.
         let tagged = |fast: bool| {
-            let mut p = Pipeline::new(
-                0,
-                1,
-                vec![
-                    PortInfo {
-                        mac: P0,
-                        vlan: None,
-                        mtu: 1500,
-                    },
-                    PortInfo {
-                        mac: P1,
-                        vlan: Some(100),
-                        mtu: 1500,
-                    },
-                ],
-                PipelineConfig {
-                    sessions: 1024,
-                    ..PipelineConfig::default()
-                },
-            );
+            let port1 = PortInfo {
+                mac: P1,
+                vlan: Some(100),
+                mtu: 1500,
+            };
+            let mut p = two_port_pipeline(port1, None);
             p.set_fast_path(fast);
             p.on_table(&t);
             p
