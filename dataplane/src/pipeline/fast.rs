@@ -290,8 +290,8 @@ impl Ep4 {
 /// read native-endian as one `u128` and the port's two wire bytes read
 /// native-endian (in registers through the next-hop lookup and the
 /// rewrite, instead of an 18-byte [`SockAddr`] copied through the stack:
-/// `perf` put ~15 % of the IPv6 fast path's samples on the loads after
-/// those copies, which the next-hop lookup waited for).
+/// `perf` put about a third of the IPv6 fast path's samples on the loads
+/// after those copies, which the next-hop lookup waited for).
 #[derive(Clone, Copy)]
 struct Ep6 {
     addr: u128,
